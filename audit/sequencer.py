@@ -1,0 +1,352 @@
+"""The sequencer: one leader (by a Redis lease) turns appended events into the indexed log.
+
+Every gateway process may run a :class:`Sequencer`; exactly one holds the lease
+(``SET NX PX``, renewed by a compare-and-extend script) and works. It reads the stream past
+the last consumed id, hashes the records, and commits each batch with one Lua script that
+also checks it still holds the lease and that nobody else moved the log. A takeover
+therefore continues exactly where the last committed batch ended: no gap, no duplicate.
+
+Checkpoints are signed at most once per ``checkpoint_interval_ms`` while the log grows, and
+once more after the last append, so a quiet log always has a checkpoint for its full size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from audit import merkle
+from audit.checkpoint import Checkpoint
+from audit.errors import AuditError, FormatError, NotLeaderError
+from audit.note import AuditSigningKey
+from audit.records import decode_personal, decode_record
+from audit.store import (
+    ACQUIRE_LEASE,
+    COMMIT_BATCH,
+    RELEASE_LEASE,
+    RENEW_LEASE,
+    STORE_CHECKPOINT,
+    TIME_BUCKET_SHIFT,
+    AuditKeys,
+    Clock,
+    ensure_bytes_client,
+    fetch_nodes,
+    student_ids,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    size: int
+    last_id: bytes
+    frontier: tuple[bytes | None, ...]
+
+
+def _stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Entries of a one-stream XREAD reply, for RESP2 (list) and RESP3 (map) clients."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3: {stream: [[entries...]]}
+        (value,) = reply.values()
+        return cast(list[tuple[bytes, dict[bytes, bytes]]], value[0])
+    return cast(list[tuple[bytes, dict[bytes, bytes]]], reply[0][1])
+
+
+class Sequencer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        signer: AuditSigningKey,
+        origin: str,
+        clock: Clock,
+        node_id: str,
+        lease_ms: int = 5000,
+        batch_size: int = 1000,
+        checkpoint_interval_ms: int = 1000,
+        release_on_stop: bool = True,
+        poll_ms: int = 20,
+    ) -> None:
+        ensure_bytes_client(redis)
+        if lease_ms < 30:
+            raise AuditError("lease_ms must be at least 30", code="audit_config")
+        self._redis = redis
+        self.keys = AuditKeys(prefix)
+        self._signer = signer
+        self._origin = origin
+        self._clock = clock
+        self.node_id = node_id
+        self._lease_ms = lease_ms
+        self._batch = batch_size
+        self._ckpt_interval = checkpoint_interval_ms
+        self._release_on_stop = release_on_stop
+        self._poll_ms = poll_ms
+        self._token = f"{node_id}:{secrets.token_hex(8)}".encode()
+        self._state: _State | None = None  # set while we believe we lead
+        self._renewed_at = 0.0
+        self._last_ckpt_ms: int | None = None
+        self._ckpt_size = 0
+        self._commit = redis.register_script(COMMIT_BATCH)
+        self._store_ckpt = redis.register_script(STORE_CHECKPOINT)
+        self._renew = redis.register_script(RENEW_LEASE)
+        self._acquire = redis.register_script(ACQUIRE_LEASE)
+        self._release = redis.register_script(RELEASE_LEASE)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._state is not None
+
+    # --- lease ---
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the lease; (re)load the log state on taking it."""
+        # Lease timing is real elapsed time (the server expires the key in real time), so it
+        # uses the loop's monotonic clock rather than the injected wall clock.
+        now = asyncio.get_running_loop().time() * 1000
+        if self._state is not None:
+            if now - self._renewed_at < self._lease_ms / 4:
+                return True
+            ok = await self._renew(keys=[self.keys.lease], args=[self._token, self._lease_ms])
+            if ok:
+                self._renewed_at = now
+                return True
+            log.warning("audit sequencer %s lost its lease", self.node_id)
+            self._state = None
+            return False
+        got = await self._acquire(keys=[self.keys.lease], args=[self._token, self._lease_ms])
+        if not got:
+            return False
+        self._renewed_at = now
+        try:
+            self._state = await self._load_state()
+        except BaseException:
+            await self._release(keys=[self.keys.lease], args=[self._token])
+            raise
+        log.info("audit sequencer %s leads from size %d", self.node_id, self._state.size)
+        return True
+
+    async def _load_state(self) -> _State:
+        size_b, last_b, ck_b = await cast(
+            Awaitable[list[bytes | None]],
+            self._redis.hmget(self.keys.meta, ["size", "last_id", "ckpt_size"]),
+        )
+        size = int(size_b or 0)
+        stored = await self._redis.strlen(self.keys.leaves)
+        if stored != 32 * size:
+            # NOTE: fail closed: sequencing on top of damaged storage would sign it.
+            raise AuditError(
+                f"leaf hashes hold {stored // 32} entries but the log size is {size}; "
+                "run `classguard audit verify`",
+                code="audit_corrupt",
+            )
+        positions = merkle.frontier_positions(size)
+        nodes = await fetch_nodes(self._redis, self.keys, positions)
+        frontier: list[bytes | None] = [None] * (size.bit_length() + 2)
+        for level, idx in positions:
+            frontier[level] = nodes[(level, idx)]
+        self._ckpt_size = int(ck_b or 0)
+        self._last_ckpt_ms = None
+        return _State(size, last_b or b"0-0", tuple(frontier))
+
+    async def release(self) -> None:
+        """Give up the lease now (on shutdown) so another process takes over at once."""
+        self._state = None
+        await self._release(keys=[self.keys.lease], args=[self._token])
+
+    # --- work ---
+
+    async def run(self) -> None:
+        """Lead when possible and sequence until cancelled. Never returns otherwise."""
+        backoff = 0.05
+        task = asyncio.current_task()
+        try:
+            while True:
+                if task is not None and task.cancelling():
+                    # The Redis client can swallow a cancellation that lands mid-command
+                    # (turning it into an error we retry); stopping must still stop.
+                    raise asyncio.CancelledError
+                try:
+                    if await self._hold_lease():
+                        await self._step(block=True)
+                        backoff = 0.05
+                    else:
+                        await asyncio.sleep(self._lease_ms / 4000)
+                except (NotLeaderError, ResponseError) as exc:
+                    log.warning("audit sequencer %s: %s", self.node_id, exc)
+                    self._state = None
+                except (RedisError, OSError) as exc:
+                    log.warning("audit sequencer %s: Redis unavailable: %s", self.node_id, exc)
+                    self._state = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                except AuditError as exc:
+                    log.error("audit sequencer %s: %s", self.node_id, exc)
+                    self._state = None
+                    await asyncio.sleep(self._lease_ms / 1000)
+        finally:
+            if self._release_on_stop and self._state is not None:
+                self._state = None
+                with contextlib.suppress(RedisError, OSError):
+                    await asyncio.shield(self._release(keys=[self.keys.lease], args=[self._token]))
+
+    async def sync(self, *, checkpoint: bool = True) -> int:
+        """Sequence everything appended so far and sign a checkpoint; returns the size.
+
+        Takes the lease if it is free; raises :class:`NotLeaderError` when another
+        process leads (that process will do the work).
+        """
+        if not await self._hold_lease():
+            raise NotLeaderError("another sequencer holds the audit lease")
+        while await self._step(block=False, checkpoint=False):
+            await self._hold_lease()
+        if checkpoint:
+            await self._checkpoint(force=True)
+        assert self._state is not None
+        return self._state.size
+
+    async def _step(self, *, block: bool, checkpoint: bool = True) -> int:
+        """Read and commit one batch; returns how many records were committed."""
+        state = self._state
+        if state is None:
+            raise NotLeaderError("not leading")
+        reply = await self._redis.xread({self.keys.stream: state.last_id}, count=self._batch)
+        if not reply and block:
+            # NOTE: polling instead of XREAD BLOCK: a blocked read that is cancelled (the
+            # task stopping) can leave the client waiting on a reply that never comes, and
+            # a short poll costs one cheap command per interval on the leader only.
+            wait_ms = self._lease_ms / 4
+            if state.size > self._ckpt_size and self._last_ckpt_ms is not None:
+                wait_ms = min(wait_ms, self._last_ckpt_ms + self._ckpt_interval - self._clock())
+            await asyncio.sleep(max(0.001, min(wait_ms, self._poll_ms) / 1000))
+            reply = await self._redis.xread({self.keys.stream: state.last_id}, count=self._batch)
+        entries = _stream_entries(reply)
+        committed = 0
+        if entries:
+            committed = await self._commit_batch(state, entries)
+        if checkpoint:
+            await self._checkpoint(force=False)
+        return committed
+
+    async def _commit_batch(
+        self, state: _State, entries: list[tuple[bytes, dict[bytes, bytes]]]
+    ) -> int:
+        frontier = list(state.frontier)
+        new_nodes: list[list[bytes]] = []
+        records: list[bytes] = []
+        pd_args: list[tuple[int, bytes]] = []
+        zadds: list[tuple[str, int]] = []
+        buckets: dict[int, tuple[int, int]] = {}
+        size = state.size
+        for stream_id, fields in entries:
+            packed = fields.get(b"d")
+            try:
+                if packed is None:
+                    raise FormatError("stream entry has no record")
+                data, _, rest = packed.partition(b"\n")
+                blob = rest or None
+                rec = decode_record(data)
+                personal = decode_personal(blob)[0] if blob is not None else None
+            except AuditError as exc:
+                # NOTE: a malformed entry can only come from someone writing the stream by
+                # hand; it is dropped (and logged) rather than blocking the log forever.
+                log.error("audit: dropping malformed stream entry %r: %s", stream_id, exc)
+                continue
+            index = size + len(records)
+            merkle.append_leaf(frontier, index, merkle.leaf_hash(data), new_nodes)
+            records.append(data)
+            if blob is not None:
+                pd_args.append((index, blob))
+            cls = rec.get("class")
+            if isinstance(cls, str) and cls:
+                zadds.append((self.keys.class_index(cls), index))
+            for sid in student_ids(rec):
+                zadds.append((self.keys.personal_index("student", sid), index))
+            if personal is not None and isinstance(personal.get("ip"), str):
+                zadds.append((self.keys.personal_index("ip", personal["ip"]), index))
+            ts = rec.get("ts")
+            if isinstance(ts, int):
+                b = index >> TIME_BUCKET_SHIFT
+                lo, hi = buckets.get(b, (ts, ts))
+                buckets[b] = (min(lo, ts), max(hi, ts))
+        keys: list[str] = [
+            self.keys.meta,
+            self.keys.lease,
+            self.keys.records,
+            self.keys.leaves,
+            self.keys.stream,
+            self.keys.personal,
+            self.keys.time_buckets,
+        ]
+        key_pos: dict[str, int] = {}
+
+        def pos(key: str) -> int:
+            if key not in key_pos:
+                keys.append(key)
+                key_pos[key] = len(keys)
+            return key_pos[key]
+
+        levels = [(lv, nodes) for lv, nodes in enumerate(new_nodes) if lv > 0 and nodes]
+        args: list[Any] = [
+            self._token,
+            state.size,
+            state.last_id,
+            entries[-1][0],
+            self._origin,
+            b"".join(new_nodes[0]) if new_nodes else b"",
+            ",".join(str(pos(self.keys.level(lv))) for lv, _ in levels),
+            b"".join(b"".join(nodes) for _, nodes in levels),
+            ",".join(str(len(nodes)) for _, nodes in levels),
+            b"".join(records),
+            ",".join(str(len(r)) for r in records),
+            b"".join(blob for _, blob in pd_args),
+            ",".join(f"{index}:{len(blob)}" for index, blob in pd_args),
+            ",".join(f"{pos(key)}:{index}" for key, index in zadds),
+            ",".join(f"{b}:{lo}:{hi}" for b, (lo, hi) in buckets.items()),
+            b",".join(sid for sid, _ in entries),
+        ]
+        try:
+            new_size = int(await self._commit(keys=keys, args=args))
+        except ResponseError as exc:
+            self._state = None
+            if str(exc).startswith("NOTLEADER"):
+                raise NotLeaderError("lease lost before commit") from exc
+            raise
+        self._state = _State(new_size, entries[-1][0], tuple(frontier))
+        return len(entries)
+
+    async def _checkpoint(self, *, force: bool) -> None:
+        state = self._state
+        if state is None or state.size <= self._ckpt_size or state.size == 0:
+            return
+        now = self._clock()
+        if (
+            not force
+            and self._last_ckpt_ms is not None
+            and now - self._last_ckpt_ms < self._ckpt_interval
+        ):
+            return
+        root = merkle.frontier_root(state.frontier)
+        note = Checkpoint(self._origin, state.size, root).sign(self._signer)
+        try:
+            await self._store_ckpt(
+                keys=[self.keys.meta, self.keys.lease, self.keys.checkpoints],
+                args=[self._token, state.size, note],
+            )
+        except ResponseError as exc:
+            self._state = None
+            if str(exc).startswith("NOTLEADER"):
+                raise NotLeaderError("lease lost before checkpoint") from exc
+            raise
+        self._ckpt_size = state.size
+        self._last_ckpt_ms = now

@@ -1,0 +1,274 @@
+"""Redis layout of the audit log and the Lua scripts that change it atomically.
+
+Every key starts with the caller's ``prefix`` (the same Redis may hold other data). On Redis
+Cluster, put a hash tag in the prefix (e.g. ``"cg:{audit}:"``) so the multi-key scripts
+below run on one slot.
+
+=============================  ====================================================
+key                            holds
+=============================  ====================================================
+``audit:stream``               appended, not yet sequenced events (field ``d``: record,
+                               then a newline and the personal blob if any)
+``audit:meta``                 hash: ``size``, ``last_id`` (last sequenced stream id),
+                               ``origin``, ``ckpt_size``, ``archived_before``
+``audit:lease``                sequencer lease token (SET NX PX, renewed by Lua)
+``audit:rec``                  hash: decimal index -> record bytes ``E`` (RFC 8785)
+``audit:leaves``               leaf hashes, 32 bytes each, packed in index order
+``audit:tree:<L>``             complete nodes of level L >= 1, 32 bytes each, packed
+``audit:checkpoints``          list of every signed checkpoint, oldest first
+``audit:pd``                   hash: index -> personal blob ``{"p": P, "s": salt}``
+``audit:pix:<kind>:<digest>``  zset of indexes per student / IP (beside P; erasable)
+``audit:ix:class:<class>``     zset of indexes per class
+``audit:ix:tb``                hash: bucket (index // 1024) -> "min_ts,max_ts"
+``audit:archives``             list of signed archive notes (ranges moved to segments)
+=============================  ====================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from audit.errors import AuditError
+
+TIME_BUCKET_SHIFT = 10  # 1024 indexes share one min/max timestamp entry
+
+Clock = Callable[[], int]
+"""Milliseconds since the Unix epoch (UTC). Injected everywhere time matters."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditKeys:
+    prefix: str
+
+    def _k(self, name: str) -> str:
+        return f"{self.prefix}audit:{name}"
+
+    @property
+    def stream(self) -> str:
+        return self._k("stream")
+
+    @property
+    def meta(self) -> str:
+        return self._k("meta")
+
+    @property
+    def lease(self) -> str:
+        return self._k("lease")
+
+    @property
+    def records(self) -> str:
+        return self._k("rec")
+
+    @property
+    def leaves(self) -> str:
+        return self._k("leaves")
+
+    def level(self, level: int) -> str:
+        return self.leaves if level == 0 else self._k(f"tree:{level}")
+
+    @property
+    def checkpoints(self) -> str:
+        return self._k("checkpoints")
+
+    @property
+    def personal(self) -> str:
+        return self._k("pd")
+
+    def personal_index(self, kind: str, value: str) -> str:
+        # NOTE: the key name carries a digest, not the value, so listing keys does not show
+        # student ids or IPs. An unsalted digest of an IPv4 address can be brute-forced; the
+        # point is that erasing the entries removes the key, not that the digest is secret.
+        digest = hashlib.sha256(f"{kind}\x00{value}".encode()).hexdigest()[:32]
+        return self._k(f"pix:{kind}:{digest}")
+
+    def class_index(self, class_id: str) -> str:
+        return self._k(f"ix:class:{class_id}")
+
+    @property
+    def time_buckets(self) -> str:
+        return self._k("ix:tb")
+
+    @property
+    def archives(self) -> str:
+        return self._k("archives")
+
+
+def student_ids(record: Mapping[str, Any]) -> set[str]:
+    """Student identifiers an event refers to (indexed for the ``student`` filter)."""
+    out: set[str] = set()
+    actor = record.get("actor")
+    if isinstance(actor, str) and actor.startswith("student:"):
+        out.add(actor[len("student:") :])
+    for name in ("subject", "student"):
+        value = record.get(name)
+        if isinstance(value, str) and value:
+            out.add(value)
+    return out
+
+
+def ensure_bytes_client(redis: aioredis.Redis) -> None:
+    """The audit log stores binary hashes: a ``decode_responses=True`` client would mangle them."""
+    kwargs = redis.connection_pool.connection_kwargs
+    if kwargs.get("decode_responses"):
+        raise AuditError(
+            "the audit log needs a Redis client with decode_responses=False",
+            code="audit_config",
+        )
+
+
+async def meta_int(redis: aioredis.Redis, keys: AuditKeys, field: str) -> int:
+    raw = await cast(Awaitable[bytes | None], redis.hget(keys.meta, field))
+    return int(raw) if raw else 0
+
+
+async def fetch_nodes(
+    redis: aioredis.Redis, keys: AuditKeys, nodes: list[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """Complete nodes by ``(level, idx)`` in one round trip."""
+    if not nodes:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for level, idx in nodes:
+        pipe.getrange(keys.level(level), 32 * idx, 32 * idx + 31)
+    values = await pipe.execute()
+    out: dict[tuple[int, int], bytes] = {}
+    for node, value in zip(nodes, values, strict=True):
+        if len(value) != 32:
+            raise AuditError(f"stored tree node {node} is missing or short", code="audit_corrupt")
+        out[node] = value
+    return out
+
+
+# Lease: extend only if we still hold it (compare-and-extend).
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# Take the lease if free, or keep it if this token already holds it (after a transient
+# error the holder must not wait for its own lease to expire).
+ACQUIRE_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if cur then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Move one batch from the stream into the indexed log. Everything a takeover needs (size,
+# last consumed stream id, leaves, tree nodes) changes in this one atomic step, and only
+# while the caller still holds the lease, so a deposed leader cannot write.
+#
+# KEYS: 1 meta, 2 lease, 3 rec, 4 leaves, 5 stream, 6 pd, 7 time buckets, 8.. see ARGV
+# ARGV (few, large arguments: packing thousands of small ones costs more than the work):
+#   1 token, 2 expected_size, 3 expected_last_id, 4 new_last_id, 5 origin, 6 leaves blob,
+#   7 levels "keypos,keypos,..." and 8 their blobs joined (32 bytes per node, counts from
+#   9 "n,n,..."), 10 records joined, 11 record lengths "l,l,...", 12 personal blobs
+#   joined, 13 "index:len,...", 14 zadds "keypos:index,...", 15 time buckets
+#   "bucket:min:max,...", 16 stream ids "id,id,..."
+COMMIT_BATCH = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
+local last = redis.call('HGET', KEYS[1], 'last_id') or '0-0'
+if size ~= tonumber(ARGV[2]) or last ~= ARGV[3] then
+  return redis.error_reply('CONFLICT log moved: size ' .. size .. ' last ' .. last)
+end
+if redis.call('STRLEN', KEYS[4]) ~= 32 * size then
+  return redis.error_reply('CORRUPT leaf hashes do not match the log size')
+end
+local function flush(cmd, key, list)
+  for i = 1, #list, 2000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 1999, #list)))
+  end
+end
+redis.call('APPEND', KEYS[4], ARGV[6])
+local off = 1
+local counts = {}
+for n in string.gmatch(ARGV[9], '%d+') do counts[#counts + 1] = tonumber(n) end
+local li = 0
+for pos in string.gmatch(ARGV[7], '%d+') do
+  li = li + 1
+  local len = 32 * counts[li]
+  redis.call('APPEND', KEYS[tonumber(pos)], string.sub(ARGV[8], off, off + len - 1))
+  off = off + len
+end
+local fields = {}
+local n = 0
+off = 1
+for len in string.gmatch(ARGV[11], '%d+') do
+  len = tonumber(len)
+  fields[#fields + 1] = tostring(size + n)
+  fields[#fields + 1] = string.sub(ARGV[10], off, off + len - 1)
+  off = off + len
+  n = n + 1
+end
+if n > 0 then flush('HSET', KEYS[3], fields) end
+local pds = {}
+off = 1
+for idx, len in string.gmatch(ARGV[13], '(%d+):(%d+)') do
+  len = tonumber(len)
+  pds[#pds + 1] = idx
+  pds[#pds + 1] = string.sub(ARGV[12], off, off + len - 1)
+  off = off + len
+end
+if #pds > 0 then flush('HSET', KEYS[6], pds) end
+for pos, idx in string.gmatch(ARGV[14], '(%d+):(%d+)') do
+  redis.call('ZADD', KEYS[tonumber(pos)], idx, idx)
+end
+for b, lo, hi in string.gmatch(ARGV[15], '(%d+):(%d+):(%d+)') do
+  lo, hi = tonumber(lo), tonumber(hi)
+  local cur = redis.call('HGET', KEYS[7], b)
+  if cur then
+    local c = string.find(cur, ',')
+    lo = math.min(lo, tonumber(string.sub(cur, 1, c - 1)))
+    hi = math.max(hi, tonumber(string.sub(cur, c + 1)))
+  end
+  redis.call('HSET', KEYS[7], b, string.format('%d,%d', lo, hi))
+end
+local ids = {}
+for id in string.gmatch(ARGV[16], '[^,]+') do ids[#ids + 1] = id end
+if #ids > 0 then flush('XDEL', KEYS[5], ids) end
+redis.call('HSET', KEYS[1], 'size', size + n, 'last_id', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'origin', ARGV[5])
+return size + n
+"""
+
+# KEYS: 1 meta, 2 lease, 3 checkpoints. ARGV: token, size, note.
+STORE_CHECKPOINT = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local size = tonumber(redis.call('HGET', KEYS[1], 'size') or '0')
+local done = tonumber(redis.call('HGET', KEYS[1], 'ckpt_size') or '-1')
+local n = tonumber(ARGV[2])
+if n > size then
+  return redis.error_reply('CONFLICT checkpoint beyond the log')
+end
+if n <= done then
+  return 0
+end
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'ckpt_size', n)
+return 1
+"""
