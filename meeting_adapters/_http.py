@@ -1,0 +1,185 @@
+"""Small helpers shared by the platform modules: settings fields, masking, HTTP calls.
+
+Pure helpers validate settings fields and mask secrets; ``fetch`` is the one place where
+an adapter's HTTP call turns transport failures into ``UpstreamUnavailable`` (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from .base import InvalidSettings, UpstreamUnavailable
+from .generic import _is_loopback, parse_meeting_url
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = [
+    "MASK",
+    "HttpAnswer",
+    "check_keys",
+    "fetch",
+    "mask",
+    "opt_bool",
+    "opt_int",
+    "req_secret",
+    "req_str",
+    "req_url",
+    "ws_url",
+]
+
+MASK: Final = "***"
+
+
+# --- pure: settings fields ------------------------------------------------------------
+
+
+def check_keys(settings: Mapping[str, Any], kind: str, allowed: Iterable[str]) -> None:
+    """Refuse unknown setting names and a wrong ``kind`` (typos must not pass silently)."""
+    if not isinstance(settings, Mapping):
+        raise InvalidSettings("platform", "must be an object")
+    known = set(allowed) | {"kind"}
+    for key in settings:
+        if key not in known:
+            raise InvalidSettings(f"platform.{key}", f"is not a setting of the {kind} platform")
+    if settings.get("kind", kind) != kind:
+        raise InvalidSettings("platform.kind", f"must be {kind!r}")
+
+
+def req_str(settings: Mapping[str, Any], name: str, *, max_len: int = 200,
+            default: str | None = None) -> str:
+    value = settings.get(name, default)
+    field = f"platform.{name}"
+    if value is None:
+        raise InvalidSettings(field, "is required")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSettings(field, "must be a non-empty string")
+    value = value.strip()
+    if len(value) > max_len or any(not c.isprintable() for c in value):
+        raise InvalidSettings(field, f"must be at most {max_len} printable characters")
+    return value
+
+
+def req_secret(settings: Mapping[str, Any], name: str, *, min_len: int = 8,
+               required: bool = True) -> str | None:
+    """A shared secret: at least ``min_len`` characters, never echoed in errors."""
+    field = f"platform.{name}"
+    value = settings.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidSettings(field, "is required")
+        return None
+    if not isinstance(value, str) or len(value) > 4096:
+        raise InvalidSettings(field, "must be a string of at most 4096 characters")
+    if len(value) < min_len:
+        raise InvalidSettings(field, f"must be at least {min_len} characters")
+    if any(c.isspace() or not c.isprintable() for c in value) and "PRIVATE KEY" not in value:
+        raise InvalidSettings(field, "must not contain spaces or control characters")
+    return value
+
+
+def req_url(settings: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = settings.get(name)
+    if value is None and not required:
+        return None
+    if value is None:
+        raise InvalidSettings(f"platform.{name}", "is required")
+    return parse_meeting_url(value, f"platform.{name}")
+
+
+def ws_url(settings: Mapping[str, Any], name: str) -> str:
+    """``wss://`` URL (``ws://`` only on loopback: a Janus beside the gateway)."""
+    field = f"platform.{name}"
+    value = settings.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSettings(field, "is required (e.g. wss://janus.example.org/ws)")
+    text = value.strip()
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in ("ws", "wss") or not rest:
+        raise InvalidSettings(field, "must start with wss://")
+    # Reuse the web URL checks (no credentials, valid host) on the https twin.
+    checked = parse_meeting_url(("https" if scheme.lower() == "wss" else "http") + "://" + rest,
+                                field)
+    host = urlsplit(checked).hostname or ""
+    if scheme.lower() == "ws" and not _is_loopback(host):
+        raise InvalidSettings(field, "must use wss:// (ws:// is allowed only for localhost)")
+    return scheme.lower() + checked[checked.index("://"):]
+
+
+def opt_int(settings: Mapping[str, Any], name: str, default: int, lo: int, hi: int) -> int:
+    value = settings.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidSettings(f"platform.{name}", f"must be an integer from {lo} to {hi}")
+    return value
+
+
+def opt_bool(settings: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = settings.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidSettings(f"platform.{name}", "must be true or false")
+    return value
+
+
+def mask(settings: Mapping[str, Any], secret_names: Iterable[str]) -> dict[str, Any]:
+    """A copy with each present secret replaced by ``***``."""
+    out = dict(settings)
+    for name in secret_names:
+        if out.get(name):
+            out[name] = MASK
+    return out
+
+
+# --- I/O ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HttpAnswer:
+    status: int
+    text: str
+    content_type: str
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.text)
+        except ValueError:
+            return None
+
+
+async def fetch(
+    session: aiohttp.ClientSession | None,
+    kind: str,
+    method: str,
+    url: str,
+    *,
+    timeout_s: float = 10.0,
+    **kwargs: Any,
+) -> HttpAnswer:
+    """One HTTP call; transport errors and 5xx become ``UpstreamUnavailable``.
+
+    NOTE: the URL may carry a checksum or token; it is never put into the error message.
+    """
+    import aiohttp
+    import yarl
+
+    if session is None:
+        raise UpstreamUnavailable(kind, f"{kind}: no HTTP session configured")
+    try:
+        # encoded=True: send the query string byte for byte as signed (BigBlueButton
+        # checksums cover it; re-quoting ':' or '/' would break them).
+        async with session.request(
+            method, yarl.URL(url, encoded=True), timeout=aiohttp.ClientTimeout(total=timeout_s),
+            **kwargs,
+        ) as resp:
+            text = await resp.text()
+            answer = HttpAnswer(resp.status, text, resp.content_type)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        host = urlsplit(url).netloc
+        raise UpstreamUnavailable(kind, f"{kind}: {host} unreachable ({type(exc).__name__})"
+                                  ) from None
+    if answer.status >= 500:
+        raise UpstreamUnavailable(kind, f"{kind}: server error {answer.status}")
+    return answer

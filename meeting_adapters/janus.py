@@ -1,0 +1,544 @@
+"""The ``janus`` platform: a Janus VideoRoom that admits only tokens ClassGuard minted.
+
+Settings::
+
+    {"kind": "janus",
+     "ws_url": "wss://janus.example.org/ws",     # Janus JSON API over WebSocket
+     "client_url": "https://meet.example.org/room.html?room={room}&id={id}&token={token}&name={display}",
+     "admin_key": "...",                          # optional: the VideoRoom plugin's admin_key
+     "api_secret": "...",                         # optional: Janus core apisecret
+     "publishers": 30}
+
+How entry is enforced: the room is created with a random ``secret`` and the ``allowed``
+list switched on and empty, so Janus itself refuses every ``join`` whose ``token`` is not
+listed. ``join_url`` adds one fresh token per admission (``<pid>-<random>``, where ``pid``
+is the participant id ClassGuard assigns to the student) and removes the student's older
+tokens; once the join is seen (event handler or ``listparticipants``) the token is removed,
+so it works once. ``remove`` = drop the tokens + ``kick``; ``mute`` = ``moderate``;
+``lock`` = empty the allowed list; ``end`` = ``destroy``.
+
+Transport: one WebSocket (subprotocol ``janus-protocol``) with one Janus session and one
+VideoRoom handle, kept alive with ``keepalive`` requests. A ``JanusPool`` owned by the
+gateway keeps these connections across requests; without a pool each call opens and
+closes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+from urllib.parse import quote
+
+from ._http import check_keys, mask, opt_int, req_secret, ws_url
+from .base import (
+    AdapterError,
+    Capability,
+    Clock,
+    InvalidSettings,
+    Participant,
+    Present,
+    Room,
+    RoomSpec,
+    UpstreamUnavailable,
+)
+from .generic import parse_meeting_url
+
+if TYPE_CHECKING:
+    import aiohttp
+    from websockets.asyncio.client import ClientConnection
+
+__all__ = [
+    "JanusAdapter",
+    "JanusClient",
+    "JanusError",
+    "JanusPool",
+    "participant_id",
+    "render_client_url",
+    "token_owner",
+]
+
+log = logging.getLogger("classguard.janus")
+
+KIND: Final = "janus"
+PLUGIN: Final = "janus.plugin.videoroom"
+SUBPROTOCOL: Final = "janus-protocol"
+KEEPALIVE_S: Final = 25.0  # Janus drops sessions idle for 60 s by default
+CALL_TIMEOUT_S: Final = 10.0
+PLACEHOLDERS: Final = ("room", "id", "token", "display")
+_SECRETS: Final = ("admin_key", "api_secret")
+# VideoRoom error codes we rely on.
+ERR_NO_SUCH_ROOM: Final = 426
+ERR_NO_SUCH_FEED: Final = 428
+ERR_UNAUTHORIZED: Final = 433
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class JanusError(AdapterError):
+    """Janus answered with an error (``code`` is ``janus_<number>``)."""
+
+    def __init__(self, number: int, message: str) -> None:
+        super().__init__(f"janus_{number}", f"janus: {message} ({number})")
+        self.number = number
+
+
+# --- pure: settings, identities, requests, answers -------------------------------------
+
+
+def render_client_url(template: str, *, room: int | str, pid: int | str, token: str,
+                      display: str) -> str:
+    """Fill the client URL template; every value is percent-encoded."""
+    values = {"room": str(room), "id": str(pid), "token": token, "display": display}
+    out = template
+    for name in PLACEHOLDERS:
+        out = out.replace("{" + name + "}", quote(values[name], safe=""))
+    return out
+
+
+def _check_template(value: object) -> str:
+    field = "platform.client_url"
+    if not isinstance(value, str):
+        raise InvalidSettings(field, "is required: the page students open, with {room}, "
+                              "{id}, {token} and optionally {display}")
+    for name in ("room", "id", "token"):
+        if "{" + name + "}" not in value:
+            raise InvalidSettings(field, f"must contain {{{name}}}")
+    sample = render_client_url(value, room=1, pid=2, token="t", display="d")  # noqa: S106
+    if "{" in sample or "}" in sample:
+        raise InvalidSettings(field, "knows only {room}, {id}, {token} and {display}")
+    parse_meeting_url(sample, field)
+    return value.strip()
+
+
+def participant_id(pid_key: str, student_id: str) -> int:
+    """The Janus participant id of a student in one room: keyed hash, below 2**52 so
+    browsers (JavaScript numbers) keep it exact, never 0."""
+    digest = hmac.new(pid_key.encode(), student_id.encode(), hashlib.sha256).digest()
+    return (int.from_bytes(digest[:7], "big") >> 4) or 1
+
+
+def new_token(pid: int) -> str:
+    return f"{pid}-{secrets.token_urlsafe(18)}"
+
+
+def token_owner(token: str) -> int | None:
+    """The participant id a token was minted for (``None`` when it is not ours)."""
+    head, sep, _ = token.partition("-")
+    return int(head) if sep and head.isdigit() and len(head) <= 20 else None
+
+
+def tokens_of(allowed: list[str], pid: int) -> list[str]:
+    prefix = f"{pid}-"
+    return [t for t in allowed if t.startswith(prefix)]
+
+
+def plugin_data(answer: Mapping[str, Any]) -> dict[str, Any]:
+    """The VideoRoom answer inside a Janus message, or ``JanusError``."""
+    if answer.get("janus") == "error":
+        err = answer.get("error") or {}
+        raise JanusError(int(err.get("code", 0)), str(err.get("reason", "error")))
+    data = (answer.get("plugindata") or {}).get("data")
+    if not isinstance(data, dict):
+        raise UpstreamUnavailable(KIND, "janus: answer without plugin data")
+    if "error_code" in data:
+        raise JanusError(int(data["error_code"]), str(data.get("error", "error")))
+    return data
+
+
+def parse_participants(data: Mapping[str, Any]) -> list[Present]:
+    out = []
+    for p in data.get("participants") or []:
+        if isinstance(p, dict) and "id" in p:
+            out.append(Present(upstream_id=str(p["id"]), display_name=str(p.get("display", "")),
+                               student_id=None, joined_at=None))
+    return out
+
+
+def audio_mids(attached: Mapping[str, Any]) -> list[str]:
+    """Publisher mids of audio streams, from a subscriber's ``attached`` answer."""
+    return [str(s["feed_mid"]) for s in attached.get("streams") or []
+            if isinstance(s, dict) and s.get("type") == "audio" and "feed_mid" in s]
+
+
+# --- I/O: one WebSocket, one session, one handle ---------------------------------------
+
+
+class JanusClient:
+    """A Janus session on one WebSocket, with a VideoRoom handle and keepalives."""
+
+    def __init__(self, url: str, api_secret: str | None = None) -> None:
+        self.url = url
+        self._secret = api_secret
+        self._ws: ClientConnection | None = None
+        self._session: int | None = None
+        self._handle: int | None = None
+        self._waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def open(self) -> bool:
+        return self._ws is not None and self._session is not None and bool(self._tasks)
+
+    async def connect(self) -> None:
+        import websockets
+
+        try:
+            self._ws = await asyncio.wait_for(
+                websockets.connect(self.url, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+                                   max_size=2**20, open_timeout=CALL_TIMEOUT_S),
+                CALL_TIMEOUT_S)
+        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+            raise UpstreamUnavailable(KIND, f"janus: cannot connect ({type(exc).__name__})"
+                                      ) from None
+        reader = asyncio.create_task(self._read())
+        self._tasks.add(reader)
+        created = await self._call({"janus": "create"})
+        self._session = int(created["data"]["id"])
+        attached = await self._call({"janus": "attach", "session_id": self._session,
+                                     "plugin": PLUGIN})
+        self._handle = int(attached["data"]["id"])
+        ka = asyncio.create_task(self._keepalive())
+        self._tasks.add(ka)
+
+    async def close(self) -> None:
+        if self._ws is not None and self._session is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.send(json.dumps(
+                    {"janus": "destroy", "session_id": self._session,
+                     "transaction": secrets.token_hex(8), **self._auth()})), 1.0)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), 2.0)
+        self._ws = None
+        self._session = None
+
+    def _auth(self) -> dict[str, str]:
+        return {"apisecret": self._secret} if self._secret else {}
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for raw in self._ws:
+                try:
+                    msg = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict) or msg.get("janus") == "ack":
+                    continue  # plugin messages answer "ack" first, then the result
+                tx = msg.get("transaction")
+                if not isinstance(tx, str):
+                    continue  # events Janus pushes on its own (e.g. "kicked")
+                fut = self._waiters.pop(tx, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except Exception as exc:  # noqa: BLE001 - any end of the socket ends the session
+            log.info("janus connection ended: %r", exc)
+        finally:
+            err = UpstreamUnavailable(KIND, "janus: connection lost")
+            for fut in self._waiters.values():
+                if not fut.done():
+                    fut.set_exception(err)
+            self._waiters.clear()
+            self._session = None
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            if self._ws is None or self._session is None:
+                return
+            try:
+                await self._ws.send(json.dumps({"janus": "keepalive", "session_id": self._session,
+                                                "transaction": secrets.token_hex(8),
+                                                **self._auth()}))
+            except Exception:  # noqa: BLE001 - the reader notices and fails the waiters
+                return
+
+    async def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self._ws is None:
+            raise UpstreamUnavailable(KIND, "janus: not connected")
+        tx = secrets.token_hex(8)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters[tx] = fut
+        try:
+            await self._ws.send(json.dumps({**msg, "transaction": tx, **self._auth()}))
+            answer = await asyncio.wait_for(fut, CALL_TIMEOUT_S)
+        except TimeoutError:
+            raise UpstreamUnavailable(KIND, "janus: no answer in time") from None
+        except UpstreamUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - websocket errors of every kind
+            raise UpstreamUnavailable(KIND, f"janus: {type(exc).__name__}") from None
+        finally:
+            self._waiters.pop(tx, None)
+        if answer.get("janus") == "error":
+            err = answer.get("error") or {}
+            raise JanusError(int(err.get("code", 0)), str(err.get("reason", "error")))
+        return answer
+
+    async def request(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send one VideoRoom request on our handle; the plugin's answer data."""
+        if self._session is None or self._handle is None:
+            raise UpstreamUnavailable(KIND, "janus: session lost")
+        answer = await self._call({"janus": "message", "session_id": self._session,
+                                   "handle_id": self._handle, "body": body})
+        return plugin_data(answer)
+
+    async def mids_of(self, room: int, feed: int) -> list[str]:
+        """Audio mids a publisher sends, found with a short-lived subscriber handle."""
+        assert self._session is not None
+        attached = await self._call({"janus": "attach", "session_id": self._session,
+                                     "plugin": PLUGIN})
+        handle = int(attached["data"]["id"])
+        try:
+            answer = await self._call({"janus": "message", "session_id": self._session,
+                                       "handle_id": handle,
+                                       "body": {"request": "join", "ptype": "subscriber",
+                                                "room": room, "streams": [{"feed": feed}]}})
+            return audio_mids(plugin_data(answer))
+        finally:
+            with contextlib.suppress(AdapterError):
+                await self._call({"janus": "detach", "session_id": self._session,
+                                  "handle_id": handle})
+
+
+class JanusPool:
+    """Long-lived Janus connections of one gateway process, keyed by URL and secret.
+
+    Opened lazily, re-opened when Janus went away, closed by ``aclose`` (the gateway
+    calls it in its cleanup context).
+    """
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str | None], JanusClient] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, url: str, api_secret: str | None) -> JanusClient:
+        async with self._lock:
+            client = self._clients.get((url, api_secret))
+            if client is not None and client.open:
+                return client
+            if client is not None:
+                await client.close()
+            client = JanusClient(url, api_secret)
+            await client.connect()
+            self._clients[(url, api_secret)] = client
+            return client
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            for client in self._clients.values():
+                await client.close()
+            self._clients.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _RoomRef:
+    room: int
+    secret: str
+    pid_key: str
+    ws_url: str
+    api_secret: str | None
+    client_url: str
+
+    @classmethod
+    def of(cls, room: Room) -> _RoomRef:
+        if room.kind != KIND:
+            raise AdapterError("invalid_room", f"room of kind {room.kind!r} given to {KIND}")
+        d = room.data
+        try:
+            return cls(room=int(d["room"]), secret=str(d["secret"]), pid_key=str(d["pid_key"]),
+                       ws_url=str(d["ws_url"]), api_secret=d.get("api_secret"),
+                       client_url=str(d["client_url"]))
+        except (KeyError, TypeError, ValueError):
+            raise AdapterError("invalid_room", "stored janus room is incomplete") from None
+
+
+# --- the adapter ------------------------------------------------------------------------
+
+
+class JanusAdapter:
+    """Janus VideoRoom: Janus itself refuses anyone without a ClassGuard token."""
+
+    kind: ClassVar[str] = KIND
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+
+    def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
+                 clock: Clock = utc_now, pool: JanusPool | None = None) -> None:
+        self._http = http_session
+        self._clock = clock
+        self._pool = pool
+
+    @classmethod
+    def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        check_keys(settings, KIND, ("ws_url", "client_url", "admin_key", "api_secret",
+                                    "publishers"))
+        out: dict[str, Any] = {
+            "kind": KIND,
+            "ws_url": ws_url(settings, "ws_url"),
+            "client_url": _check_template(settings.get("client_url")),
+            "publishers": opt_int(settings, "publishers", 30, 1, 500),
+        }
+        for name in _SECRETS:
+            value = req_secret(settings, name, min_len=4, required=False)
+            if value is not None:
+                out[name] = value
+        return out
+
+    @classmethod
+    def redact(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
+        return mask(settings, _SECRETS)
+
+    @contextlib.asynccontextmanager
+    async def _client(self, url: str, api_secret: str | None) -> AsyncIterator[JanusClient]:
+        if self._pool is not None:
+            client = await self._pool.get(url, api_secret)
+            yield client
+            return
+        client = JanusClient(url, api_secret)
+        try:
+            await client.connect()
+            yield client
+        finally:
+            await client.close()
+
+    async def provision(self, spec: RoomSpec) -> Room:
+        s = self.validate_settings(spec.settings)
+        room_secret = secrets.token_urlsafe(24)
+        body: dict[str, Any] = {
+            "request": "create",
+            "description": f"ClassGuard {spec.class_id}",
+            "secret": room_secret,
+            "is_private": True,  # not listed by "list"
+            "allowed": [],  # ACL on and empty: nobody gets in without our token
+            "publishers": s["publishers"],
+            "permanent": False,
+        }
+        if "admin_key" in s:
+            body["admin_key"] = s["admin_key"]
+        async with self._client(s["ws_url"], s.get("api_secret")) as c:
+            data = await c.request(body)
+        room_id = int(data["room"])
+        return Room(class_id=spec.class_id, kind=KIND, upstream_id=str(room_id), data={
+            "room": room_id,
+            "secret": room_secret,
+            "pid_key": secrets.token_urlsafe(24),
+            "ws_url": s["ws_url"],
+            "api_secret": s.get("api_secret"),
+            "client_url": s["client_url"],
+        })
+
+    async def _allowed(self, c: JanusClient, r: _RoomRef, action: str,
+                       tokens: list[str]) -> list[str]:
+        data = await c.request({"request": "allowed", "secret": r.secret, "room": r.room,
+                                "action": action, "allowed": tokens})
+        return [str(t) for t in data.get("allowed") or []]
+
+    def participant_id(self, room: Room, student_id: str) -> int:
+        return participant_id(_RoomRef.of(room).pid_key, student_id)
+
+    def identify(self, room: Room, student_ids: list[str]) -> dict[str, str]:
+        """Upstream participant id -> student id, for the students given."""
+        key = _RoomRef.of(room).pid_key
+        return {str(participant_id(key, sid)): sid for sid in student_ids}
+
+    async def join_url(self, room: Room, participant: Participant) -> str:
+        r = _RoomRef.of(room)
+        pid = participant_id(r.pid_key, participant.student_id)
+        token = new_token(pid)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            allowed = await self._allowed(c, r, "add", [token])
+            stale = [t for t in tokens_of(allowed, pid) if t != token]
+            if stale:  # one live token per student: the latest admission
+                await self._allowed(c, r, "remove", stale)
+        return render_client_url(r.client_url, room=r.room, pid=pid, token=token,
+                                 display=participant.display_name)
+
+    async def consume(self, room: Room, upstream_ids: list[str]) -> int:
+        """Single use: drop the tokens of participants seen in the room. Returns how many."""
+        r = _RoomRef.of(room)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            allowed = await self._allowed(c, r, "add", [])
+            used = [t for t in allowed if str(token_owner(t)) in set(upstream_ids)]
+            if used:
+                await self._allowed(c, r, "remove", used)
+        return len(used)
+
+    async def remove(self, room: Room, participant: Participant) -> None:
+        r = _RoomRef.of(room)
+        pid = participant_id(r.pid_key, participant.student_id)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            allowed = await self._allowed(c, r, "add", [])
+            mine = tokens_of(allowed, pid)
+            if mine:
+                await self._allowed(c, r, "remove", mine)
+            await self._kick(c, r, pid)
+
+    async def evict(self, room: Room, present: Present) -> None:
+        """Kick someone found in the room (an intruder) by their upstream id."""
+        r = _RoomRef.of(room)
+        if not present.upstream_id.isdigit():
+            raise AdapterError("invalid_participant", "janus participant ids are numbers")
+        async with self._client(r.ws_url, r.api_secret) as c:
+            await self._kick(c, r, int(present.upstream_id))
+
+    @staticmethod
+    async def _kick(c: JanusClient, r: _RoomRef, pid: int) -> None:
+        try:
+            await c.request({"request": "kick", "secret": r.secret, "room": r.room, "id": pid})
+        except JanusError as exc:
+            if exc.number != ERR_NO_SUCH_FEED:  # not in the room: nothing to kick
+                raise
+
+    async def mute(self, room: Room, participant: Participant | None = None) -> None:
+        r = _RoomRef.of(room)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            listed = await c.request({"request": "listparticipants", "room": r.room})
+            people = [p for p in listed.get("participants") or [] if p.get("publisher")]
+            if participant is not None:
+                pid = participant_id(r.pid_key, participant.student_id)
+                people = [p for p in people if int(p["id"]) == pid]
+            for p in people:
+                for mid in await c.mids_of(r.room, int(p["id"])):
+                    await c.request({"request": "moderate", "secret": r.secret, "room": r.room,
+                                     "id": int(p["id"]), "mid": mid, "mute": True})
+
+    async def lock(self, room: Room, locked: bool = True) -> None:
+        if not locked:
+            return  # new tokens are minted again on the next admission
+        r = _RoomRef.of(room)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            allowed = await self._allowed(c, r, "add", [])
+            if allowed:
+                await self._allowed(c, r, "remove", allowed)
+
+    async def end(self, room: Room) -> None:
+        r = _RoomRef.of(room)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            try:
+                await c.request({"request": "destroy", "secret": r.secret, "room": r.room})
+            except JanusError as exc:
+                if exc.number != ERR_NO_SUCH_ROOM:
+                    raise
+
+    async def participants(self, room: Room) -> list[Present]:
+        r = _RoomRef.of(room)
+        async with self._client(r.ws_url, r.api_secret) as c:
+            data = await c.request({"request": "listparticipants", "room": r.room})
+        return parse_participants(data)
