@@ -1,0 +1,55 @@
+"""``classguard audit verify|tail|checkpoint``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from audit import AuditLog, AuditSigningKey, verify_log
+
+from .config import Settings
+
+
+def audit_key(settings: Settings) -> AuditSigningKey:
+    return AuditSigningKey.load_or_create(
+        Path(settings.data_dir) / "keys" / "audit.key", settings.audit_origin
+    )
+
+
+async def run_audit_command(command: str, settings: Settings, url: str) -> int:
+    client = aioredis.Redis.from_url(url, decode_responses=False)
+    try:
+        log = AuditLog(client, prefix=settings.redis_prefix, node_id=settings.node_id,
+                       clock=lambda: 0)
+        if command == "checkpoint":
+            cp = await log.latest_checkpoint()
+            if cp is None:
+                print("classguard: error: no checkpoint yet (is a gateway running?)",
+                      file=sys.stderr)
+                return 1
+            sys.stdout.write(cp)
+            return 0
+        if command == "verify":
+            key = await asyncio.to_thread(audit_key, settings)
+            report = await verify_log(client, settings.redis_prefix, key.verifier(),
+                                      origin=settings.audit_origin)
+            print(json.dumps(report.to_json(), ensure_ascii=False))
+            if report.ok:
+                print(f"OK: {report.size} records, {report.checkpoints_checked} checkpoints "
+                      f"verified", file=sys.stderr)
+                return 0
+            print(f"FAULT at index {report.first_bad_index}: {report.fault}: {report.message}",
+                  file=sys.stderr)
+            return 1
+        if command == "tail":
+            async for ev in log.tail():
+                print(json.dumps(ev.to_json(), ensure_ascii=False), flush=True)
+            return 0
+        print(f"classguard: error: unknown audit command {command}", file=sys.stderr)
+        return 2
+    finally:
+        await client.aclose()

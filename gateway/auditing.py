@@ -1,0 +1,118 @@
+"""The gateway's side of the audit seam: every decision and host action becomes one
+event with the fields of DESIGN.md, personal fields kept apart (committed, not written
+into the tree)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+log = logging.getLogger("classguard.audit")
+
+
+class AppendOnlyLog(Protocol):
+    async def append(
+        self, event: Mapping[str, Any], personal: Mapping[str, Any] | None = None
+    ) -> str: ...
+
+
+class BatchLog(Protocol):
+    async def append_many(
+        self, items: list[tuple[Mapping[str, Any], Mapping[str, Any] | None]]
+    ) -> list[str]: ...
+
+
+class BatchingAppender:
+    """Appends made by concurrent requests in the same event-loop turn go to Redis in
+    one round trip. Every caller still waits until its own event is durable."""
+
+    def __init__(self, log_: BatchLog, max_batch: int = 500) -> None:
+        self._log = log_
+        self._max = max_batch
+        self._pending: list[tuple[Mapping[str, Any], Mapping[str, Any] | None,
+                                  asyncio.Future[str]]] = []
+        self._scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def append(
+        self, event: Mapping[str, Any], personal: Mapping[str, Any] | None = None
+    ) -> str:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        self._pending.append((event, personal, fut))
+        if len(self._pending) >= self._max:
+            self._flush_now()
+        elif not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush_now)
+        return await fut
+
+    def _flush_now(self) -> None:
+        self._scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._write(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, batch: list[tuple[Mapping[str, Any], Mapping[str, Any] | None,
+                                             asyncio.Future[str]]]) -> None:
+        try:
+            ids = await self._log.append_many([(e, p) for e, p, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - every waiter learns of the failure
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else
+                                      RuntimeError("audit append cancelled"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, fut), event_id in zip(batch, ids, strict=True):
+            if not fut.done():
+                fut.set_result(event_id)
+
+
+class Auditor:
+    def __init__(self, log_: AppendOnlyLog) -> None:
+        self._log = log_
+
+    async def record(
+        self,
+        type_: str,
+        *,
+        actor: str,
+        org: str | None = None,
+        class_id: str | None = None,
+        subject: str | None = None,
+        reason: str | None = None,
+        ip: str | None = None,
+        device: str | None = None,
+        user_agent: str | None = None,
+        name: str | None = None,
+        facts: Mapping[str, Any] | None = None,
+        personal: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Append one event; returns once it is durable (the caller may rely on it)."""
+        event: dict[str, Any] = {"type": type_, "actor": actor}
+        if reason is not None:
+            event["reason"] = reason
+        if org is not None:
+            event["org"] = org
+        if class_id is not None:
+            event["class"] = class_id
+        if subject is not None:
+            event["subject"] = subject
+        if facts:
+            event["facts"] = {k: v for k, v in facts.items() if v is not None}
+        p: dict[str, Any] = dict(personal or {})
+        if ip is not None:
+            p["ip"] = ip
+        if device is not None:
+            p["device"] = device
+        if user_agent:
+            p["ua"] = user_agent[:512]
+        if name is not None:
+            p["name"] = name
+        return await self._log.append(event, p or None)

@@ -1,0 +1,346 @@
+"""The ``classguard`` command.
+
+Settings come from flags, then ``CLASSGUARD_*`` environment variables, then a TOML file.
+A wrong argument prints a one-line error and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .config import ConfigError, Settings, load_settings
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        sys.stderr.write(f"classguard: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML settings file")
+    p.add_argument("--data-dir", dest="data_dir", help="data directory (keys, embedded Redis)")
+    p.add_argument("--redis-url", dest="redis_url", help="external Redis (default: embedded)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="classguard", description="ClassGuard: a safety gateway for online classes")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    _common(serve)
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--public-url", dest="public_url")
+
+    demo = sub.add_parser("demo", help="serve with a demo school, teacher and class of five")
+    _common(demo)
+    demo.add_argument("--host")
+    demo.add_argument("--port", type=int)
+    demo.add_argument("--public-url", dest="public_url")
+
+    init = sub.add_parser("init", help="create the data dir, keys and the first administrator")
+    _common(init)
+    init.add_argument("--admin", default="admin", help="administrator username (default admin)")
+    init.add_argument("--org", default="root", help="top organisation slug (default root)")
+
+    user = sub.add_parser("user", help="staff accounts")
+    usub = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
+    add = usub.add_parser("add", help="add a staff account")
+    _common(add)
+    add.add_argument("name")
+    add.add_argument("--role", required=True, choices=["teacher", "it", "admin"])
+    add.add_argument("--org", required=True)
+    add.add_argument("--password-stdin", action="store_true", dest="password_stdin")
+    tok = usub.add_parser("token", help="print a new API bearer token (last word of output)")
+    _common(tok)
+    tok.add_argument("name")
+
+    keys = sub.add_parser("keys", help="join-token and audit keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    for name in ("list", "rotate"):
+        _common(ksub.add_parser(name))
+
+    policy = sub.add_parser("policy", help="class policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    explain = psub.add_parser("explain", help="which rule decides an attempt, and why")
+    _common(explain)
+    explain.add_argument("--class", dest="class_id", required=True)
+    explain.add_argument("--token", required=True, help="the join token (or the whole link)")
+    explain.add_argument("--ip", default="127.0.0.1", help="the visitor's address")
+    explain.add_argument("--device-cookie", dest="device_cookie",
+                         help="the visitor's device cookie (default: a new device)")
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log")
+    asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    for name in ("verify", "tail", "checkpoint"):
+        _common(asub.add_parser(name))
+
+    evidence = sub.add_parser("evidence", help="incident evidence bundles")
+    esub = evidence.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
+    exp = esub.add_parser("export", help="build the evidence bundle of an incident")
+    _common(exp)
+    exp.add_argument("incident_id")
+    exp.add_argument("-o", "--output", required=True, type=Path, help="the zip file to write")
+    exp.add_argument("--lang", choices=["vi", "en"], default="vi", help="report language")
+    ver = esub.add_parser("verify", help="check a bundle offline (no server, no Redis)")
+    ver.add_argument("file", type=Path)
+    ver.add_argument("--key", help="pin the verifier key: the key text or a file holding it")
+    ver.add_argument("--lang", choices=["vi", "en"], default="vi", help="summary language")
+    ver.add_argument("--json", action="store_true", help="also print the full report as JSON")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags = {
+        k: getattr(args, k, None)
+        for k in ("host", "port", "data_dir", "redis_url", "public_url")
+        if getattr(args, k, None) is not None
+    }
+    return load_settings(flags, os.environ, getattr(args, "config", None))
+
+
+@contextlib.asynccontextmanager
+async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A text client on the configured Redis (see ``redis_url``)."""
+    async with redis_url(settings) as url:
+        client = aioredis.Redis.from_url(url, decode_responses=True)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def redis_url(settings: Settings) -> AsyncIterator[str]:
+    """The configured Redis; with none configured, the data dir's embedded one (the
+    running gateway's if it is up, else a temporary one started for this command)."""
+    from .embedded_redis import EmbeddedRedis
+
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        sock = Path(settings.data_dir) / "redis" / "redis.sock"
+        if sock.exists():
+            probe = aioredis.Redis.from_url(f"unix://{sock}")
+            try:
+                await probe.ping()
+                url = f"unix://{sock}"
+            except Exception:  # noqa: BLE001 - stale socket: start our own below
+                url = None
+            finally:
+                await probe.aclose()
+        if url is None:
+            embedded = EmbeddedRedis(Path(settings.data_dir))
+            url = await embedded.start()
+    try:
+        yield url
+    finally:
+        if embedded is not None:
+            await embedded.stop()
+
+
+def _staff(client: aioredis.Redis, settings: Settings) -> Any:
+    from .app import make_staff
+
+    return make_staff(client, settings, __import__("time").time)
+
+
+async def _cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from .keys import JoinKeyring
+    from .secretbox import SecretBox
+
+    data = Path(settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    os.chmod(data, 0o700)
+    keys_dir = data / "keys"
+    JoinKeyring.load_or_create(keys_dir / "join", clock=__import__("time").time)
+    SecretBox.load_or_create(keys_dir / "secretbox.key")
+    from audit import AuditSigningKey
+
+    AuditSigningKey.load_or_create(keys_dir / "audit.key", settings.audit_origin)
+    async with open_redis(settings) as r:
+        staff = _staff(r, settings)
+        await staff.ensure_org(args.org)
+        if await staff.get_user(args.admin) is not None:
+            print(f"data dir {data} is ready; administrator {args.admin!r} already exists")
+            return 0
+        user, otp = await staff.create_user(args.admin, role="admin", org=args.org, password=None)
+    print(f"data dir: {data}")
+    print(f"administrator: {user.username} (org {user.org})")
+    print(f"one-time password: {otp}")
+    return 0
+
+
+async def _cmd_user(args: argparse.Namespace, settings: Settings) -> int:
+    from .staff import StaffError
+
+    async with open_redis(settings) as r:
+        staff = _staff(r, settings)
+        try:
+            if args.user_command == "add":
+                password = None
+                if args.password_stdin:
+                    password = sys.stdin.readline().rstrip("\n")
+                    if not password:
+                        print("classguard: error: empty password on stdin", file=sys.stderr)
+                        return 2
+                await staff.ensure_org(args.org)
+                user, otp = await staff.create_user(args.name, role=args.role, org=args.org,
+                                                    password=password)
+                print(f"user {user.username} ({user.role}, org {user.org}) created")
+                if otp:
+                    print(f"one-time password: {otp}")
+                return 0
+            token = await staff.create_api_token(args.name)
+            print(f"API token for {args.name}: {token}")
+            return 0
+        except StaffError as exc:
+            print(f"classguard: error: {exc.message}", file=sys.stderr)
+            return 2
+
+
+def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from .keys import JoinKeyring
+
+    ring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join", clock=time.time)
+    if args.keys_command == "rotate":
+        kid = ring.rotate(settings.join_token_default_lifetime_s)
+        print(f"new active join-token key: {kid}")
+    for k in ring.list():
+        print(json.dumps(_key_info(k), ensure_ascii=False))
+    return 0
+
+
+def _key_info(k: Any) -> dict[str, Any]:
+    try:
+        import dataclasses
+
+        return dataclasses.asdict(k)
+    except TypeError:
+        return {"kid": str(k)}
+
+
+async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from .app import Services, make_templates
+    from .joinflow import JoinFlow
+    from .keys import JoinKeyring
+    from .metrics import Metrics
+    from .state import ClassStore, device_hash
+
+    token = args.token.rsplit("/j/", 1)[-1].strip()
+    async with open_redis(settings) as r:
+        svc = Services(settings=settings, clock=time.time, metrics=Metrics.create(),
+                       templates=make_templates())
+        svc.redis = r
+        svc.store = ClassStore(r, settings.redis_prefix)
+        svc.keyring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join",
+                                                 clock=time.time)
+        dev = device_hash(args.device_cookie) if args.device_cookie else None
+        out = await JoinFlow(svc).explain_token(token, ip=args.ip, device=dev)
+    cls = out.get("class_id")
+    if cls is not None and cls != args.class_id:
+        print(f"note: the token is for class {cls}, not {args.class_id}", file=sys.stderr)
+    for step in out.get("steps", []):
+        outcome = step.get("outcome")
+        mark = "pass" if outcome == "pass" else json.dumps(outcome, ensure_ascii=False)
+        print(f"  {step.get('rule', '?'):<20} {mark}  {step.get('text', '')}")
+    d = out.get("decision", {})
+    print(f"decision: {d.get('action')} ({d.get('reason')}) by rule {d.get('rule')}")
+    return 0
+
+
+async def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from .audit_cli import run_audit_command
+
+    async with redis_url(settings) as url:
+        return await run_audit_command(args.audit_command, settings, url)
+
+
+def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    if demo:
+        from .demo import add_demo
+
+        add_demo(app)
+
+    async def _run() -> None:
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        print(f"ClassGuard listening on {settings.public_url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(_run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "evidence" and args.evidence_command == "verify":
+        # Needs nothing but the file: no settings, no data dir, no Redis.
+        from .evidence_cli import verify_command
+
+        return verify_command(args.file, key=args.key, lang=args.lang, as_json=args.json)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"classguard: error: {exc}\n")
+        return 2
+    try:
+        if args.command == "serve":
+            return _serve(args, settings, demo=False)
+        if args.command == "demo":
+            return _serve(args, settings, demo=True)
+        if args.command == "init":
+            return asyncio.run(_cmd_init(args, settings))
+        if args.command == "user":
+            return asyncio.run(_cmd_user(args, settings))
+        if args.command == "keys":
+            return _cmd_keys(args, settings)
+        if args.command == "policy":
+            return asyncio.run(_cmd_policy(args, settings))
+        if args.command == "audit":
+            return asyncio.run(_cmd_audit(args, settings))
+        if args.command == "evidence":
+            from .evidence_cli import export_command
+
+            return asyncio.run(export_command(args.incident_id, args.output, args.lang,
+                                              settings))
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""``classguard demo``: a demo school, a teacher and a class of five students, so a
+newcomer sees the whole chain (teacher control room → student link → meeting)."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meeting_adapters import validate_platform
+from policies.model import ClassId
+
+from .app import SERVICES
+from .janus_runner import JanusProcess
+from .presence import watch_class
+from .state import new_id
+
+log = logging.getLogger("classguard.demo")
+
+DEMO_ORG = "demo-school"
+DEMO_TEACHER = "teacher"
+DEMO_STUDENTS = [
+    ("Nguyễn Văn An", "HS001"),
+    ("Trần Thị Bình", "HS002"),
+    ("Lê Hoàng Cường", "HS003"),
+    ("Phạm Thu Dung", "HS004"),
+    ("Võ Minh Đức", "HS005"),
+]
+
+
+async def _meeting_page(request: web.Request) -> web.Response:
+    svc = request.app[SERVICES]
+    from . import i18n
+
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    html = svc.templates.get_template("demo_meeting.html").render(lang=lang)
+    return web.Response(text=html, content_type="text/html")
+
+
+@dataclass(slots=True)
+class _DemoJanus:
+    """The demo's own Janus (filled at start-up, stopped at clean-up)."""
+
+    process: JanusProcess | None = None
+    ws_url: str = ""
+
+
+DEMO_JANUS: web.AppKey[_DemoJanus] = web.AppKey("demo_janus", _DemoJanus)
+
+
+async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
+    """Start a loopback Janus when the ``janus`` program is installed; its settings."""
+    from .janus_runner import JanusConfig, find_janus, free_port
+    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+
+    binary = find_janus()
+    if binary is None:
+        return None
+    svc = app[SERVICES]
+    s = svc.settings
+    secret = await asyncio.to_thread(load_or_create_hook_secret,
+                                     janus_hook_secret_path(Path(s.data_dir)))
+    base = s.public_url.rstrip("/")
+    cfg = JanusConfig(ws_port=free_port(), event_url=f"{base}/hooks/janus",
+                      event_password=secret)
+    proc = JanusProcess(binary, Path(s.data_dir) / "janus", cfg)
+    try:
+        await proc.start()
+    except (OSError, RuntimeError) as exc:
+        log.warning("demo: janus did not start (%s); using a plain link", exc)
+        return None
+    app[DEMO_JANUS].process = proc
+    app[DEMO_JANUS].ws_url = cfg.ws_url
+    return validate_platform({
+        "kind": "janus", "ws_url": cfg.ws_url, "admin_key": cfg.admin_key,
+        "client_url": f"{base}/demo/janus?room={{room}}&id={{id}}&token={{token}}"
+                      "&name={display}",
+    })
+
+
+async def _stop_janus(app: web.Application) -> None:
+    proc = app[DEMO_JANUS].process
+    if proc is not None:
+        await proc.stop()
+
+
+_JANUS_PAGE = """<!doctype html>
+<html lang="vi"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ClassGuard demo room</title><link rel="stylesheet" href="/static/style.css"></head>
+<body><main id="room" data-janus="{ws}">
+<h1>Janus VideoRoom</h1><p id="status">…</p><div id="videos"></div>
+</main><script src="/static/janus_room.js"></script></body></html>
+"""
+
+
+async def _janus_page(request: web.Request) -> web.Response:
+    ws = request.app[DEMO_JANUS].ws_url
+    if not ws:
+        raise web.HTTPNotFound()
+    resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
+                        content_type="text/html")
+    # NOTE: this page alone may reach the demo's Janus and use the camera and microphone.
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"media-src 'self' blob: mediastream:; connect-src 'self' {ws}; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+    resp.headers["Permissions-Policy"] = "camera=(self), microphone=(self), geolocation=()"
+    return resp
+
+
+async def _setup_demo(app: web.Application) -> None:
+    from .routes.classes import issue_links, seal_platform
+
+    svc = app[SERVICES]
+    assert svc.staff is not None and svc.store is not None and svc.secretbox is not None
+    s = svc.settings
+    await svc.staff.ensure_org(DEMO_ORG, name="Trường THCS Demo")
+    password = secrets.token_urlsafe(9)
+    if await svc.staff.get_user(DEMO_TEACHER) is None:
+        await svc.staff.create_user(DEMO_TEACHER, role="teacher", org=DEMO_ORG, password=password)
+    else:
+        await svc.staff.set_password(DEMO_TEACHER, password)
+    now = datetime.fromtimestamp(svc.clock(), UTC)
+    platform = await _janus_platform(app) or validate_platform(
+        {"kind": "generic", "url": s.public_url.rstrip("/") + "/demo/meeting"})
+    cid = ClassId(new_id("c"))
+    info = await svc.store.create_class(
+        class_id=cid, owner=DEMO_TEACHER, org=DEMO_ORG, title="Toán 10A1 (demo)",
+        platform_kind=str(platform["kind"]),
+        platform_sealed=await seal_platform(svc, cid, "Toán 10A1 (demo)", platform),
+        schedule=__import__("policies.model", fromlist=["Schedule"]).Schedule(
+            starts_at=now - timedelta(minutes=5), ends_at=now + timedelta(hours=3),
+            term_ends_at=now + timedelta(days=30)),
+        policy={"preset": "strict"},
+    )
+    await watch_class(svc, info)
+    await svc.store.replace_roster(info.id, DEMO_STUDENTS and [(n, e) for n, e in DEMO_STUDENTS])
+    links = await issue_links(svc, info, None, "system:demo")
+    base = s.public_url.rstrip("/")
+    lines = [
+        "",
+        "ClassGuard demo is ready.",
+        f"  Teacher sign-in: {base}/login   user: {DEMO_TEACHER}   password: {password}",
+        f"  Control room:    {base}/classes/{info.id}/control",
+        f"  Short-code page: {base}/join",
+        f"  Meeting:         {platform['kind']}"
+        + (" (a local Janus VideoRoom; only ClassGuard's tokens get in)"
+           if platform["kind"] == "janus" else " (a plain link: install janus for more)"),
+        "  Students' personal links:",
+    ]
+    for link in links:
+        lines.append(f"    {link['name']:<18} {link['code']}  {link['url']}")
+    print("\n".join(lines), flush=True)
+
+
+def add_demo(app: web.Application) -> None:
+    app[DEMO_JANUS] = _DemoJanus()
+    app.router.add_get("/demo/meeting", _meeting_page)
+    app.router.add_get("/demo/janus", _janus_page)
+    app.on_startup.append(_setup_demo)
+    app.on_cleanup.append(_stop_janus)

@@ -1,0 +1,176 @@
+"""One place that turns every failure into the error JSON of API.md.
+
+``{"error": {"code": ..., "message": ..., "field": ...}}`` with a fitting status; never a
+stack trace. Package errors (PolicyError, StaffError, AdapterError, RosterError, ...)
+carry a stable ``code`` and are mapped here, so route code can simply raise them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.exceptions
+from aiohttp import web
+
+from . import i18n
+
+log = logging.getLogger("classguard.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error with an HTTP status, a stable code and an English message.
+
+    ``message_key`` (optional) names a translation catalogue entry used for the
+    human message in the visitor's language.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def bad_request(code: str, message: str, field: str | None = None) -> ApiError:
+    return ApiError(400, code, message, field=field)
+
+
+def not_found(what: str = "resource") -> ApiError:
+    return ApiError(404, "not_found", f"{what} not found")
+
+
+def forbidden(message: str = "not allowed") -> ApiError:
+    return ApiError(403, "forbidden", message)
+
+
+def rate_limited(retry_after: float) -> ApiError:
+    secs = max(1, int(retry_after + 0.999))
+    return ApiError(
+        429, "rate_limited", "too many requests", headers={"Retry-After": str(secs)}
+    )
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        err["field"] = field
+    if extra:
+        err.update(extra)
+    return web.Response(
+        status=status,
+        text=json.dumps({"error": err}, ensure_ascii=False),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+# status for the stable codes of the package errors
+_CODE_STATUS = {
+    "invalid_policy": 400,
+    "invalid_platform": 400,
+    "unsupported_by_platform": 409,
+    "platform_unreachable": 503,
+    "user_exists": 409,
+    "not_found": 404,
+    "encoding": 400,
+    "format": 400,
+    "empty": 400,
+    "too_many_rows": 413,
+    "too_large": 413,
+}
+
+
+def _from_package_error(exc: Exception) -> web.Response | None:
+    code = getattr(exc, "code", None)
+    if not isinstance(code, str) or not type(exc).__module__.split(".")[0] in {
+        "policies",
+        "meeting_adapters",
+        "audit",
+        "gateway",
+    }:
+        return None
+    message = getattr(exc, "message", None) or str(exc) or code
+    field = getattr(exc, "field", None)
+    status = getattr(exc, "status", None) or _CODE_STATUS.get(code, 400)
+    return error_response(int(status), code, str(message), field)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _wants_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and not request.path.startswith("/api/")
+
+
+def make_error_middleware(
+    on_dependency_error: Callable[[], None] = lambda: None,
+) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """The middleware; ``on_dependency_error`` counts Redis failures in metrics."""
+
+    @web.middleware
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await _handle(request, handler, on_dependency_error)
+
+    return error_middleware
+
+
+async def _handle(request: web.Request, handler: Handler,
+                  on_dependency_error: Callable[[], None]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(
+            exc.status, exc.code, exc.message, exc.field, exc.headers, exc.extra
+        )
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "too_large", "request body too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            return error_response(404, "not_found", "not found")
+        if exc.status == 405:
+            return error_response(405, "method_not_allowed", "method not allowed")
+        return error_response(exc.status, f"http_{exc.status}", exc.reason or "error")
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # NOTE: fail closed. Any dependency outage is a 503; nobody is admitted.
+        # NOTE: never log the path itself: /j/<token> is a personal credential.
+        log.warning("dependency unavailable on %s: %s", _route_name(request), exc)
+        on_dependency_error()
+        lang = i18n.request_lang(request)
+        return error_response(
+            503, "dependency_unavailable", i18n.t(lang, "error.redis_down")
+        )
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: never a stack trace
+        mapped = _from_package_error(exc)
+        if mapped is not None:
+            return mapped
+        log.exception("unhandled error on %s %s", request.method, _route_name(request))
+        return error_response(500, "internal_error", "internal error")

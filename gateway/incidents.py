@@ -1,0 +1,404 @@
+"""Incidents in Redis: what happened in which class, when, to whom, plus attached files.
+
+An incident names a class, a time window, the people involved (roster students and/or
+unknown visitors known by device hash or IP address) and optionally specific audit
+indexes. Status moves ``open -> exported -> closed`` (``open -> closed`` too); a closed
+incident takes no more edits or attachments.
+
+Attachments (screenshots, chat exports, recordings) are sealed at rest with the gateway's
+SecretBox in chunks of 1 MiB, each bound by its associated data to the incident, the
+attachment, its position and the chunk count, so chunks cannot be swapped, reordered,
+dropped or moved to another incident without failing to open. They live in Redis, not on
+a local disk, so every gateway process behind the load balancer can export them.
+
+Keys (hash tag ``{i:<id>}`` keeps an incident's keys on one Cluster slot)::
+
+    <p>{i:<id>}:meta          hash: the incident (JSON members where structured)
+    <p>{i:<id>}:att           hash: attachment id -> metadata JSON
+    <p>{i:<id>}:att:<att id>  list: sealed chunks
+    <p>incidents:org:<org>    zset: incident ids by creation time
+    <p>incidents:class:<cid>  zset: incident ids by creation time
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import redis.asyncio as aioredis
+
+from .secretbox import SecretBox
+
+Status = Literal["open", "exported", "closed"]
+STATUSES: tuple[Status, ...] = ("open", "exported", "closed")
+#: Allowed status changes. Exporting again an exported incident keeps it ``exported``.
+TRANSITIONS: Mapping[str, frozenset[str]] = {
+    "open": frozenset({"exported", "closed"}),
+    "exported": frozenset({"closed"}),
+    "closed": frozenset(),
+}
+RECORD_VERSION = 1
+CHUNK_BYTES = 1 << 20
+MAX_ATTACHMENTS = 20
+_ID_RE = re.compile(r"i[a-z0-9]{12}")
+_ATT_RE = re.compile(r"a[a-z0-9]{10}")
+_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+class IncidentError(Exception):
+    """A stable ``code`` and an English message; ``status`` for the HTTP layer."""
+
+    def __init__(self, code: str, message: str, *, status: int = 400,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.field = field
+
+
+def new_incident_id() -> str:
+    return "i" + "".join(secrets.choice(_ALPHABET) for _ in range(12))
+
+
+def _new_attachment_id() -> str:
+    return "a" + "".join(secrets.choice(_ALPHABET) for _ in range(10))
+
+
+def valid_incident_id(value: str) -> bool:
+    return bool(_ID_RE.fullmatch(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """Someone not on the roster, known by the device hash or the address the log holds."""
+
+    device: str | None = None
+    ip: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        return {k: v for k, v in (("device", self.device), ("ip", self.ip)) if v}
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    id: str
+    filename: str  # as uploaded; shown to staff, never used as a file name
+    content_type: str  # sniffed from the bytes, never the client's header
+    extension: str
+    size: int
+    sha256: str
+    uploaded_by: str
+    uploaded_at: float
+    chunks: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "filename": self.filename,
+            "content_type": self.content_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "uploaded_by": self.uploaded_by,
+            "uploaded_at": self.uploaded_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    id: str
+    org: str
+    class_id: str
+    title: str
+    description: str
+    since_ms: int
+    until_ms: int
+    student_ids: tuple[str, ...]
+    visitors: tuple[Visitor, ...]
+    indexes: tuple[int, ...]
+    status: Status
+    created_by: str
+    created_at: float
+    updated_at: float
+    attachments: tuple[Attachment, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "org": self.org,
+            "class_id": self.class_id,
+            "title": self.title,
+            "description": self.description,
+            "since": self.since_ms,
+            "until": self.until_ms,
+            "student_ids": list(self.student_ids),
+            "visitors": [v.to_json() for v in self.visitors],
+            "indexes": list(self.indexes),
+            "status": self.status,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "attachments": [a.to_json() for a in self.attachments],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """What a list shows: no people, no description (opening one is a custody view)."""
+        return {
+            "id": self.id,
+            "class_id": self.class_id,
+            "title": self.title,
+            "status": self.status,
+            "since": self.since_ms,
+            "until": self.until_ms,
+            "created_by": self.created_by,
+            "created_at": self.created_at,
+        }
+
+
+# --- content sniffing (pure) ---
+
+_MAGIC: Sequence[tuple[int, bytes, str, str]] = (
+    (0, b"\x89PNG\r\n\x1a\n", "image/png", "png"),
+    (0, b"\xff\xd8\xff", "image/jpeg", "jpg"),
+    (0, b"GIF87a", "image/gif", "gif"),
+    (0, b"GIF89a", "image/gif", "gif"),
+    (0, b"%PDF-", "application/pdf", "pdf"),
+    (0, b"\x1a\x45\xdf\xa3", "video/webm", "webm"),
+    (0, b"OggS", "audio/ogg", "ogg"),
+    (0, b"ID3", "audio/mpeg", "mp3"),
+    (0, b"PK\x03\x04", "application/zip", "zip"),
+)
+
+
+def sniff(head: bytes) -> tuple[str, str]:
+    """``(content type, extension)`` from the first bytes of a file.
+
+    NOTE: the client's Content-Type header is ignored on purpose: it is whatever the
+    uploader claims. Unknown binary data is kept as application/octet-stream (evidence may
+    come in any format); nothing is ever served back to a browser inline.
+    """
+    for offset, magic, ctype, ext in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return ctype, ext
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp", "webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "audio/wav", "wav"
+    if head[4:8] == b"ftyp":
+        return "video/mp4", "mp4"
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return "text/plain", "txt"
+        except UnicodeDecodeError as exc:
+            # a multi-byte character cut at the end of the sniffed prefix is still text
+            if exc.start >= len(head) - 3 and exc.reason == "unexpected end of data":
+                return "text/plain", "txt"
+    return "application/octet-stream", "bin"
+
+
+# --- the store ---
+
+_SET_STATUS = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return -1 end
+local allowed = cjson.decode(ARGV[3])
+local ok = false
+for _, s in ipairs(allowed[cur] or {}) do if s == ARGV[1] then ok = true end end
+if cur == ARGV[1] and ARGV[4] == '1' then ok = true end
+if not ok then return cur end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+return 1
+"""
+
+
+class IncidentStore:
+    """Incidents and their sealed attachments; every method is one or a few round trips."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, *, clock: Callable[[], float],
+                 secretbox: SecretBox) -> None:
+        self.r = redis
+        self.p = prefix
+        self.clock = clock
+        self.box = secretbox
+        self._set_status = redis.register_script(_SET_STATUS)
+
+    def _k(self, iid: str, suffix: str) -> str:
+        return f"{self.p}{{i:{iid}}}:{suffix}"
+
+    def _org_key(self, org: str) -> str:
+        return f"{self.p}incidents:org:{org}"
+
+    def _class_key(self, cid: str) -> str:
+        return f"{self.p}incidents:class:{cid}"
+
+    async def create(
+        self, *, org: str, class_id: str, title: str, description: str, since_ms: int,
+        until_ms: int, student_ids: Sequence[str], visitors: Sequence[Visitor],
+        indexes: Sequence[int], created_by: str,
+    ) -> Incident:
+        iid = new_incident_id()
+        now = self.clock()
+        inc = Incident(iid, org, class_id, title, description, since_ms, until_ms,
+                       tuple(student_ids), tuple(visitors), tuple(indexes), "open",
+                       created_by, now, now)
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self._k(iid, "meta"), mapping={
+                "v": str(RECORD_VERSION),
+                "id": iid,
+                "org": org,
+                "class_id": class_id,
+                "title": title,
+                "description": description,
+                "since_ms": str(since_ms),
+                "until_ms": str(until_ms),
+                "student_ids": json.dumps(list(student_ids)),
+                "visitors": json.dumps([v.to_json() for v in visitors]),
+                "indexes": json.dumps(list(indexes)),
+                "status": "open",
+                "created_by": created_by,
+                "created_at": repr(now),
+                "updated_at": repr(now),
+            })
+            p.zadd(self._org_key(org), {iid: now})
+            p.zadd(self._class_key(class_id), {iid: now})
+            await p.execute()
+        return inc
+
+    async def get(self, iid: str) -> Incident | None:
+        if not valid_incident_id(iid):
+            return None
+        async with self.r.pipeline(transaction=False) as p:
+            p.hgetall(self._k(iid, "meta"))
+            p.hgetall(self._k(iid, "att"))
+            replies: list[Any] = await p.execute()
+        meta, atts = replies[0], replies[1]
+        if not meta:
+            return None
+        v = int(meta.get("v", "0"))
+        if v != RECORD_VERSION:
+            raise IncidentError("unsupported_version",
+                                f"incident record v{v}; this software knows v{RECORD_VERSION}",
+                                status=500)
+        attachments = sorted(
+            (_attachment_from_json(json.loads(raw)) for raw in atts.values()),
+            key=lambda a: (a.uploaded_at, a.id),
+        )
+        return Incident(
+            id=meta["id"], org=meta["org"], class_id=meta["class_id"], title=meta["title"],
+            description=meta["description"], since_ms=int(meta["since_ms"]),
+            until_ms=int(meta["until_ms"]),
+            student_ids=tuple(json.loads(meta["student_ids"])),
+            visitors=tuple(Visitor(**v) for v in json.loads(meta["visitors"])),
+            indexes=tuple(json.loads(meta["indexes"])),
+            status=meta["status"],
+            created_by=meta["created_by"], created_at=float(meta["created_at"]),
+            updated_at=float(meta["updated_at"]), attachments=tuple(attachments),
+        )
+
+    async def ids_of_orgs(self, orgs: Iterable[str], limit: int = 200) -> list[str]:
+        return await self._ids([self._org_key(o) for o in orgs], limit)
+
+    async def ids_of_classes(self, class_ids: Iterable[str], limit: int = 200) -> list[str]:
+        return await self._ids([self._class_key(c) for c in class_ids], limit)
+
+    async def _ids(self, keys: list[str], limit: int) -> list[str]:
+        found: dict[str, float] = {}
+        for key in keys:
+            pairs: list[Any] = await self.r.zrevrange(key, 0, limit - 1, withscores=True)
+            for member, score in pairs:
+                found[str(member)] = float(score)
+        return [i for i, _ in sorted(found.items(), key=lambda kv: -kv[1])[:limit]]
+
+    async def set_status(self, iid: str, status: str, *, allow_same: bool = False) -> None:
+        """Move the incident to ``status`` if the transition is allowed (atomically)."""
+        if status not in STATUSES:
+            raise IncidentError("invalid_field", f"status must be one of {', '.join(STATUSES)}",
+                                field="status")
+        res = await self._set_status(
+            keys=[self._k(iid, "meta")],
+            args=[status, repr(self.clock()),
+                  json.dumps({k: sorted(v) for k, v in TRANSITIONS.items()}),
+                  "1" if allow_same else "0"],
+        )
+        if res == -1:
+            raise IncidentError("not_found", "incident not found", status=404)
+        if res != 1:
+            cur = res.decode() if isinstance(res, bytes) else str(res)
+            raise IncidentError("invalid_transition",
+                                f"expected a status reachable from {cur!r}, found {status!r}",
+                                status=409, field="status")
+
+    async def update_text(self, iid: str, *, title: str | None, description: str | None) -> None:
+        mapping: dict[str | bytes, str] = {
+            k: v for k, v in (("title", title), ("description", description)) if v is not None}
+        if mapping:
+            mapping["updated_at"] = repr(self.clock())
+            await self.r.hset(self._k(iid, "meta"), mapping=cast(Any, mapping))
+
+    # --- attachments ---
+
+    def _aad(self, iid: str, aid: str, i: int, n: int) -> bytes:
+        return f"incident-attachment:{iid}:{aid}:{i}:{n}".encode()
+
+    async def add_attachment(self, inc: Incident, *, filename: str, data: bytes,
+                             uploaded_by: str) -> Attachment:
+        """Seal and store ``data``; the caller enforces size limits and logs the upload."""
+        if len(inc.attachments) >= MAX_ATTACHMENTS:
+            raise IncidentError("too_many_attachments",
+                                f"an incident holds at most {MAX_ATTACHMENTS} attachments",
+                                status=409)
+        aid = _new_attachment_id()
+        ctype, ext = sniff(data[:512])
+        n = max(1, -(-len(data) // CHUNK_BYTES))
+        att = Attachment(aid, filename, ctype, ext, len(data), hashlib.sha256(data).hexdigest(),
+                         uploaded_by, self.clock(), n)
+        sealed = [
+            self.box.encrypt(data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
+                             aad=self._aad(inc.id, aid, i, n))
+            for i in range(n)
+        ]
+        async with self.r.pipeline(transaction=True) as p:
+            p.rpush(self._k(inc.id, f"att:{aid}"), *sealed)
+            p.hset(self._k(inc.id, "att"), aid, json.dumps(_attachment_to_json(att)))
+            p.hset(self._k(inc.id, "meta"), "updated_at", repr(self.clock()))
+            await p.execute()
+        return att
+
+    async def attachment_bytes(self, iid: str, att: Attachment) -> bytes:
+        """Open every chunk and check the SHA-256 recorded at upload."""
+        if not _ATT_RE.fullmatch(att.id):
+            raise IncidentError("not_found", "attachment not found", status=404)
+        chunks = await self.r.lrange(self._k(iid, f"att:{att.id}"), 0, -1)
+        if len(chunks) != att.chunks:
+            raise IncidentError("attachment_damaged",
+                                f"attachment {att.id}: expected {att.chunks} sealed chunks, "
+                                f"found {len(chunks)}", status=500)
+        data = b"".join(
+            self.box.decrypt(str(c), aad=self._aad(iid, att.id, i, att.chunks))
+            for i, c in enumerate(chunks)
+        )
+        found = hashlib.sha256(data).hexdigest()
+        if found != att.sha256:
+            raise IncidentError("attachment_damaged",
+                                f"attachment {att.id}: expected SHA-256 {att.sha256}, "
+                                f"found {found}", status=500)
+        return data
+
+
+def _attachment_to_json(a: Attachment) -> dict[str, Any]:
+    return {**a.to_json(), "extension": a.extension, "chunks": a.chunks}
+
+
+def _attachment_from_json(d: Mapping[str, Any]) -> Attachment:
+    return Attachment(
+        id=str(d["id"]), filename=str(d["filename"]), content_type=str(d["content_type"]),
+        extension=str(d["extension"]), size=int(d["size"]), sha256=str(d["sha256"]),
+        uploaded_by=str(d["uploaded_by"]), uploaded_at=float(d["uploaded_at"]),
+        chunks=int(d["chunks"]),
+    )

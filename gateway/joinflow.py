@@ -1,0 +1,478 @@
+"""The student's way in: credential → policy decision → waiting room or ``/go``.
+
+The decision itself comes from ``policies.evaluate`` (pure); this module gathers its
+inputs from Redis, applies the result with atomic scripts, and records it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+import json
+
+from policies import evaluate, explain, load_policy
+from policies.model import (
+    Action,
+    Attempt,
+    ClassId,
+    ClassState,
+    Decision,
+    Jti,
+    Policy,
+    Reason,
+    Schedule,
+    StudentId,
+    TokenFacts,
+)
+
+from .app import Services
+from .state import Limit, Snapshot, device_hash
+from .tokens import peek_claims, verify_join_token
+from .useragent import device_hint
+
+log = logging.getLogger("classguard.join")
+
+DEVICE_COOKIE = "cg_dev"
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Used only to run the token rules of the chain for a credential whose class is unknown:
+# the chain stops at the token rules before any state is consulted.
+_NO_CLASS_STATE = ClassState(
+    class_id=ClassId("-"), schedule=Schedule(starts_at=_EPOCH, ends_at=_EPOCH)
+)
+
+
+@lru_cache(maxsize=4096)
+def _policy_from_json(text: str) -> Policy:
+    # Policies are validated when a class is created or changed; the cache keeps
+    # parsing off the hot path while still going through the one validator.
+    return load_policy(json.loads(text))
+
+
+def class_policy(policy_data: dict[str, Any]) -> Policy:
+    return _policy_from_json(json.dumps(policy_data, sort_keys=True))
+
+
+_STRICT = load_policy({"preset": "strict"})
+REPEATED_FAILURES = 5
+
+
+@dataclass(slots=True)
+class JoinOutcome:
+    decision: Decision
+    class_id: str | None = None
+    class_title: str | None = None
+    student_name: str | None = None
+    ticket: str | None = None
+    redirect: str | None = None
+    new_device_cookie: str | None = None
+    retry_after: float = 0.0
+    opens_at: str | None = None
+
+
+def new_device_cookie() -> str:
+    return secrets.token_urlsafe(16)  # 128 bits
+
+
+def network_of(ip: str) -> str:
+    """/24 for IPv4, /64 for IPv6: the unit a single attacker usually controls."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    bits = 24 if addr.version == 4 else 64
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+class JoinFlow:
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    @property
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.svc.clock(), UTC)
+
+    async def rate_limit(self, ip: str, extra: list[Limit] | None = None) -> float:
+        assert self.svc.store is not None
+        limits = [
+            Limit(f"ip:{ip}", per_second=5, burst=20),
+            Limit(f"net:{network_of(ip)}", per_second=50, burst=200),
+            Limit("global", per_second=5000, burst=20000),
+        ]
+        if extra:
+            limits += extra
+        wait = await self.svc.store.rate_limit(limits)
+        if wait > 0:
+            self.svc.metrics.rate_limited.labels("join").inc()
+        return wait
+
+    def _limits(self, ip: str, jti: str | None) -> list[Limit]:
+        limits = [
+            Limit(f"ip:{ip}", per_second=5, burst=20),
+            Limit(f"net:{network_of(ip)}", per_second=50, burst=200),
+            Limit("global", per_second=5000, burst=20000),
+        ]
+        if jti:
+            limits.append(Limit(f"jti:{jti}", per_second=1, burst=10))
+        return limits
+
+    async def with_token(
+        self, token: str, *, ip: str, device_cookie: str | None, user_agent: str
+    ) -> JoinOutcome:
+        """A link opened. Round trip 1 (rate limits + the class snapshot, keyed by the
+        token's claims read unverified) comes before any signature check, so floods and
+        banned sources are refused cheaply; the decision is then taken on the verified
+        claims only."""
+        svc = self.svc
+        store = svc.store
+        assert svc.keyring is not None and store is not None
+        fresh_cookie = None
+        if device_cookie is None:
+            fresh_cookie = device_cookie = new_device_cookie()
+        dev = device_hash(device_cookie)
+        peek = peek_claims(token)
+        if peek is None:
+            # Not even shaped like our tokens: charge the source, then refuse.
+            wait = await self.rate_limit(ip)
+            if wait > 0:
+                return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
+            facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
+            return await self._decide(facts, None, ip=ip, dev=dev, fresh_cookie=fresh_cookie,
+                                      user_agent=user_agent, via="link")
+        _kid, jti, sub, cls = peek
+        claimed = TokenFacts(failure=None, student_id=StudentId(sub), class_id=ClassId(cls),
+                             jti=Jti(jti))
+        snap = await store.snapshot(cls, claimed, device=dev, ip=ip,
+                                    limits=self._limits(ip, jti))
+        wait = float(snap.extra.get("wait", 0.0))
+        if wait > 0:
+            self.svc.metrics.rate_limited.labels("join").inc()
+            return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
+        if snap.state is not None and (snap.state.banned_device or snap.state.banned_ip):
+            # NOTE: a banned source is refused before the signature is even checked.
+            reason = Reason.BANNED_DEVICE if snap.state.banned_device else Reason.BANNED_IP
+            decision = Decision(Action.DENY, reason, "bans",
+                                {"ban_reason": snap.state.ban_reason, "verified": False})
+            return await self._finish_deny(decision, snap, claimed, ip=ip, dev=dev,
+                                           fresh_cookie=fresh_cookie, user_agent=user_agent)
+        facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
+        if facts.failure == "unknown_kid" and svc.keyring.reload_if_changed():
+            # Another process may just have rotated keys.
+            facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
+        if facts.failure is None and (facts.class_id, facts.student_id, facts.jti) != (
+                cls, sub, jti):
+            facts = TokenFacts(failure="bad_claims")  # cannot happen with a valid signature
+        return await self._decide(facts, snap if facts.failure is None else None, ip=ip,
+                                  dev=dev, fresh_cookie=fresh_cookie, user_agent=user_agent,
+                                  via="link")
+
+    async def rate_limit(self, ip: str, extra: list[Limit] | None = None) -> float:
+        assert self.svc.store is not None
+        wait = await self.svc.store.rate_limit(self._limits(ip, None) + (extra or []))
+        if wait > 0:
+            self.svc.metrics.rate_limited.labels("join").inc()
+        return wait
+
+    async def explain_attempt(self, facts: TokenFacts, *, ip: str,
+                              device: str | None) -> dict[str, Any]:
+        """The rule-by-rule explanation of an attempt, without acting on it."""
+        store = self.svc.store
+        assert store is not None
+        now = self._now
+        attempt = Attempt(class_id=ClassId(facts.class_id or "-"), token=facts, ip=ip,
+                          device=device)
+        if facts.failure is not None or facts.class_id is None:
+            return explain(attempt, _NO_CLASS_STATE, _STRICT, now).to_dict()
+        snap = await store.snapshot(facts.class_id, facts, device=device, ip=ip)
+        if snap.info is None or snap.state is None:
+            return {"decision": {"action": "deny", "reason": "token_invalid",
+                                 "rule": "class_exists"}, "steps": []}
+        out = explain(attempt, snap.state, class_policy(snap.info.policy), now).to_dict()
+        out["class_id"] = facts.class_id
+        return out
+
+    async def explain_token(self, token: str, *, ip: str, device: str | None) -> dict[str, Any]:
+        assert self.svc.keyring is not None
+        facts = verify_join_token(self.svc.keyring, token, issuer=self.svc.settings.public_url)
+        return await self.explain_attempt(facts, ip=ip, device=device)
+
+    async def explain_student(self, cid: str, sid: str) -> dict[str, Any]:
+        """As if the student opened their current link again from their bound device."""
+        store = self.svc.store
+        assert store is not None
+        links = await store.current_links(cid)
+        rec = links.get(sid)
+        if rec is None:
+            facts = TokenFacts(failure=None, student_id=StudentId(sid), class_id=ClassId(cid),
+                               jti=Jti("-"), exp=self.svc.clock() + 86400, nbf=0.0)
+        else:
+            facts = TokenFacts(failure=None, student_id=rec.student_id, class_id=rec.class_id,
+                               jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
+        device = await store.r.hget(store.k.bind(cid), sid)
+        ip = await store.r.hget(store.k.c(cid, "last_ip"), sid) or "0.0.0.0"  # noqa: S104
+        return await self.explain_attempt(facts, ip=str(ip), device=device)
+
+    async def admit_waiting_by_policy(self, cid: str) -> int:
+        """When the host arrives, re-decide every student who was waiting only for the
+        host; those the class policy now admits are let in (``standard``)."""
+        svc = self.svc
+        store = svc.store
+        assert store is not None and svc.bus is not None and svc.auditor is not None
+        waiting = await store.waiting(cid)
+        if not waiting:
+            return 0
+        links = await store.current_links(cid)
+        admitted = 0
+        for ticket_id, w in waiting.items():
+            if w.get("reason") != Reason.AWAITING_HOST.value:
+                continue
+            t = await store.ticket(ticket_id)
+            rec = links.get(str(w.get("student_id")))
+            if t is None or rec is None:
+                continue
+            facts = TokenFacts(failure=None, student_id=rec.student_id, class_id=rec.class_id,
+                               jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
+            snap = await store.snapshot(cid, facts, device=t.device, ip="0.0.0.0")  # noqa: S104
+            if snap.info is None or snap.state is None:
+                return admitted
+            attempt = Attempt(class_id=ClassId(cid), token=facts, ip="-", device=t.device)
+            decision = evaluate(attempt, snap.state, class_policy(snap.info.policy), self._now)
+            if decision.action is not Action.ADMIT:
+                continue
+            if await store.admit_ticket(ticket_id, by="policy") is None:
+                continue
+            admitted += 1
+            await svc.bus.publish(cid, {"type": "admitted", "ticket": ticket_id,
+                                        "student_id": t.student_id, "by": "policy",
+                                        "name": snap.student.name if snap.student else None})
+            await svc.auditor.record("join.admitted_on_host_arrival", actor="system",
+                                     org=snap.info.org, class_id=cid, subject=t.student_id,
+                                     reason=decision.reason.value,
+                                     facts={"rule": decision.rule, "ticket": ticket_id})
+        return admitted
+
+    async def with_code(
+        self, code_hash: str, *, ip: str, device_cookie: str | None, user_agent: str
+    ) -> JoinOutcome | None:
+        """None when the code is unknown (the caller answers without revealing more)."""
+        store = self.svc.store
+        assert store is not None
+        found = await store.resolve_code(code_hash)
+        if found is None:
+            return None
+        cid, jti = found
+        rec = await store.link_record(cid, jti)
+        if rec is None:
+            return None
+        facts = TokenFacts(
+            failure=None,
+            student_id=rec.student_id,
+            class_id=rec.class_id,
+            jti=rec.jti,
+            exp=float(rec.exp),
+            nbf=float(rec.nbf),
+        )
+        fresh_cookie = None
+        if device_cookie is None:
+            fresh_cookie = device_cookie = new_device_cookie()
+        return await self._decide(facts, None, ip=ip, dev=device_hash(device_cookie),
+                                  fresh_cookie=fresh_cookie, user_agent=user_agent, via="code")
+
+    def _refused(self, reason: Reason, wait: float, fresh_cookie: str | None) -> JoinOutcome:
+        # NOTE: refusals by the rate limiter are counted in metrics, not written to the
+        # audit log one by one: a flood must not be able to flood the log too.
+        d = Decision(Action.DENY, reason, "rate_limit", {})
+        self.svc.metrics.join_attempts.labels(d.action.value, d.reason.value).inc()
+        return JoinOutcome(decision=d, retry_after=wait, new_device_cookie=fresh_cookie)
+
+    async def _decide(
+        self,
+        facts: TokenFacts,
+        snap: Snapshot | None,
+        *,
+        ip: str,
+        dev: str,
+        fresh_cookie: str | None,
+        user_agent: str,
+        via: str,
+    ) -> JoinOutcome:
+        svc = self.svc
+        store = svc.store
+        assert store is not None and svc.auditor is not None
+        now = self._now
+        attempt = Attempt(class_id=ClassId(facts.class_id or "-"), token=facts, ip=ip,
+                          device=dev, via="code" if via == "code" else "link")
+        if facts.failure is not None or facts.class_id is None:
+            decision = evaluate(attempt, _NO_CLASS_STATE, _STRICT, now)
+            await self._record(decision, None, facts, ip, dev, user_agent, None)
+            return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
+        if snap is None:
+            snap = await store.snapshot(facts.class_id, facts, device=dev, ip=ip)
+        if snap.info is None or snap.state is None:
+            decision = Decision(Action.DENY, Reason.TOKEN_INVALID, "class_exists",
+                                {"class": "unknown"})
+            await self._record(decision, None, facts, ip, dev, user_agent, None)
+            return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
+        policy = class_policy(snap.info.policy)
+        decision = evaluate(attempt, snap.state, policy, now)
+        if decision.action is Action.DENY:
+            return await self._finish_deny(decision, snap, facts, ip=ip, dev=dev,
+                                           fresh_cookie=fresh_cookie, user_agent=user_agent)
+        outcome = JoinOutcome(
+            decision=decision,
+            class_id=facts.class_id,
+            class_title=snap.info.title,
+            student_name=snap.student.name if snap.student else None,
+            new_device_cookie=fresh_cookie,
+        )
+        status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent)
+        if status == "conflict":
+            # Another device won the race to bind this link: decide again on fresh state.
+            snap = await store.snapshot(facts.class_id, facts, device=dev, ip=ip)
+            assert snap.state is not None
+            decision = evaluate(attempt, snap.state, policy, now)
+            if decision.action is Action.DENY:
+                return await self._finish_deny(decision, snap, facts, ip=ip, dev=dev,
+                                               fresh_cookie=fresh_cookie,
+                                               user_agent=user_agent)
+            outcome.decision = decision
+            status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent)
+        if status == "limited":
+            return outcome
+        await self._record(outcome.decision, snap, facts, ip, dev, user_agent, outcome.ticket)
+        return outcome
+
+    async def _enter(self, out: JoinOutcome, snap: Snapshot, facts: TokenFacts, policy: Policy,
+                     dev: str, ip: str, user_agent: str) -> str:
+        """Admit or knock in one atomic step (see ClassStore.apply_entry)."""
+        svc = self.svc
+        store = svc.store
+        assert store is not None and snap.info is not None and facts.student_id is not None
+        d = out.decision
+        cid, sid = snap.info.id, facts.student_id
+        hint = device_hint(user_agent)
+        name = snap.student.name if snap.student else None
+        bind = "none"
+        if policy.device_binding:
+            bind = "rebind" if d.facts.get("rebind") else "bind"
+        now = svc.clock()
+        if d.action is Action.ADMIT:
+            mode = "readmit" if d.facts.get("readmit") else "admit"
+            entry: dict[str, Any] = {"device": dev, "at": now, "by": "policy"}
+            event: dict[str, Any] = {"type": "admitted", "student_id": sid, "name": name,
+                                     "by": "policy", "device_hint": hint, "class_id": cid}
+            status = "admitted"
+        else:
+            mode = "wait"
+            entry = {"student_id": sid, "since": now, "device_hint": hint,
+                     "reason": d.reason.value}
+            event = {"type": "knock", "student_id": sid, "name": name, "reason": d.reason.value,
+                     "device_hint": hint, "since": now, "class_id": cid}
+            status = "waiting"
+        ticket_fields = {"student_id": sid, "device": dev, "status": status,
+                         "reason": d.reason.value, "created": repr(now), "device_hint": hint}
+        result, ticket, nonce, _new = await store.apply_entry(
+            cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
+            entry=entry, event=event, budget=Limit(f"class:{cid}", per_second=100, burst=500),
+            bus_channel=f"{svc.settings.redis_prefix}bus",
+            nonce_ttl_s=svc.settings.go_nonce_ttl_s,
+        )
+        if result == "limited":
+            svc.metrics.rate_limited.labels("class").inc()
+            if await store.once(cid, "flood", 60):
+                await self.alert(cid, "flood")
+            refused = self._refused(Reason.RATE_LIMITED, float(ticket or 1), out.new_device_cookie)
+            out.decision, out.retry_after = refused.decision, refused.retry_after
+            return result
+        if result != "ok":
+            return result
+        if mode != "wait" and ticket is not None:
+            # the admission entry names its ticket (used when the host removes the student)
+            out.ticket = ticket
+            out.redirect = f"/go/{nonce}"
+        else:
+            out.ticket = ticket
+        opens = d.facts.get("opens_at")
+        out.opens_at = str(opens) if opens else None
+        return result
+
+    async def _finish_deny(self, decision: Decision, snap: Snapshot, facts: TokenFacts, *,
+                           ip: str, dev: str, fresh_cookie: str | None,
+                           user_agent: str) -> JoinOutcome:
+        assert snap.info is not None
+        cid = snap.info.id
+        hint = device_hint(user_agent)
+        name = snap.student.name if snap.student else None
+        sid = facts.student_id
+        if decision.reason is Reason.DEVICE_MISMATCH:
+            # The alert carries ban handles for the second device and its address, so
+            # the host can block exactly that visitor in one click.
+            await self.alert(cid, "link_shared", student_id=sid, name=name, device_hint=hint,
+                             ban_device=f"d:{dev}", ban_ip=f"i:{ip}")
+        elif decision.reason is Reason.BANNED_DEVICE:
+            await self.alert(cid, "banned_returning", student_id=sid, name=name,
+                             device_hint=hint)
+        await self._record(decision, snap, facts, ip, dev, user_agent, None)
+        await self._count_failure(cid, ip, hint)
+        out = JoinOutcome(decision=decision, class_id=cid, class_title=snap.info.title,
+                          new_device_cookie=fresh_cookie)
+        opens = decision.facts.get("opens_at")
+        out.opens_at = str(opens) if opens else None
+        return out
+
+    async def _count_failure(self, cid: str, ip: str, hint: str) -> None:
+        """Five refusals from one address within a minute raise one alert (per 5 min)."""
+        store = self.svc.store
+        assert store is not None
+        if await store.count_recent(cid, f"fail:{ip}", 60) == REPEATED_FAILURES and \
+                await store.once(cid, f"failalert:{ip}", 300):
+            await self.alert(cid, "repeated_failures", device_hint=hint)
+
+    async def alert(self, cid: str, kind: str, **data: Any) -> None:
+        svc = self.svc
+        assert svc.store is not None and svc.bus is not None
+        alert = {"kind": kind, "at": svc.clock(), **data}
+        await svc.store.add_alert(cid, alert)
+        await svc.bus.publish(cid, {"type": "alert", **alert})
+        svc.metrics.alerts.labels(kind).inc()
+
+    async def _record(
+        self,
+        decision: Decision,
+        snap: Snapshot | None,
+        facts: TokenFacts,
+        ip: str,
+        dev: str,
+        ua: str,
+        ticket: str | None,
+    ) -> None:
+        svc = self.svc
+        assert svc.auditor is not None
+        svc.metrics.join_attempts.labels(decision.action.value, decision.reason.value).inc()
+        info = snap.info if snap else None
+        await svc.auditor.record(
+            "join",
+            actor=f"student:{facts.student_id}" if info and facts.student_id else "visitor",
+            org=info.org if info else None,
+            class_id=info.id if info else None,
+            subject=facts.student_id if info else None,
+            reason=decision.reason.value,
+            ip=ip,
+            device=dev,
+            user_agent=ua,
+            name=snap.student.name if snap and snap.student else None,
+            facts={
+                "action": decision.action.value,
+                "rule": decision.rule,
+                "jti": facts.jti if info else None,
+                "ticket": ticket,
+                "token_failure": facts.failure,
+                **{k: v for k, v in decision.facts.items() if isinstance(v, (str, int, bool))},
+            },
+        )

@@ -1,0 +1,104 @@
+"""Prometheus metrics, one registry per application (no global registry, so tests
+and several apps in one process never collide)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Metrics:
+    registry: CollectorRegistry
+    join_attempts: Counter
+    waiting: Gauge
+    open_sockets: Gauge
+    request_latency: Histogram
+    host_actions: Counter
+    alerts: Counter
+    rate_limited: Counter
+    redis_errors: Counter
+    upstream_errors: Counter
+
+    @classmethod
+    def create(cls) -> Metrics:
+        reg = CollectorRegistry(auto_describe=True)
+        return cls(
+            registry=reg,
+            join_attempts=Counter(
+                "classguard_join_attempts",
+                "Join decisions by action and reason code",
+                ["action", "reason"],
+                registry=reg,
+            ),
+            waiting=Gauge(
+                "classguard_waiting_students",
+                "Students waiting in a waiting room connected to this process",
+                registry=reg,
+            ),
+            open_sockets=Gauge(
+                "classguard_open_websockets",
+                "Open WebSockets on this process by kind",
+                ["kind"],
+                registry=reg,
+            ),
+            request_latency=Histogram(
+                "classguard_request_duration_seconds",
+                "HTTP request latency by route",
+                ["route"],
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+                registry=reg,
+            ),
+            host_actions=Counter(
+                "classguard_host_actions",
+                "Host actions by action",
+                ["action"],
+                registry=reg,
+            ),
+            alerts=Counter(
+                "classguard_alerts", "Alerts raised by kind", ["kind"], registry=reg
+            ),
+            rate_limited=Counter(
+                "classguard_rate_limited",
+                "Requests refused by the rate limiter, by limit",
+                ["limit"],
+                registry=reg,
+            ),
+            redis_errors=Counter(
+                "classguard_redis_errors", "Failed Redis operations", registry=reg
+            ),
+            upstream_errors=Counter(
+                "classguard_upstream_errors",
+                "Failed calls to meeting platforms by kind",
+                ["kind"],
+                registry=reg,
+            ),
+        )
+
+    def render(self) -> web.Response:
+        body = generate_latest(self.registry)
+        resp = web.Response(body=body)
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+        hist = self.request_latency
+
+        @web.middleware
+        async def _mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+            start = time.perf_counter()
+            try:
+                return await handler(request)
+            finally:
+                info = request.match_info.route.resource
+                route = info.canonical if info is not None else "unmatched"
+                hist.labels(route).observe(time.perf_counter() - start)
+
+        return _mw

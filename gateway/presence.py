@@ -1,0 +1,311 @@
+"""Presence reconciliation: who is really in the upstream room versus who we admitted.
+
+One process at a time does the polling, chosen by a Redis lease (``SET NX PX``, renewed
+with a compare-and-extend script; any process takes over when the holder stops). Every
+``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
+over yet and whose platform has PRESENCE, lists the upstream participants and compares
+them with ``ClassStore.admitted``. Anyone else is an intruder: an ``intruder_in_room``
+alert reaches the control room and the audit log (once per person and class), and when the
+class policy says ``auto_remove_intruders`` and the platform can remove people, they are
+removed. Webhook and event-handler callbacks (``routes/platform_hooks.py``) feed the same
+``Reconciler.judge``.
+
+Failing platforms: each listing is retried with exponential backoff inside the sweep,
+then the class is skipped with a growing delay; every failure counts in
+``classguard_upstream_errors`` and a run of failures raises one ``platform_unreachable``
+alert. Nobody is admitted around a failing platform: the join flow itself fails closed
+(``/go`` shows the "platform not reachable" page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from meeting_adapters import AdapterError, Capability, Present, Room, Unsupported
+
+from .app import Services
+from .hostctl import HostControls
+from .joinflow import JoinFlow, class_policy
+from .state import ClassInfo
+
+log = logging.getLogger("classguard.presence")
+
+INTRUDER: Final = "intruder_in_room"
+_ACQUIRE: Final = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+
+def room_capabilities(adapter: Any, room: Room) -> frozenset[Capability]:
+    """The capabilities of this class's room (a platform may add some per room, e.g. Jitsi
+    with a kick endpoint)."""
+    per_room = getattr(adapter, "room_capabilities", None)
+    caps: frozenset[Capability] = adapter.capabilities
+    return frozenset(per_room(room)) if callable(per_room) else caps
+
+
+def who_is_it(p: Present, identify: Mapping[str, str]) -> str | None:
+    return p.student_id or identify.get(p.upstream_id)
+
+
+def find_intruders(present: Iterable[Present], admitted: Iterable[str],
+                   identify: Mapping[str, str]) -> list[Present]:
+    """Everyone in the room who is not an admitted student.
+
+    ``identify`` maps upstream ids the platform cannot name itself (Janus participant ids)
+    to student ids. A roster student who was removed but is still inside is an intruder
+    as well.
+    """
+    ok = set(admitted)
+    return [p for p in present if who_is_it(p, identify) not in ok]
+
+
+def backoff_s(failures: int, base: float = 5.0, cap: float = 300.0) -> float:
+    return float(min(cap, base * (2 ** max(0, failures - 1))))
+
+
+# --- registration of classes ---------------------------------------------------------------
+
+
+def _keys(svc: Services) -> tuple[str, str]:
+    p = svc.settings.redis_prefix
+    return f"{p}presence:classes", f"{p}presence:lease"
+
+
+def janus_room_key(svc: Services, room_id: str) -> str:
+    return f"{svc.settings.redis_prefix}presence:janus_room:{room_id}"
+
+
+async def watch_class(svc: Services, info: ClassInfo) -> None:
+    """Register a new class for reconciliation (until a day after it ends)."""
+    classes, _ = _keys(svc)
+    s = info.schedule
+    end = (s.term_ends_at or s.ends_at).timestamp() + 86400
+    await svc.r.zadd(classes, {info.id: end})
+    if info.platform_kind == "janus":
+        _, room = HostControls(svc).adapter_and_room(info)
+        await svc.r.set(janus_room_key(svc, room.upstream_id), info.id,
+                        exat=int(end))
+
+
+# --- the reconciler ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Backoff:
+    failures: int = 0
+    next_at: float = 0.0
+    alerted: bool = False
+
+
+@dataclass(slots=True)
+class Reconciler:
+    svc: Services
+    interval_s: float = 5.0
+    lease_ms: int = 15000
+    attempts: int = 3
+    retry_base_s: float = 0.2
+    hook_refresh_s: float = 300.0
+    token: str = field(default_factory=lambda: secrets.token_hex(12))
+    _backoff: dict[str, _Backoff] = field(default_factory=dict)
+    _hooks_at: dict[str, float] = field(default_factory=dict)
+    leader: bool = False
+
+    # --- lease ---------------------------------------------------------------------
+
+    async def hold_lease(self) -> bool:
+        _, lease = _keys(self.svc)
+        r = self.svc.r
+        if self.leader:
+            self.leader = bool(await r.eval(_RENEW, 1, lease, self.token, self.lease_ms))
+            if not self.leader:
+                log.warning("presence reconciler lost its lease")
+        if not self.leader:
+            self.leader = bool(await r.eval(_ACQUIRE, 1, lease, self.token, self.lease_ms))
+            if self.leader:
+                log.info("presence reconciler leads on %s", self.svc.settings.node_id)
+        return self.leader
+
+    async def release(self) -> None:
+        _, lease = _keys(self.svc)
+        if self.leader:
+            with contextlib.suppress(Exception):
+                await self.svc.r.eval(_RELEASE, 1, lease, self.token)
+        self.leader = False
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    if await self.hold_lease():
+                        await self.sweep()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - keep reconciling after a bad sweep
+                    log.warning("presence sweep failed: %r", exc)
+                await asyncio.sleep(self.interval_s)
+        finally:
+            await asyncio.shield(self.release())
+
+    # --- sweeping ------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """One pass over the live classes; returns how many were reconciled."""
+        svc = self.svc
+        assert svc.store is not None
+        classes, _ = _keys(svc)
+        now = svc.clock()
+        await svc.r.zremrangebyscore(classes, "-inf", now)
+        done = 0
+        for raw in await svc.r.zrange(classes, 0, -1):
+            cid = str(raw)
+            info = await svc.store.get_class(cid)
+            if info is None or info.ended:
+                await svc.r.zrem(classes, cid)
+                continue
+            b = self._backoff.get(cid)
+            if b is not None and b.next_at > now:
+                continue
+            if await self.reconcile(info) is not None:
+                done += 1
+        return done
+
+    async def _with_retries(self, info: ClassInfo, call: Any) -> Any:
+        delay = self.retry_base_s
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await call()
+            except Unsupported:
+                raise
+            except AdapterError as exc:
+                self.svc.metrics.upstream_errors.labels(info.platform_kind).inc()
+                if attempt == self.attempts:
+                    raise
+                log.info("presence: %s attempt %d failed: %s", info.platform_kind, attempt, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def reconcile(self, info: ClassInfo) -> list[Present] | None:
+        """Compare one class; the intruders found, or None when it could not be checked."""
+        svc = self.svc
+        assert svc.store is not None
+        adapter, room = HostControls(svc).adapter_and_room(info)
+        caps = room_capabilities(adapter, room)
+        await self._refresh_hooks(info, adapter, room)
+        if Capability.PRESENCE not in caps:
+            return None
+        try:
+            present = await self._with_retries(info, lambda: adapter.participants(room))
+        except Unsupported:
+            return None
+        except AdapterError as exc:
+            await self._failed(info, exc)
+            return None
+        b = self._backoff.pop(info.id, None)
+        if b is not None and b.alerted:
+            await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
+        return await self.judge(info, adapter, room, present)
+
+    async def judge(self, info: ClassInfo, adapter: Any, room: Room,
+                    present: list[Present]) -> list[Present]:
+        """Flag (and maybe remove) everyone present who was not admitted."""
+        svc = self.svc
+        assert svc.store is not None
+        admitted = list(await svc.store.admitted(info.id))
+        identify: Mapping[str, str] = {}
+        if callable(getattr(adapter, "identify", None)):
+            roster = [s.id for s in await svc.store.roster(info.id)]
+            identify = adapter.identify(room, roster)
+        # Single-use credentials: once an admitted student is seen inside, their token goes.
+        seen_ok = [p.upstream_id for p in present if who_is_it(p, identify) in set(admitted)]
+        if seen_ok and callable(getattr(adapter, "consume", None)):
+            try:
+                await adapter.consume(room, seen_ok)
+            except AdapterError as exc:
+                svc.metrics.upstream_errors.labels(info.platform_kind).inc()
+                log.warning("presence: could not retire used tokens: %s", exc)
+        intruders = find_intruders(present, admitted, identify)
+        for p in intruders:
+            await self.flag(info, adapter, room, p, identify)
+        return intruders
+
+    async def flag(self, info: ClassInfo, adapter: Any, room: Room, p: Present,
+                   identify: Mapping[str, str]) -> str:
+        """Alert once per person and class; remove when the policy says so. Returns what
+        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove)."""
+        svc = self.svc
+        assert svc.auditor is not None
+        policy = class_policy(info.policy)
+        sid = who_is_it(p, identify)
+        action = "flagged"
+        can_remove = Capability.REMOVE in room_capabilities(adapter, room) and callable(
+            getattr(adapter, "evict", None))
+        if policy.auto_remove_intruders:
+            if can_remove:
+                try:
+                    await adapter.evict(room, p)
+                    action = "removed"
+                except AdapterError as exc:
+                    svc.metrics.upstream_errors.labels(info.platform_kind).inc()
+                    log.warning("presence: could not remove an intruder: %s", exc)
+                    action = "remove_failed"
+            else:
+                action = "unsupported"
+        key = f"{svc.settings.redis_prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
+        first = await svc.r.set(key, action, nx=True, ex=6 * 3600)
+        if first or action == "removed":
+            await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
+                                      name=p.display_name, student_id=sid, action=action,
+                                      platform=info.platform_kind)
+            await svc.auditor.record(
+                "presence.intruder", actor="system:presence", org=info.org, class_id=info.id,
+                subject=sid, reason=INTRUDER, name=p.display_name or None,
+                facts={"platform": info.platform_kind, "action": action,
+                       "upstream_id": p.upstream_id},
+            )
+        return action
+
+    async def _failed(self, info: ClassInfo, exc: AdapterError) -> None:
+        b = self._backoff.setdefault(info.id, _Backoff())
+        b.failures += 1
+        b.next_at = self.svc.clock() + backoff_s(b.failures, self.interval_s)
+        log.warning("presence: %s unreachable for class %s (%d): %s", info.platform_kind,
+                    info.id, b.failures, exc)
+        if b.failures >= 2 and not b.alerted:
+            b.alerted = True
+            await JoinFlow(self.svc).alert(info.id, "platform_unreachable",
+                                           platform=info.platform_kind)
+
+    async def _refresh_hooks(self, info: ClassInfo, adapter: Any, room: Room) -> None:
+        """BigBlueButton drops hooks whose callbacks fail: register ours again now and then."""
+        register = getattr(adapter, "register_hook", None)
+        if not callable(register):
+            return
+        now = self.svc.clock()
+        if now - self._hooks_at.get(info.id, -1e12) < self.hook_refresh_s:
+            return
+        self._hooks_at[info.id] = now
+        url = f"{self.svc.settings.public_url.rstrip('/')}/hooks/bbb/{info.id}"
+        try:
+            await register(room, url)
+        except AdapterError as exc:
+            self.svc.metrics.upstream_errors.labels(info.platform_kind).inc()
+            log.warning("presence: hook registration failed: %s", exc)

@@ -1,0 +1,132 @@
+"""The live control room: ``WS /api/v1/classes/{id}/control``.
+
+The teacher's socket receives every event of the class from every gateway process
+(knock, admitted, denied, left, removed, alert, state) and sends the same action objects
+as ``POST .../actions``. While it is open the host counts as present.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from ..app import services
+from ..auth import require_user
+from ..errors import ApiError
+from ..hostctl import ActionRequest, HostControls
+from ..joinflow import JoinFlow
+from .classes import class_state, load_class
+
+HEARTBEAT_S = 10.0
+log = logging.getLogger("classguard.control")
+
+
+def _same_origin(request: web.Request, public_url: str) -> bool:
+    """Cookie-authenticated WebSockets are not covered by CSRF headers: the browser
+    always sends Origin on a WebSocket handshake, so it must be ours."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser (scripts use bearer tokens)
+    o = urlsplit(origin)
+    allowed = {urlsplit(public_url).netloc, request.host}
+    return o.netloc in allowed
+
+
+async def control_ws(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None and svc.bus is not None
+    if request.headers.get("Authorization") is None and not _same_origin(
+        request, svc.settings.public_url
+    ):
+        raise ApiError(403, "bad_origin", "cross-site WebSocket refused")
+    p = await require_user(request, csrf=False)
+    info = await load_class(request, p, host=True)
+    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    store, bus = svc.store, svc.bus
+    conn_id = secrets.token_hex(8)
+    key = f"control:{info.id}"
+    svc.sockets.setdefault(key, set()).add(ws)
+    svc.metrics.open_sockets.labels("control").inc()
+    controls = HostControls(svc)
+    send_lock = asyncio.Lock()
+
+    async def send(msg: dict[str, Any]) -> None:
+        async with send_lock:
+            if not ws.closed:
+                await ws.send_str(json.dumps(msg, ensure_ascii=False))
+
+    async def on_event(msg: dict[str, Any]) -> None:
+        await send(msg)
+
+    async def on_revoke(msg: dict[str, Any]) -> None:
+        if p.session_id is not None and msg.get("sid_hash") == p.session_id:
+            await ws.close(code=4401, message=b"session revoked")
+
+    async def heartbeat() -> None:
+        # One failed write must not make the host look absent while the socket is open.
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await store.host_heartbeat(info.id, conn_id)
+            except Exception as exc:  # noqa: BLE001 - retried on the next beat
+                svc.metrics.redis_errors.inc()
+                log.warning("host heartbeat for %s failed: %s", info.id, exc)
+
+    await store.host_heartbeat(info.id, conn_id)
+    hb = asyncio.create_task(heartbeat())
+    off_class = bus.listen_class(info.id, on_event)
+    off_revoke = bus.listen_revocations(on_revoke)
+    try:
+        await send({"type": "state", **await class_state(svc, info)})
+        await bus.publish(info.id, {"type": "state", "host_present": True})
+        # Students who waited only for the host are let in now, by the same policy code.
+        await JoinFlow(svc).admit_waiting_by_policy(info.id)
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+                continue
+            try:
+                data = json.loads(msg.data)
+            except ValueError:
+                await send({"type": "error", "error": {"code": "invalid_json",
+                                                       "message": "malformed JSON"}})
+                continue
+            req_id = data.pop("id", None) if isinstance(data, dict) else None
+            try:
+                if isinstance(data, dict) and data.get("action") == "refresh":
+                    await send({"type": "state", **await class_state(svc, info)})
+                    continue
+                fresh = await store.get_class(info.id)
+                assert fresh is not None
+                result = await controls.perform(p, fresh, ActionRequest.parse(data))
+                await send({"type": "result", "id": req_id, **result})
+            except ApiError as exc:
+                err: dict[str, Any] = {"code": exc.code, "message": exc.message}
+                if exc.field:
+                    err["field"] = exc.field
+                await send({"type": "error", "id": req_id, "error": err})
+    finally:
+        hb.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hb
+        off_class()
+        off_revoke()
+        svc.sockets.get(key, set()).discard(ws)
+        svc.metrics.open_sockets.labels("control").dec()
+        with contextlib.suppress(Exception):
+            if await store.host_gone(info.id, conn_id):
+                await bus.publish(info.id, {"type": "state", "host_present": False})
+    return ws
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/api/v1/classes/{class_id}/control", control_ws)

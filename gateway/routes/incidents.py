@@ -1,0 +1,350 @@
+"""Incidents: report, list, view, edit, attach files, export the evidence bundle.
+
+Every view, edit, attachment and export is a custody event in the audit log
+(``incident.create|view|update|attach|export``, ``facts.incident`` = the incident id).
+Teachers see the incidents of their own classes, IT staff and administrators those of
+their org subtree; only administrators export evidence.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import unicodedata
+import urllib.parse
+from datetime import datetime
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from .. import i18n
+from ..app import Services, services
+from ..auth import Principal, require_user
+from ..errors import ApiError
+from ..evidence_export import export_incident
+from ..hostctl import can_view
+from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, Visitor
+from ..state import ClassInfo
+from ..web_util import client_ip, read_json, require_fields
+
+MAX_WINDOW_MS = 31 * 24 * 3600 * 1000
+MAX_STUDENTS = 100
+MAX_VISITORS = 20
+MAX_INDEXES = 1000
+MAX_FILES_PER_UPLOAD = 10
+_DEVICE_RE = re.compile(r"[0-9a-f]{64}")
+_CONTROL = {"Cc", "Cf", "Zl", "Zp"}
+
+
+def incident_store(svc: Services) -> IncidentStore:
+    assert svc.secretbox is not None
+    return IncidentStore(svc.r, svc.settings.redis_prefix, clock=svc.clock,
+                         secretbox=svc.secretbox)
+
+
+def _text(value: Any, field: str, *, max_len: int, multiline: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_field", f"{field} must be a string", field=field)
+    text = unicodedata.normalize("NFC", value)
+    if multiline:
+        lines = [" ".join("".join(ch for ch in line if unicodedata.category(ch) not in _CONTROL)
+                          .split()) for line in text.replace("\r\n", "\n").split("\n")]
+        text = "\n".join(lines).strip()
+    else:
+        text = " ".join("".join(ch for ch in text if unicodedata.category(ch) not in _CONTROL)
+                        .split())
+    if len(text) > max_len or (not multiline and not text):
+        raise ApiError(400, "invalid_field", f"{field} must be 1-{max_len} characters",
+                       field=field)
+    return text
+
+
+def _time_ms(value: Any, field: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if not isinstance(value, str) or len(value) > 40:
+        raise ApiError(400, "invalid_field", f"{field} must be ISO 8601 with an offset",
+                       field=field)
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(400, "invalid_field", f"{field} is not an ISO 8601 time",
+                       field=field) from exc
+    if dt.tzinfo is None:
+        raise ApiError(400, "invalid_field", f"{field} needs a UTC offset, e.g. +07:00",
+                       field=field)
+    return int(dt.timestamp() * 1000)
+
+
+def _visitors(value: Any) -> list[Visitor]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_VISITORS:
+        raise ApiError(400, "invalid_field", f"visitors must be a list of at most "
+                       f"{MAX_VISITORS}", field="visitors")
+    out = []
+    for n, v in enumerate(value):
+        f = f"visitors[{n}]"
+        d = require_fields(v, required=(), optional=("device", "ip"), where=f)
+        dev, ip = d.get("device"), d.get("ip")
+        if dev is not None and (not isinstance(dev, str) or not _DEVICE_RE.fullmatch(dev)):
+            raise ApiError(400, "invalid_field", f"{f}.device must be a device hash "
+                           "(64 hex characters, as in the audit log)", field=f"{f}.device")
+        if ip is not None:
+            try:
+                ip = str(ipaddress.ip_address(str(ip)))
+            except ValueError as exc:
+                raise ApiError(400, "invalid_field", f"{f}.ip is not an IP address",
+                               field=f"{f}.ip") from exc
+        if not dev and not ip:
+            raise ApiError(400, "missing_field", f"{f} needs device or ip", field=f)
+        out.append(Visitor(device=dev, ip=ip))
+    return out
+
+
+def _str_list(value: Any, field: str, limit: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > limit or not all(
+            isinstance(x, str) and 0 < len(x) <= 64 for x in value):
+        raise ApiError(400, "invalid_field", f"{field} must be a list of at most {limit} ids",
+                       field=field)
+    return list(dict.fromkeys(value))
+
+
+def _int_list(value: Any, field: str, limit: int) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > limit or not all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in value):
+        raise ApiError(400, "invalid_field",
+                       f"{field} must be a list of at most {limit} audit indexes", field=field)
+    return sorted(set(value))
+
+
+def _custody_personal(request: web.Request) -> dict[str, str]:
+    svc = services(request)
+    return {"ip": client_ip(request, svc.settings.trusted_proxies),
+            "ua": request.headers.get("User-Agent", "")[:512]}
+
+
+async def _class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
+    assert svc.store is not None and svc.staff is not None
+    info = await svc.store.get_class(cid)
+    if info is None or not can_view(p, info, list(await svc.staff.org_ancestors(info.org))):
+        raise ApiError(404, "not_found", "class not found", field="class_id")
+    return info
+
+
+async def _load(request: web.Request, p: Principal) -> tuple[Incident, ClassInfo]:
+    """The incident in the URL if this principal may see it (404 otherwise)."""
+    svc = services(request)
+    inc = await incident_store(svc).get(request.match_info["incident_id"])
+    if inc is None:
+        raise ApiError(404, "not_found", "incident not found")
+    try:
+        info = await _class_for(svc, p, inc.class_id)
+    except ApiError as exc:
+        raise ApiError(404, "not_found", "incident not found") from exc
+    return inc, info
+
+
+async def create(request: web.Request) -> web.Response:
+    svc = services(request)
+    assert svc.store is not None and svc.auditor is not None
+    p = await require_user(request)
+    d = require_fields(await read_json(request),
+                       required=("class_id", "title", "since", "until"),
+                       optional=("description", "student_ids", "visitors", "indexes"))
+    if not isinstance(d["class_id"], str):
+        raise ApiError(400, "invalid_field", "class_id must be a string", field="class_id")
+    info = await _class_for(svc, p, d["class_id"])
+    title = _text(d["title"], "title", max_len=200)
+    description = _text(d.get("description") or "", "description", max_len=5000,
+                        multiline=True)
+    since, until = _time_ms(d["since"], "since"), _time_ms(d["until"], "until")
+    if until <= since:
+        raise ApiError(400, "invalid_field", "until must be after since", field="until")
+    if until - since > MAX_WINDOW_MS:
+        raise ApiError(400, "invalid_field", "the time window may span at most 31 days",
+                       field="until")
+    students = _str_list(d.get("student_ids"), "student_ids", MAX_STUDENTS)
+    for sid in students:
+        if await svc.store.student(info.id, sid) is None:
+            raise ApiError(400, "invalid_field", f"student {sid!r} is not on this class's "
+                           "roster", field="student_ids")
+    visitors = _visitors(d.get("visitors"))
+    indexes = _int_list(d.get("indexes"), "indexes", MAX_INDEXES)
+    inc = await incident_store(svc).create(
+        org=info.org, class_id=info.id, title=title, description=description, since_ms=since,
+        until_ms=until, student_ids=students, visitors=visitors, indexes=indexes,
+        created_by=p.username)
+    # NOTE: title and description are free text and stay out of the immutable record;
+    # visitors' addresses go in the erasable personal part.
+    await svc.auditor.record(
+        "incident.create", actor=p.actor, org=info.org, class_id=info.id,
+        facts={"incident": inc.id, "since": since, "until": until, "student_ids": students,
+               "visitors": len(visitors) or None, "indexes": len(indexes) or None},
+        personal={**_custody_personal(request),
+                  **({"visitors": [v.to_json() for v in visitors]} if visitors else {})},
+    )
+    return web.json_response(inc.to_json(), status=201)
+
+
+async def list_incidents(request: web.Request) -> web.Response:
+    svc = services(request)
+    assert svc.store is not None and svc.staff is not None
+    p = await require_user(request)
+    store = incident_store(svc)
+    if p.role == "teacher":
+        classes = await svc.store.classes_of_owner(p.username)
+        ids = await store.ids_of_classes([c.id for c in classes])
+    else:
+        ids = await store.ids_of_orgs(sorted(await svc.staff.org_subtree(p.org)))
+    cls = request.query.get("class_id")
+    status = request.query.get("status")
+    out = []
+    for iid in ids:
+        inc = await store.get(iid)
+        if inc is None or (cls and inc.class_id != cls) or (status and inc.status != status):
+            continue
+        out.append(inc.summary())
+    return web.json_response({"incidents": out})
+
+
+async def detail(request: web.Request) -> web.Response:
+    svc = services(request)
+    assert svc.auditor is not None
+    p = await require_user(request)
+    inc, info = await _load(request, p)
+    await svc.auditor.record("incident.view", actor=p.actor, org=info.org, class_id=info.id,
+                             facts={"incident": inc.id}, personal=_custody_personal(request))
+    return web.json_response(inc.to_json())
+
+
+async def update(request: web.Request) -> web.Response:
+    svc = services(request)
+    assert svc.auditor is not None
+    p = await require_user(request)
+    inc, info = await _load(request, p)
+    d = require_fields(await read_json(request), required=(),
+                       optional=("status", "title", "description"))
+    if not d:
+        raise ApiError(400, "missing_field", "nothing to change", field="status")
+    store = incident_store(svc)
+    title = _text(d["title"], "title", max_len=200) if "title" in d else None
+    description = (_text(d["description"], "description", max_len=5000, multiline=True)
+                   if "description" in d else None)
+    if (title is not None or description is not None) and inc.status == "closed":
+        raise ApiError(409, "incident_closed", "a closed incident cannot be edited")
+    status = d.get("status")
+    if status is not None:
+        if status == "exported":
+            raise ApiError(400, "invalid_field", "an incident becomes exported by exporting it",
+                           field="status")
+        await store.set_status(inc.id, str(status))
+    await store.update_text(inc.id, title=title, description=description)
+    await svc.auditor.record(
+        "incident.update", actor=p.actor, org=info.org, class_id=info.id,
+        facts={"incident": inc.id, "status": status,
+               "changed": sorted(k for k in d if k != "status") or None},
+        personal=_custody_personal(request))
+    fresh = await store.get(inc.id)
+    assert fresh is not None
+    return web.json_response(fresh.to_json())
+
+
+def _filename(raw: str | None) -> str:
+    # aiohttp's client (and some others) percent-encode non-ASCII names; browsers do not
+    text = urllib.parse.unquote(raw or "", errors="replace")
+    name = unicodedata.normalize("NFC", text).replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in _CONTROL).strip()
+    return name[:200] or "attachment"
+
+
+async def attach(request: web.Request) -> web.Response:
+    svc = services(request)
+    assert svc.auditor is not None
+    p = await require_user(request)
+    inc, info = await _load(request, p)
+    if inc.status == "closed":
+        raise ApiError(409, "incident_closed", "a closed incident takes no more attachments")
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(415, "unsupported_media_type", "expected multipart/form-data")
+    limit = svc.settings.attachment_max_bytes
+    store = incident_store(svc)
+    reader = await request.multipart()
+    added: list[dict[str, Any]] = []
+    while True:
+        part = await reader.next()
+        if part is None:
+            break
+        if not isinstance(part, BodyPartReader) or part.filename is None:
+            raise ApiError(400, "invalid_body", "every part must be a file")
+        if len(added) >= MAX_FILES_PER_UPLOAD or \
+                len(inc.attachments) + len(added) >= MAX_ATTACHMENTS:
+            raise ApiError(413, "too_many_attachments",
+                           f"at most {MAX_FILES_PER_UPLOAD} files per upload and "
+                           f"{MAX_ATTACHMENTS} per incident")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await part.read_chunk(256 * 1024)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "too_large", f"an attachment may be at most {limit} bytes",
+                               field="file")
+            chunks.append(chunk)
+        if size == 0:
+            raise ApiError(400, "empty", "the file is empty", field="file")
+        fresh = await store.get(inc.id)
+        assert fresh is not None
+        att = await store.add_attachment(fresh, filename=_filename(part.filename),
+                                         data=b"".join(chunks), uploaded_by=p.username)
+        # NOTE: the file name is the uploader's words: it goes in the erasable personal part.
+        await svc.auditor.record(
+            "incident.attach", actor=p.actor, org=info.org, class_id=info.id,
+            facts={"incident": inc.id, "attachment": att.id, "sha256": att.sha256,
+                   "size": att.size, "content_type": att.content_type},
+            personal={"filename": att.filename, **_custody_personal(request)})
+        added.append(att.to_json())
+    if not added:
+        raise ApiError(400, "missing_field", "no file in the upload", field="file")
+    return web.json_response({"attachments": added}, status=201)
+
+
+async def evidence(request: web.Request) -> web.Response:
+    svc = services(request)
+    p = await require_user(request)
+    inc, _info = await _load(request, p)
+    if p.role != "admin":
+        raise ApiError(403, "forbidden", "only administrators export evidence")
+    lang = request.query.get("lang") or svc.settings.default_lang
+    if lang not in i18n.LANGS:
+        raise ApiError(400, "invalid_field", "lang must be vi or en", field="lang")
+    # The gateway's own sequencer (whichever process leads) indexes and signs; the export
+    # waits for it to cover everything appended so far (see wait_sequenced).
+    result = await export_incident(svc, incident_store(svc), inc, exporter=p.actor, lang=lang,
+                                   exporter_personal=_custody_personal(request))
+    b = result.bundle
+    return web.Response(
+        body=b.data, content_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="evidence-{inc.id}.zip"',
+            "X-Evidence-SHA256": b.sha256,
+            "X-Evidence-Manifest-SHA256": b.manifest_sha256,
+            "X-Evidence-Export-Id": result.export_id,
+        },
+    )
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/api/v1/incidents", create)
+    r.add_get("/api/v1/incidents", list_incidents)
+    r.add_get("/api/v1/incidents/{incident_id}", detail)
+    r.add_patch("/api/v1/incidents/{incident_id}", update)
+    r.add_post("/api/v1/incidents/{incident_id}/attachments", attach)
+    r.add_get("/api/v1/incidents/{incident_id}/evidence.zip", evidence)

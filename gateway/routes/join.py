@@ -1,0 +1,302 @@
+"""Student routes: ``/j/{token}``, ``/join``, ``WS /ws/wait/{ticket}``, ``/go/{nonce}``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from meeting_adapters import AdapterError, Participant, UpstreamUnavailable
+from policies.model import Action
+
+from .. import i18n
+from ..app import Services, services
+from ..codes import code_lookup_key, normalize_code
+from ..errors import ApiError
+from ..hostctl import HostControls
+from ..joinflow import DEVICE_COOKIE, JoinFlow, JoinOutcome
+from ..state import Limit, Ticket, device_hash, split_ticket
+from ..web_util import client_ip
+
+log = logging.getLogger("classguard.join")
+
+DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest lifetime browsers accept
+
+
+def _wants_json(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "text/html" not in accept
+
+
+def _set_device_cookie(svc: Services, resp: web.StreamResponse, value: str | None) -> None:
+    if value is None:
+        return
+    resp.set_cookie(DEVICE_COOKIE, value, max_age=DEVICE_COOKIE_MAX_AGE, httponly=True,
+                    secure=svc.settings.cookie_secure, samesite="Lax", path="/")
+
+
+def _device_cookie(request: web.Request) -> str | None:
+    v = request.cookies.get(DEVICE_COOKIE)
+    if v is None or not (16 <= len(v) <= 64) or not all(c.isalnum() or c in "-_" for c in v):
+        return None
+    return v
+
+
+def render(svc: Services, name: str, lang: str, status: int = 200, **ctx: Any) -> web.Response:
+    html = svc.templates.get_template(name).render(lang=lang, **ctx)
+    return web.Response(text=html, content_type="text/html", status=status)
+
+
+def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamResponse:
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    d = out.decision
+    reason = d.reason.value
+    if _wants_json(request):
+        body: dict[str, Any] = {"status": {"admit": "admitted", "wait": "waiting",
+                                           "deny": "denied"}[d.action.value], "reason": reason}
+        headers = {}
+        status = 200
+        if out.ticket and d.action is Action.WAIT:
+            body["ticket"] = out.ticket
+            body["ws"] = f"/ws/wait/{out.ticket}"
+        if out.redirect:
+            body["redirect"] = out.redirect
+        if out.opens_at:
+            body["opens_at"] = out.opens_at
+        if d.action is Action.DENY:
+            status = 403
+            if out.retry_after > 0:
+                status = 429
+                secs = max(1, int(out.retry_after + 0.999))
+                headers["Retry-After"] = str(secs)
+                body["error"] = {"code": "rate_limited", "message": "too many requests"}
+        resp: web.StreamResponse = web.json_response(body, status=status, headers=headers)
+    elif d.action is Action.ADMIT and out.redirect:
+        resp = web.HTTPSeeOther(out.redirect)
+    elif d.action is Action.WAIT and out.ticket:
+        resp = render(svc, "wait.html", lang, ticket=out.ticket, class_title=out.class_title,
+                      student_name=out.student_name, reason=reason, opens_at=out.opens_at)
+    else:
+        status = 429 if out.retry_after > 0 else 403
+        resp = render(svc, "denied.html", lang, status=status, reason=reason,
+                      class_title=out.class_title)
+        if out.retry_after > 0:
+            resp.headers["Retry-After"] = str(max(1, int(out.retry_after + 0.999)))
+    _set_device_cookie(svc, resp, out.new_device_cookie)
+    return resp
+
+
+async def join_link(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    token = request.match_info["token"]
+    out = await JoinFlow(svc).with_token(
+        token,
+        ip=client_ip(request, svc.settings.trusted_proxies),
+        device_cookie=_device_cookie(request),
+        user_agent=request.headers.get("User-Agent", "")[:512],
+    )
+    resp = _outcome_response(request, out)
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
+async def join_form(request: web.Request) -> web.Response:
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    return render(svc, "join.html", lang, error=None, code="")
+
+
+async def join_code(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    flow = JoinFlow(svc)
+    # NOTE: the short-code space is guessable only by brute force; limit per source,
+    # per network and across the whole code space so a distributed attack is slow too.
+    wait = await flow.rate_limit(ip, [Limit(f"code:ip:{ip}", per_second=0.2, burst=10),
+                                      Limit("code:space", per_second=20, burst=200)])
+    if wait > 0:
+        svc.metrics.rate_limited.labels("code").inc()
+        if _wants_json(request):
+            raise ApiError(429, "rate_limited", "too many attempts",
+                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        resp = render(svc, "join.html", lang, status=429, code="",
+                      error=i18n.t(lang, "error.rate_limited", seconds=max(1, int(wait + 0.999))))
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return resp
+    raw: Any
+    if request.content_type == "application/json":
+        from ..web_util import read_json
+
+        data = await read_json(request)
+        raw = data.get("code") if isinstance(data, dict) else None
+    else:
+        form = await request.post()
+        raw = form.get("code")
+    code = normalize_code(raw) if isinstance(raw, str) and len(raw) <= 64 else None
+    out = None
+    if code is not None:
+        out = await flow.with_code(
+            code_lookup_key(code), ip=ip, device_cookie=_device_cookie(request),
+            user_agent=request.headers.get("User-Agent", "")[:512],
+        )
+    if out is None:
+        assert svc.auditor is not None
+        await svc.auditor.record("join.code_failed", actor="visitor", reason="token_invalid",
+                                 ip=ip, user_agent=request.headers.get("User-Agent", ""))
+        svc.metrics.join_attempts.labels("deny", "token_invalid").inc()
+        if _wants_json(request):
+            raise ApiError(404, "unknown_code", "no class link has this code", field="code")
+        return render(svc, "join.html", lang, status=404, code="",
+                      error=i18n.t(lang, "join.bad_code"))
+    resp = _outcome_response(request, out)
+    if isinstance(resp, web.HTTPException):
+        raise resp
+    return resp
+
+
+async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticket) -> bool:
+    """Send the ticket's current status; False when the socket should close."""
+    assert svc.store is not None
+    if t.status == "waiting":
+        await ws.send_json({"type": "waiting", "reason": t.reason})
+        return True
+    if t.status == "admitted":
+        admitted = (await svc.store.admitted(t.class_id)).get(t.student_id)
+        if admitted is not None and admitted.get("device") == t.device:
+            nonce = await svc.store.mint_nonce(t.class_id, t.student_id, t.device, t.id,
+                                               svc.settings.go_nonce_ttl_s)
+            await ws.send_json({"type": "admitted", "redirect": f"/go/{nonce}"})
+            return True
+        await ws.send_json({"type": "removed", "reason": "removed_by_host"})
+        return False
+    kind = "denied" if t.status in ("denied", "replaced") else "removed"
+    await ws.send_json({"type": kind, "reason": t.reason or "denied_by_host"})
+    return False
+
+
+async def ws_wait(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None and svc.bus is not None
+    ticket_id = request.match_info["ticket"]
+    if split_ticket(ticket_id) is None:
+        raise ApiError(404, "not_found", "no such ticket")
+    t = await svc.store.ticket(ticket_id)
+    if t is None:
+        raise ApiError(404, "not_found", "no such ticket")
+    cookie = _device_cookie(request)
+    if cookie is None or device_hash(cookie) != t.device:
+        raise ApiError(403, "device_mismatch", "this waiting room belongs to another device")
+    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096)
+    await ws.prepare(request)
+    key = f"wait:{t.class_id}"
+    svc.sockets.setdefault(key, set()).add(ws)
+    svc.metrics.open_sockets.labels("wait").inc()
+    svc.metrics.waiting.inc()
+    store = svc.store
+
+    async def on_event(msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        mine = msg.get("ticket") == t.id or (
+            msg.get("student_id") == t.student_id and kind in ("removed", "admitted")
+        )
+        if kind == "admitted" and mine:
+            admitted = (await store.admitted(t.class_id)).get(t.student_id)
+            if admitted is None or admitted.get("device") != t.device:
+                return
+            nonce = await store.mint_nonce(t.class_id, t.student_id, t.device, t.id,
+                                           svc.settings.go_nonce_ttl_s)
+            await ws.send_json({"type": "admitted", "redirect": f"/go/{nonce}"})
+        elif kind in ("denied", "removed") and mine:
+            await ws.send_json({"type": kind, "reason": msg.get("reason")})
+            await ws.close(code=4000 if kind == "denied" else 4001)
+        elif kind == "ended":
+            await ws.send_json({"type": "denied", "reason": "class_ended"})
+            await ws.close(code=4002)
+
+    off = svc.bus.listen_class(t.class_id, on_event)
+    try:
+        # Read the ticket again after subscribing so no event falls between the two.
+        fresh = await store.ticket(ticket_id)
+        if fresh is None or not await _push_ticket_status(svc, ws, fresh):
+            await ws.close()
+            return ws
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and msg.data == "ping":
+                await ws.send_str("pong")
+            elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                break
+    finally:
+        off()
+        svc.sockets.get(key, set()).discard(ws)
+        svc.metrics.open_sockets.labels("wait").dec()
+        svc.metrics.waiting.dec()
+        with contextlib.suppress(Exception):
+            now = await store.ticket(ticket_id)
+            if now is not None and now.status == "waiting":
+                await svc.bus.publish(t.class_id, {"type": "left", "ticket": t.id,
+                                                   "student_id": t.student_id})
+    return ws
+
+
+async def go(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None and svc.auditor is not None
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    nonce = request.match_info["nonce"]
+    cookie = _device_cookie(request)
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    status, data = ("unknown", None)
+    if cookie is not None and split_ticket(nonce) is not None:
+        status, data = await svc.store.consume_nonce(nonce, device_hash(cookie))
+    if status != "ok" or data is None:
+        code = {"unknown": 404, "wrong_device": 403, "not_admitted": 403}.get(status, 404)
+        await svc.auditor.record("go.refused", actor="visitor", reason=status, ip=ip,
+                                 device=device_hash(cookie) if cookie else None,
+                                 user_agent=request.headers.get("User-Agent", ""))
+        if _wants_json(request):
+            raise ApiError(code, f"go_{status}", "this entry link is used, expired or not yours")
+        return render(svc, "denied.html", lang, status=code, reason="go_" + status,
+                      class_title=None)
+    cid = data["class_id"]
+    info = await svc.store.get_class(cid)
+    student = await svc.store.student(cid, data["student_id"])
+    if info is None or student is None:
+        raise ApiError(404, "not_found", "class not found")
+    hc = HostControls(svc)
+    try:
+        adapter, room = hc.adapter_and_room(info)
+        url = await adapter.join_url(room, Participant(student_id=student.id,
+                                                       display_name=student.name,
+                                                       role="student", ticket=data["ticket"]))
+    except (UpstreamUnavailable, AdapterError) as exc:
+        svc.metrics.upstream_errors.labels(info.platform_kind).inc()
+        log.warning("platform %s unavailable: %s", info.platform_kind, exc)
+        if _wants_json(request):
+            raise ApiError(503, "platform_unreachable", i18n.t(lang, "error.platform_down")) \
+                from exc
+        return render(svc, "denied.html", lang, status=503, reason="platform_down",
+                      class_title=info.title)
+    await svc.auditor.record("join.enter", actor=f"student:{student.id}", org=info.org,
+                             class_id=cid, subject=student.id, reason="entered", ip=ip,
+                             device=device_hash(cookie) if cookie else None,
+                             user_agent=request.headers.get("User-Agent", ""),
+                             facts={"platform": info.platform_kind})
+    raise web.HTTPFound(url)
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/j/{token}", join_link)
+    r.add_get("/join", join_form)
+    r.add_post("/join", join_code)
+    r.add_get("/ws/wait/{ticket}", ws_wait)
+    r.add_get("/go/{nonce}", go)
+
+
+__all__ = ["setup", "render", "json"]

@@ -1,0 +1,273 @@
+"""Server-rendered staff pages: sign-in, sign-out, language, my classes.
+
+Shared page machinery lives here too (``page_response``, ``staff_page``): every staff
+page is rendered on the server with the viewer's language and role-aware navigation;
+JSON APIs do the work, small vanilla JS modules in ``gateway/static`` call them.
+The other page modules (teacher, IT, administrator) are registered from ``setup``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from babel.dates import format_datetime
+
+from .. import i18n
+from ..app import Services, services
+from ..auth import SESSION_COOKIE, Principal, authenticate
+from ..errors import ApiError
+from .session import login_user, set_session_cookie
+
+DEFAULT_TZ = "Asia/Ho_Chi_Minh"
+LANG_COOKIE_MAX_AGE = 365 * 86400
+PageHandler = Callable[[web.Request, Principal, str], Awaitable[web.StreamResponse]]
+
+
+# --- formatting (Jinja filters) ---------------------------------------------------------
+
+def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium") -> str:
+    """A timestamp (unix seconds or ms, or ISO 8601) in the viewer's locale and time zone."""
+    if value is None or value == "":
+        return ""
+    try:
+        if isinstance(value, str):
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=UTC)
+        else:
+            ts = float(value)
+            if ts > 1e11:  # milliseconds
+                ts /= 1000.0
+            dt = datetime.fromtimestamp(ts, UTC)
+        return str(format_datetime(dt, fmt, tzinfo=ZoneInfo(tz), locale=lang))
+    except (ValueError, TypeError, OverflowError, LookupError):
+        return str(value)
+
+
+def safe_next(value: str | None) -> str:
+    """Only same-site paths may be a post-sign-in destination (no open redirect)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/classes"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/classes"
+    return value
+
+
+def nav_items(p: Principal | None) -> list[tuple[str, str]]:
+    """(path, catalogue key) of the sections this role may use."""
+    if p is None:
+        return []
+    items: list[tuple[str, str]] = []
+    if p.role in ("teacher", "admin"):
+        items.append(("/classes", "nav.classes"))
+    if p.role in ("it", "admin"):
+        items += [("/audit", "nav.audit"), ("/bans", "nav.bans")]
+    if p.role == "admin":
+        items += [("/admin/staff", "nav.staff"), ("/admin/keys", "nav.keys")]
+    # Incidents (issue 5) get their entry here once gateway/routes/incidents.py has pages.
+    return items
+
+
+def page_response(request: web.Request, name: str, lang: str, *, status: int = 200,
+                  user: Principal | None = None, **ctx: Any) -> web.Response:
+    """Render a page; remembers an explicit ``?lang=`` choice in a cookie."""
+    svc = services(request)
+    html = svc.templates.get_template(name).render(
+        lang=lang, user=user, nav=nav_items(user), path=request.path,
+        csrf_token=(user.csrf_token or "") if user else "", **ctx)
+    resp = web.Response(text=html, content_type="text/html", status=status)
+    q = request.query.get("lang")
+    if q in i18n.LANGS:
+        resp.set_cookie(i18n.LANG_COOKIE, q, max_age=LANG_COOKIE_MAX_AGE, httponly=True,
+                        secure=svc.settings.cookie_secure, samesite="Lax", path="/")
+    return resp
+
+
+def page_lang(request: web.Request) -> str:
+    return i18n.request_lang(request, services(request).settings.default_lang)
+
+
+def staff_page(roles: Iterable[str]) -> Callable[[PageHandler], Callable[
+        [web.Request], Awaitable[web.StreamResponse]]]:
+    """A page for signed-in staff of ``roles``: redirects to sign-in, and renders API
+    errors (404 not yours, 403 not allowed) as a page in the viewer's language."""
+    allowed = frozenset(roles)
+
+    def wrap(fn: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            lang = page_lang(request)
+            p = await authenticate(request, csrf=False)
+            if p is None:
+                raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe=""))
+            if p.role not in allowed:
+                return page_response(request, "error.html", lang, status=403, user=p,
+                                     message=i18n.t(lang, "error.forbidden"))
+            try:
+                return await fn(request, p, lang)
+            except ApiError as exc:
+                if exc.status not in (400, 403, 404, 409):
+                    raise
+                key = {404: "error.not_found", 403: "error.forbidden"}.get(
+                    exc.status, "error.bad_request")
+                return page_response(request, "error.html", lang, status=exc.status, user=p,
+                                     message=i18n.t(lang, key))
+        handler.__name__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        return handler
+
+    return wrap
+
+
+# --- sign-in, sign-out ------------------------------------------------------------------
+
+LOGIN_CSRF_COOKIE = "cg_login_csrf"
+
+
+def _login_form(request: web.Request, lang: str, *, status: int = 200, error: str | None,
+                username: str, nxt: str) -> web.Response:
+    """The sign-in form with a fresh double-submit token (no login CSRF: another site
+    cannot sign a teacher's browser into an account it controls)."""
+    token = secrets.token_urlsafe(16)
+    resp = page_response(request, "login.html", lang, status=status, error=error,
+                         username=username, next=nxt, login_csrf=token)
+    resp.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, httponly=True,
+                    secure=services(request).settings.cookie_secure, samesite="Strict",
+                    path="/login")
+    return resp
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    lang = page_lang(request)
+    p = await authenticate(request, csrf=False)
+    if p is not None:
+        raise web.HTTPSeeOther(home_of(p))
+    return _login_form(request, lang, error=None, username="",
+                       nxt=safe_next(request.query.get("next")))
+
+
+def home_of(p: Principal) -> str:
+    return "/classes" if p.role in ("teacher", "admin") else "/audit"
+
+
+async def login_submit(request: web.Request) -> web.StreamResponse:
+    lang = page_lang(request)
+    form = await request.post()
+    username = str(form.get("username", ""))[:128]
+    password = str(form.get("password", ""))[:1024]
+    nxt = safe_next(str(form.get("next", "")) or None)
+    sent = str(form.get("csrf_token", ""))
+    expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        return _login_form(request, lang, status=403, error=i18n.t(lang, "login.expired"),
+                           username=username, nxt=nxt)
+    try:
+        cookie, _csrf, user = await login_user(request, username, password)
+    except ApiError as exc:
+        if exc.status == 429:
+            secs = exc.headers.get("Retry-After", "60")
+            msg = i18n.t(lang, "login.regulated", seconds=secs)
+        elif exc.status == 400:
+            msg = i18n.t(lang, "login.bad_input")
+        else:
+            msg = i18n.t(lang, "login.failed")
+        resp = _login_form(request, lang, status=exc.status, error=msg, username=username,
+                           nxt=nxt)
+        resp.headers.update(exc.headers)
+        return resp
+    if nxt == "/classes" and user.get("role") == "it":
+        nxt = "/audit"
+    resp = web.HTTPSeeOther(nxt)
+    set_session_cookie(request, resp, cookie)
+    resp.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    raise resp
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.staff is not None
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        # authenticate() checks the form's csrf_token: nobody can sign a teacher out
+        # from another site.
+        p = await authenticate(request)
+        if p is not None:
+            await svc.staff.revoke_session(cookie)
+    resp = web.HTTPSeeOther("/login")
+    resp.del_cookie(SESSION_COOKIE, path="/")
+    raise resp
+
+
+async def set_lang(request: web.Request) -> web.StreamResponse:
+    """``GET /lang/{lang}?next=/path``: switch language (cookie) and go back."""
+    svc = services(request)
+    lang = request.match_info["lang"]
+    if lang not in i18n.LANGS:
+        raise ApiError(404, "not_found", "no such language")
+    resp = web.HTTPSeeOther(safe_next(request.query.get("next")))
+    resp.set_cookie(i18n.LANG_COOKIE, lang, max_age=LANG_COOKIE_MAX_AGE, httponly=True,
+                    secure=svc.settings.cookie_secure, samesite="Lax", path="/")
+    raise resp
+
+
+# --- my classes ---------------------------------------------------------------------------
+
+@staff_page(("teacher", "admin", "it"))
+async def classes_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None and svc.staff is not None
+    if p.role == "teacher":
+        infos = await svc.store.classes_of_owner(p.username)
+    else:
+        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
+    infos = sorted(infos, key=lambda i: i.schedule.starts_at, reverse=True)
+    return page_response(request, "classes.html", lang, user=p, classes=infos,
+                         can_create=p.role in ("teacher", "admin"))
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    p = await authenticate(request, csrf=False)
+    raise web.HTTPSeeOther(home_of(p) if p else "/login")
+
+
+# Student refusals after which trying the same link again can help.
+RETRY_REASONS = ("outside_schedule", "rate_limited", "class_locked", "capacity_reached",
+                 "platform_down", "go_unknown", "go_not_admitted")
+
+
+def install_filters(svc: Services) -> None:
+    """Filters and globals of every template, the student pages (rendered by
+    ``routes.join``) included."""
+    from policies import Reason
+
+    env = svc.templates
+    env.filters["when"] = format_when
+    env.globals["langs"] = i18n.LANGS
+    env.globals["reasons"] = [r.value for r in Reason]
+    env.globals["retry_reasons"] = RETRY_REASONS
+    env.globals["advice_keys"] = frozenset(
+        k for k in i18n.catalogue("vi") if k.startswith("advice."))
+
+
+def setup(app: web.Application) -> None:
+    from . import admin_api, pages_admin, pages_it, pages_teacher
+
+    from ..app import SERVICES
+
+    install_filters(app[SERVICES])
+    r = app.router
+    r.add_get("/", root)
+    r.add_get("/login", login_page)
+    r.add_post("/login", login_submit)
+    r.add_post("/logout", logout)
+    r.add_get("/lang/{lang}", set_lang)
+    r.add_get("/classes", classes_page)
+    for module in (pages_teacher, pages_it, pages_admin, admin_api):
+        module.setup(app)

@@ -1,0 +1,42 @@
+"""Administrator pages: staff accounts and orgs of their subtree, join-token keys.
+
+Incident pages (list, detail, attachments, evidence export, custody) belong here once
+the incident API of gateway/routes/incidents.py has landed.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..app import services
+from ..auth import Principal
+from .pages import page_response, staff_page
+
+ROLES = ("teacher", "it", "admin")
+
+
+@staff_page(("admin",))
+async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.staff is not None
+    subtree = await svc.staff.org_subtree(p.org)
+    orgs = [o for o in await svc.staff.list_orgs() if o.slug in subtree]
+    users = await svc.staff.list_users(org_subtree=subtree)
+    return page_response(request, "admin_staff.html", lang, user=p, users=users, orgs=orgs,
+                         roles=ROLES)
+
+
+@staff_page(("admin",))
+async def keys_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.staff is not None and svc.keyring is not None and svc.audit_key is not None
+    top = len(await svc.staff.org_ancestors(p.org)) <= 1
+    return page_response(request, "admin_keys.html", lang, user=p, top=top,
+                         keys=svc.keyring.list() if top else [],
+                         read_only=svc.keyring.read_only,
+                         audit_key=svc.audit_key.verifier().encode())
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/admin/staff", staff_accounts_page)
+    app.router.add_get("/admin/keys", keys_page)

@@ -1,0 +1,146 @@
+"""IT staff pages: the audit explorer (filters, pages, event detail, integrity status)
+and the bans of their org subtree.
+
+The explorer reads the log like ``GET /api/v1/audit/events`` does, with the same
+visibility rule (events of the viewer's org subtree; org-less events only for a root
+administrator), and, like every read of the log, is itself recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from audit import AuditError, AuditQuery
+
+from ..app import Services, services
+from ..auth import Principal
+from ..errors import ApiError
+from .pages import DEFAULT_TZ, page_response, staff_page
+
+FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
+PAGE_SIZES = (25, 50, 100, 200)
+
+
+def _local_to_iso(value: str, tz: str = DEFAULT_TZ) -> str | None:
+    """A ``datetime-local`` value (the viewer's wall clock) as ISO 8601 with offset."""
+    if not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_field", "not a date and time", field="since") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=ZoneInfo(tz))
+    return dt.isoformat()
+
+
+async def visible_events(svc: Services, p: Principal, params: dict[str, str], limit: int,
+                         cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of events this principal may see, newest first (as the audit API)."""
+    assert svc.audit_log is not None and svc.staff is not None
+    try:
+        q = AuditQuery.from_params(params)
+        found, next_cursor = await svc.audit_log.query(
+            q, limit=limit, cursor=cursor, disclose_personal=True)
+    except AuditError as exc:
+        raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
+    subtree = await svc.staff.org_subtree(p.org)
+    is_root = len(await svc.staff.org_ancestors(p.org)) <= 1
+    out = []
+    for ev in found:
+        org = ev.record.get("org")
+        if (org in subtree) or (org is None and p.role == "admin" and is_root):
+            out.append(ev.to_json())
+    return out, next_cursor
+
+
+def _event_row(ev: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "index": ev.get("index"),
+        "ts": ev.get("ts"),
+        "type": ev.get("type", ""),
+        "actor": ev.get("actor", ""),
+        "reason": ev.get("reason", ""),
+        "class": ev.get("class", ""),
+        "subject": ev.get("subject", ""),
+        "org": ev.get("org", ""),
+        "personal": ev.get("personal") or {},
+        "facts": ev.get("facts") or {},
+        "json": json.dumps({k: v for k, v in ev.items() if k != "personal"},
+                           ensure_ascii=False, indent=2, sort_keys=True),
+    }
+
+
+@staff_page(("it", "admin"))
+async def audit_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.auditor is not None
+    form = {k: request.query.get(k, "").strip()[:200] for k in FILTERS}
+    params = {k: v for k, v in form.items() if v and k not in ("since", "until")}
+    error = None
+    try:
+        for k in ("since", "until"):
+            iso = _local_to_iso(form[k])
+            if iso:
+                params[k] = iso
+    except ApiError:
+        error = "audit.bad_time"
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        limit = 50
+    limit = limit if limit in PAGE_SIZES else 50
+    cursor = request.query.get("cursor") or None
+    if cursor is not None and (not cursor.isdigit() or len(cursor) > 15):
+        cursor = None
+    events: list[dict[str, Any]] = []
+    next_cursor = None
+    if error is None:
+        try:
+            events, next_cursor = await visible_events(svc, p, params, limit, cursor)
+        except ApiError:
+            error = "audit.bad_query"
+    await svc.auditor.record("audit.read", actor=p.actor, org=p.org,
+                             facts={**params, "returned": len(events), "via": "page"})
+    last, _ = await visible_events(svc, p, {"type": "audit.verify"}, 1, None)
+    base = {k: v for k, v in form.items() if v}
+    if limit != 50:
+        base["limit"] = str(limit)
+    older = "/audit?" + urlencode({**base, "cursor": next_cursor}) if next_cursor else None
+    newest = "/audit?" + urlencode(base) if cursor else None
+    return page_response(
+        request, "audit.html", lang, user=p, form=form, limit=limit, page_sizes=PAGE_SIZES,
+        events=[_event_row(e) for e in events], older=older, newest=newest, error=error,
+        last_verify=_event_row(last[0]) if last else None,
+        size=await svc.audit_log.size() if svc.audit_log else 0,
+    )
+
+
+@staff_page(("it", "admin"))
+async def bans_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None and svc.staff is not None
+    subtree = sorted(await svc.staff.org_subtree(p.org))
+    org_bans = []
+    for org in subtree:
+        org_bans += [b.to_json() for b in await svc.store.bans(org=org)]
+    classes = {c.id: c for c in await svc.store.classes_of_orgs(subtree)}
+    class_bans = []
+    for cid, info in sorted(classes.items(), key=lambda kv: kv[1].title.casefold()):
+        for b in await svc.store.bans(class_id=cid):
+            class_bans.append({**b.to_json(), "class_title": info.title})
+    return page_response(request, "bans.html", lang, user=p, org_bans=org_bans,
+                         class_bans=class_bans, orgs=subtree, home_org=p.org,
+                         can_lift_class=p.role == "admin", now=svc.clock())
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/audit", audit_page)
+    r.add_get("/bans", bans_page)

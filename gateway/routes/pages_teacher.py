@@ -1,0 +1,230 @@
+"""Teacher pages: create a class, class details and policy, roster import with a
+preview, personal links with QR codes, the live control room.
+
+The pages read through the same helpers as the JSON API (``load_class``,
+``current_links``) and change things only through the API, so a page can never do
+what the API would refuse. ``POST .../roster/preview`` is the one endpoint added for
+the pages: it parses an upload exactly like ``PUT .../roster`` and saves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import segno
+from aiohttp import web
+
+from meeting_adapters import ADAPTERS, Capability, capability_matrix
+from policies import PRESETS, load_policy, weakened_checks
+
+from .. import i18n
+from ..app import services
+from ..auth import Principal, require_user
+from ..errors import ApiError
+from ..hostctl import is_host
+from ..roster import RosterError, parse_roster
+from .classes import current_links, load_class, org_ancestors
+from .pages import DEFAULT_TZ, page_response, staff_page
+
+# The settings a teacher types for each platform (the adapters validate them).
+# (name, input type, required, placeholder, integer?)
+_PLATFORM_FIELDS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
+    "generic": [("url", "url", True, "https://meet.example.org/abc", False)],
+    "janus": [
+        ("ws_url", "url", True, "wss://janus.school.edu.vn/janus", False),
+        ("client_url", "url", True, "https://janus.school.edu.vn/room.html?room={room}", False),
+        ("admin_key", "password", False, "", False),
+        ("api_secret", "password", False, "", False),
+        ("publishers", "text", False, "30", True),
+    ],
+    "bigbluebutton": [
+        ("api_url", "url", True, "https://bbb.school.edu.vn/bigbluebutton/api", False),
+        ("secret", "password", True, "", False),
+    ],
+    "jitsi": [
+        ("base_url", "url", True, "https://meet.school.edu.vn/", False),
+        ("app_id", "text", True, "classguard", False),
+        ("app_secret", "password", True, "", False),
+        ("kick_url", "url", False, "", False),
+    ],
+    "zoom": [
+        ("account_id", "text", True, "", False),
+        ("client_id", "text", True, "", False),
+        ("client_secret", "password", True, "", False),
+        ("host_user", "email", True, "teacher@school.edu.vn", False),
+        ("registrant_email_domain", "text", True, "students.school.edu.vn", False),
+        ("webhook_secret_token", "password", False, "", False),
+    ],
+}
+ALL_CAPS = [c.value for c in Capability]
+REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "missing_name",
+                "duplicate", "invalid_item", "unknown_field", "duplicate_field")
+CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "unlocked",
+                "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",
+                "undone", "confirm_end", "in_class_since", "by_policy", "by_host", "bans_none",
+                "lift", "ban_until", "ban_forever", "wait_reason", "error_prefix", "done")
+CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock", "unlock",
+                   "mute_all", "end", "reset_device", "revoke_link")
+ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
+               "intruder_in_room")
+
+
+def _platform_fields() -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for kind in ADAPTERS:
+        out[kind] = [{"name": n, "type": ty, "required": req, "placeholder": ph, "int": i}
+                     for n, ty, req, ph, i in _PLATFORM_FIELDS.get(kind, [])]
+    return out
+
+
+def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
+    """The class's resolved policy, one plain sentence per rule."""
+    t = i18n.t
+    lines = [t(lang, f"policy.admission.{policy.get('admission')}")]
+    lines.append(t(lang, "policy.binding.on" if policy.get("device_binding")
+                   else "policy.binding.off"))
+    if policy.get("device_binding"):
+        lines.append(t(lang, f"policy.second_device.{policy.get('second_device')}.explain"))
+    if policy.get("enforce_schedule", True):
+        lines.append(t(lang, "policy.schedule.on",
+                       minutes=policy.get("early_open_minutes", 15)))
+    else:
+        lines.append(t(lang, "policy.schedule.off"))
+    cutoff = policy.get("late_join_cutoff_minutes")
+    lines.append(t(lang, "policy.late.on", minutes=cutoff) if cutoff is not None
+                 else t(lang, "policy.late.off"))
+    lines.append(t(lang, f"policy.on_host_leave.{policy.get('on_host_leave')}.explain"))
+    if not policy.get("require_roster", True):
+        lines.append(t(lang, "policy.roster.off"))
+    if policy.get("capacity"):
+        lines.append(t(lang, "policy.capacity", count=policy.get("capacity")))
+    if policy.get("auto_remove_intruders"):
+        lines.append(t(lang, "policy.intruders.remove"))
+    return lines
+
+
+@staff_page(("teacher", "admin"))
+async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    now = datetime.fromtimestamp(svc.clock(), UTC).astimezone(ZoneInfo(DEFAULT_TZ))
+    start = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    return page_response(
+        request, "class_new.html", lang, user=p,
+        platforms=list(ADAPTERS), platform_fields=_platform_fields(),
+        capabilities=capability_matrix(), all_caps=ALL_CAPS, presets=list(PRESETS),
+        current_preset="standard", policy=None,
+        today=start.date().isoformat(), start=start.strftime("%H:%M"),
+        end=(start + timedelta(minutes=45)).strftime("%H:%M"),
+        term_end=(start + timedelta(days=120)).date().isoformat(),
+    )
+
+
+@staff_page(("teacher", "admin", "it"))
+async def class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None
+    info = await load_class(request, p)
+    anc = await org_ancestors(svc, info.org)
+    roster = await svc.store.roster(info.id)
+    try:
+        weakened = list(weakened_checks(load_policy(info.policy)))
+    except Exception:  # noqa: BLE001 - a stored policy is valid; never break the page
+        weakened = []
+    return page_response(
+        request, "class.html", lang, user=p, info=info, roster_size=len(roster),
+        caps=capability_matrix().get(info.platform_kind, []), all_caps=ALL_CAPS,
+        presets=list(PRESETS), known_presets={f"preset.{k}" for k in PRESETS},
+        policy_lines=policy_lines(lang, info.policy), weakened=weakened,
+        can_host=is_host(svc, p, info, anc),
+    )
+
+
+@staff_page(("teacher", "admin"))
+async def roster_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None
+    info = await load_class(request, p, host=True)
+    students = await svc.store.roster(info.id)
+    return page_response(request, "roster.html", lang, user=p, info=info, students=students,
+                         reject_codes=REJECT_CODES)
+
+
+async def roster_preview(request: web.Request) -> web.Response:
+    """``POST /api/v1/classes/{id}/roster/preview``: what ``PUT .../roster`` would keep
+    and reject for this upload. Nothing is saved."""
+    svc = services(request)
+    p = await require_user(request)
+    await load_class(request, p, host=True)
+    limit = svc.settings.roster_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"roster file larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise ApiError(413, "too_large", f"roster file larger than {limit} bytes")
+    try:
+        parsed = await asyncio.to_thread(parse_roster, body, content_type=request.content_type,
+                                         filename=request.headers.get("X-Filename"))
+    except RosterError as exc:
+        status = 413 if exc.code == "too_many_rows" else 400
+        raise ApiError(status, f"roster_{exc.code}", exc.message) from exc
+    return web.json_response({
+        "students": [{"line": s.line, "name": s.name, "external_id": s.external_id}
+                     for s in parsed.students],
+        "rejected": [{"line": r.line, "error": r.code, "message": r.message}
+                     for r in parsed.rejected],
+    })
+
+
+def qr_data_uri(url: str) -> str:
+    """The link as a QR code (SVG data: URI), made locally; no external service."""
+    return str(segno.make(url, error="m").svg_data_uri(scale=4, border=2))
+
+
+@staff_page(("teacher", "admin"))
+async def links_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    svc = services(request)
+    assert svc.store is not None
+    info = await load_class(request, p, host=True)
+    roster = await svc.store.roster(info.id)
+    links = await current_links(svc, info)
+
+    def with_qr() -> list[dict[str, Any]]:
+        return [{**link, "qr": qr_data_uri(link["url"])} for link in links]
+
+    shown = await asyncio.to_thread(with_qr)
+    return page_response(request, "links.html", lang, user=p, info=info, links=shown,
+                         roster_size=len(roster), missing=len(roster) - len(links),
+                         join_url=svc.settings.public_url.rstrip("/") + "/join")
+
+
+def incident_url(request: web.Request, class_id: str) -> str | None:
+    """Where "Report incident" goes, once the incident pages exist (issue 5)."""
+    for resource in request.app.router.resources():
+        info = resource.get_info()
+        if info.get("path") == "/incidents/new" or info.get("formatter") == "/incidents/new":
+            return f"/incidents/new?class_id={class_id}"
+    return None
+
+
+@staff_page(("teacher", "admin"))
+async def control_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    info = await load_class(request, p, host=True)
+    caps = set(capability_matrix().get(info.platform_kind, []))
+    return page_response(
+        request, "control.html", lang, user=p, info=info,
+        can_mute=Capability.MUTE.value in caps, incident_url=incident_url(request, info.id),
+        msg_keys=CONTROL_MSGS, actions=CONTROL_ACTIONS, alert_kinds=ALERT_KINDS,
+    )
+
+
+def setup(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/classes/new", new_class_page)
+    r.add_get("/classes/{class_id}", class_page)
+    r.add_get("/classes/{class_id}/roster", roster_page)
+    r.add_get("/classes/{class_id}/links", links_page)
+    r.add_get("/classes/{class_id}/control", control_page)
+    r.add_post("/api/v1/classes/{class_id}/roster/preview", roster_preview)

@@ -1,0 +1,76 @@
+"""Staff sign-in and sign-out (cookie session + CSRF token)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..app import services
+from ..auth import SESSION_COOKIE, authenticate
+from ..errors import ApiError, rate_limited
+from ..web_util import client_ip, read_json, require_fields
+
+
+def set_session_cookie(request: web.Request, resp: web.StreamResponse, value: str) -> None:
+    svc = services(request)
+    resp.set_cookie(
+        SESSION_COOKIE,
+        value,
+        max_age=svc.settings.session_ttl_s,
+        httponly=True,
+        secure=svc.settings.cookie_secure,
+        samesite="Strict",
+        path="/",
+    )
+
+
+async def login_user(request: web.Request, username: str, password: str) -> tuple[str, str, dict[str, str]]:
+    """Shared by the API and the sign-in page: (cookie, csrf, user json) or ApiError."""
+    svc = services(request)
+    assert svc.staff is not None and svc.auditor is not None
+    if not isinstance(username, str) or not isinstance(password, str) or len(username) > 128 \
+            or len(password) > 1024:
+        raise ApiError(400, "invalid_body", "username and password must be short strings")
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    res = await svc.staff.login(username, password, ip=ip)
+    if not res.ok:
+        await svc.auditor.record(
+            "staff.login_failed", actor="visitor", reason=res.code, ip=ip,
+            user_agent=request.headers.get("User-Agent", ""),
+            personal={"username": username[:128]},
+        )
+        if res.code == "regulated":
+            raise rate_limited(res.retry_after or 1)
+        raise ApiError(401, "invalid_credentials", "wrong username or password")
+    assert res.user is not None
+    cookie, csrf, _session = await svc.staff.create_session(
+        res.user, ip=ip, user_agent=request.headers.get("User-Agent", "")
+    )
+    await svc.auditor.record("staff.login", actor=f"user:{res.user.username}", org=res.user.org,
+                             ip=ip, user_agent=request.headers.get("User-Agent", ""))
+    user = {"username": res.user.username, "role": res.user.role, "org": res.user.org}
+    return cookie, csrf, user
+
+
+async def post_session(request: web.Request) -> web.Response:
+    data = require_fields(await read_json(request), required=("username", "password"))
+    cookie, csrf, user = await login_user(request, data["username"], data["password"])
+    resp = web.json_response({"user": user, "csrf_token": csrf})
+    set_session_cookie(request, resp, cookie)
+    return resp
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    svc = services(request)
+    assert svc.staff is not None
+    p = await authenticate(request)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if p is not None and cookie:
+        await svc.staff.revoke_session(cookie)
+    resp = web.Response(status=204)
+    resp.del_cookie(SESSION_COOKIE, path="/")
+    return resp
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/session", post_session)
+    app.router.add_delete("/api/v1/session", delete_session)

@@ -1,0 +1,1176 @@
+"""Class, roster, link and join state in Redis.
+
+All keys of one class share the hash tag ``{c:<class_id>}`` so the multi-key Lua
+scripts below also run on Redis Cluster. Every step that must be atomic (bind a
+device, admit, consume a ``/go`` nonce, rate-limit) is one script; nothing here reads a
+value in Python and writes a decision back.
+
+Nothing in this module is authoritative in process memory: any number of gateway
+processes can share one Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+
+from .bans import Ban, encode_ban, parse_bans
+from .bans import match as match_bans
+
+from policies.model import ClassId, ClassState, Jti, Schedule, StudentId, TokenFacts
+
+Clock = Callable[[], float]
+
+_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+def new_id(kind: str, n: int = 12) -> str:
+    """A random identifier such as ``c7k2...``: no personal data, URL safe."""
+    return kind + "".join(secrets.choice(_ID_ALPHABET) for _ in range(n))
+
+
+def new_secret(nbytes: int = 16) -> str:
+    return secrets.token_urlsafe(nbytes)
+
+
+def device_hash(device_cookie: str) -> str:
+    """Redis stores only the hash of the device cookie."""
+    return hashlib.sha256(device_cookie.encode()).hexdigest()
+
+
+def valid_class_id(value: str) -> bool:
+    return (
+        len(value) == 13 and value[0] == "c" and all(ch in _ID_ALPHABET for ch in value[1:])
+    )
+
+
+def valid_student_id(value: str) -> bool:
+    return (
+        len(value) == 13 and value[0] == "s" and all(ch in _ID_ALPHABET for ch in value[1:])
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def schedule_to_json(s: Schedule) -> dict[str, Any]:
+    return {
+        "starts_at": s.starts_at.isoformat(),
+        "ends_at": s.ends_at.isoformat(),
+        "timezone": s.timezone,
+        "term_ends_at": s.term_ends_at.isoformat() if s.term_ends_at else None,
+        "weekly": list(s.weekly),
+    }
+
+
+def schedule_from_json(d: Mapping[str, Any]) -> Schedule:
+    return Schedule(
+        starts_at=datetime.fromisoformat(d["starts_at"]),
+        ends_at=datetime.fromisoformat(d["ends_at"]),
+        timezone=d.get("timezone") or "Asia/Ho_Chi_Minh",
+        term_ends_at=datetime.fromisoformat(d["term_ends_at"]) if d.get("term_ends_at") else None,
+        weekly=tuple(d.get("weekly") or ()),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClassInfo:
+    id: ClassId
+    title: str
+    owner: str
+    org: str
+    platform_kind: str
+    platform_sealed: str  # platform settings, encrypted at rest (SecretBox)
+    schedule: Schedule
+    policy: dict[str, Any]
+    created_at: float
+    locked: bool
+    ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Student:
+    id: StudentId
+    name: str
+    external_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "external_id": self.external_id}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRecord:
+    jti: Jti
+    student_id: StudentId
+    class_id: ClassId
+    iat: int
+    nbf: int
+    exp: int
+    code: str  # canonical short code (kept so the sheet can be re-printed)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    id: str  # the public ticket string "<class_id>.<random>"
+    class_id: ClassId
+    student_id: StudentId
+    device: str
+    status: str  # waiting | admitted | denied | removed
+    reason: str
+    created: float
+    device_hint: str
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The class as seen for one attempt: the policy input plus what the gateway
+    needs to act on the decision."""
+
+    info: ClassInfo | None
+    state: ClassState | None
+    link: LinkRecord | None
+    student: Student | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Keys:
+    """Key names. One place, so nothing else builds key strings by hand."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def c(self, class_id: str, suffix: str) -> str:
+        return f"{self.p}{{c:{class_id}}}:{suffix}"
+
+    def meta(self, cid: str) -> str:
+        return self.c(cid, "meta")
+
+    def roster(self, cid: str) -> str:
+        return self.c(cid, "roster")
+
+    def links(self, cid: str) -> str:  # student -> current jti
+        return self.c(cid, "links")
+
+    def jtis(self, cid: str) -> str:  # jti -> link record json
+        return self.c(cid, "jtis")
+
+    def revoked(self, cid: str) -> str:  # set of revoked jtis
+        return self.c(cid, "revoked")
+
+    def bind(self, cid: str) -> str:
+        return self.c(cid, "bind")
+
+    def rebinds(self, cid: str) -> str:
+        return self.c(cid, "rebinds")
+
+    def waiting(self, cid: str) -> str:
+        return self.c(cid, "waiting")
+
+    def admitted(self, cid: str) -> str:
+        return self.c(cid, "admitted")
+
+    def removed(self, cid: str) -> str:
+        return self.c(cid, "removed")
+
+    def denied(self, cid: str) -> str:
+        return self.c(cid, "denied")
+
+    def tickets_by_student(self, cid: str) -> str:
+        return self.c(cid, "tk_by")
+
+    def ticket(self, cid: str, rand: str) -> str:
+        return self.c(cid, f"t:{rand}")
+
+    def nonce(self, cid: str, rand: str) -> str:
+        return self.c(cid, f"go:{rand}")
+
+    def bans(self, cid: str) -> str:
+        return self.c(cid, "bans")
+
+    def org_bans(self, org: str) -> str:
+        return f"{self.p}bans:org:{org}"
+
+    def hosts(self, cid: str) -> str:
+        return self.c(cid, "hosts")
+
+    def alerts(self, cid: str) -> str:
+        return self.c(cid, "alerts")
+
+    def code(self, code_hash: str) -> str:
+        return f"{self.p}code:{code_hash}"
+
+    def owner_classes(self, username: str) -> str:
+        return f"{self.p}classes:owner:{username}"
+
+    def org_classes(self, org: str) -> str:
+        return f"{self.p}classes:org:{org}"
+
+    def ratelimit(self, name: str) -> str:
+        return f"{self.p}rl:{name}"
+
+    def bus(self) -> str:
+        return f"{self.p}bus"
+
+
+# --- Lua scripts -----------------------------------------------------------------
+
+# Bind a link to a device: first device wins; rebinding only when the policy allows it.
+_BIND = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 'bound'
+end
+if cur == ARGV[2] then return 'same' end
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  return 'rebound'
+end
+return 'conflict'
+"""
+
+# Put a student in the waiting room (or reuse their ticket for the same device).
+# KEYS: waiting, tk_by, ticket_key(new), ARGV: student, device, rand, ticket_json,
+# waiting_json, ttl_s, ticket_prefix
+_KNOCK = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if old then
+  local okey = ARGV[7] .. old
+  local odev = redis.call('HGET', okey, 'device')
+  local ost = redis.call('HGET', okey, 'status')
+  if odev == ARGV[2] and ost == 'waiting' then
+    redis.call('EXPIRE', okey, ARGV[6])
+    return {0, old}
+  end
+  if ost == 'waiting' then
+    redis.call('HDEL', KEYS[1], old)
+    redis.call('HSET', okey, 'status', 'replaced')
+  end
+end
+local t = cjson.decode(ARGV[4])
+for k, v in pairs(t) do redis.call('HSET', KEYS[3], k, v) end
+redis.call('EXPIRE', KEYS[3], ARGV[6])
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[5])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return {1, ARGV[3]}
+"""
+
+# Admit directly (by policy): record the admission and a ticket in 'admitted' state.
+# KEYS: admitted, removed, denied, tk_by, ticket_key, waiting
+# ARGV: student, admission_json, ticket_json, ttl, rand
+_ADMIT_DIRECT = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+local old = redis.call('HGET', KEYS[4], ARGV[1])
+if old then redis.call('HDEL', KEYS[6], old) end
+local t = cjson.decode(ARGV[3])
+for k, v in pairs(t) do redis.call('HSET', KEYS[5], k, v) end
+redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
+return 1
+"""
+
+# The host admits a waiting ticket. KEYS: waiting, admitted, removed, denied, ticket
+# ARGV: rand, now, by
+_ADMIT_TICKET = """
+local w = redis.call('HGET', KEYS[1], ARGV[1])
+if not w then return false end
+local st = redis.call('HGET', KEYS[5], 'status')
+if not st then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return false
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local sid = redis.call('HGET', KEYS[5], 'student_id')
+local dev = redis.call('HGET', KEYS[5], 'device')
+redis.call('HSET', KEYS[2], sid, cjson.encode({ticket=ARGV[1], device=dev, at=tonumber(ARGV[2]), by=ARGV[3]}))
+redis.call('SREM', KEYS[3], sid)
+redis.call('SREM', KEYS[4], sid)
+redis.call('HSET', KEYS[5], 'status', 'admitted', 'reason', 'admitted_by_host')
+return w
+"""
+
+# The host denies a waiting ticket. KEYS: waiting, denied, ticket. ARGV: rand
+_DENY_TICKET = """
+local w = redis.call('HGET', KEYS[1], ARGV[1])
+if not w then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local sid = redis.call('HGET', KEYS[3], 'student_id')
+if sid then
+  redis.call('SADD', KEYS[2], sid)
+  redis.call('HSET', KEYS[3], 'status', 'denied', 'reason', 'denied_by_host')
+end
+return w
+"""
+
+# Remove a student: KEYS: admitted, waiting, removed, tk_by. ARGV: student, ticket_prefix,
+# status, reason. Returns the student's ticket (or false).
+_REMOVE_STUDENT = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[3] == 'removed' then redis.call('SADD', KEYS[3], ARGV[1]) end
+local tk = redis.call('HGET', KEYS[4], ARGV[1])
+if tk then
+  redis.call('HDEL', KEYS[2], tk)
+  if redis.call('EXISTS', ARGV[2] .. tk) == 1 then
+    redis.call('HSET', ARGV[2] .. tk, 'status', ARGV[3], 'reason', ARGV[4])
+  end
+  return tk
+end
+return false
+"""
+
+# Consume a /go nonce: only on the device it was minted for, only while still admitted.
+# KEYS: nonce, admitted. ARGV: device
+_CONSUME_NONCE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return {0} end
+local d = cjson.decode(v)
+if d.device ~= ARGV[1] then return {2} end
+redis.call('DEL', KEYS[1])
+local a = redis.call('HGET', KEYS[2], d.student_id)
+if not a then return {3} end
+return {1, v}
+"""
+
+# GCRA over several limits at once; nothing is updated unless every limit allows.
+# KEYS: one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
+_GCRA = """
+local now = tonumber(ARGV[1])
+local worst = 0
+local new = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i])
+  local burst = tonumber(ARGV[2 * i + 1])
+  local tau = interval * (burst - 1)
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  if tat - now > tau then
+    local wait = tat - now - tau
+    if wait > worst then worst = wait end
+  end
+  new[i] = tat + interval
+end
+if worst > 0 then return {0, worst} end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, new[i], 'PX', math.ceil(new[i] - now) + 1000)
+end
+return {1, 0}
+"""
+
+
+# Everything one join attempt needs from the class, in one call.
+# KEYS: meta, links, revoked, roster, bind, rebinds, admitted, removed, denied, bans, hosts, jtis
+# ARGV: student id, jti
+_SNAPSHOT = """
+local sid, jti = ARGV[1], ARGV[2]
+return {
+  redis.call('HGETALL', KEYS[1]),
+  redis.call('HGET', KEYS[2], sid),
+  redis.call('SISMEMBER', KEYS[3], jti),
+  redis.call('HGET', KEYS[4], sid),
+  redis.call('HGET', KEYS[5], sid),
+  redis.call('HGET', KEYS[6], sid),
+  redis.call('HGET', KEYS[7], sid),
+  redis.call('SISMEMBER', KEYS[8], sid),
+  redis.call('SISMEMBER', KEYS[9], sid),
+  redis.call('HGETALL', KEYS[10]),
+  redis.call('HLEN', KEYS[7]),
+  redis.call('ZRANGE', KEYS[11], 0, -1, 'WITHSCORES'),
+  redis.call('HGET', KEYS[12], jti)
+}
+"""
+
+# Act on an admit or wait decision in one step: the class's flood budget, the device
+# binding, the admission or the knock, the /go nonce, and the event for every process.
+# KEYS: 1 class budget, 2 bind, 3 rebinds, 4 admitted, 5 removed, 6 denied, 7 tk_by,
+#       8 waiting, 9 new ticket, 10 last_ip, 11 new nonce
+# ARGV: 1 mode (admit|readmit|wait), 2 sid, 3 device, 4 bind (none|bind|rebind),
+#       5 now_ms, 6 budget interval ms, 7 budget burst, 8 ticket random, 9 ticket json,
+#       10 entry json (admission or waiting), 11 ticket ttl s, 12 ip, 13 nonce random,
+#       14 nonce ttl s, 15 ticket key prefix, 16 bus channel, 17 event json, 18 class id
+# Returns {'ok', ticket random, new(0/1)} | {'limited', wait ms} | {'conflict'}
+_APPLY = """
+local now = tonumber(ARGV[5])
+local interval, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > interval * (burst - 1) then
+  return {'limited', tostring(tat - now - interval * (burst - 1))}
+end
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
+local sid, dev = ARGV[2], ARGV[3]
+if ARGV[4] ~= 'none' then
+  local cur = redis.call('HGET', KEYS[2], sid)
+  if not cur then
+    redis.call('HSET', KEYS[2], sid, dev)
+  elseif cur ~= dev then
+    if ARGV[4] ~= 'rebind' then return {'conflict'} end
+    redis.call('HSET', KEYS[2], sid, dev)
+    redis.call('HINCRBY', KEYS[3], sid, 1)
+  end
+end
+redis.call('HSET', KEYS[10], sid, ARGV[12])
+redis.call('EXPIRE', KEYS[10], 86400)
+local mode, rand, is_new = ARGV[1], ARGV[8], 1
+if mode == 'readmit' then
+  local cur = redis.call('HGET', KEYS[7], sid)
+  if cur and redis.call('EXISTS', ARGV[15] .. cur) == 1 then
+    rand, is_new = cur, 0
+  else
+    mode = 'admit'
+  end
+end
+if mode == 'wait' then
+  local old = redis.call('HGET', KEYS[7], sid)
+  if old then
+    local okey = ARGV[15] .. old
+    local ost = redis.call('HGET', okey, 'status')
+    if ost == 'waiting' and redis.call('HGET', okey, 'device') == dev then
+      redis.call('EXPIRE', okey, ARGV[11])
+      rand, is_new = old, 0
+    elseif ost == 'waiting' then
+      redis.call('HDEL', KEYS[8], old)
+      redis.call('HSET', okey, 'status', 'replaced')
+    end
+  end
+  if is_new == 1 then
+    local t = cjson.decode(ARGV[9])
+    for k, v in pairs(t) do redis.call('HSET', KEYS[9], k, v) end
+    redis.call('EXPIRE', KEYS[9], ARGV[11])
+    redis.call('HSET', KEYS[8], rand, ARGV[10])
+    redis.call('HSET', KEYS[7], sid, rand)
+  end
+elseif mode == 'admit' then
+  redis.call('HSET', KEYS[4], sid, ARGV[10])
+  redis.call('SREM', KEYS[5], sid)
+  redis.call('SREM', KEYS[6], sid)
+  local old = redis.call('HGET', KEYS[7], sid)
+  if old then redis.call('HDEL', KEYS[8], old) end
+  local t = cjson.decode(ARGV[9])
+  for k, v in pairs(t) do redis.call('HSET', KEYS[9], k, v) end
+  redis.call('EXPIRE', KEYS[9], ARGV[11])
+  redis.call('HSET', KEYS[7], sid, rand)
+end
+if mode ~= 'wait' then
+  redis.call('SET', KEYS[11], cjson.encode({student_id=sid, device=dev,
+             ticket=ARGV[18] .. '.' .. rand}), 'EX', ARGV[14])
+end
+if is_new == 1 then
+  local ev = cjson.decode(ARGV[17])
+  ev['ticket'] = ARGV[18] .. '.' .. rand
+  redis.call('PUBLISH', ARGV[16], cjson.encode(ev))
+end
+return {'ok', rand, is_new}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    key: str
+    per_second: float
+    burst: int
+
+
+class ClassStore:
+    """Classes, rosters, links and join state for every gateway process."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, *, clock: Clock = time.time) -> None:
+        self.r = redis
+        self.k = Keys(prefix)
+        self.clock = clock
+        self._bind = redis.register_script(_BIND)
+        self._knock = redis.register_script(_KNOCK)
+        self._admit_direct = redis.register_script(_ADMIT_DIRECT)
+        self._admit_ticket = redis.register_script(_ADMIT_TICKET)
+        self._deny_ticket = redis.register_script(_DENY_TICKET)
+        self._remove = redis.register_script(_REMOVE_STUDENT)
+        self._consume = redis.register_script(_CONSUME_NONCE)
+        self._gcra = redis.register_script(_GCRA)
+        self._snapshot = redis.register_script(_SNAPSHOT)
+        self._apply = redis.register_script(_APPLY)
+        # A class's org chain never changes after creation: a read-through cache of
+        # immutable data (not state), so the ban lookup joins the snapshot round trip.
+        self._chains: dict[str, list[str]] = {}
+
+    # --- classes ----------------------------------------------------------------
+
+    async def create_class(
+        self,
+        *,
+        class_id: ClassId | None = None,
+        owner: str,
+        org: str,
+        org_chain: Sequence[str] = (),
+        title: str,
+        platform_kind: str,
+        platform_sealed: str,
+        schedule: Schedule,
+        policy: Mapping[str, Any],
+    ) -> ClassInfo:
+        cid = class_id or ClassId(new_id("c"))
+        now = self.clock()
+        info = ClassInfo(
+            id=cid,
+            title=title,
+            owner=owner,
+            org=org,
+            platform_kind=platform_kind,
+            platform_sealed=platform_sealed,
+            schedule=schedule,
+            policy=dict(policy),
+            created_at=now,
+            locked=False,
+            ended=False,
+        )
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(
+                self.k.meta(cid),
+                mapping={
+                    "v": "1",
+                    "id": cid,
+                    "title": title,
+                    "owner": owner,
+                    "org": org,
+                    "org_chain": json.dumps(list(org_chain) or [org]),
+                    "platform_kind": platform_kind,
+                    "platform": platform_sealed,
+                    "schedule": json.dumps(schedule_to_json(schedule)),
+                    "policy": json.dumps(dict(policy)),
+                    "created_at": repr(now),
+                    "locked": "0",
+                    "ended": "0",
+                },
+            )
+            p.sadd(self.k.owner_classes(owner), cid)
+            p.sadd(self.k.org_classes(org), cid)
+            await p.execute()
+        return info
+
+    async def update_policy(self, cid: str, policy: Mapping[str, Any]) -> None:
+        await self.r.hset(self.k.meta(cid), "policy", json.dumps(dict(policy)))
+
+    async def get_class(self, cid: str) -> ClassInfo | None:
+        if not valid_class_id(cid):
+            return None
+        m = await self.r.hgetall(self.k.meta(cid))
+        return _class_from_meta(m) if m else None
+
+    async def classes_of_owner(self, owner: str) -> list[ClassInfo]:
+        ids = await self.r.smembers(self.k.owner_classes(owner))
+        return await self._load_many(ids)
+
+    async def classes_of_orgs(self, orgs: Iterable[str]) -> list[ClassInfo]:
+        ids: set[str] = set()
+        for org in orgs:
+            ids |= set(await self.r.smembers(self.k.org_classes(org)))
+        return await self._load_many(ids)
+
+    async def _load_many(self, ids: Iterable[str]) -> list[ClassInfo]:
+        out = []
+        for cid in sorted(ids):
+            info = await self.get_class(cid)
+            if info is not None:
+                out.append(info)
+        out.sort(key=lambda c: c.created_at)
+        return out
+
+    async def set_flag(self, cid: str, name: str, value: bool) -> None:
+        await self.r.hset(self.k.meta(cid), name, "1" if value else "0")
+
+    # --- roster -----------------------------------------------------------------
+
+    async def roster(self, cid: str) -> list[Student]:
+        raw = await self.r.hgetall(self.k.roster(cid))
+        students = [_student_from_json(sid, v) for sid, v in raw.items()]
+        students.sort(key=lambda s: (s.name.casefold(), s.id))
+        return students
+
+    async def student(self, cid: str, sid: str) -> Student | None:
+        v = await self.r.hget(self.k.roster(cid), sid)
+        return _student_from_json(sid, v) if v else None
+
+    async def replace_roster(
+        self, cid: str, entries: Sequence[tuple[str, str | None]]
+    ) -> tuple[list[Student], list[Student]]:
+        """Replace the roster. Students already on it (same external id, or same name
+        when neither has an id) keep their id and link; students no longer listed are
+        removed and their links revoked. Returns (roster, removed)."""
+        current = await self.roster(cid)
+        by_ext = {s.external_id: s for s in current if s.external_id}
+        by_name = {s.name.casefold(): s for s in current if not s.external_id}
+        keep: dict[str, Student] = {}
+        for name, ext in entries:
+            old = by_ext.get(ext) if ext else by_name.get(name.casefold())
+            if old is not None and old.id not in keep:
+                keep[old.id] = Student(old.id, name, ext)
+            else:
+                sid = StudentId(new_id("s"))
+                keep[sid] = Student(sid, name, ext)
+        removed = [s for s in current if s.id not in keep]
+        async with self.r.pipeline(transaction=True) as p:
+            p.delete(self.k.roster(cid))
+            if keep:
+                p.hset(
+                    self.k.roster(cid),
+                    mapping={
+                        sid: json.dumps({"name": s.name, "external_id": s.external_id})
+                        for sid, s in keep.items()
+                    },
+                )
+            for s in removed:
+                p.hdel(self.k.links(cid), s.id)
+            await p.execute()
+        for s in removed:
+            await self.revoke_student_links(cid, s.id)
+        return sorted(keep.values(), key=lambda s: (s.name.casefold(), s.id)), removed
+
+    # --- links --------------------------------------------------------------------
+
+    async def store_link(self, rec: LinkRecord, code_hash: str, code_ttl_s: int) -> Jti | None:
+        """Make ``rec`` the student's current link; returns the jti it replaced."""
+        cid = rec.class_id
+        old = await self.r.hget(self.k.links(cid), rec.student_id)
+        body = json.dumps(
+            {
+                "jti": rec.jti,
+                "student_id": rec.student_id,
+                "iat": rec.iat,
+                "nbf": rec.nbf,
+                "exp": rec.exp,
+                "code": rec.code,
+                "code_hash": code_hash,
+            }
+        )
+        async with self.r.pipeline(transaction=True) as p:
+            p.hset(self.k.jtis(cid), rec.jti, body)
+            p.hset(self.k.links(cid), rec.student_id, rec.jti)
+            p.set(self.k.code(code_hash), f"{cid}|{rec.jti}", ex=max(60, code_ttl_s))
+            if old and old != rec.jti:
+                p.sadd(self.k.revoked(cid), old)
+            await p.execute()
+        if old and old != rec.jti:
+            await self._drop_code_of(cid, old)
+            return Jti(old)
+        return None
+
+    async def _drop_code_of(self, cid: str, jti: str) -> None:
+        raw = await self.r.hget(self.k.jtis(cid), jti)
+        if raw:
+            ch = json.loads(raw).get("code_hash")
+            if ch:
+                await self.r.delete(self.k.code(ch))
+
+    async def revoke_student_links(self, cid: str, sid: str) -> Jti | None:
+        jti = await self.r.hget(self.k.links(cid), sid)
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(self.k.links(cid), sid)
+            if jti:
+                p.sadd(self.k.revoked(cid), jti)
+            await p.execute()
+        if jti:
+            await self._drop_code_of(cid, jti)
+        return Jti(jti) if jti else None
+
+    async def link_record(self, cid: str, jti: str) -> LinkRecord | None:
+        raw = await self.r.hget(self.k.jtis(cid), jti)
+        if not raw:
+            return None
+        d = json.loads(raw)
+        return LinkRecord(
+            jti=Jti(d["jti"]),
+            student_id=StudentId(d["student_id"]),
+            class_id=ClassId(cid),
+            iat=int(d["iat"]),
+            nbf=int(d["nbf"]),
+            exp=int(d["exp"]),
+            code=d.get("code", ""),
+        )
+
+    async def current_links(self, cid: str) -> dict[str, LinkRecord]:
+        cur = await self.r.hgetall(self.k.links(cid))
+        out: dict[str, LinkRecord] = {}
+        for sid, jti in cur.items():
+            rec = await self.link_record(cid, jti)
+            if rec is not None:
+                out[sid] = rec
+        return out
+
+    async def resolve_code(self, code_hash: str) -> tuple[str, str] | None:
+        v = await self.r.get(self.k.code(code_hash))
+        if not v or "|" not in v:
+            return None
+        cid, jti = v.split("|", 1)
+        return cid, jti
+
+    # --- join snapshot ------------------------------------------------------------
+
+    def _snapshot_keys(self, cid: str) -> list[str]:
+        k = self.k
+        return [k.meta(cid), k.links(cid), k.revoked(cid), k.roster(cid), k.bind(cid),
+                k.rebinds(cid), k.admitted(cid), k.removed(cid), k.denied(cid), k.bans(cid),
+                k.hosts(cid), k.jtis(cid)]
+
+    async def snapshot(
+        self, cid: str, facts: TokenFacts, *, device: str | None, ip: str,
+        limits: Sequence[Limit] = (),
+    ) -> Snapshot:
+        """Everything the policy needs for one attempt, in one round trip; with
+        ``limits``, the rate limiter runs in the same round trip and its answer is in
+        ``extra["wait"]`` (seconds, 0.0 when allowed)."""
+        sid = facts.student_id or ""
+        jti = facts.jti or ""
+        now = self.clock()
+        chain = self._chains.get(cid)
+        async with self.r.pipeline(transaction=False) as p:
+            if limits:
+                await self._gcra(keys=[self.k.ratelimit(lim.key) for lim in limits],
+                                 args=_gcra_args(limits, now), client=p)
+            await self._snapshot(keys=self._snapshot_keys(cid), args=[sid, jti], client=p)
+            for org in chain or ():
+                p.hgetall(self.k.org_bans(org))
+            res = await p.execute()
+        wait = 0.0
+        if limits:
+            gcra, res = res[0], res[1:]
+            wait = 0.0 if int(gcra[0]) == 1 else float(gcra[1]) / 1000.0
+        snap_raw, org_raw = res[0], res[1:]
+        (meta_flat, cur_jti, is_revoked, roster_v, bound, rebinds, admitted_v, removed, denied,
+         bans_flat, admitted_count, hosts_flat, jti_raw) = snap_raw
+        meta = _pairs(meta_flat)
+        bans = _pairs(bans_flat)
+        hosts = [(hosts_flat[i], float(hosts_flat[i + 1])) for i in range(0, len(hosts_flat), 2)]
+        if not meta:
+            return Snapshot(None, None, None, None, {"wait": wait})
+        info = _class_from_meta(meta)
+        all_bans = parse_bans(bans, "class", cid)
+        if chain is None:
+            # First attempt for this class in this process: learn the chain once.
+            chain = json.loads(meta.get("org_chain") or "[]") or [info.org]
+            if len(self._chains) > 50_000:
+                self._chains.clear()
+            self._chains[cid] = chain
+            async with self.r.pipeline(transaction=False) as p:
+                for org in chain:
+                    p.hgetall(self.k.org_bans(org))
+                org_raw = await p.execute()
+        for org, raw in zip(chain, org_raw, strict=True):
+            all_bans += parse_bans(raw, "org", org)
+        dev_b, ip_b = match_bans(all_bans, device=device, ip=ip, now=now)
+        student = _student_from_json(sid, roster_v) if roster_v else None
+        link = None
+        if jti_raw:
+            d = json.loads(jti_raw)
+            link = LinkRecord(Jti(d["jti"]), StudentId(d["student_id"]), ClassId(cid),
+                              int(d["iat"]), int(d["nbf"]), int(d["exp"]), d.get("code", ""))
+        live_hosts = [s for _, s in hosts if s > now]
+        host_present = bool(live_hosts)
+        host_left_at: datetime | None = None
+        if not host_present:
+            left = meta.get("host_left_at")
+            if hosts:
+                left_ts = max(s for _, s in hosts) - HOST_TTL_S
+                left = repr(max(float(left or 0), left_ts))
+            if left:
+                host_left_at = datetime.fromtimestamp(float(left), UTC)
+        admitted = json.loads(admitted_v) if admitted_v else None
+        revoked = bool(is_revoked) or (cur_jti is None) or (cur_jti != jti)
+        state = ClassState(
+            class_id=ClassId(cid),
+            schedule=info.schedule,
+            locked=info.locked,
+            ended=info.ended,
+            host_present=host_present,
+            host_left_at=host_left_at,
+            revoked=revoked,
+            on_roster=student is not None,
+            bound_device=bound,
+            rebinds_used=int(rebinds or 0),
+            student_admitted=admitted is not None,
+            admitted_device=admitted.get("device") if admitted else None,
+            removed=bool(removed),
+            denied=bool(denied),
+            banned_device=dev_b is not None,
+            banned_ip=ip_b is not None,
+            ban_reason=(dev_b or ip_b).reason if (dev_b or ip_b) else None,
+            admitted_count=int(admitted_count),
+        )
+        return Snapshot(info, state, link, student, {"admitted": admitted, "wait": wait})
+
+    # --- join actions ---------------------------------------------------------------
+
+    async def bind_device(self, cid: str, sid: str, device: str, *, rebind: bool) -> str:
+        res = await self._bind(
+            keys=[self.k.bind(cid), self.k.rebinds(cid)], args=[sid, device, "1" if rebind else "0"]
+        )
+        return str(res)
+
+    async def knock(
+        self,
+        cid: str,
+        sid: str,
+        device: str,
+        *,
+        reason: str,
+        device_hint: str,
+        ttl_s: int = 12 * 3600,
+    ) -> tuple[str, bool]:
+        """Put the student in the waiting room; returns (ticket, is_new)."""
+        rand = new_secret(16)
+        now = self.clock()
+        ticket = {
+            "student_id": sid,
+            "device": device,
+            "status": "waiting",
+            "reason": reason,
+            "created": repr(now),
+            "device_hint": device_hint,
+        }
+        waiting = {"student_id": sid, "since": now, "device_hint": device_hint, "reason": reason}
+        res = await self._knock(
+            keys=[self.k.waiting(cid), self.k.tickets_by_student(cid), self.k.ticket(cid, rand)],
+            args=[sid, device, rand, json.dumps(ticket), json.dumps(waiting), ttl_s,
+                  self.k.ticket(cid, "")],
+        )
+        is_new, rnd = int(res[0]), str(res[1])
+        return f"{cid}.{rnd}", bool(is_new)
+
+    async def admit_direct(
+        self, cid: str, sid: str, device: str, *, reason: str, device_hint: str,
+        ttl_s: int = 12 * 3600,
+    ) -> str:
+        rand = new_secret(16)
+        now = self.clock()
+        admission = json.dumps({"ticket": rand, "device": device, "at": now, "by": "policy"})
+        ticket = {
+            "student_id": sid,
+            "device": device,
+            "status": "admitted",
+            "reason": reason,
+            "created": repr(now),
+            "device_hint": device_hint,
+        }
+        await self._admit_direct(
+            keys=[self.k.admitted(cid), self.k.removed(cid), self.k.denied(cid),
+                  self.k.tickets_by_student(cid), self.k.ticket(cid, rand), self.k.waiting(cid)],
+            args=[sid, admission, json.dumps(ticket), ttl_s, rand],
+        )
+        return f"{cid}.{rand}"
+
+    async def ticket(self, ticket: str) -> Ticket | None:
+        parsed = split_ticket(ticket)
+        if parsed is None:
+            return None
+        cid, rand = parsed
+        d = await self.r.hgetall(self.k.ticket(cid, rand))
+        if not d:
+            return None
+        return Ticket(
+            id=ticket,
+            class_id=ClassId(cid),
+            student_id=StudentId(d["student_id"]),
+            device=d["device"],
+            status=d.get("status", "waiting"),
+            reason=d.get("reason", ""),
+            created=float(d.get("created", 0)),
+            device_hint=d.get("device_hint", ""),
+        )
+
+    async def current_ticket_of(self, cid: str, sid: str) -> str | None:
+        rand = await self.r.hget(self.k.tickets_by_student(cid), sid)
+        return f"{cid}.{rand}" if rand else None
+
+    async def admit_ticket(self, ticket: str, *, by: str) -> dict[str, Any] | None:
+        parsed = split_ticket(ticket)
+        if parsed is None:
+            return None
+        cid, rand = parsed
+        res = await self._admit_ticket(
+            keys=[self.k.waiting(cid), self.k.admitted(cid), self.k.removed(cid),
+                  self.k.denied(cid), self.k.ticket(cid, rand)],
+            args=[rand, repr(self.clock()), by],
+        )
+        return cast(dict[str, Any], json.loads(res)) if res else None
+
+    async def deny_ticket(self, ticket: str) -> dict[str, Any] | None:
+        parsed = split_ticket(ticket)
+        if parsed is None:
+            return None
+        cid, rand = parsed
+        res = await self._deny_ticket(
+            keys=[self.k.waiting(cid), self.k.denied(cid), self.k.ticket(cid, rand)],
+            args=[rand],
+        )
+        return cast(dict[str, Any], json.loads(res)) if res else None
+
+    async def admit_student(self, cid: str, sid: str, *, by: str) -> str | None:
+        """Admit by student id: their waiting ticket if any; else clear a previous
+        deny/remove so their next attempt is decided afresh."""
+        tk = await self.current_ticket_of(cid, sid)
+        if tk is not None and await self.admit_ticket(tk, by=by) is not None:
+            return tk
+        async with self.r.pipeline(transaction=True) as p:
+            p.srem(self.k.removed(cid), sid)
+            p.srem(self.k.denied(cid), sid)
+            await p.execute()
+        return None
+
+    async def remove_student(self, cid: str, sid: str, *, status: str, reason: str) -> str | None:
+        res = await self._remove(
+            keys=[self.k.admitted(cid), self.k.waiting(cid), self.k.removed(cid),
+                  self.k.tickets_by_student(cid)],
+            args=[sid, self.k.ticket(cid, ""), status, reason],
+        )
+        return f"{cid}.{res}" if res else None
+
+    async def waiting(self, cid: str) -> dict[str, dict[str, Any]]:
+        raw = await self.r.hgetall(self.k.waiting(cid))
+        return {f"{cid}.{k}": json.loads(v) for k, v in raw.items()}
+
+    async def admitted(self, cid: str) -> dict[str, dict[str, Any]]:
+        raw = await self.r.hgetall(self.k.admitted(cid))
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    async def clear_room(self, cid: str) -> tuple[list[str], list[str]]:
+        """End of class: everyone waiting or admitted is let go. Returns their tickets."""
+        w = await self.waiting(cid)
+        a = await self.admitted(cid)
+        async with self.r.pipeline(transaction=True) as p:
+            p.delete(self.k.waiting(cid), self.k.admitted(cid))
+            for tk in w:
+                p.hset(self.k.ticket(cid, tk.split(".", 1)[1]), mapping={"status": "denied", "reason": "class_ended"})
+            await p.execute()
+        return list(w), [f"{cid}.{v['ticket']}" for v in a.values()]
+
+    async def reset_device(self, cid: str, sid: str) -> None:
+        async with self.r.pipeline(transaction=True) as p:
+            p.hdel(self.k.bind(cid), sid)
+            p.hdel(self.k.rebinds(cid), sid)
+            await p.execute()
+
+    # --- /go nonces ---------------------------------------------------------------
+
+    async def mint_nonce(self, cid: str, sid: str, device: str, ticket: str, ttl_s: int) -> str:
+        rand = new_secret(24)
+        await self.r.set(
+            self.k.nonce(cid, rand),
+            json.dumps({"student_id": sid, "device": device, "ticket": ticket}),
+            ex=ttl_s,
+        )
+        return f"{cid}.{rand}"
+
+    async def consume_nonce(self, nonce: str, device: str) -> tuple[str, dict[str, Any] | None]:
+        """('ok', data) | ('unknown', None) | ('wrong_device', None) | ('not_admitted', None)"""
+        parsed = split_ticket(nonce)
+        if parsed is None:
+            return "unknown", None
+        cid, rand = parsed
+        res = await self._consume(keys=[self.k.nonce(cid, rand), self.k.admitted(cid)], args=[device])
+        code = int(res[0])
+        if code == 1:
+            d = json.loads(res[1])
+            d["class_id"] = cid
+            return "ok", d
+        return {0: "unknown", 2: "wrong_device", 3: "not_admitted"}[code], None
+
+    # --- bans -----------------------------------------------------------------------
+
+    async def add_ban(
+        self, *, class_id: str | None, org: str | None, key: str, reason: str, by: str,
+        until: float | None,
+    ) -> None:
+        """A class ban (class_id) or an org-wide ban (org); ``key`` from bans.make_key."""
+        target = self.k.bans(class_id) if class_id else self.k.org_bans(str(org))
+        await self.r.hset(target, key, encode_ban(reason, by, self.clock(), until))
+
+    async def bans(self, *, class_id: str | None = None, org: str | None = None) -> list[Ban]:
+        """Live bans of a class or an org; expired ones are pruned on the way."""
+        target = self.k.bans(class_id) if class_id else self.k.org_bans(str(org))
+        found = parse_bans(await self.r.hgetall(target), "class" if class_id else "org",
+                           str(class_id or org))
+        now = self.clock()
+        dead = [b.key for b in found if not b.live(now)]
+        if dead:
+            await self.r.hdel(target, *dead)
+        return [b for b in found if b.live(now)]
+
+    async def lift_ban(self, key: str, *, class_id: str | None = None,
+                       org: str | None = None) -> bool:
+        target = self.k.bans(class_id) if class_id else self.k.org_bans(str(org))
+        return bool(await self.r.hdel(target, key))
+
+    # --- host presence -------------------------------------------------------------
+
+    async def host_heartbeat(self, cid: str, conn_id: str) -> None:
+        now = self.clock()
+        async with self.r.pipeline(transaction=True) as p:
+            p.zadd(self.k.hosts(cid), {conn_id: now + HOST_TTL_S})
+            p.zremrangebyscore(self.k.hosts(cid), "-inf", now - 3600)
+            p.hdel(self.k.meta(cid), "host_left_at")
+            p.expire(self.k.hosts(cid), 86400)
+            await p.execute()
+
+    async def host_gone(self, cid: str, conn_id: str) -> bool:
+        """Returns True when no host is left."""
+        now = self.clock()
+        async with self.r.pipeline(transaction=True) as p:
+            p.zrem(self.k.hosts(cid), conn_id)
+            p.zcount(self.k.hosts(cid), now, "+inf")
+            _, remaining = await p.execute()
+        if int(remaining) == 0:
+            await self.r.hset(self.k.meta(cid), "host_left_at", repr(now))
+            return True
+        return False
+
+    async def host_present(self, cid: str) -> bool:
+        return int(await self.r.zcount(self.k.hosts(cid), self.clock(), "+inf")) > 0
+
+    async def note_ip(self, cid: str, sid: str, ip: str) -> None:
+        """The student's last address, kept for a day so the host can ban it."""
+        key = self.k.c(cid, "last_ip")
+        async with self.r.pipeline(transaction=False) as p:
+            p.hset(key, sid, ip)
+            p.expire(key, 86400)
+            await p.execute()
+
+    async def once(self, cid: str, name: str, ttl_s: int) -> bool:
+        """True for the first caller in ``ttl_s`` seconds (across all processes)."""
+        return bool(await self.r.set(self.k.c(cid, f"once:{name}"), "1", nx=True, ex=ttl_s))
+
+    async def count_recent(self, cid: str, name: str, window_s: int) -> int:
+        """A fixed-window counter: the count in the current window, this call included."""
+        key = self.k.c(cid, f"n:{name}")
+        async with self.r.pipeline(transaction=True) as p:
+            p.incr(key)
+            p.expire(key, window_s, nx=True)
+            n, _ = await p.execute()
+        return int(n)
+
+    # --- alerts ---------------------------------------------------------------------
+
+    async def add_alert(self, cid: str, alert: Mapping[str, Any], keep: int = 100) -> None:
+        async with self.r.pipeline(transaction=False) as p:
+            p.lpush(self.k.alerts(cid), json.dumps(dict(alert)))
+            p.ltrim(self.k.alerts(cid), 0, keep - 1)
+            p.expire(self.k.alerts(cid), 7 * 86400)
+            await p.execute()
+
+    async def alerts(self, cid: str, n: int = 50) -> list[dict[str, Any]]:
+        raw = await self.r.lrange(self.k.alerts(cid), 0, n - 1)
+        return [json.loads(x) for x in raw]
+
+    # --- rate limits ----------------------------------------------------------------
+
+    async def rate_limit(self, limits: Sequence[Limit]) -> float:
+        """0.0 when allowed, else seconds to wait. One round trip for all limits."""
+        if not limits:
+            return 0.0
+        res = await self._gcra(keys=[self.k.ratelimit(lim.key) for lim in limits],
+                               args=_gcra_args(limits, self.clock()))
+        return 0.0 if int(res[0]) == 1 else float(res[1]) / 1000.0
+
+    async def apply_entry(
+        self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
+        ticket_fields: Mapping[str, Any], entry: Mapping[str, Any], event: Mapping[str, Any],
+        budget: Limit, bus_channel: str, nonce_ttl_s: int, ticket_ttl_s: int = 12 * 3600,
+    ) -> tuple[str, str | None, str | None, bool]:
+        """Admit (``admit``/``readmit``) or knock (``wait``) in one atomic step.
+
+        Returns (status, ticket, nonce, is_new): status ``ok``, ``limited`` (ticket holds
+        the wait in seconds) or ``conflict`` (another device bound the link first)."""
+        rand = new_secret(16)
+        nonce = new_secret(24)
+        now_ms = int(self.clock() * 1000)
+        res = await self._apply(
+            keys=[self.k.ratelimit(budget.key), self.k.bind(cid), self.k.rebinds(cid),
+                  self.k.admitted(cid), self.k.removed(cid), self.k.denied(cid),
+                  self.k.tickets_by_student(cid), self.k.waiting(cid), self.k.ticket(cid, rand),
+                  self.k.c(cid, "last_ip"), self.k.nonce(cid, nonce)],
+            args=[mode, sid, device, bind, now_ms, max(1, int(1000 / budget.per_second)),
+                  max(1, budget.burst), rand, json.dumps(dict(ticket_fields)),
+                  json.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
+                  self.k.ticket(cid, ""), bus_channel, json.dumps(dict(event), ensure_ascii=False),
+                  cid],
+        )
+        status = str(res[0])
+        if status == "limited":
+            return status, str(float(res[1]) / 1000.0), None, False
+        if status != "ok":
+            return status, None, None, False
+        ticket = f"{cid}.{res[1]}"
+        minted = f"{cid}.{nonce}" if mode != "wait" else None
+        return status, ticket, minted, bool(int(res[2]))
+
+
+HOST_TTL_S = 30.0
+
+
+def _gcra_args(limits: Sequence[Limit], now: float) -> list[Any]:
+    args: list[Any] = [int(now * 1000)]
+    for lim in limits:
+        args += [max(1, int(1000 / lim.per_second)), max(1, lim.burst)]
+    return args
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def split_ticket(value: str) -> tuple[str, str] | None:
+    """``<class_id>.<random>`` → (class_id, random), or None when malformed."""
+    if len(value) > 80 or value.count(".") != 1:
+        return None
+    cid, rand = value.split(".", 1)
+    if not valid_class_id(cid) or not (16 <= len(rand) <= 48):
+        return None
+    if not all(ch.isalnum() or ch in "-_" for ch in rand):
+        return None
+    return cid, rand
+
+
+def _student_from_json(sid: str, raw: str) -> Student:
+    d = json.loads(raw)
+    return Student(StudentId(sid), d["name"], d.get("external_id"))
+
+
+def _class_from_meta(m: Mapping[str, str]) -> ClassInfo:
+    return ClassInfo(
+        id=ClassId(m["id"]),
+        title=m["title"],
+        owner=m["owner"],
+        org=m["org"],
+        platform_kind=m["platform_kind"],
+        platform_sealed=m["platform"],
+        schedule=schedule_from_json(json.loads(m["schedule"])),
+        policy=json.loads(m["policy"]),
+        created_at=float(m["created_at"]),
+        locked=m.get("locked") == "1",
+        ended=m.get("ended") == "1",
+    )
+
+
+__all__ = [
+    "HOST_TTL_S",
+    "ClassInfo",
+    "ClassStore",
+    "Keys",
+    "Limit",
+    "LinkRecord",
+    "Snapshot",
+    "Student",
+    "Ticket",
+    "device_hash",
+    "new_id",
+    "split_ticket",
+    "_iso",
+]

@@ -1,0 +1,304 @@
+"""Join tokens: compact JWS (JWT) signed with Ed25519 (``alg`` EdDSA).
+
+Header ``{"alg": "EdDSA", "kid": <kid>, "typ": "JWT"}``; claims exactly ``iss``, ``aud``
+(= ``"classguard:join"``), ``sub`` (student id), ``cls`` (class id), ``jti``, ``iat``,
+``nbf``, ``exp``. No names or other personal data: links end up in browser histories and
+screenshots.
+
+``verify_join_token`` never raises: whatever arrives in a URL, it answers with
+``TokenFacts``. It checks, in order:
+
+1. size and shape: a string of at most ``MAX_TOKEN_CHARS``, three canonical base64url
+   segments (one spelling per token);
+2. the header: small, a JSON object without duplicate members, ``alg`` exactly
+   ``EdDSA``, no ``crit``/``b64`` extensions, ``typ`` JWT when present;
+3. the ``kid``: well-formed and known to *our* keyring (the key is never taken from the
+   token: ``jwk``, ``jku``, ``x5u``, ``x5c`` header members are ignored), and a
+   signature of exactly 64 bytes;
+4. the signature and static claims with pyjwt (algorithm list hard-coded to EdDSA,
+   ``aud`` and ``iss`` checked, every claim we rely on required);
+5. claim types: ids are short strings of a safe alphabet, times are integers.
+
+Steps 1-3 cost no signature check, so garbage is rejected cheaply. Time (``exp``,
+``nbf``) is *not* checked here: the policy does it with the injected clock and the
+policy's leeway, so "expired" can be told apart from "forged".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard
+
+import jwt
+
+from gateway.keys import (
+    KID_PATTERN,
+    JoinKeyring,
+    JoinSigningKey,
+    b64url_decode_canonical,
+)
+from policies.model import ClassId, Jti, StudentId, TokenFacts, TokenFailure
+
+AUDIENCE: Final = "classguard:join"
+ALGORITHM: Final = "EdDSA"
+MAX_TOKEN_CHARS: Final = 2048
+MAX_HEADER_CHARS: Final = 512  # ours is ~110 characters
+MAX_ISSUER_CHARS: Final = 256
+_SIGNATURE_CHARS: Final = 86  # 64 bytes of Ed25519 signature, base64url without padding
+REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "cls", "jti", "iat", "nbf", "exp")
+# Student, class and token ids: short, URL- and Redis-key-safe (no braces, colons, dots).
+ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+# Unix seconds from 1970 to the end of year 9999: rejects negatives and absurd values.
+_MAX_TIME: Final = 253_402_300_799
+
+
+class TokenError(ValueError):
+    """Refusal to *issue* a token (verification never raises). Carries a stable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def is_safe_id(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def _is_time(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= _MAX_TIME
+
+
+def issue_join_token(
+    key: JoinSigningKey,
+    *,
+    issuer: str,
+    student_id: str,
+    class_id: str,
+    jti: str,
+    iat: int,
+    nbf: int,
+    exp: int,
+) -> str:
+    """Sign a join token. Raises ``TokenError`` for values that would not verify."""
+    if not isinstance(issuer, str) or not 0 < len(issuer) <= MAX_ISSUER_CHARS:
+        raise TokenError("bad_issuer", "issuer must be a non-empty string")
+    for name, value in (("student_id", student_id), ("class_id", class_id), ("jti", jti)):
+        if not is_safe_id(value):
+            raise TokenError("bad_id", f"{name} must match {ID_PATTERN.pattern}")
+    for name, t in (("iat", iat), ("nbf", nbf), ("exp", exp)):
+        if not _is_time(t):
+            raise TokenError("bad_time", f"{name} must be an integer of unix seconds")
+    if nbf > exp:
+        raise TokenError("bad_time", "nbf must not be after exp")
+    claims = {
+        "iss": issuer,
+        "aud": AUDIENCE,
+        "sub": student_id,
+        "cls": class_id,
+        "jti": jti,
+        "iat": iat,
+        "nbf": nbf,
+        "exp": exp,
+    }
+    token = jwt.encode(
+        claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"}
+    )
+    if len(token) > MAX_TOKEN_CHARS:
+        raise TokenError("too_long", "the token would exceed the verifier's size limit")
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    header: dict[str, Any]
+    payload_b64: str
+    signature_b64: str
+
+
+class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
+    def __init__(self, failure: TokenFailure, kid: str | None = None) -> None:
+        super().__init__(failure)
+        self.failure: TokenFailure = failure
+        self.kid = kid
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            # Two parsers could pick different members: refuse the ambiguity.
+            raise ValueError(f"duplicate member {k!r}")
+        out[k] = v
+    return out
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _Reject("malformed") from exc
+    if not isinstance(value, dict):
+        raise _Reject("malformed")
+    return value
+
+
+def _shape(token: object) -> _Shape:
+    """Step 1 and the JSON part of step 2: no cryptography, bounded work."""
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
+        raise _Reject("malformed")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _Reject("malformed")
+    header_b64, payload_b64, signature_b64 = parts
+    if len(header_b64) > MAX_HEADER_CHARS:
+        raise _Reject("malformed")
+    # Canonical base64url only: one spelling per token, so a jti seen by the rate
+    # limiter or the revocation list cannot be dodged by flipping unused bits.
+    header_raw = b64url_decode_canonical(header_b64)
+    if (
+        header_raw is None
+        or not payload_b64
+        or b64url_decode_canonical(payload_b64) is None
+        or b64url_decode_canonical(signature_b64) is None
+    ):
+        raise _Reject("malformed")
+    return _Shape(
+        header=_json_object(header_raw), payload_b64=payload_b64, signature_b64=signature_b64
+    )
+
+
+def _kid_of(header: dict[str, Any]) -> str:
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
+        raise _Reject("malformed")
+    return kid
+
+
+def _check_header(header: dict[str, Any]) -> str:
+    """Step 2 (the rest) and the first half of step 3. Returns the kid."""
+    # A token that names another algorithm (none, HS256 keyed with our public key,
+    # RS256...) is a forgery attempt, not a typo: report it as a bad signature.
+    if header.get("alg") != ALGORITHM:
+        raise _Reject("bad_signature")
+    # We understand no JWS extensions (RFC 7515 §4.1.11 says reject what we don't).
+    if "crit" in header or "b64" in header:
+        raise _Reject("malformed")
+    if "typ" in header and header["typ"] != "JWT":
+        raise _Reject("malformed")
+    return _kid_of(header)
+
+
+def _verify(keyring: JoinKeyring, token: str, issuer: str) -> TokenFacts:
+    shape = _shape(token)
+    kid = _check_header(shape.header)
+    # Step 3: the key comes from our keyring, chosen by kid; "jwk", "jku", "x5u" and
+    # "x5c" in the header are never read.
+    public_key = keyring.public_key(kid)
+    if public_key is None:
+        raise _Reject("unknown_kid", kid)
+    # Only now the signature's size: "alg": "none" with an empty signature, or HS256
+    # with a 32-byte MAC, was already reported above as a bad signature; here a wrong
+    # size means a truncated or damaged link.
+    if len(shape.signature_b64) != _SIGNATURE_CHARS:
+        raise _Reject("malformed", kid)
+    # Step 4.
+    try:
+        claims = jwt.decode(
+            token,
+            key=public_key,
+            algorithms=[ALGORITHM],  # hard-coded: never from the token
+            audience=AUDIENCE,
+            issuer=issuer,
+            options={
+                "require": list(REQUIRED_CLAIMS),
+                "strict_aud": True,  # aud must be our string, not a list containing it
+                # NOTE: time claims are checked by the policy with the injected clock
+                # and the policy's small leeway (token_leeway_seconds), not here with
+                # the wall clock: an expired link is "token_expired", not "forged".
+                "verify_exp": False,
+                "verify_nbf": False,
+                "verify_iat": False,
+            },
+        )
+    except jwt.InvalidSignatureError as exc:
+        raise _Reject("bad_signature", kid) from exc
+    except (jwt.InvalidAlgorithmError, jwt.InvalidKeyError) as exc:
+        raise _Reject("bad_signature", kid) from exc
+    except jwt.DecodeError as exc:  # after InvalidSignatureError, its subclass
+        raise _Reject("malformed", kid) from exc
+    except jwt.InvalidTokenError as exc:  # audience, issuer, missing claim, sub/jti type
+        raise _Reject("bad_claims", kid) from exc
+    # Step 5.
+    sub, cls, jti = claims.get("sub"), claims.get("cls"), claims.get("jti")
+    iat, nbf, exp = claims.get("iat"), claims.get("nbf"), claims.get("exp")
+    if not is_safe_id(sub) or not is_safe_id(cls) or not is_safe_id(jti):
+        raise _Reject("bad_claims", kid)
+    if not _is_time(iat) or not _is_time(nbf) or not _is_time(exp) or nbf > exp:
+        raise _Reject("bad_claims", kid)
+    return TokenFacts(
+        failure=None,
+        student_id=StudentId(sub),
+        class_id=ClassId(cls),
+        jti=Jti(jti),
+        exp=float(exp),
+        nbf=float(nbf),
+        kid=kid,
+    )
+
+
+def verify_join_token(keyring: JoinKeyring, token: str, *, issuer: str) -> TokenFacts:
+    """Verify a join token from a URL. Never raises; ``failure`` says what was wrong.
+
+    ``exp``/``nbf`` are returned, not enforced: the policy compares them with ``now``.
+    On failure only the ``kid`` (when it was well-formed) is reported, never claims.
+    """
+    try:
+        return _verify(keyring, token, issuer)
+    except _Reject as rej:
+        return TokenFacts(failure=rej.failure, kid=rej.kid)
+    except (ValueError, TypeError, OverflowError, RecursionError, jwt.PyJWTError):
+        # NOTE: defence in depth for library corners we did not foresee: an odd token
+        # must yield "malformed", never a 500.
+        return TokenFacts(failure="malformed")
+
+
+def peek_token(token: str) -> tuple[str, str] | None:
+    """``(kid, jti)`` read WITHOUT verifying anything, or None when the token is not
+    even shaped like ours. Only for choosing rate-limit buckets before the signature
+    check; never for decisions. Never raises."""
+    try:
+        shape = _shape(token)
+        kid = _kid_of(shape.header)
+        payload_raw = b64url_decode_canonical(shape.payload_b64)
+        if payload_raw is None:
+            return None
+        jti = _json_object(payload_raw).get("jti")
+    except (_Reject, ValueError, TypeError, RecursionError):
+        return None
+    if not is_safe_id(jti):
+        return None
+    return kid, jti
+
+
+def peek_claims(token: str) -> tuple[str, str, str, str] | None:
+    """``(kid, jti, sub, cls)`` read WITHOUT verifying anything, or None.
+
+    Only for choosing which Redis keys to read (and which rate-limit buckets to charge)
+    in the same round trip, before the signature is checked; the decision itself is
+    taken on the verified claims. Never raises."""
+    try:
+        shape = _shape(token)
+        kid = _kid_of(shape.header)
+        payload_raw = b64url_decode_canonical(shape.payload_b64)
+        if payload_raw is None:
+            return None
+        payload = _json_object(payload_raw)
+    except (_Reject, ValueError, TypeError, RecursionError):
+        return None
+    jti, sub, cls = payload.get("jti"), payload.get("sub"), payload.get("cls")
+    if not (is_safe_id(jti) and is_safe_id(sub) and is_safe_id(cls)):
+        return None
+    return kid, jti, sub, cls

@@ -1,0 +1,119 @@
+"""Request helpers shared by the routes: client IP, JSON bodies, auth."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .errors import ApiError
+
+MAX_JSON_DEPTH = 20
+
+
+def client_ip(request: web.Request, trusted_proxies: Iterable[str]) -> str:
+    """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy.
+
+    NOTE: X-Forwarded-For is attacker-controlled unless the peer is our own proxy; we
+    walk it from the right and stop at the first address that is not a trusted proxy.
+    """
+    peer = request.remote or "0.0.0.0"  # noqa: S104 - a placeholder address, never bound
+    nets = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+    if not nets or not _in(peer, nets):
+        return _norm(peer)
+    chain = []
+    for h in request.headers.getall("X-Forwarded-For", []):
+        chain += [p.strip() for p in h.split(",") if p.strip()]
+    for addr in reversed(chain):
+        if not _valid_ip(addr):
+            return _norm(peer)
+        if not _in(addr, nets):
+            return _norm(addr)
+    return _norm(chain[0]) if chain and _valid_ip(chain[0]) else _norm(peer)
+
+
+def _valid_ip(a: str) -> bool:
+    try:
+        ipaddress.ip_address(a)
+        return True
+    except ValueError:
+        return False
+
+
+def _norm(a: str) -> str:
+    try:
+        ip = ipaddress.ip_address(a)
+    except ValueError:
+        return a
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _in(addr: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)
+
+
+def _bracket_depth(body: bytes) -> int:
+    depth = cur = 0
+    in_str = escaped = False
+    for ch in body:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == 0x5C:  # backslash
+                escaped = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch in (0x5B, 0x7B):
+            cur += 1
+            depth = max(depth, cur)
+        elif ch in (0x5D, 0x7D):
+            cur -= 1
+    return depth
+
+
+async def read_json(request: web.Request, *, max_bytes: int | None = None) -> Any:
+    """The JSON body, or a precise 4xx: 413 too large, 400 malformed/too deep/wrong type."""
+    ctype = request.content_type
+    if ctype not in ("application/json", "text/json"):
+        raise ApiError(415, "unsupported_media_type", "expected application/json")
+    limit = max_bytes or request.app._client_max_size  # noqa: SLF001 - the app's own cap
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"request body larger than {limit} bytes")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        raise ApiError(413, "too_large", f"request body larger than {limit} bytes")
+    # A nesting bomb is cut before the parser recurses: count brackets outside strings.
+    if _bracket_depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, "too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH}")
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+
+
+def require_fields(
+    data: Any, *, required: Iterable[str], optional: Iterable[str] = (), where: str = ""
+) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "expected a JSON object", field=where or None)
+    allowed = set(required) | set(optional)
+    for k in data:
+        if k not in allowed:
+            f = f"{where}.{k}" if where else k
+            raise ApiError(400, "unknown_field", f"unknown field {f!r}", field=f)
+    for k in required:
+        if k not in data:
+            f = f"{where}.{k}" if where else k
+            raise ApiError(400, "missing_field", f"missing field {f!r}", field=f)
+    return data
