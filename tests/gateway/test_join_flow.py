@@ -1,0 +1,212 @@
+"""The join flow and host controls through a real gateway on real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+
+from .helpers import make_class, next_message, open_link, running_gateway, token_of
+
+
+async def test_strict_flow_admit_go_once(tmp_path: Path, redis_url: str, redis_prefix: str,
+                                         redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        assert len(links) == 3
+        assert all(len(l["code"]) == 11 and l["code"][5] == "-" for l in links)
+        # names never travel in the token
+        assert "Nguy" not in token_of(links[0])
+
+        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        state = await next_message(teacher_ws, type_="state")
+        assert state["waiting"] == [] and state["host_present"] is True
+
+        phone = gw.client()
+        status, body = await open_link(phone, links[0])
+        assert status == 200 and body["status"] == "waiting"
+        assert body["reason"] == "awaiting_host"
+        knock = await next_message(teacher_ws, type_="knock")
+        assert knock["ticket"] == body["ticket"] and knock["name"] == links[0]["name"]
+
+        student_ws = await phone.ws_connect(body["ws"])
+        assert (await next_message(student_ws))["type"] == "waiting"
+
+        await teacher_ws.send_json({"action": "admit", "ticket": body["ticket"]})
+        admitted = await next_message(student_ws, type_="admitted")
+        assert admitted["redirect"].startswith("/go/")
+        r = await phone.get(admitted["redirect"], allow_redirects=False)
+        assert r.status == 302
+        assert r.headers["Location"] == "https://meet.example.org/abc"
+        # single use
+        r = await phone.get(admitted["redirect"], allow_redirects=False)
+        assert r.status == 404
+
+        # the state API agrees
+        st = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
+        assert [a["student_id"] for a in st["admitted"]] == [links[0]["student_id"]]
+
+        # reopening the link on the same phone goes straight in
+        status, body2 = await open_link(phone, links[0])
+        assert body2["status"] == "admitted" and body2["redirect"].startswith("/go/")
+
+        await teacher_ws.close()
+        await student_ws.close()
+
+
+async def test_second_device_refused_and_teacher_alerted(tmp_path: Path, redis_url: str,
+                                                         redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(teacher_ws, type_="state")
+        owner = gw.client()
+        status, body = await open_link(owner, links[1])
+        assert body["status"] == "waiting"
+        intruder = gw.client(user_agent="Mozilla/5.0 (Windows NT 10.0; Win64) Chrome/120")
+        status, body = await open_link(intruder, links[1])
+        assert status == 403 and body == {"status": "denied", "reason": "device_mismatch"}
+        alert = await next_message(teacher_ws, type_="alert")
+        assert alert["kind"] == "link_shared" and alert["name"] == links[1]["name"]
+        assert alert["device_hint"] == "Windows PC, Chrome"
+        # /go nonce of the owner does not work on the intruder's device
+        await teacher_ws.send_json({"action": "admit_all"})
+        await next_message(teacher_ws, type_="admitted")
+        s2, b2 = await open_link(owner, links[1])
+        assert b2["status"] == "admitted"
+        r = await intruder.get(b2["redirect"], allow_redirects=False)
+        assert r.status == 403
+        r = await owner.get(b2["redirect"], allow_redirects=False)
+        assert r.status == 302
+        # the teacher resets the binding: the new device may now bind
+        r = await api.post(f"/api/v1/classes/{cid}/actions",
+                           json={"action": "remove", "student_id": links[1]["student_id"]})
+        assert r.status == 200
+        r = await api.post(f"/api/v1/classes/{cid}/actions",
+                           json={"action": "reset_device", "student_id": links[1]["student_id"]})
+        assert (await r.json())["ok"] is True
+        r = await api.post(f"/api/v1/classes/{cid}/actions",
+                           json={"action": "admit", "student_id": links[1]["student_id"]})
+        assert r.status == 200
+        status, body = await open_link(intruder, links[1])
+        assert body["status"] == "waiting"
+        await teacher_ws.close()
+
+
+async def test_remove_closes_student_socket_and_blocks_return(
+    tmp_path: Path, redis_url: str, redis_prefix: str, redis
+) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        phone = gw.client()
+        _, body = await open_link(phone, links[2])
+        ws = await phone.ws_connect(body["ws"])
+        await next_message(ws, type_="waiting")
+        r = await api.post(f"/api/v1/classes/{cid}/actions",
+                           json={"action": "remove", "student_id": links[2]["student_id"]})
+        assert r.status == 200
+        msg = await next_message(ws)
+        assert msg == {"type": "removed", "reason": "removed_by_host"}
+        closed = await asyncio.wait_for(ws.receive(), 5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        status, body = await open_link(phone, links[2])
+        assert status == 403 and body["reason"] == "removed_by_host"
+
+
+async def test_revoke_and_reissue(tmp_path: Path, redis_url: str, redis_prefix: str,
+                                  redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        sid = links[0]["student_id"]
+        phone = gw.client()
+        _, body = await open_link(phone, links[0])
+        ws = await phone.ws_connect(body["ws"])
+        await next_message(ws, type_="waiting")
+        r = await api.post(f"/api/v1/classes/{cid}/links", json={"student_ids": [sid]})
+        new = (await r.json())["links"][0]
+        assert new["url"] != links[0]["url"] and new["code"] != links[0]["code"]
+        msg = await next_message(ws)
+        assert msg["type"] == "removed" and msg["reason"] == "token_revoked"
+        status, body = await open_link(gw.client(), links[0])
+        assert status == 403 and body["reason"] == "token_revoked"
+        status, body = await open_link(phone, new)
+        assert body["status"] == "waiting"
+        r = await api.post(f"/api/v1/classes/{cid}/actions",
+                           json={"action": "revoke_link", "student_id": sid})
+        assert (await r.json())["revoked"] is True
+        status, body = await open_link(phone, new)
+        assert body["reason"] == "token_revoked"
+
+
+async def test_standard_preset_admits_when_host_present(
+    tmp_path: Path, redis_url: str, redis_prefix: str, redis
+) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api, preset="standard")
+        phone = gw.client()
+        _, body = await open_link(phone, links[0])
+        assert body["status"] == "waiting" and body["reason"] == "awaiting_host"
+        ws = await phone.ws_connect(body["ws"])
+        await next_message(ws, type_="waiting")
+        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(teacher_ws, type_="state")
+        # the student who waited only for the host is let in when the host arrives
+        admitted = await next_message(ws, type_="admitted")
+        r = await phone.get(admitted["redirect"], allow_redirects=False)
+        assert r.status == 302
+        _, body = await open_link(gw.client(), links[1])
+        assert body["status"] == "admitted" and body["reason"] == "admitted_by_policy"
+        await teacher_ws.close()
+
+
+async def test_lock_end_and_short_code(tmp_path: Path, redis_url: str, redis_prefix: str,
+                                       redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        r = await api.post(f"/api/v1/classes/{cid}/actions", json={"action": "lock"})
+        assert r.status == 200
+        status, body = await open_link(gw.client(), links[0])
+        assert body["reason"] == "class_locked"
+        await api.post(f"/api/v1/classes/{cid}/actions", json={"action": "unlock"})
+        # the short code leads to the same decision as the link
+        kid = gw.client()
+        code = links[0]["code"].lower().replace("-", " ")
+        r = await kid.post("/join", json={"code": code}, headers={"Accept": "application/json"})
+        body = await r.json()
+        assert body["status"] == "waiting", body
+        r = await kid.post("/join", json={"code": "00000-00000"},
+                           headers={"Accept": "application/json"})
+        assert r.status == 404 and (await r.json())["error"]["code"] == "unknown_code"
+        r = await api.post(f"/api/v1/classes/{cid}/actions", json={"action": "mute_all"})
+        assert r.status == 409
+        assert (await r.json())["error"]["code"] == "unsupported_by_platform"
+        r = await api.post(f"/api/v1/classes/{cid}/actions", json={"action": "end"})
+        assert r.status == 200
+        status, body = await open_link(kid, links[0])
+        assert body["reason"] == "class_ended"
+
+
+async def test_it_staff_and_other_teacher_cannot_act(tmp_path: Path, redis_url: str,
+                                                     redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, _ = await make_class(gw, api)
+        other = gw.api(await gw.staff_user("thay.minh"))
+        r = await other.post(f"/api/v1/classes/{cid}/actions", json={"action": "lock"})
+        assert r.status == 404
+        it = gw.api(await gw.staff_user("it.hung", role="it"))
+        r = await it.post(f"/api/v1/classes/{cid}/actions", json={"action": "lock"})
+        assert r.status == 403
+        r = await it.get(f"/api/v1/classes/{cid}/state")
+        assert r.status == 200
+        anon = gw.client()
+        r = await anon.get(f"/api/v1/classes/{cid}/state")
+        assert r.status == 401
+        assert (await r.json())["error"]["code"] == "unauthenticated"

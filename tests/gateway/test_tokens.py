@@ -1,0 +1,313 @@
+"""Join tokens: issue/verify round trips, the named attack fixtures, fuzzing."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from gateway.keys import JoinKeyring
+from gateway.tokens import (
+    AUDIENCE,
+    MAX_TOKEN_CHARS,
+    TokenError,
+    issue_join_token,
+    peek_token,
+    verify_join_token,
+)
+from policies.model import TokenFacts
+
+FIXTURES = Path(__file__).resolve().parents[1] / "attacks" / "fixtures" / "tokens"
+CASES_DOC: dict[str, Any] = json.loads((FIXTURES / "cases.json").read_text("utf-8"))
+CASES = CASES_DOC["cases"]
+ISSUER = CASES_DOC["issuer"]
+NOW = 1_767_225_600.0
+
+
+@pytest.fixture(scope="module")
+def fixture_keyring() -> JoinKeyring:
+    return JoinKeyring.from_pem_files([FIXTURES / "our_key.pem"])
+
+
+@pytest.fixture
+def keyring(tmp_path: Path) -> JoinKeyring:
+    return JoinKeyring.load_or_create(tmp_path / "keys", clock=lambda: NOW)
+
+
+def _issue(keyring: JoinKeyring, **over: Any) -> str:
+    args: dict[str, Any] = {
+        "issuer": ISSUER,
+        "student_id": "s7k2mnpqrstu",
+        "class_id": "cabcdefghijk",
+        "jti": "AbC_def-123",
+        "iat": 1_767_225_600,
+        "nbf": 1_767_225_540,
+        "exp": 1_798_761_600,
+    }
+    args.update(over)
+    return issue_join_token(keyring.signing_key(), **args)
+
+
+# -- the attack fixtures (data in tests/attacks/fixtures/tokens) -----------------------
+
+
+def test_fixtures_are_what_the_generator_makes() -> None:
+    module = runpy.run_path(str(FIXTURES / "generate.py"))
+    for name, data in module["build"]().items():
+        assert (FIXTURES / name).read_bytes() == data, f"{name} is stale: run generate.py"
+
+
+def test_fixture_keyring_has_the_fixture_kid(fixture_keyring: JoinKeyring) -> None:
+    assert fixture_keyring.active_kid == CASES_DOC["our_kid"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_attack_fixture(fixture_keyring: JoinKeyring, case: dict[str, Any]) -> None:
+    facts = verify_join_token(fixture_keyring, case["token"], issuer=ISSUER)
+    expect = case["expect"]
+    assert facts.failure == expect["failure"], case["attack"]
+    if expect["failure"] is None:
+        assert facts == TokenFacts(
+            failure=None,
+            student_id=expect["student_id"],
+            class_id=expect["class_id"],
+            jti=expect["jti"],
+            exp=float(expect["exp"]),
+            nbf=float(expect["nbf"]),
+            kid=expect["kid"],
+        )
+    else:
+        # A failed token reports no claims, only a well-formed kid.
+        assert facts.student_id is None and facts.class_id is None and facts.jti is None
+        assert facts.exp is None and facts.nbf is None
+        assert facts.kid == expect.get("kid")
+
+
+def test_fixture_names_cover_the_required_attacks() -> None:
+    names = {c["name"] for c in CASES}
+    assert {
+        "alg_none",
+        "hs256_with_public_key",
+        "unknown_kid",
+        "tampered_sub",
+        "tampered_cls",
+        "expired",
+        "not_yet_valid",
+        "wrong_audience",
+        "wrong_issuer",
+        "another_gateways_key",
+        "header_jwk_injection",
+        "header_jku_injection",
+        "header_x5u_injection",
+        "oversized",
+        "non_base64_garbage",
+    } <= names
+
+
+def test_oversized_fixture_is_really_over_the_limit() -> None:
+    (case,) = [c for c in CASES if c["name"] == "oversized"]
+    assert len(case["token"]) > MAX_TOKEN_CHARS
+
+
+def test_pyjwt_alone_would_accept_the_hs256_confusion_if_asked() -> None:
+    """Shows the fixture is a real attack: a verifier that lets the token pick the
+    algorithm and keys HMAC with the public key accepts it."""
+    (case,) = [c for c in CASES if c["name"] == "hs256_with_raw_public_key"]
+    pub = JoinKeyring.from_pem_files([FIXTURES / "our_key.pem"]).signing_key().public_key()
+    from cryptography.hazmat.primitives import serialization
+
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    claims = jwt.decode(
+        case["token"],
+        key=raw,
+        algorithms=["HS256"],
+        audience=AUDIENCE,
+        options={"verify_exp": False},
+    )
+    assert claims["sub"] == "s7k2mnpqrstu"
+
+
+# -- round trips -------------------------------------------------------------------------
+
+
+def test_issue_and_verify(keyring: JoinKeyring) -> None:
+    token = _issue(keyring)
+    facts = verify_join_token(keyring, token, issuer=ISSUER)
+    assert facts == TokenFacts(
+        failure=None,
+        student_id="s7k2mnpqrstu",  # type: ignore[arg-type]
+        class_id="cabcdefghijk",  # type: ignore[arg-type]
+        jti="AbC_def-123",  # type: ignore[arg-type]
+        exp=1_798_761_600.0,
+        nbf=1_767_225_540.0,
+        kid=keyring.active_kid,
+    )
+    assert peek_token(token) == (keyring.active_kid, "AbC_def-123")
+
+
+def test_issued_token_has_exactly_the_contract_header_and_claims(keyring: JoinKeyring) -> None:
+    token = _issue(keyring)
+    assert jwt.get_unverified_header(token) == {
+        "alg": "EdDSA",
+        "typ": "JWT",
+        "kid": keyring.active_kid,
+    }
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert set(claims) == {"iss", "aud", "sub", "cls", "jti", "iat", "nbf", "exp"}
+    assert claims["aud"] == "classguard:join"
+    assert len(token) < 600  # fits a QR code comfortably
+
+
+def test_issue_is_deterministic(keyring: JoinKeyring) -> None:
+    # Ed25519 is deterministic: a link can be re-signed identically from stored claims.
+    assert _issue(keyring) == _issue(keyring)
+
+
+def test_token_of_another_issuer_is_bad_claims(keyring: JoinKeyring) -> None:
+    token = _issue(keyring)
+    assert verify_join_token(keyring, token, issuer="https://other.example").failure == (
+        "bad_claims"
+    )
+
+
+def test_time_is_not_checked_here(keyring: JoinKeyring) -> None:
+    token = _issue(keyring, iat=1000, nbf=1000, exp=2000)
+    facts = verify_join_token(keyring, token, issuer=ISSUER)
+    assert facts.failure is None and facts.exp == 2000.0
+
+
+def test_wall_clock_is_irrelevant(keyring: JoinKeyring) -> None:
+    far_future = int(time.time()) + 10 * 365 * 86400
+    token = _issue(keyring, iat=far_future, nbf=far_future, exp=far_future + 60)
+    assert verify_join_token(keyring, token, issuer=ISSUER).failure is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "code"),
+    [
+        ("student_id", "", "bad_id"),
+        ("student_id", "a b", "bad_id"),
+        ("class_id", "c{x}", "bad_id"),
+        ("jti", "x" * 65, "bad_id"),
+        ("issuer", "", "bad_issuer"),
+        ("exp", 1.5, "bad_time"),
+        ("exp", True, "bad_time"),
+        ("nbf", -1, "bad_time"),
+        ("nbf", 1_900_000_000, "bad_time"),  # after exp
+    ],
+)
+def test_issue_refuses_values_that_would_not_verify(
+    keyring: JoinKeyring, field: str, value: Any, code: str
+) -> None:
+    with pytest.raises(TokenError) as err:
+        _issue(keyring, **{field: value})
+    assert err.value.code == code
+
+
+def test_token_of_a_rotated_key_verifies_until_not_after(tmp_path: Path) -> None:
+    now = [NOW]
+    ring = JoinKeyring.load_or_create(tmp_path / "k", clock=lambda: now[0])
+    old_token = _issue(ring)
+    ring.rotate(max_token_lifetime_s=3600)
+    new_token = _issue(ring)
+    assert verify_join_token(ring, old_token, issuer=ISSUER).failure is None
+    assert verify_join_token(ring, new_token, issuer=ISSUER).failure is None
+    now[0] += 3600
+    assert verify_join_token(ring, old_token, issuer=ISSUER).failure == "unknown_kid"
+    assert verify_join_token(ring, new_token, issuer=ISSUER).failure is None
+
+
+# -- peek ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_peek_never_raises_on_fixtures(case: dict[str, Any]) -> None:
+    result = peek_token(case["token"])
+    if result is not None:
+        kid, jti = result
+        assert kid and jti
+
+
+def test_peek_rejects_unsafe_jti() -> None:
+    (case,) = [c for c in CASES if c["name"] == "valid"]
+    h, _, s = case["token"].split(".")
+    import base64
+
+    payload = base64.urlsafe_b64encode(b'{"jti":"a:b"}').rstrip(b"=").decode()
+    assert peek_token(f"{h}.{payload}.{s}") is None
+
+
+def test_peek_survives_deep_nesting() -> None:
+    (case,) = [c for c in CASES if c["name"] == "valid"]
+    h, _, s = case["token"].split(".")
+    import base64
+
+    payload = base64.urlsafe_b64encode(b"[" * 1400).rstrip(b"=").decode()
+    assert peek_token(f"{h}.{payload}.{s}") is None
+
+
+# -- fuzzing --------------------------------------------------------------------------------
+
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_token_like = st.builds(
+    lambda a, b, c: f"{a}.{b}.{c}",
+    st.text(_B64_CHARS, max_size=200),
+    st.text(_B64_CHARS, max_size=300),
+    st.text(_B64_CHARS, max_size=100),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=3000), _token_like))
+@example("a.b.c")
+@example("..")
+@example("\x00.\x00.\x00")
+@example("e30.e30." + "A" * 86)  # {} header
+def test_verify_never_raises(fixture_keyring: JoinKeyring, token: str) -> None:
+    facts = verify_join_token(fixture_keyring, token, issuer=ISSUER)
+    assert isinstance(facts, TokenFacts)
+    assert facts.failure is not None
+    peek_token(token)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.binary(max_size=400))
+def test_verify_never_raises_on_arbitrary_json_parts(
+    fixture_keyring: JoinKeyring, header: bytes, payload: bytes
+) -> None:
+    import base64
+
+    def enc(b: bytes) -> str:
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    token = f"{enc(header)}.{enc(payload)}.{'A' * 86}"
+    assert verify_join_token(fixture_keyring, token, issuer=ISSUER).failure is not None
+    peek_token(token)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=0, max_value=len(CASES[0]["token"]) - 1), st.characters())
+def test_any_single_character_change_of_a_valid_token_fails(
+    fixture_keyring: JoinKeyring, index: int, ch: str
+) -> None:
+    token = CASES[0]["token"]
+    mutated = token[:index] + ch + token[index + 1 :]
+    facts = verify_join_token(fixture_keyring, mutated, issuer=ISSUER)
+    if mutated == token:
+        assert facts.failure is None
+    else:
+        assert facts.failure is not None
+
+
+def test_verify_accepts_non_str_without_raising(fixture_keyring: JoinKeyring) -> None:
+    for junk in (None, b"a.b.c", 12, ["a"]):
+        facts = verify_join_token(fixture_keyring, junk, issuer=ISSUER)  # type: ignore[arg-type]
+        assert facts.failure == "malformed"
+        assert peek_token(junk) is None  # type: ignore[arg-type]
