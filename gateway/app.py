@@ -219,8 +219,10 @@ def redis_clients(s: Settings, url: str | None) -> tuple[aioredis.Redis, aioredi
         # NOTE: a blocking pool waits briefly for a free connection under a burst instead
         # of failing the request at once.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, decode_responses=decode, max_connections=s.redis_max_connections, timeout=2.0)
-        out.append(aioredis.Redis(connection_pool=pool))
+            url, decode_responses=decode, max_connections=s.redis_max_connections,
+            timeout=s.redis_pool_timeout_s)
+        # from_pool hands the pool to the client, so aclose() disconnects it too.
+        out.append(aioredis.Redis.from_pool(pool))
     return out[0], out[1]
 
 

@@ -95,9 +95,11 @@ class Settings:
     redis_prefix: str = "cg:"
     redis_sentinels: tuple[str, ...] = ()  # "host:port" entries
     redis_sentinel_master: str | None = None
-    # Connections per client pool; a request waits up to 2 s for a free one (never fails
-    # at once under a burst).
+    # Connections per client pool. Under a burst a request waits for a free connection
+    # (up to redis_pool_timeout_s) instead of failing at once; a Redis that is down still
+    # fails at once, on connect.
     redis_max_connections: int = 256
+    redis_pool_timeout_s: int = 10
 
     # Issuer (`iss`) of join tokens and base of every link we print. Empty -> derived from
     # host and port; set it whenever the gateway sits behind a proxy or TLS terminator.
@@ -205,6 +207,7 @@ _INT_RANGES: Final[Mapping[str, tuple[int, int | None]]] = {
     "session_ttl_s": (60, 30 * _DAY),
     "audit_durability_replicas": (0, 16),
     "redis_max_connections": (4, 10000),
+    "redis_pool_timeout_s": (1, 120),
 }
 
 
