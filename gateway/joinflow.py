@@ -100,14 +100,7 @@ class JoinFlow:
 
     async def rate_limit(self, ip: str, extra: list[Limit] | None = None) -> float:
         assert self.svc.store is not None
-        limits = [
-            Limit(f"ip:{ip}", per_second=5, burst=20),
-            Limit(f"net:{network_of(ip)}", per_second=50, burst=200),
-            Limit("global", per_second=5000, burst=20000),
-        ]
-        if extra:
-            limits += extra
-        wait = await self.svc.store.rate_limit(limits)
+        wait = await self.svc.store.rate_limit(self._limits(ip, None) + (extra or []))
         if wait > 0:
             self.svc.metrics.rate_limited.labels("join").inc()
         return wait
@@ -171,13 +164,6 @@ class JoinFlow:
         return await self._decide(facts, snap if facts.failure is None else None, ip=ip,
                                   dev=dev, fresh_cookie=fresh_cookie, user_agent=user_agent,
                                   via="link")
-
-    async def rate_limit(self, ip: str, extra: list[Limit] | None = None) -> float:
-        assert self.svc.store is not None
-        wait = await self.svc.store.rate_limit(self._limits(ip, None) + (extra or []))
-        if wait > 0:
-            self.svc.metrics.rate_limited.labels("join").inc()
-        return wait
 
     async def explain_attempt(self, facts: TokenFacts, *, ip: str,
                               device: str | None) -> dict[str, Any]:
