@@ -9,6 +9,7 @@ from aiohttp import web
 from .app import services
 from .errors import ApiError
 from .staff import check_csrf
+from .web_util import read_form
 
 SESSION_COOKIE = "cg_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -49,7 +50,7 @@ async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal 
     if csrf and request.method not in SAFE_METHODS:
         header = request.headers.get("X-CSRF-Token", "")
         if not header and request.content_type == "application/x-www-form-urlencoded":
-            form = await request.post()
+            form = await read_form(request)
             header = str(form.get("csrf_token", ""))
         if not check_csrf(session, header):
             raise ApiError(403, "csrf_failed", "missing or wrong CSRF token")

@@ -119,6 +119,28 @@ def _from_package_error(exc: Exception) -> web.Response | None:
     return error_response(int(status), code, str(message), field)
 
 
+# aiohttp's own body parsers: an exception raised inside them is about the bytes the
+# client sent (a multipart type without a boundary, a body that is not multipart).
+_BODY_PARSERS = {("aiohttp.multipart", None), ("aiohttp.web_request", "post"),
+                 ("aiohttp.web_request", "multipart")}
+
+
+def _raised_by_body_parser(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of aiohttp's form/multipart parsing. The routes read
+    forms through ``web_util.read_form``, which answers 400 itself; this catches any
+    reader that calls ``request.post()``/``request.multipart()`` directly."""
+    if not isinstance(exc, (ValueError, LookupError, AssertionError)):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        module = frame.f_globals.get("__name__")
+        if (module, None) in _BODY_PARSERS or (module, frame.f_code.co_name) in _BODY_PARSERS:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def _route_name(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -172,5 +194,7 @@ async def _handle(request: web.Request, handler: Handler,
         mapped = _from_package_error(exc)
         if mapped is not None:
             return mapped
+        if _raised_by_body_parser(exc):
+            return error_response(400, "invalid_body", "the request body cannot be parsed")
         log.exception("unhandled error on %s %s", request.method, _route_name(request))
         return error_response(500, "internal_error", "internal error")

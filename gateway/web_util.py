@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from .errors import ApiError
 
@@ -100,6 +101,21 @@ async def read_json(request: web.Request, *, max_bytes: int | None = None) -> An
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+    """The form body (urlencoded or multipart), or 400 ``invalid_body`` when it cannot be
+    parsed: a multipart type without a boundary, or a body that is not what its type
+    says. aiohttp's parsers raise ``ValueError`` for those, which is the visitor's
+    mistake, not ours."""
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise  # 413 from the body cap keeps its own status
+    except (ValueError, LookupError, AssertionError) as exc:
+        # LookupError: an unknown charset parameter; AssertionError: aiohttp asserts
+        # on some malformed part headers.
+        raise ApiError(400, "invalid_body", "the form data cannot be parsed") from exc
 
 
 def require_fields(

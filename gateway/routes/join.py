@@ -19,7 +19,7 @@ from ..errors import ApiError
 from ..hostctl import HostControls
 from ..joinflow import DEVICE_COOKIE, JoinFlow, JoinOutcome
 from ..state import Limit, Ticket, device_hash, split_ticket
-from ..web_util import client_ip
+from ..web_util import client_ip, read_form, read_json
 
 log = logging.getLogger("classguard.join")
 
@@ -131,12 +131,10 @@ async def join_code(request: web.Request) -> web.StreamResponse:
         return resp
     raw: Any
     if request.content_type == "application/json":
-        from ..web_util import read_json
-
         data = await read_json(request)
         raw = data.get("code") if isinstance(data, dict) else None
     else:
-        form = await request.post()
+        form = await read_form(request)
         raw = form.get("code")
     code = normalize_code(raw) if isinstance(raw, str) and len(raw) <= 64 else None
     out = None

@@ -179,14 +179,6 @@ async def test_roster_workbook_bombs(deployment: Deployment, bomb: str) -> None:
         await s.admit_legit(k, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "POST /join (gateway/routes/join.py join_code) calls request.post() unguarded: a "
-    "multipart/form-data request without a boundary, or with a body that is not "
-    "multipart, raises ValueError in aiohttp's multipart reader and the visitor gets a "
-    "500 (found by test_fuzz_join_code_never_500). "
-    "Read forms through one helper that turns ValueError/multipart errors into "
-    "ApiError(400, 'invalid_body'); the sign-in form (POST /login, request.post() in "
-    "gateway/routes/pages.py login_submit) needs the same."))
 async def test_form_without_multipart_boundary(deployment: Deployment) -> None:
     async with scene(deployment) as s:
         anon = s.device()
@@ -298,9 +290,9 @@ def test_fuzz_join_code_never_500(http_: _Http) -> None:
 
     @FUZZ
     @given(st.one_of(json_values.map(lambda v: {"code": v}), json_values),
-           # multipart is pinned by test_form_without_multipart_boundary (a known 500)
            st.sampled_from(["application/json", "application/x-www-form-urlencoded",
-                            "text/plain"]))
+                            "text/plain", "multipart/form-data",
+                            "multipart/form-data; boundary=cgfuzz"]))
     def run(value: Any, ctype: str) -> None:
         if ctype == "application/json":
             body = json.dumps(value).encode()
