@@ -425,7 +425,7 @@ class _Verifier:
             obj = json.loads(raw)
             if not isinstance(obj, dict) or not isinstance(obj.get("files"), list):
                 raise ValueError("no file list")
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             self.fail(4, "manifest_malformed", MANIFEST, f"expected JSON with a file list: {exc}")
             return
         if obj.get("format") != FORMAT:
@@ -496,7 +496,7 @@ class _Verifier:
                         or not isinstance(record, dict):
                     raise ValueError("index or record of the wrong type")
                 decode_record(canonical(record))
-            except (ValueError, KeyError, TypeError, AuditError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError, AuditError) as exc:
                 self.fail(6, "event_malformed", where,
                           f"expected {{index, record, personal, salt}}, found {exc}")
                 continue
@@ -607,7 +607,7 @@ class _Verifier:
             entries = obj["entries"]
             if not isinstance(entries, list):
                 raise ValueError("entries is not a list")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
             self.fail(8, "custody_malformed", CUSTODY, f"expected {{entries: [...]}}: {exc}")
             return
         self.report.custody_entries = len(entries)

@@ -142,7 +142,7 @@ def decode_record(data: bytes) -> dict[str, Any]:
     """Parse stored record bytes, rejecting unknown future format versions."""
     try:
         obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FormatError("stored audit record is not JSON") from exc
     if not isinstance(obj, dict):
         raise FormatError("stored audit record is not a JSON object")
@@ -165,7 +165,7 @@ def decode_personal(blob: bytes) -> tuple[dict[str, Any], bytes]:
     try:
         obj = json.loads(blob)
         personal, salt = obj["p"], base64.b64decode(obj["s"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise FormatError("stored personal data is malformed") from exc
     if not isinstance(personal, dict) or len(salt) != SALT_SIZE:
         raise FormatError("stored personal data is malformed")

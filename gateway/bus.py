@@ -86,7 +86,7 @@ class Bus:
             channel = channel.decode()
         try:
             msg = json.loads(data)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             return
         if not isinstance(msg, dict):
             return

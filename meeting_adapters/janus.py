@@ -238,7 +238,7 @@ class JanusClient:
             async for raw in self._ws:
                 try:
                     msg = json.loads(raw)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if not isinstance(msg, dict) or msg.get("janus") == "ack":
                     continue  # plugin messages answer "ack" first, then the result

@@ -15,6 +15,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis.exceptions
 from aiohttp import WSMsgType, web
 
 from ..app import services
@@ -22,6 +23,7 @@ from ..auth import require_user
 from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls
 from ..joinflow import JoinFlow
+from ..web_util import loads_bounded
 from .classes import class_state, load_class
 
 HEARTBEAT_S = 10.0
@@ -95,10 +97,10 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                     break
                 continue
             try:
-                data = json.loads(msg.data)
-            except ValueError:
+                data = loads_bounded(msg.data)
+            except ValueError as exc:
                 await send({"type": "error", "error": {"code": "invalid_json",
-                                                       "message": "malformed JSON"}})
+                                                       "message": f"malformed JSON: {exc}"}})
                 continue
             req_id = data.pop("id", None) if isinstance(data, dict) else None
             try:
@@ -114,6 +116,21 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 if exc.field:
                     err["field"] = exc.field
                 await send({"type": "error", "id": req_id, "error": err})
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                # NOTE: answered as the HTTP routes answer an outage (503 there); the host
+                # refreshes to see what holds.
+                svc.metrics.redis_errors.inc()
+                log.warning("control action for %s failed: %s", info.id, exc)
+                await send({"type": "error", "id": req_id, "error": {
+                    "code": "dependency_unavailable", "message": "state store unavailable"}})
+            except Exception:  # noqa: BLE001 - the socket is upgraded: answer on it
+                log.exception("control action for %s failed", info.id)
+                await send({"type": "error", "id": req_id, "error": {
+                    "code": "internal_error", "message": "internal error"}})
+    except Exception:  # noqa: BLE001 - never an HTTP 500 written onto an upgraded socket
+        log.exception("control socket for %s failed", info.id)
+        with contextlib.suppress(Exception):
+            await ws.close(code=1011, message=b"internal error")
     finally:
         hb.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -225,10 +225,15 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
             await ws.close()
             return ws
         async for msg in ws:
+            # Frames are never parsed: the only thing a student's page sends is "ping".
             if msg.type == WSMsgType.TEXT and msg.data == "ping":
                 await ws.send_str("pong")
             elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                 break
+    except Exception:  # noqa: BLE001 - never an HTTP 500 written onto an upgraded socket
+        log.exception("waiting-room socket failed")
+        with contextlib.suppress(Exception):
+            await ws.close(code=1011, message=b"internal error")
     finally:
         off()
         svc.sockets.get(key, set()).discard(ws)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -40,6 +39,7 @@ from ..errors import ApiError
 from ..hostctl import HostControls
 from ..presence import Reconciler, janus_room_key
 from ..state import ClassInfo
+from ..web_util import loads_bounded
 
 log = logging.getLogger("classguard.hooks")
 
@@ -114,7 +114,7 @@ async def janus_events(request: web.Request) -> web.Response:
                      request.app[JANUS_HOOK_SECRET].value):
         return _unauthorized()
     try:
-        data = json.loads(await _body(request))
+        data = loads_bounded(await _body(request), max_depth=64)
     except ValueError:
         raise ApiError(400, "invalid_body", "expected JSON") from None
     events = data if isinstance(data, list) else [data]
@@ -187,7 +187,7 @@ async def bbb_events(request: web.Request) -> web.Response:
     if not adapter.verify_callback(room, callback, form, request.query.get("checksum", "")):
         return _unauthorized()
     try:
-        events = json.loads(form.get("event") or "[]")
+        events = loads_bounded(form.get("event") or "[]", max_depth=64)
     except ValueError:
         events = []
     for ev in events if isinstance(events, list) else [events]:

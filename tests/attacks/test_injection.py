@@ -143,12 +143,6 @@ async def test_deeply_nested_json_bodies(deployment: Deployment) -> None:
         await s.admit_legit(k, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/routes/control.py control_ws parses frames with json.loads and catches only "
-    "ValueError: a 60 KB nesting bomb raises RecursionError, the handler dies, and the "
-    "error middleware writes an HTTP 500 onto the upgraded socket (the client sees a "
-    "protocol error). Catch RecursionError too, or check depth with "
-    "web_util._bracket_depth as read_json does, and answer {type: error, invalid_json}."))
 async def test_deeply_nested_message_on_the_control_socket(deployment: Deployment) -> None:
     """A nesting bomb sent over the teacher's control socket (64 KiB frames) is an
     error reply, not a dead socket."""
