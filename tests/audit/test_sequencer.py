@@ -11,6 +11,10 @@ import redis.asyncio as aioredis
 
 from audit import AuditLog, AuditSigningKey, NotLeaderError, Sequencer, merkle, verify_log
 from tests.audit.conftest import ORIGIN, FakeClock, join_event, personal_for
+from tests.conftest import both_redis_servers
+
+# Redis commands differ between 6.2 (the embedded default) and 7: run on both.
+redis_url = both_redis_servers()
 
 
 def wall() -> int:

@@ -8,6 +8,10 @@ from pathlib import Path
 import aiohttp
 
 from .helpers import make_class, next_message, open_link, running_gateway, token_of
+from tests.conftest import both_redis_servers
+
+# Redis commands differ between 6.2 (the embedded default) and 7: run on both.
+redis_url = both_redis_servers()
 
 
 async def test_strict_flow_admit_go_once(tmp_path: Path, redis_url: str, redis_prefix: str,
