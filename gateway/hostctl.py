@@ -139,6 +139,10 @@ class HostControls:
             return "failed"
         return "done"
 
+    async def remove_upstream(self, info: ClassInfo, sid: str) -> str:
+        """Ask the platform to remove a student whose admission ended (as ``remove``)."""
+        return await self._upstream(info, Capability.REMOVE, "remove", _participant(sid))
+
     async def perform(self, p: Principal, info: ClassInfo, req: ActionRequest) -> dict[str, Any]:
         svc = self.svc
         store, bus, auditor = svc.store, svc.bus, svc.auditor
@@ -202,8 +206,8 @@ class HostControls:
             if a == "ban":
                 result["banned"] = await self._ban(p, info, sid, ticket_info, req)
             if a == "revoke_link":
-                jti = await store.revoke_student_links(cid, sid)
-                result["revoked"] = bool(jti)
+                retired = await store.revoke_student_links(cid, sid)
+                result["revoked"] = retired.jti is not None
             status_reason = {"remove": "removed_by_host",
                              "ban": "banned_ip" if req.scope == "ip" else "banned_device",
                              "revoke_link": "token_revoked"}[a]

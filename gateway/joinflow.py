@@ -362,12 +362,13 @@ class JoinFlow:
                      "device_hint": hint, "since": now, "class_id": cid}
             status = "waiting"
         ticket_fields = {"student_id": sid, "device": dev, "status": status,
-                         "reason": d.reason.value, "created": repr(now), "device_hint": hint}
+                         "reason": d.reason.value, "created": repr(now), "device_hint": hint,
+                         "jti": facts.jti or "", "ip": ip}
         result, ticket, nonce, _new = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
             entry=entry, event=event, budget=Limit(f"class:{cid}", per_second=100, burst=500),
             bus_channel=f"{svc.settings.redis_prefix}bus",
-            nonce_ttl_s=svc.settings.go_nonce_ttl_s,
+            nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
         )
         if result == "limited":
             svc.metrics.rate_limited.labels("class").inc()

@@ -119,6 +119,15 @@ class LinkRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Retired:
+    """What making a new link current (or revoking one) took away from the old link."""
+
+    jti: Jti | None  # the revoked jti, None when there was no other current link
+    ticket: str | None  # the student's ticket, no longer waiting or admitted
+    admission_ended: bool  # the student was admitted and is not any more
+
+
+@dataclass(frozen=True, slots=True)
 class Ticket:
     id: str  # the public ticket string "<class_id>.<random>"
     class_id: ClassId
@@ -128,6 +137,8 @@ class Ticket:
     reason: str
     created: float
     device_hint: str
+    jti: str = ""  # the link the ticket was issued for ("" on tickets of older versions)
+    ip: str = ""  # the address it was issued to (for a ban from the waiting room)
 
 
 @dataclass(slots=True)
@@ -171,6 +182,7 @@ class Keys:
 
     def rebinds(self, cid: str) -> str:
         return self.c(cid, "rebinds")
+
 
     def waiting(self, cid: str) -> str:
         return self.c(cid, "waiting")
@@ -330,8 +342,9 @@ end
 return false
 """
 
-# Consume a /go nonce: only on the device it was minted for, only while still admitted.
-# KEYS: nonce, admitted. ARGV: device
+# Consume a /go nonce: only on the device it was minted for, only while still admitted
+# and while the link it was minted for is still the student's current link.
+# KEYS: nonce, admitted, links. ARGV: device
 _CONSUME_NONCE = """
 local v = redis.call('GET', KEYS[1])
 if not v then return {0} end
@@ -340,7 +353,58 @@ if d.device ~= ARGV[1] then return {2} end
 redis.call('DEL', KEYS[1])
 local a = redis.call('HGET', KEYS[2], d.student_id)
 if not a then return {3} end
+if type(d.jti) == 'string' and d.jti ~= '' and
+   redis.call('HGET', KEYS[3], d.student_id) ~= d.jti then
+  return {3}
+end
 return {1, v}
+"""
+
+# Mint a /go nonce for a waiting-room socket: only for the device of the current
+# admission, and only while the ticket's link is the student's current link.
+# KEYS: admitted, links, ticket, nonce. ARGV: student, device, ticket id, ttl s
+_MINT_NONCE = """
+local a = redis.call('HGET', KEYS[1], ARGV[1])
+if not a or cjson.decode(a).device ~= ARGV[2] then return 0 end
+local jti = redis.call('HGET', KEYS[3], 'jti')
+if jti and jti ~= '' and redis.call('HGET', KEYS[2], ARGV[1]) ~= jti then return 0 end
+redis.call('SET', KEYS[4], cjson.encode({student_id=ARGV[1], device=ARGV[2],
+           ticket=ARGV[3], jti=jti or ''}), 'EX', ARGV[4])
+return 1
+"""
+
+# Make a new link current (or revoke the current one) and retire everything the old
+# link held, in one step: the old jti is revoked; the student's waiting ticket leaves
+# the waiting room and their admission ends.
+# KEYS: 1 links, 2 revoked, 3 jtis, 4 waiting, 5 admitted, 6 tk_by
+# ARGV: 1 student, 2 new jti ('' to revoke only), 3 new link record json,
+#       4 ticket key prefix, 5 reason for the ticket
+# Returns {old jti or false, old record json or false, ticket or false, admission ended}
+_RETIRE_LINK = """
+local sid, new = ARGV[1], ARGV[2]
+local old = redis.call('HGET', KEYS[1], sid)
+if new ~= '' then
+  redis.call('HSET', KEYS[3], new, ARGV[3])
+  redis.call('HSET', KEYS[1], sid, new)
+else
+  redis.call('HDEL', KEYS[1], sid)
+end
+local old_body = false
+if old and old ~= new then
+  redis.call('SADD', KEYS[2], old)
+  old_body = redis.call('HGET', KEYS[3], old)
+end
+local tk = redis.call('HGET', KEYS[6], sid)
+if tk then
+  redis.call('HDEL', KEYS[4], tk)
+  local tkey = ARGV[4] .. tk
+  local st = redis.call('HGET', tkey, 'status')
+  if st == 'waiting' or st == 'admitted' then
+    redis.call('HSET', tkey, 'status', 'removed', 'reason', ARGV[5])
+  end
+end
+local ended = redis.call('HDEL', KEYS[5], sid)
+return {old or false, old_body, tk or false, ended}
 """
 
 # GCRA over several limits at once; nothing is updated unless every limit allows.
@@ -406,7 +470,8 @@ return {
 # ARGV: 1 mode (admit|readmit|wait), 2 sid, 3 device, 4 bind (none|bind|rebind),
 #       5 now_ms, 6 budget interval ms, 7 budget burst, 8 ticket random, 9 ticket json,
 #       10 entry json (admission or waiting), 11 ticket ttl s, 12 ip, 13 nonce random,
-#       14 nonce ttl s, 15 ticket key prefix, 16 bus channel, 17 event json, 18 class id
+#       14 nonce ttl s, 15 ticket key prefix, 16 bus channel, 17 event json, 18 class id,
+#       19 jti of the link used
 # Returns {'ok', ticket random, new(0/1)} | {'limited', wait ms} | {'conflict'}
 _APPLY = """
 local now = tonumber(ARGV[5])
@@ -472,7 +537,7 @@ elseif mode == 'admit' then
 end
 if mode ~= 'wait' then
   redis.call('SET', KEYS[11], cjson.encode({student_id=sid, device=dev,
-             ticket=ARGV[18] .. '.' .. rand}), 'EX', ARGV[14])
+             ticket=ARGV[18] .. '.' .. rand, jti=ARGV[19]}), 'EX', ARGV[14])
 end
 if is_new == 1 then
   local ev = cjson.decode(ARGV[17])
@@ -504,6 +569,8 @@ class ClassStore:
         self._deny_ticket = redis.register_script(_DENY_TICKET)
         self._remove = redis.register_script(_REMOVE_STUDENT)
         self._consume = redis.register_script(_CONSUME_NONCE)
+        self._mint = redis.register_script(_MINT_NONCE)
+        self._retire = redis.register_script(_RETIRE_LINK)
         self._gcra = redis.register_script(_GCRA)
         self._count = redis.register_script(_COUNT)
         self._snapshot = redis.register_script(_SNAPSHOT)
@@ -637,19 +704,19 @@ class ClassStore:
                         for sid, s in keep.items()
                     },
                 )
-            for s in removed:
-                p.hdel(self.k.links(cid), s.id)
             await p.execute()
         for s in removed:
+            # A student off the roster is refused (not_on_roster) already; revoking
+            # records the jti and retires the ticket and admission too.
             await self.revoke_student_links(cid, s.id)
         return sorted(keep.values(), key=lambda s: (s.name.casefold(), s.id)), removed
 
     # --- links --------------------------------------------------------------------
 
-    async def store_link(self, rec: LinkRecord, code_hash: str, code_ttl_s: int) -> Jti | None:
-        """Make ``rec`` the student's current link; returns the jti it replaced."""
+    async def store_link(self, rec: LinkRecord, code_hash: str, code_ttl_s: int) -> Retired:
+        """Make ``rec`` the student's current link, retiring the one it replaces (see
+        ``_RETIRE_LINK``): what ``Retired.jti`` names was revoked in the same step."""
         cid = rec.class_id
-        old = await self.r.hget(self.k.links(cid), rec.student_id)
         body = json.dumps(
             {
                 "jti": rec.jti,
@@ -661,35 +728,31 @@ class ClassStore:
                 "code_hash": code_hash,
             }
         )
-        async with self.r.pipeline(transaction=True) as p:
-            p.hset(self.k.jtis(cid), rec.jti, body)
-            p.hset(self.k.links(cid), rec.student_id, rec.jti)
-            p.set(self.k.code(code_hash), f"{cid}|{rec.jti}", ex=max(60, code_ttl_s))
-            if old and old != rec.jti:
-                p.sadd(self.k.revoked(cid), old)
-            await p.execute()
-        if old and old != rec.jti:
-            await self._drop_code_of(cid, old)
-            return Jti(old)
-        return None
+        # The code key lives outside the class's hash slot: it is written first, and it
+        # leads nowhere until the script below makes its jti current.
+        await self.r.set(self.k.code(code_hash), f"{cid}|{rec.jti}", ex=max(60, code_ttl_s))
+        return await self._retire_link(cid, rec.student_id, rec.jti, body)
 
-    async def _drop_code_of(self, cid: str, jti: str) -> None:
-        raw = await self.r.hget(self.k.jtis(cid), jti)
-        if raw:
-            ch = json.loads(raw).get("code_hash")
-            if ch:
-                await self.r.delete(self.k.code(ch))
+    async def revoke_student_links(self, cid: str, sid: str) -> Retired:
+        """Revoke the student's current link (no new one), retiring what it held."""
+        return await self._retire_link(cid, sid, "", "")
 
-    async def revoke_student_links(self, cid: str, sid: str) -> Jti | None:
-        jti = await self.r.hget(self.k.links(cid), sid)
-        async with self.r.pipeline(transaction=True) as p:
-            p.hdel(self.k.links(cid), sid)
-            if jti:
-                p.sadd(self.k.revoked(cid), jti)
-            await p.execute()
-        if jti:
-            await self._drop_code_of(cid, jti)
-        return Jti(jti) if jti else None
+    async def _retire_link(self, cid: str, sid: str, new_jti: str, body: str) -> Retired:
+        res = await self._retire(
+            keys=[self.k.links(cid), self.k.revoked(cid), self.k.jtis(cid),
+                  self.k.waiting(cid), self.k.admitted(cid), self.k.tickets_by_student(cid)],
+            args=[sid, new_jti, body, self.k.ticket(cid, ""), "token_revoked"],
+        )
+        old, old_body, ticket, ended = res[0], res[1], res[2], int(res[3])
+        if old_body:
+            code_hash = json.loads(old_body).get("code_hash")
+            if code_hash:
+                await self.r.delete(self.k.code(code_hash))
+        return Retired(
+            jti=Jti(old) if old and old != new_jti else None,
+            ticket=f"{cid}.{ticket}" if ticket else None,
+            admission_ended=bool(ended),
+        )
 
     async def link_record(self, cid: str, jti: str) -> LinkRecord | None:
         raw = await self.r.hget(self.k.jtis(cid), jti)
@@ -794,6 +857,7 @@ class ClassStore:
                 host_left_at = datetime.fromtimestamp(float(left), UTC)
         admitted = json.loads(admitted_v) if admitted_v else None
         revoked = bool(is_revoked) or (cur_jti is None) or (cur_jti != jti)
+
         state = ClassState(
             class_id=ClassId(cid),
             schedule=info.schedule,
@@ -893,6 +957,8 @@ class ClassStore:
             reason=d.get("reason", ""),
             created=float(d.get("created", 0)),
             device_hint=d.get("device_hint", ""),
+            jti=d.get("jti", ""),
+            ip=d.get("ip", ""),
         )
 
     async def current_ticket_of(self, cid: str, sid: str) -> str | None:
@@ -969,14 +1035,20 @@ class ClassStore:
 
     # --- /go nonces ---------------------------------------------------------------
 
-    async def mint_nonce(self, cid: str, sid: str, device: str, ticket: str, ttl_s: int) -> str:
+    async def mint_nonce(self, t: Ticket, ttl_s: int) -> str | None:
+        """A ``/go`` nonce for the ticket's device, or None when the student is not
+        admitted on that device or the ticket's link is no longer current."""
+        parsed = split_ticket(t.id)
+        if parsed is None:
+            return None
+        cid, trand = parsed
         rand = new_secret(24)
-        await self.r.set(
-            self.k.nonce(cid, rand),
-            json.dumps({"student_id": sid, "device": device, "ticket": ticket}),
-            ex=ttl_s,
+        ok = await self._mint(
+            keys=[self.k.admitted(cid), self.k.links(cid), self.k.ticket(cid, trand),
+                  self.k.nonce(cid, rand)],
+            args=[t.student_id, t.device, t.id, ttl_s],
         )
-        return f"{cid}.{rand}"
+        return f"{cid}.{rand}" if int(ok) == 1 else None
 
     async def consume_nonce(self, nonce: str, device: str) -> tuple[str, dict[str, Any] | None]:
         """('ok', data) | ('unknown', None) | ('wrong_device', None) | ('not_admitted', None)"""
@@ -984,7 +1056,8 @@ class ClassStore:
         if parsed is None:
             return "unknown", None
         cid, rand = parsed
-        res = await self._consume(keys=[self.k.nonce(cid, rand), self.k.admitted(cid)], args=[device])
+        res = await self._consume(
+            keys=[self.k.nonce(cid, rand), self.k.admitted(cid), self.k.links(cid)], args=[device])
         code = int(res[0])
         if code == 1:
             d = json.loads(res[1])
@@ -1087,7 +1160,8 @@ class ClassStore:
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
         ticket_fields: Mapping[str, Any], entry: Mapping[str, Any], event: Mapping[str, Any],
-        budget: Limit, bus_channel: str, nonce_ttl_s: int, ticket_ttl_s: int = 12 * 3600,
+        budget: Limit, bus_channel: str, nonce_ttl_s: int, jti: str = "",
+        ticket_ttl_s: int = 12 * 3600,
     ) -> tuple[str, str | None, str | None, bool]:
         """Admit (``admit``/``readmit``) or knock (``wait``) in one atomic step.
 
@@ -1105,7 +1179,7 @@ class ClassStore:
                   max(1, budget.burst), rand, json.dumps(dict(ticket_fields)),
                   json.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
                   self.k.ticket(cid, ""), bus_channel, json.dumps(dict(event), ensure_ascii=False),
-                  cid],
+                  cid, jti],
         )
         status = str(res[0])
         if status == "limited":
@@ -1171,6 +1245,7 @@ __all__ = [
     "Keys",
     "Limit",
     "LinkRecord",
+    "Retired",
     "Snapshot",
     "Student",
     "Ticket",

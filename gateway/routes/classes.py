@@ -263,23 +263,32 @@ async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | N
     exp = token_expiry(svc, info, now)
     key = svc.keyring.signing_key()
     out = []
-    reissued = 0
+    reissued = ended = 0
     for sid in targets:
         jti = Jti(secrets.token_urlsafe(12))
         code = new_code()
         rec = LinkRecord(jti=jti, student_id=StudentId(sid), class_id=info.id,
                          iat=now, nbf=now - 60, exp=exp, code=code)
-        old = await svc.store.store_link(rec, code_lookup_key(code), exp - now)
-        if old:
-            reissued += 1
+        # NOTE: a reissue retires what the old link held in the same step: its waiting
+        # ticket and its admission (a leaked link is the usual reason to reissue, so
+        # whoever opened it must not keep either).
+        retired = await svc.store.store_link(rec, code_lookup_key(code), exp - now)
+        if retired.jti is not None or retired.ticket is not None:
+            if retired.jti is not None:
+                reissued += 1
             assert svc.bus is not None
             await svc.bus.publish(info.id, {"type": "removed", "student_id": sid,
+                                            "ticket": retired.ticket,
                                             "reason": "token_revoked"})
+        if retired.admission_ended:
+            ended += 1
+            await HostControls(svc).remove_upstream(info, sid)
         token = issue_join_token(key, issuer=svc.settings.public_url, student_id=sid,
                                  class_id=info.id, jti=jti, iat=now, nbf=now - 60, exp=exp)
         out.append(_link_json(svc, rec, roster[sid].name, token))
     await svc.auditor.record("links.issued", actor=actor, org=info.org, class_id=info.id,
-                             facts={"count": len(out), "reissued": reissued})
+                             facts={"count": len(out), "reissued": reissued,
+                                    "admissions_ended": ended or None})
     return out
 
 

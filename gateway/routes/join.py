@@ -165,10 +165,8 @@ async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticke
         await ws.send_json({"type": "waiting", "reason": t.reason})
         return True
     if t.status == "admitted":
-        admitted = (await svc.store.admitted(t.class_id)).get(t.student_id)
-        if admitted is not None and admitted.get("device") == t.device:
-            nonce = await svc.store.mint_nonce(t.class_id, t.student_id, t.device, t.id,
-                                               svc.settings.go_nonce_ttl_s)
+        nonce = await svc.store.mint_nonce(t, svc.settings.go_nonce_ttl_s)
+        if nonce is not None:
             await ws.send_json({"type": "admitted", "redirect": f"/go/{nonce}"})
             return True
         await ws.send_json({"type": "removed", "reason": "removed_by_host"})
@@ -204,11 +202,10 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
             msg.get("student_id") == t.student_id and kind in ("removed", "admitted")
         )
         if kind == "admitted" and mine:
-            admitted = (await store.admitted(t.class_id)).get(t.student_id)
-            if admitted is None or admitted.get("device") != t.device:
+            # Minted only for the admitted device, while the ticket's link is current.
+            nonce = await store.mint_nonce(t, svc.settings.go_nonce_ttl_s)
+            if nonce is None:
                 return
-            nonce = await store.mint_nonce(t.class_id, t.student_id, t.device, t.id,
-                                           svc.settings.go_nonce_ttl_s)
             await ws.send_json({"type": "admitted", "redirect": f"/go/{nonce}"})
         elif kind in ("denied", "removed") and mine:
             await ws.send_json({"type": kind, "reason": msg.get("reason")})

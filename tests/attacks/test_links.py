@@ -90,12 +90,6 @@ async def test_leaked_link_opened_before_owner(deployment: Deployment) -> None:
         assert reasons(events) == ["device_mismatch"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "POST /api/v1/classes/{id}/links (issue_links -> ClassStore.store_link) revokes the old "
-    "jti but leaves the student's waiting ticket in the waiting room with status 'waiting': "
-    "the teacher's next 'admit_all' admits the intruder's ticket and a reconnect to "
-    "/ws/wait/<ticket> mints a /go nonce, because neither the socket nor /go re-checks "
-    "revocation. Reissue must remove the ticket as revoke_link does."))
 async def test_knock_of_a_reissued_link_cannot_be_admitted(deployment: Deployment) -> None:
     async with scene(deployment) as s:
         k = await s.new_class("strict")

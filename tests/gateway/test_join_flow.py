@@ -138,6 +138,8 @@ async def test_revoke_and_reissue(tmp_path: Path, redis_url: str, redis_prefix: 
         assert msg["type"] == "removed" and msg["reason"] == "token_revoked"
         status, body = await open_link(gw.client(), links[0])
         assert status == 403 and body["reason"] == "token_revoked"
+        state = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
+        assert state["waiting"] == []  # the old link's knock left the waiting room
         status, body = await open_link(phone, new)
         assert body["status"] == "waiting"
         r = await api.post(f"/api/v1/classes/{cid}/actions",
@@ -145,6 +147,32 @@ async def test_revoke_and_reissue(tmp_path: Path, redis_url: str, redis_prefix: 
         assert (await r.json())["revoked"] is True
         status, body = await open_link(phone, new)
         assert body["reason"] == "token_revoked"
+
+
+async def test_reissue_ends_the_old_links_admission(tmp_path: Path, redis_url: str,
+                                                    redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api, preset="standard")
+        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(teacher_ws, type_="state")
+        phone = gw.client()
+        _, body = await open_link(phone, links[0])
+        assert body["status"] == "admitted"
+        nonce = body["redirect"]
+        r = await api.post(f"/api/v1/classes/{cid}/links",
+                           json={"student_ids": [links[0]["student_id"]]})
+        new = (await r.json())["links"][0]
+        removed = await next_message(teacher_ws, type_="removed")
+        assert removed["student_id"] == links[0]["student_id"]
+        state = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
+        assert state["admitted"] == []
+        r = await phone.get(nonce, headers={"Accept": "application/json"},
+                            allow_redirects=False)
+        assert r.status == 403 and (await r.json())["error"]["code"] == "go_not_admitted"
+        _, body = await open_link(gw.client(), links[1])
+        assert body["status"] == "admitted"
+        await teacher_ws.close()
 
 
 async def test_standard_preset_admits_when_host_present(
