@@ -345,7 +345,8 @@ class JoinFlow:
         hint = device_hint(user_agent)
         name = snap.student.name if snap.student else None
         bind = "none"
-        if policy.device_binding:
+        if policy.device_binding and not d.facts.get("released_device"):
+            # (a device released from a reissued link's binding waits without binding)
             bind = "rebind" if d.facts.get("rebind") else "bind"
         now = svc.clock()
         if d.action is Action.ADMIT:

@@ -127,6 +127,11 @@ class Retired:
     admission_ended: bool  # the student was admitted and is not any more
 
 
+# Devices released from a revoked link's binding are remembered at least this long
+# (a reissue keeps them for the new link's lifetime).
+RELEASED_TTL_S = 180 * 86400
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     id: str  # the public ticket string "<class_id>.<random>"
@@ -183,6 +188,8 @@ class Keys:
     def rebinds(self, cid: str) -> str:
         return self.c(cid, "rebinds")
 
+    def released(self, cid: str) -> str:  # student -> devices bound to their revoked links
+        return self.c(cid, "released")
 
     def waiting(self, cid: str) -> str:
         return self.c(cid, "waiting")
@@ -374,11 +381,13 @@ return 1
 """
 
 # Make a new link current (or revoke the current one) and retire everything the old
-# link held, in one step: the old jti is revoked; the student's waiting ticket leaves
-# the waiting room and their admission ends.
-# KEYS: 1 links, 2 revoked, 3 jtis, 4 waiting, 5 admitted, 6 tk_by
+# link held, in one step: the old jti is revoked; the device binding is dropped and the
+# device remembered as released (it never takes the new binding by opening it first);
+# the student's waiting ticket leaves the waiting room and their admission ends.
+# KEYS: 1 links, 2 revoked, 3 jtis, 4 bind, 5 rebinds, 6 released, 7 waiting,
+#       8 admitted, 9 tk_by
 # ARGV: 1 student, 2 new jti ('' to revoke only), 3 new link record json,
-#       4 ticket key prefix, 5 reason for the ticket
+#       4 ticket key prefix, 5 released ttl s, 6 reason for the ticket
 # Returns {old jti or false, old record json or false, ticket or false, admission ended}
 _RETIRE_LINK = """
 local sid, new = ARGV[1], ARGV[2]
@@ -394,16 +403,32 @@ if old and old ~= new then
   redis.call('SADD', KEYS[2], old)
   old_body = redis.call('HGET', KEYS[3], old)
 end
-local tk = redis.call('HGET', KEYS[6], sid)
+local dev = redis.call('HGET', KEYS[4], sid)
+if dev then
+  local list = {}
+  local cur = redis.call('HGET', KEYS[6], sid)
+  if cur then
+    for _, d in ipairs(cjson.decode(cur)) do
+      if d ~= dev then table.insert(list, d) end
+    end
+  end
+  table.insert(list, dev)
+  while #list > 8 do table.remove(list, 1) end
+  redis.call('HSET', KEYS[6], sid, cjson.encode(list))
+  redis.call('EXPIRE', KEYS[6], ARGV[5])
+  redis.call('HDEL', KEYS[4], sid)
+  redis.call('HDEL', KEYS[5], sid)
+end
+local tk = redis.call('HGET', KEYS[9], sid)
 if tk then
-  redis.call('HDEL', KEYS[4], tk)
+  redis.call('HDEL', KEYS[7], tk)
   local tkey = ARGV[4] .. tk
   local st = redis.call('HGET', tkey, 'status')
   if st == 'waiting' or st == 'admitted' then
-    redis.call('HSET', tkey, 'status', 'removed', 'reason', ARGV[5])
+    redis.call('HSET', tkey, 'status', 'removed', 'reason', ARGV[6])
   end
 end
-local ended = redis.call('HDEL', KEYS[5], sid)
+local ended = redis.call('HDEL', KEYS[8], sid)
 return {old or false, old_body, tk or false, ended}
 """
 
@@ -442,7 +467,8 @@ return {1, 0}
 
 
 # Everything one join attempt needs from the class, in one call.
-# KEYS: meta, links, revoked, roster, bind, rebinds, admitted, removed, denied, bans, hosts, jtis
+# KEYS: meta, links, revoked, roster, bind, rebinds, admitted, removed, denied, bans, hosts, jtis,
+#       released
 # ARGV: student id, jti
 _SNAPSHOT = """
 local sid, jti = ARGV[1], ARGV[2]
@@ -459,7 +485,8 @@ return {
   redis.call('HGETALL', KEYS[10]),
   redis.call('HLEN', KEYS[7]),
   redis.call('ZRANGE', KEYS[11], 0, -1, 'WITHSCORES'),
-  redis.call('HGET', KEYS[12], jti)
+  redis.call('HGET', KEYS[12], jti),
+  redis.call('HGET', KEYS[13], sid)
 }
 """
 
@@ -707,7 +734,7 @@ class ClassStore:
             await p.execute()
         for s in removed:
             # A student off the roster is refused (not_on_roster) already; revoking
-            # records the jti and retires the ticket and admission too.
+            # records the jti and retires the binding, ticket and admission too.
             await self.revoke_student_links(cid, s.id)
         return sorted(keep.values(), key=lambda s: (s.name.casefold(), s.id)), removed
 
@@ -731,17 +758,20 @@ class ClassStore:
         # The code key lives outside the class's hash slot: it is written first, and it
         # leads nowhere until the script below makes its jti current.
         await self.r.set(self.k.code(code_hash), f"{cid}|{rec.jti}", ex=max(60, code_ttl_s))
-        return await self._retire_link(cid, rec.student_id, rec.jti, body)
+        return await self._retire_link(cid, rec.student_id, rec.jti, body, code_ttl_s)
 
     async def revoke_student_links(self, cid: str, sid: str) -> Retired:
         """Revoke the student's current link (no new one), retiring what it held."""
-        return await self._retire_link(cid, sid, "", "")
+        return await self._retire_link(cid, sid, "", "", RELEASED_TTL_S)
 
-    async def _retire_link(self, cid: str, sid: str, new_jti: str, body: str) -> Retired:
+    async def _retire_link(self, cid: str, sid: str, new_jti: str, body: str,
+                           ttl_s: int) -> Retired:
         res = await self._retire(
-            keys=[self.k.links(cid), self.k.revoked(cid), self.k.jtis(cid),
-                  self.k.waiting(cid), self.k.admitted(cid), self.k.tickets_by_student(cid)],
-            args=[sid, new_jti, body, self.k.ticket(cid, ""), "token_revoked"],
+            keys=[self.k.links(cid), self.k.revoked(cid), self.k.jtis(cid), self.k.bind(cid),
+                  self.k.rebinds(cid), self.k.released(cid), self.k.waiting(cid),
+                  self.k.admitted(cid), self.k.tickets_by_student(cid)],
+            args=[sid, new_jti, body, self.k.ticket(cid, ""), max(3600, int(ttl_s)),
+                  "token_revoked"],
         )
         old, old_body, ticket, ended = res[0], res[1], res[2], int(res[3])
         if old_body:
@@ -791,7 +821,7 @@ class ClassStore:
         k = self.k
         return [k.meta(cid), k.links(cid), k.revoked(cid), k.roster(cid), k.bind(cid),
                 k.rebinds(cid), k.admitted(cid), k.removed(cid), k.denied(cid), k.bans(cid),
-                k.hosts(cid), k.jtis(cid)]
+                k.hosts(cid), k.jtis(cid), k.released(cid)]
 
     async def snapshot(
         self, cid: str, facts: TokenFacts, *, device: str | None, ip: str,
@@ -818,7 +848,7 @@ class ClassStore:
             wait = 0.0 if int(gcra[0]) == 1 else float(gcra[1]) / 1000.0
         snap_raw, org_raw = res[0], res[1:]
         (meta_flat, cur_jti, is_revoked, roster_v, bound, rebinds, admitted_v, removed, denied,
-         bans_flat, admitted_count, hosts_flat, jti_raw) = snap_raw
+         bans_flat, admitted_count, hosts_flat, jti_raw, released_raw) = snap_raw
         meta = _pairs(meta_flat)
         bans = _pairs(bans_flat)
         hosts = [(hosts_flat[i], float(hosts_flat[i + 1])) for i in range(0, len(hosts_flat), 2)]
@@ -857,6 +887,12 @@ class ClassStore:
                 host_left_at = datetime.fromtimestamp(float(left), UTC)
         admitted = json.loads(admitted_v) if admitted_v else None
         revoked = bool(is_revoked) or (cur_jti is None) or (cur_jti != jti)
+        released = False
+        if released_raw and device is not None and device != bound:
+            try:
+                released = device in json.loads(released_raw)
+            except ValueError:
+                released = True  # NOTE: a corrupt entry holds the device for the host
 
         state = ClassState(
             class_id=ClassId(cid),
@@ -869,6 +905,7 @@ class ClassStore:
             on_roster=student is not None,
             bound_device=bound,
             rebinds_used=int(rebinds or 0),
+            device_released=released,
             student_admitted=admitted is not None,
             admitted_device=admitted.get("device") if admitted else None,
             removed=bool(removed),

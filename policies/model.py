@@ -119,6 +119,9 @@ class ClassState:
     # device binding of this student's link
     bound_device: str | None = None  # hash of the device the link is bound to
     rebinds_used: int = 0
+    # the device held the binding of one of this student's links that was since revoked
+    # or reissued (a leaked link's intruder, most often): it never takes the new binding
+    device_released: bool = False
     # this student's standing in the class
     student_admitted: bool = False  # currently admitted (on any device)
     admitted_device: str | None = None  # device of the current admission

@@ -423,6 +423,17 @@ class Admission(Rule):
         self, attempt: Attempt, state: ClassState, policy: Policy, now: datetime
     ) -> RuleResult:
         mode = policy.admission
+        if policy.device_binding and state.device_released:
+            # NOTE: a reissued link is not bound to anyone yet, and the device bound to the
+            # old one is the likeliest intruder: whatever the mode, the host decides, and
+            # the gateway does not let that device take the new binding.
+            return Decision(
+                _WAIT,
+                Reason.AWAITING_HOST,
+                self.name,
+                {"admission": mode, "host_present": state.host_present,
+                 "released_device": True},
+            )
         if mode == "auto" or (mode == "auto_when_host_present" and state.host_present):
             return Decision(
                 _ADMIT,

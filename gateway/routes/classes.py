@@ -269,9 +269,9 @@ async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | N
         code = new_code()
         rec = LinkRecord(jti=jti, student_id=StudentId(sid), class_id=info.id,
                          iat=now, nbf=now - 60, exp=exp, code=code)
-        # NOTE: a reissue retires what the old link held in the same step: its waiting
-        # ticket and its admission (a leaked link is the usual reason to reissue, so
-        # whoever opened it must not keep either).
+        # NOTE: a reissue retires everything the old link held in the same step: its
+        # waiting ticket, its admission and its device binding (a leaked link is the
+        # usual reason to reissue, so whoever opened it must not keep any of them).
         retired = await svc.store.store_link(rec, code_lookup_key(code), exp - now)
         if retired.jti is not None or retired.ticket is not None:
             if retired.jti is not None:

@@ -111,12 +111,6 @@ async def test_knock_of_a_reissued_link_cannot_be_admitted(deployment: Deploymen
         assert k.sid(0) not in [a["student_id"] for a in st["admitted"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Device bindings are kept per student, not per link: issue_links/ClassStore.store_link "
-    "revoke the old jti but keep {c:<id>}:bind, so a reissued link is still bound to the "
-    "intruder's device that opened the leaked one (the owner is refused device_mismatch, "
-    "and the intruder passes the binding check if the new link leaks too). Reissue must "
-    "drop the binding (HDEL bind/rebinds) in the same transaction."))
 async def test_reissued_link_is_not_bound_to_the_intruders_device(
         deployment: Deployment) -> None:
     async with scene(deployment) as s:

@@ -140,8 +140,11 @@ async def test_revoke_and_reissue(tmp_path: Path, redis_url: str, redis_prefix: 
         assert status == 403 and body["reason"] == "token_revoked"
         state = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
         assert state["waiting"] == []  # the old link's knock left the waiting room
+        # the device the old link was bound to is held for the host and binds nothing
         status, body = await open_link(phone, new)
-        assert body["status"] == "waiting"
+        assert body["status"] == "waiting" and body["reason"] == "awaiting_host"
+        status, body = await open_link(gw.client(), new)
+        assert body["status"] == "waiting", body
         r = await api.post(f"/api/v1/classes/{cid}/actions",
                            json={"action": "revoke_link", "student_id": sid})
         assert (await r.json())["revoked"] is True
@@ -170,6 +173,9 @@ async def test_reissue_ends_the_old_links_admission(tmp_path: Path, redis_url: s
         r = await phone.get(nonce, headers={"Accept": "application/json"},
                             allow_redirects=False)
         assert r.status == 403 and (await r.json())["error"]["code"] == "go_not_admitted"
+        # standard admits on arrival, but not the device bound to the reissued link
+        _, body = await open_link(phone, new)
+        assert body["status"] == "waiting" and body["reason"] == "awaiting_host"
         _, body = await open_link(gw.client(), links[1])
         assert body["status"] == "admitted"
         await teacher_ws.close()

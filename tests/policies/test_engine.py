@@ -364,6 +364,7 @@ def states(draw: st.DrawFn) -> ClassState:
         on_roster=draw(st.booleans()),
         bound_device=draw(devices),
         rebinds_used=draw(st.integers(0, 12)),
+        device_released=draw(st.booleans()),
         student_admitted=draw(st.booleans()),
         admitted_device=draw(devices),
         removed=draw(st.booleans()),
@@ -511,3 +512,16 @@ def test_admission_only_from_the_readmit_or_admission_rules(
             assert not s.locked
             assert p.capacity is None or s.admitted_count < p.capacity
             assert p.admission == "auto" or s.host_present
+
+
+@PROPERTY
+@given(attempts(), states(), policies(), nows())
+def test_a_released_device_is_never_admitted_by_the_policy(
+    a: Attempt, s: ClassState, p: Policy, now: datetime
+) -> None:
+    """The device bound to a reissued link only re-enters what the host let it into."""
+    decision = evaluate(a, replace(s, device_released=True), p, now)
+    if p.device_binding and decision.action is Action.ADMIT:
+        assert decision.rule == "concurrent_session"
+    if decision.rule == "admission" and p.device_binding:
+        assert decision.action is Action.WAIT and decision.facts["released_device"] is True

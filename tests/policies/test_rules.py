@@ -148,6 +148,11 @@ CASES = [
          {"admission": "auto_when_host_present"}),
     Case("auto", Admission(), ADMIT, Reason.ADMITTED_BY_POLICY,
          {"admission": "auto"}, s={"host_present": False}, p={"admission": "auto"}),
+    # the device bound to a reissued link waits for the host, whatever the mode
+    Case("released_device_auto", Admission(), WAIT, Reason.AWAITING_HOST,
+         {"released_device": True}, s={"device_released": True}, p={"admission": "auto"}),
+    Case("released_device_host", Admission(), WAIT, Reason.AWAITING_HOST,
+         {"released_device": True}, s={"device_released": True}, p={"admission": "host"}),
 ]  # fmt: skip
 
 
