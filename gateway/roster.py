@@ -13,15 +13,17 @@ hand, or crafted. The parser therefore
 * raises ``RosterError`` when the file as a whole is unusable.
 
 Rejection codes (per line): ``formula``, ``invalid_characters``, ``invalid_name``,
-``too_long``, ``missing_name``, ``duplicate``, ``invalid_item``, ``unknown_field``,
-``duplicate_field``. File codes (``RosterError``): ``encoding``, ``format``, ``empty``,
+``too_long``, ``missing_name``, ``duplicate``, ``blank_line``, ``invalid_item``,
+``unknown_field``, ``duplicate_field``. File codes (``RosterError``): ``encoding``, ``format``, ``empty``,
 ``too_many_rows``, ``too_large``. Messages are English; the HTTP layer translates by code.
 
 Decisions:
 
-* Blank lines (every cell empty) are skipped silently wherever they are: they carry no
-  student, and spreadsheets are full of them; reporting them would bury real problems.
-  A row with cells but no name is reported (``missing_name``).
+* Blank lines (every cell empty) carry no student and are never stored. A run of blank
+  lines between two rows is reported once, as ``blank_line`` on its first line (a row
+  may have been deleted by mistake); blank lines before the first row and after the
+  last are ignored (spreadsheets end in them), so a long run costs one report, not one
+  per line. A row with cells but no name is reported (``missing_name``).
 * ``line`` is the 1-based line of the file where the row starts (the header counts);
   for .xlsx it is the sheet's row number; for JSON it is the 1-based position of the
   item in the array.
@@ -205,6 +207,12 @@ class _Collector:
     def reject(self, line: int, code: str, message: str) -> None:
         self.rejected.append(Rejection(line, code, message))
 
+    def reject_blank(self, first: int, last: int) -> None:
+        """One report per run of blank lines between rows (a hint that a row may be
+        missing); nothing is stored for them."""
+        message = "blank line" if first == last else f"lines {first}-{last} are blank"
+        self.reject(first, "blank_line", message)
+
     def count_row(self) -> None:
         self.rows += 1
         if self.rows > self.max_rows:
@@ -267,9 +275,15 @@ def _collect_table(rows: Iterable[tuple[int, Sequence[str | None]]], max_rows: i
     out = _Collector(max_rows)
     columns: _Columns | None = None
     seen_first = False
+    blank_run: list[int] = []  # blank lines since the last row with cells
     for line, cells in rows:
         if not any(c is not None and c.strip() for c in cells):
-            continue  # blank: skipped silently (see module docstring)
+            if seen_first:
+                blank_run.append(line)
+            continue
+        if blank_run:
+            out.reject_blank(blank_run[0], blank_run[-1])
+            blank_run = []
         if not seen_first:
             seen_first = True
             columns = _header_columns(cells)

@@ -61,6 +61,7 @@ _PLATFORM_FIELDS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
 }
 ALL_CAPS = [c.value for c in Capability]
 REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "missing_name",
+                "blank_line",
                 "duplicate", "invalid_item", "unknown_field", "duplicate_field")
 CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "unlocked",
                 "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",

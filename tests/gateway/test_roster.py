@@ -165,7 +165,15 @@ def test_line_numbers_count_header_blank_lines_and_multiline_cells() -> None:
         (f"{BINH} second line", 4),
         (CUONG, 7),
     ]
-    assert parsed.rejected == []  # blank lines are skipped silently
+    # blank lines between rows are reported (nothing stored), one report per run
+    assert [(r.line, r.code) for r in parsed.rejected] == [(2, "blank_line"), (6, "blank_line")]
+
+
+def test_a_run_of_blank_lines_is_one_report_and_trailing_ones_none() -> None:
+    parsed = csv(f"\n\n{AN},1\n\n\n\n{BINH},2\n\n\n")
+    assert [s.name for s in parsed.students] == [AN, BINH]
+    assert [(r.line, r.code, r.message) for r in parsed.rejected] == [
+        (4, "blank_line", "lines 4-6 are blank")]
 
 
 # -- cleaning -----------------------------------------------------------------------------
@@ -269,8 +277,8 @@ def test_xlsx_with_header_and_numeric_ids() -> None:
         RosterEntry(CUONG, "1004", 6),
     ]
     # openpyxl stores a string starting with "=" as a formula: data_only reads no value,
-    # so the row has an id but no name.
-    assert codes(parsed) == [(5, "missing_name")]
+    # so the row has an id but no name. The empty row between two rows is reported too.
+    assert codes(parsed) == [(4, "blank_line"), (5, "missing_name")]
 
 
 def test_xlsx_without_header_and_detected_by_content() -> None:
