@@ -39,6 +39,12 @@ ACTIONS = (
 _FIELDS = {"action", "student_id", "ticket", "scope", "reason", "ban", "org_wide",
            "expires_in_s"}
 
+# NOTE: a ban without a scope also bans the address the device was last seen at, for an
+# hour at most: an intruder who clears cookies comes back as a new device from the same
+# address. Bounded, because one address can be a whole school behind NAT; a host who
+# knows that asks for scope "device" explicitly (the control room does).
+ADDRESS_FOLLOW_S = 3600
+
 
 @dataclass(frozen=True, slots=True)
 class ActionRequest:
@@ -204,7 +210,10 @@ class HostControls:
         elif a in ("remove", "revoke_link", "ban"):
             sid, ticket_info = await self._target(cid, req)
             if a == "ban":
-                result["banned"] = await self._ban(p, info, sid, ticket_info, req)
+                result["banned"], address_until = await self._ban(p, info, sid,
+                                                                  ticket_info, req)
+                if address_until is not None:
+                    result["address_banned_until"] = address_until
             if a == "revoke_link":
                 retired = await store.revoke_student_links(cid, sid)
                 result["revoked"] = retired.jti is not None
@@ -266,7 +275,8 @@ class HostControls:
             reason={"deny": "denied_by_host", "remove": "removed_by_host",
                     "admit": "admitted_by_host", "admit_all": "admitted_by_host"}.get(a),
             facts={"ticket": req.ticket, "scope": req.scope, "via": p.via,
-                   "upstream": result.get("upstream"), "count": len(affected) or None},
+                   "upstream": result.get("upstream"), "count": len(affected) or None,
+                   "address_banned_until": result.get("address_banned_until")},
             personal={"note": req.reason} if req.reason else None,
         )
         return result
@@ -293,32 +303,44 @@ class HostControls:
         return kind
 
     async def _ban(self, p: Principal, info: ClassInfo, sid: str, ticket: Any,
-                   req: ActionRequest) -> list[str]:
-        """Ban the student's device and/or address, for the class or the org subtree."""
+                   req: ActionRequest) -> tuple[list[str], float | None]:
+        """Ban the student's device and/or address, for the class or the org subtree.
+        Returns the kinds of ban key added and, for a ban without a scope, until when
+        the device's address is banned with it (see ADDRESS_FOLLOW_S)."""
         store = self.svc.store
         assert store is not None
         if req.org_wide and p.role != "admin":
             raise ApiError(403, "forbidden", "only administrators ban across the org")
         scope = req.scope or "device"
+        # the address of the ticket when the host bans from the waiting room, else the
+        # student's last address
+        ip = (ticket.ip if ticket is not None and ticket.ip else None) or \
+            await self._ip_of(info.id, sid)
         keys = []
         if scope in ("device", "both"):
             dev = ticket.device if ticket else await self._bound_device(info.id, sid)
             if dev:
                 keys.append(make_key(device=dev))
-        if scope in ("ip", "both"):
-            ip = await self._ip_of(info.id, sid)
-            if ip:
-                keys.append(make_key(ip=ip))
+        if scope in ("ip", "both") and ip:
+            keys.append(make_key(ip=ip))
         if not keys:
             raise ApiError(409, "nothing_to_ban",
                            "no device or address is known for this student yet", field="scope")
-        until = self.svc.clock() + req.expires_in_s if req.expires_in_s else None
+        now = self.svc.clock()
+        until = now + req.expires_in_s if req.expires_in_s else None
         where = {"class_id": None, "org": info.org} if req.org_wide else \
             {"class_id": info.id, "org": None}
+        reason = req.reason or "banned_by_host"
         for key in keys:
-            await store.add_ban(**where, key=key, reason=req.reason or "banned_by_host",
-                                by=p.username, until=until)
-        return [k.split(":", 1)[0] for k in keys]
+            await store.add_ban(**where, key=key, reason=reason, by=p.username, until=until)
+        address_until = None
+        if req.scope is None and ip:
+            address_until = min(now + ADDRESS_FOLLOW_S, until or float("inf"))
+            # never shortens a ban of that address the host already placed
+            if not await store.add_ban(**where, key=make_key(ip=ip), reason=reason,
+                                       by=p.username, until=address_until, only_new=True):
+                address_until = None
+        return [k.split(":", 1)[0] for k in keys], address_until
 
     @staticmethod
     def _same_class(cid: str, ticket: str) -> None:

@@ -403,9 +403,9 @@ class JoinFlow:
             # the host can block exactly that visitor in one click.
             await self.alert(cid, "link_shared", student_id=sid, name=name, device_hint=hint,
                              ban_device=f"d:{dev}", ban_ip=f"i:{ip}")
-        elif decision.reason is Reason.BANNED_DEVICE:
+        elif decision.reason in (Reason.BANNED_DEVICE, Reason.BANNED_IP):
             await self.alert(cid, "banned_returning", student_id=sid, name=name,
-                             device_hint=hint)
+                             device_hint=hint, reason=decision.reason.value)
         await self._record(decision, snap, facts, ip, dev, user_agent, None)
         await self._count_failure(cid, ip, hint)
         out = JoinOutcome(decision=decision, class_id=cid, class_title=snap.info.title,

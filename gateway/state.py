@@ -1106,11 +1106,17 @@ class ClassStore:
 
     async def add_ban(
         self, *, class_id: str | None, org: str | None, key: str, reason: str, by: str,
-        until: float | None,
-    ) -> None:
-        """A class ban (class_id) or an org-wide ban (org); ``key`` from bans.make_key."""
+        until: float | None, only_new: bool = False,
+    ) -> bool:
+        """A class ban (class_id) or an org-wide ban (org); ``key`` from bans.make_key.
+        With ``only_new``, a ban already on that key stays as it is; returns whether
+        the ban was written."""
         target = self.k.bans(class_id) if class_id else self.k.org_bans(str(org))
-        await self.r.hset(target, key, encode_ban(reason, by, self.clock(), until))
+        value = encode_ban(reason, by, self.clock(), until)
+        if only_new:
+            return bool(await self.r.hsetnx(target, key, value))
+        await self.r.hset(target, key, value)
+        return True
 
     async def bans(self, *, class_id: str | None = None, org: str | None = None) -> list[Ban]:
         """Live bans of a class or an org; expired ones are pruned on the way."""

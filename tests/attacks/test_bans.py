@@ -51,13 +51,6 @@ async def test_banned_device_returns(deployment: Deployment) -> None:
         assert bans[0]["actor"] == "user:co.lan"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A ban without scope bans only the device hash (gateway/hostctl.py HostControls._ban, "
-    "scope defaults to 'device'): after clearing cookies the intruder is a new device from "
-    "the same address and walks in on another leaked link with no banned_returning alert. "
-    "The default ban should also cover the address last seen for the student "
-    "(scope 'both' with a bounded expiry), or a new device from a banned device's address "
-    "should be held for the host and raise banned_returning."))
 async def test_banned_device_clears_cookies_same_ip(deployment: Deployment) -> None:
     async with scene(deployment) as s:
         k = await s.new_class("standard")
@@ -70,6 +63,9 @@ async def test_banned_device_clears_cookies_same_ip(deployment: Deployment) -> N
                 await intruder.go(r.body["redirect"])
             assert_kept_out(intruder)
             assert r.status == 403 and r.body["reason"] in ("banned_ip", "banned_device"), r
+            st = await s.teacher.state(k.id)
+            assert "banned_returning" in [a["kind"] for a in st["alerts"]]
+            await s.admit_legit(k, 2)  # classmates elsewhere are unaffected
         finally:
             await ctl.close()
 
