@@ -63,6 +63,8 @@ class Services:
     # long-lived platform connections by kind (Janus sessions, Zoom OAuth tokens)
     adapter_pools: dict[str, Any] = field(default_factory=dict)
     reconciler: Any = None  # gateway.presence.Reconciler, set in _resources
+    sequencer: Sequencer | None = None
+    sequencer_task: asyncio.Task[None] | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # process-local registry of open sockets (connections, not state)
     sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)
@@ -168,8 +170,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
     svc.adapter_pools = {"janus": JanusPool(), "zoom": ZoomTokens()}
     svc.reconciler = Reconciler(svc)
-    for coro in (svc.bus.run(), sequencer.run(), svc.reconciler.run()):
-        task = asyncio.create_task(coro)
+    svc.sequencer = sequencer
+    bus_task = asyncio.create_task(svc.bus.run())
+    svc.sequencer_task = asyncio.create_task(sequencer.run())
+    for task in (bus_task, svc.sequencer_task, asyncio.create_task(svc.reconciler.run())):
         svc.tasks.add(task)
         task.add_done_callback(_log_task_end)
     with contextlib.suppress(TimeoutError):

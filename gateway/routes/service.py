@@ -33,6 +33,15 @@ async def readyz(request: web.Request) -> web.Response:
     bus_ok = svc.bus is not None and svc.bus._ready.is_set()
     components["pubsub"] = {"ok": bus_ok}
     ok = ok and bus_ok
+    # Any process's sequencer takes over the log when the leader dies, so this process
+    # is ready while its own sequencer runs, leading or standing by.
+    seq_task = svc.sequencer_task
+    seq_ok = seq_task is not None and not seq_task.done()
+    components["sequencer"] = {
+        "ok": seq_ok,
+        "leader": bool(svc.sequencer is not None and svc.sequencer.is_leader),
+    }
+    ok = ok and seq_ok
     body = {"status": "ready" if ok else "not_ready", "components": components}
     if not ok:
         failing = [k for k, v in components.items() if not v.get("ok")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
 import shutil
@@ -220,7 +222,18 @@ async def test_probes_metrics_jwks(tmp_path: Path, redis_url: str, redis_prefix:
         c = gw.client()
         assert (await c.get("/healthz")).status == 200
         r = await c.get("/readyz")
-        assert r.status == 200 and (await r.json())["components"]["redis"]["ok"]
+        ready = await r.json()
+        assert r.status == 200 and ready["components"]["redis"]["ok"]
+        assert set(ready["components"]) >= {"redis", "keys", "pubsub", "sequencer"}
+        assert ready["components"]["sequencer"]["ok"]
+        # the sequencer task stopping makes the process not ready, naming it
+        task = gw.svc.sequencer_task
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        r = await c.get("/readyz")
+        assert r.status == 503 and "sequencer" in (await r.json())["error"]["message"]
         jwks = await (await c.get("/.well-known/jwks.json")).json()
         assert jwks["keys"][0]["kty"] == "OKP" and jwks["keys"][0]["crv"] == "Ed25519"
         assert "d" not in jwks["keys"][0]
