@@ -32,7 +32,7 @@ from policies.model import (
 )
 
 from .app import Services
-from .state import Limit, Snapshot, device_hash
+from .state import ClassInfo, Limit, Snapshot, device_hash
 from .tokens import peek_claims, verify_join_token
 from .useragent import device_hint
 
@@ -61,6 +61,14 @@ def class_policy(policy_data: dict[str, Any]) -> Policy:
 
 _STRICT = load_policy({"preset": "strict"})
 REPEATED_FAILURES = 5
+RATE_LIMIT_AUDIT_WINDOW_S = 60
+
+
+def _milestone(n: int) -> bool:
+    """1, 10, 100, 1000, ...: the counts at which an aggregated event is recorded."""
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
 
 
 @dataclass(slots=True)
@@ -98,12 +106,42 @@ class JoinFlow:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.svc.clock(), UTC)
 
-    async def rate_limit(self, ip: str, extra: list[Limit] | None = None) -> float:
+    async def rate_limit(self, ip: str, extra: list[Limit] | None = None, *,
+                         via: str = "link", user_agent: str = "") -> float:
+        """Charge the source's budgets (and ``extra``); seconds to wait when refused,
+        the refusal then counted into the aggregated audit event."""
         assert self.svc.store is not None
-        wait = await self.svc.store.rate_limit(self._limits(ip, None) + (extra or []))
+        wait, limit = await self.svc.store.rate_limit_check(
+            self._limits(ip, None) + (extra or []))
         if wait > 0:
             self.svc.metrics.rate_limited.labels("join").inc()
+            await self.audit_rate_limited(ip, limit, via=via, user_agent=user_agent)
         return wait
+
+    async def audit_rate_limited(self, ip: str, limit: Limit | None, *, via: str,
+                                 user_agent: str, info: ClassInfo | None = None) -> None:
+        """One audit event per source, bucket and window for refusals by a rate limit.
+
+        NOTE: a flood must not flood the log too, and must not vanish from it either:
+        refusals are counted per (address, bucket) in a window that opens with the
+        first; the first one is recorded, then the 10th, 100th, 1000th... each event
+        carrying the count so far and when the window opened."""
+        svc = self.svc
+        assert svc.store is not None and svc.auditor is not None
+        bucket = limit.bucket if limit is not None else "unknown"
+        n, first = await svc.store.count_refusals(
+            f"{bucket}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S,
+            class_id=info.id if info is not None else None)
+        if not _milestone(n):
+            return
+        await svc.auditor.record(
+            "join", actor="visitor", org=info.org if info else None,
+            class_id=info.id if info else None, reason=Reason.RATE_LIMITED.value, ip=ip,
+            user_agent=user_agent,
+            facts={"action": "deny", "rule": "rate_limit", "via": via, "bucket": bucket,
+                   "count": n, "window_s": RATE_LIMIT_AUDIT_WINDOW_S,
+                   "first_at": int(first * 1000)},
+        )
 
     def _limits(self, ip: str, jti: str | None) -> list[Limit]:
         limits = [
@@ -132,7 +170,7 @@ class JoinFlow:
         peek = peek_claims(token)
         if peek is None:
             # Not even shaped like our tokens: charge the source, then refuse.
-            wait = await self.rate_limit(ip)
+            wait = await self.rate_limit(ip, user_agent=user_agent)
             if wait > 0:
                 return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
             facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
@@ -146,6 +184,9 @@ class JoinFlow:
         wait = float(snap.extra.get("wait", 0.0))
         if wait > 0:
             self.svc.metrics.rate_limited.labels("join").inc()
+            # NOTE: the claims are unverified here, so the event names no class.
+            await self.audit_rate_limited(ip, snap.extra.get("limited_by"), via="link",
+                                          user_agent=user_agent)
             return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
         if snap.state is not None and (snap.state.banned_device or snap.state.banned_ip):
             # NOTE: a banned source is refused before the signature is even checked.
@@ -271,8 +312,8 @@ class JoinFlow:
                                   fresh_cookie=fresh_cookie, user_agent=user_agent, via="code")
 
     def _refused(self, reason: Reason, wait: float, fresh_cookie: str | None) -> JoinOutcome:
-        # NOTE: refusals by the rate limiter are counted in metrics, not written to the
-        # audit log one by one: a flood must not be able to flood the log too.
+        # NOTE: refusals by the rate limiter are counted in metrics and aggregated into
+        # the audit log (audit_rate_limited), never written one by one.
         d = Decision(Action.DENY, reason, "rate_limit", {})
         self.svc.metrics.join_attempts.labels(d.action.value, d.reason.value).inc()
         return JoinOutcome(decision=d, retry_after=wait, new_device_cookie=fresh_cookie)
@@ -317,7 +358,7 @@ class JoinFlow:
             student_name=snap.student.name if snap.student else None,
             new_device_cookie=fresh_cookie,
         )
-        status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent)
+        status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent, via)
         if status == "conflict":
             # Another device won the race to bind this link: decide again on fresh state.
             snap = await store.snapshot(facts.class_id, facts, device=dev, ip=ip)
@@ -328,14 +369,14 @@ class JoinFlow:
                                                fresh_cookie=fresh_cookie,
                                                user_agent=user_agent)
             outcome.decision = decision
-            status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent)
+            status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent, via)
         if status == "limited":
             return outcome
         await self._record(outcome.decision, snap, facts, ip, dev, user_agent, outcome.ticket)
         return outcome
 
     async def _enter(self, out: JoinOutcome, snap: Snapshot, facts: TokenFacts, policy: Policy,
-                     dev: str, ip: str, user_agent: str) -> str:
+                     dev: str, ip: str, user_agent: str, via: str) -> str:
         """Admit or knock in one atomic step (see ClassStore.apply_entry)."""
         svc = self.svc
         store = svc.store
@@ -365,14 +406,17 @@ class JoinFlow:
         ticket_fields = {"student_id": sid, "device": dev, "status": status,
                          "reason": d.reason.value, "created": repr(now), "device_hint": hint,
                          "jti": facts.jti or "", "ip": ip}
+        budget = Limit(f"class:{cid}", per_second=100, burst=500)
         result, ticket, nonce, _new = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
-            entry=entry, event=event, budget=Limit(f"class:{cid}", per_second=100, burst=500),
+            entry=entry, event=event, budget=budget,
             bus_channel=f"{svc.settings.redis_prefix}bus",
             nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
         )
         if result == "limited":
             svc.metrics.rate_limited.labels("class").inc()
+            await self.audit_rate_limited(ip, budget, via=via, user_agent=user_agent,
+                                          info=snap.info)
             if await store.once(cid, "flood", 60):
                 await self.alert(cid, "flood")
             refused = self._refused(Reason.RATE_LIMITED, float(ticket or 1), out.new_device_cookie)

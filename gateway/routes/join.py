@@ -119,7 +119,9 @@ async def join_code(request: web.Request) -> web.StreamResponse:
     # NOTE: the short-code space is guessable only by brute force; limit per source,
     # per network and across the whole code space so a distributed attack is slow too.
     wait = await flow.rate_limit(ip, [Limit(f"code:ip:{ip}", per_second=0.2, burst=10),
-                                      Limit("code:space", per_second=20, burst=200)])
+                                      Limit("code:space", per_second=20, burst=200)],
+                                 via="code",
+                                 user_agent=request.headers.get("User-Agent", "")[:512])
     if wait > 0:
         svc.metrics.rate_limited.labels("code").inc()
         if _wants_json(request):

@@ -86,13 +86,6 @@ async def test_short_code_brute_force_distributed(deployment: Deployment) -> Non
         assert {e["reason"] for e in events if e["personal"]["ip"] in mine} == {"token_invalid"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Refusals for rate limiting are not audited: JoinFlow.with_token/_refused "
-    "(gateway/joinflow.py) and the 429 branch of join_code (gateway/routes/join.py) return "
-    "without Auditor.record, so a flood or a brute force leaves no trace beyond the 10-20 "
-    "attempts before the limit. Record one aggregated 'rate_limited' event per source and "
-    "bucket per window (count, first/last time) so the trail shows the attack without "
-    "one record per request."))
 async def test_rate_limited_attempts_are_audited(deployment: Deployment) -> None:
     async with scene(deployment) as s:
         k = await s.new_class("strict")

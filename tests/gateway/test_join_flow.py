@@ -248,3 +248,26 @@ async def test_it_staff_and_other_teacher_cannot_act(tmp_path: Path, redis_url: 
         r = await anon.get(f"/api/v1/classes/{cid}/state")
         assert r.status == 401
         assert (await r.json())["error"]["code"] == "unauthenticated"
+
+
+async def test_rate_limited_refusals_are_aggregated_in_the_audit_log(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        admin = gw.api(await gw.staff_user("qt.hoa", role="admin"))
+        cid, links = await make_class(gw, api)
+        phone = gw.client()
+        statuses = [(await open_link(phone, links[0]))[0] for _ in range(25)]
+        assert statuses.count(429) == 15  # the link's budget: burst 10
+        for _ in range(100):
+            r = await admin.get("/api/v1/audit/events",
+                                params={"reason": "rate_limited", "type": "join"})
+            events = (await r.json())["events"]
+            if len(events) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        # the 1st and the 10th refusal of the window, not one event per request
+        assert [e["facts"]["count"] for e in events] == [10, 1]
+        assert {e["facts"]["bucket"] for e in events} == {"jti"}
+        assert {e["personal"]["ip"] for e in events} == {"127.0.0.1"}
+        assert all("class" not in e for e in events)  # unverified claims name no class
