@@ -62,6 +62,10 @@ def class_policy(policy_data: dict[str, Any]) -> Policy:
 _STRICT = load_policy({"preset": "strict"})
 REPEATED_FAILURES = 5
 RATE_LIMIT_AUDIT_WINDOW_S = 60
+# The flood detector: verified attempts naming one class within the window. Well above a
+# class arriving at the bell (a few per student), well below a leaked sheet hammered.
+FLOOD_ATTEMPTS = 300
+FLOOD_WINDOW_S = 10
 
 
 def _milestone(n: int) -> bool:
@@ -407,12 +411,14 @@ class JoinFlow:
                          "reason": d.reason.value, "created": repr(now), "device_hint": hint,
                          "jti": facts.jti or "", "ip": ip}
         budget = Limit(f"class:{cid}", per_second=100, burst=500)
-        result, ticket, nonce, _new = await store.apply_entry(
+        result, ticket, nonce, _new, attempts = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
             entry=entry, event=event, budget=budget,
             bus_channel=f"{svc.settings.redis_prefix}bus",
             nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
+            attempts=("attempts", FLOOD_WINDOW_S),
         )
+        await self._flood_check(cid, attempts)
         if result == "limited":
             svc.metrics.rate_limited.labels("class").inc()
             await self.audit_rate_limited(ip, budget, via=via, user_agent=user_agent,
@@ -451,20 +457,41 @@ class JoinFlow:
             await self.alert(cid, "banned_returning", student_id=sid, name=name,
                              device_hint=hint, reason=decision.reason.value)
         await self._record(decision, snap, facts, ip, dev, user_agent, None)
-        await self._count_failure(cid, ip, hint)
+        await self._count_failure(cid, ip, hint,
+                                  verified=decision.facts.get("verified") is not False)
         out = JoinOutcome(decision=decision, class_id=cid, class_title=snap.info.title,
                           new_device_cookie=fresh_cookie)
         opens = decision.facts.get("opens_at")
         out.opens_at = str(opens) if opens else None
         return out
 
-    async def _count_failure(self, cid: str, ip: str, hint: str) -> None:
-        """Five refusals from one address within a minute raise one alert (per 5 min)."""
+    async def _count_failure(self, cid: str, ip: str, hint: str, *, verified: bool) -> None:
+        """Five refusals from one address within a minute raise one alert (per 5 min);
+        a verified refusal also counts towards the class's flood detector."""
         store = self.svc.store
         assert store is not None
-        if await store.count_recent(cid, f"fail:{ip}", 60) == REPEATED_FAILURES and \
+        counters = [(f"fail:{ip}", 60)]
+        if verified:
+            counters.append(("attempts", FLOOD_WINDOW_S))
+        counts = await store.count_recent_many(cid, counters)
+        if counts[0] == REPEATED_FAILURES and \
                 await store.once(cid, f"failalert:{ip}", 300):
             await self.alert(cid, "repeated_failures", device_hint=hint)
+        if verified:
+            await self._flood_check(cid, counts[1])
+
+    async def _flood_check(self, cid: str, attempts: int) -> None:
+        """One ``flood`` alert when the class's verified attempts (admitted, waiting and
+        refused alike) cross FLOOD_ATTEMPTS within FLOOD_WINDOW_S.
+
+        NOTE: a detector, never a limit: the class budget and the per-link budgets do
+        the refusing. It exists because a flood of refusals (a leaked sheet opened on
+        other devices) never charges the class budget, which counts entries only."""
+        store = self.svc.store
+        assert store is not None
+        # INCR is atomic: exactly one attempt per window sees the threshold itself.
+        if attempts == FLOOD_ATTEMPTS and await store.once(cid, "flood", 60):
+            await self.alert(cid, "flood", attempts=attempts, window_s=FLOOD_WINDOW_S)
 
     async def alert(self, cid: str, kind: str, **data: Any) -> None:
         svc = self.svc

@@ -442,6 +442,17 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
+# Several fixed-window counters at once. KEYS: counters. ARGV: window s per counter.
+_COUNT_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('EXPIRE', key, ARGV[i]) end
+  out[i] = n
+end
+return out
+"""
+
 # A window of refusals that starts with the first one: the count and when it started.
 # KEYS: counter hash. ARGV: window s, now. Returns {count, first (string)}
 _COUNT_REFUSALS = """
@@ -512,15 +523,18 @@ return {
 #       5 now_ms, 6 budget interval ms, 7 budget burst, 8 ticket random, 9 ticket json,
 #       10 entry json (admission or waiting), 11 ticket ttl s, 12 ip, 13 nonce random,
 #       14 nonce ttl s, 15 ticket key prefix, 16 bus channel, 17 event json, 18 class id,
-#       19 jti of the link used
-# Returns {'ok', ticket random, new(0/1)} | {'limited', wait ms} | {'conflict'}
+#       19 jti of the link used, 20 window s of the class's attempt counter (KEYS[12])
+# Returns {'ok', ticket random, new(0/1), attempts} | {'limited', wait ms, attempts} |
+# {'conflict', attempts}; attempts: the class's verified attempts in the current window
 _APPLY = """
+local attempts = redis.call('INCR', KEYS[12])
+if attempts == 1 then redis.call('EXPIRE', KEYS[12], ARGV[20]) end
 local now = tonumber(ARGV[5])
 local interval, burst = tonumber(ARGV[6]), tonumber(ARGV[7])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 if tat - now > interval * (burst - 1) then
-  return {'limited', tostring(tat - now - interval * (burst - 1))}
+  return {'limited', tostring(tat - now - interval * (burst - 1)), attempts}
 end
 redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
 local sid, dev = ARGV[2], ARGV[3]
@@ -529,7 +543,7 @@ if ARGV[4] ~= 'none' then
   if not cur then
     redis.call('HSET', KEYS[2], sid, dev)
   elseif cur ~= dev then
-    if ARGV[4] ~= 'rebind' then return {'conflict'} end
+    if ARGV[4] ~= 'rebind' then return {'conflict', attempts} end
     redis.call('HSET', KEYS[2], sid, dev)
     redis.call('HINCRBY', KEYS[3], sid, 1)
   end
@@ -585,7 +599,7 @@ if is_new == 1 then
   ev['ticket'] = ARGV[18] .. '.' .. rand
   redis.call('PUBLISH', ARGV[16], cjson.encode(ev))
 end
-return {'ok', rand, is_new}
+return {'ok', rand, is_new, attempts}
 """
 
 
@@ -628,6 +642,7 @@ class ClassStore:
         self._gcra = redis.register_script(_GCRA)
         self._count = redis.register_script(_COUNT)
         self._count_refusals = redis.register_script(_COUNT_REFUSALS)
+        self._count_many = redis.register_script(_COUNT_MANY)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply = redis.register_script(_APPLY)
         # A class's org chain never changes after creation: a read-through cache of
@@ -1231,6 +1246,13 @@ class ClassStore:
         """True for the first caller in ``ttl_s`` seconds (across all processes)."""
         return bool(await self.r.set(self.k.c(cid, f"once:{name}"), "1", nx=True, ex=ttl_s))
 
+    async def count_recent_many(self, cid: str,
+                                counters: Sequence[tuple[str, int]]) -> list[int]:
+        """Several ``count_recent`` counters (name, window s) in one round trip."""
+        res = await self._count_many(keys=[self.k.c(cid, f"n:{name}") for name, _ in counters],
+                                     args=[w for _, w in counters])
+        return [int(n) for n in res]
+
     async def count_recent(self, cid: str, name: str, window_s: int) -> int:
         """A fixed-window counter: the count in the current window, this call included."""
         key = self.k.c(cid, f"n:{name}")
@@ -1276,12 +1298,14 @@ class ClassStore:
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
         ticket_fields: Mapping[str, Any], entry: Mapping[str, Any], event: Mapping[str, Any],
         budget: Limit, bus_channel: str, nonce_ttl_s: int, jti: str = "",
-        ticket_ttl_s: int = 12 * 3600,
-    ) -> tuple[str, str | None, str | None, bool]:
+        ticket_ttl_s: int = 12 * 3600, attempts: tuple[str, int] = ("attempts", 10),
+    ) -> tuple[str, str | None, str | None, bool, int]:
         """Admit (``admit``/``readmit``) or knock (``wait``) in one atomic step.
 
-        Returns (status, ticket, nonce, is_new): status ``ok``, ``limited`` (ticket holds
-        the wait in seconds) or ``conflict`` (another device bound the link first)."""
+        Returns (status, ticket, nonce, is_new, attempts): status ``ok``, ``limited``
+        (ticket holds the wait in seconds) or ``conflict`` (another device bound the link
+        first); ``attempts`` is the class's counter ``attempts`` (name, window s, as
+        ``count_recent``) after counting this attempt, whatever the status."""
         rand = new_secret(16)
         nonce = new_secret(24)
         now_ms = int(self.clock() * 1000)
@@ -1289,21 +1313,23 @@ class ClassStore:
             keys=[self.k.ratelimit(budget.key), self.k.bind(cid), self.k.rebinds(cid),
                   self.k.admitted(cid), self.k.removed(cid), self.k.denied(cid),
                   self.k.tickets_by_student(cid), self.k.waiting(cid), self.k.ticket(cid, rand),
-                  self.k.c(cid, "last_ip"), self.k.nonce(cid, nonce)],
+                  self.k.c(cid, "last_ip"), self.k.nonce(cid, nonce),
+                  self.k.c(cid, f"n:{attempts[0]}")],
             args=[mode, sid, device, bind, now_ms, max(1, int(1000 / budget.per_second)),
                   max(1, budget.burst), rand, json.dumps(dict(ticket_fields)),
                   json.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
                   self.k.ticket(cid, ""), bus_channel, json.dumps(dict(event), ensure_ascii=False),
-                  cid, jti],
+                  cid, jti, attempts[1]],
         )
         status = str(res[0])
+        counted = int(res[-1])
         if status == "limited":
-            return status, str(float(res[1]) / 1000.0), None, False
+            return status, str(float(res[1]) / 1000.0), None, False, counted
         if status != "ok":
-            return status, None, None, False
+            return status, None, None, False, counted
         ticket = f"{cid}.{res[1]}"
         minted = f"{cid}.{nonce}" if mode != "wait" else None
-        return status, ticket, minted, bool(int(res[2]))
+        return status, ticket, minted, bool(int(res[2])), counted
 
 
 HOST_TTL_S = 30.0

@@ -209,15 +209,6 @@ async def test_join_flood_with_a_leaked_link_sheet(deployment: Deployment) -> No
         assert {e["subject"] for e in events} <= {k.sid(i) for i in range(4, 100)}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A flood of refused attempts is not detected as a flood: the class budget "
-    "(Limit class:<id>, 100/s burst 500) is charged only in ClassStore.apply_entry for "
-    "attempts that enter or knock (gateway/joinflow.py JoinFlow._enter), and the 'flood' "
-    "alert is raised only when that budget trips; refusals (_finish_deny) are never "
-    "counted, so 1600 opens of leaked links in seconds yield per-address "
-    "'repeated_failures' and per-attempt 'link_shared' alerts but no 'flood'. Count "
-    "every verified attempt naming the class in a flood detector (without refusing on "
-    "it) and alert once per window."))
 async def test_flood_of_refused_attempts_raises_flood_alert(deployment: Deployment) -> None:
     async with scene(deployment) as s:
         alerts: list[str] = []
