@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import socket
 import sys
+import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from audit import AuditLog, AuditSigningKey, verify_log
 
+from .auditing import Auditor
 from .config import Settings
 
 
@@ -20,11 +24,28 @@ def audit_key(settings: Settings) -> AuditSigningKey:
     )
 
 
+def cli_actor() -> str:
+    """Who runs the command: the operating-system account on this host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+async def record_read(log: AuditLog, command: str) -> None:
+    """Reading the log is itself an event, from the command line too (DESIGN.md). The
+    record is durable in the stream at once; a running gateway's sequencer indexes it."""
+    await Auditor(log).record(f"audit.{command}", actor=cli_actor(), facts={"via": "cli"})
+
+
 async def run_audit_command(command: str, settings: Settings, url: str) -> int:
     client = aioredis.Redis.from_url(url, decode_responses=False)
     try:
         log = AuditLog(client, prefix=settings.redis_prefix, node_id=settings.node_id,
-                       clock=lambda: 0)
+                       clock=lambda: int(time.time() * 1000))
+        if command in ("verify", "tail"):
+            await record_read(log, command)
         if command == "checkpoint":
             cp = await log.latest_checkpoint()
             if cp is None:

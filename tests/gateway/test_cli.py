@@ -108,3 +108,78 @@ def test_catalogues_are_complete() -> None:
 
     for reason in Reason:
         assert f"reason.{reason.value}" in vi, reason
+
+
+async def test_audit_verify_checkpoint_tail_and_tampering(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    """``classguard audit`` on a log a running gateway wrote: checkpoint, verify (OK,
+    then the first bad index after an edit in Redis), tail; each read is an event."""
+    import asyncio
+
+    import rfc8785
+
+    from audit import AuditQuery
+
+    from .helpers import make_class, open_link, running_gateway
+
+    env = _env(tmp_path, redis_prefix)
+    env["CLASSGUARD_REDIS_URL"] = redis_url
+    env["CLASSGUARD_PUBLIC_URL"] = "http://classguard.test"  # as running_gateway (the origin)
+
+    def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(CLI + ["audit", *args], env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        _, links = await make_class(gw, api)
+        for link in links:
+            await open_link(gw.client(), link)
+        log = gw.svc.audit_log
+        assert log is not None
+        for _ in range(100):
+            if (cp := await log.latest_checkpoint()) and int(cp.split("\n")[1]) >= 5:
+                break
+            await asyncio.sleep(0.05)
+
+        res = await asyncio.to_thread(cli, "checkpoint")
+        assert res.returncode == 0 and res.stdout.startswith(gw.svc.settings.audit_origin)
+        res = await asyncio.to_thread(cli, "verify")
+        assert res.returncode == 0, res.stderr
+        assert res.stderr.startswith("OK: ") and json.loads(res.stdout)["ok"] is True
+
+        # tail follows: an event appended while it runs is printed
+        tail = subprocess.Popen(CLI + ["audit", "tail"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            await asyncio.sleep(1.5)
+            await open_link(gw.client(), {"url": "http://x/j/not-a-token"})
+            await asyncio.sleep(1.5)
+        finally:
+            tail.send_signal(signal.SIGINT)
+            out, err = await asyncio.to_thread(tail.communicate, timeout=20)
+        assert "Traceback" not in err, err
+        printed = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        assert any(e["type"] == "join" and e["reason"] == "token_invalid" for e in printed)
+        assert all("personal" not in e for e in printed)  # tail shows no personal data
+
+        # the command-line reads are in the log, with who ran them
+        events: list[dict[str, object]] = []
+        for _ in range(100):
+            page, _cursor = await log.query(AuditQuery(), limit=500)
+            events = [dict(ev.record) for ev in page]
+            if {"audit.verify", "audit.tail"} <= {e["type"] for e in events}:
+                break
+            await asyncio.sleep(0.05)
+        reads = [e for e in events if e["type"] in ("audit.verify", "audit.tail")]
+        assert {e["type"] for e in reads} == {"audit.verify", "audit.tail"}
+        assert all(str(e["actor"]).startswith("cli:") for e in reads)
+
+        # an edited record: verify exits 1 and names the index
+        key = f"{redis_prefix}audit:rec"
+        rec = json.loads(await redis.hget(key, "2"))
+        rec["reason"] = "admitted_by_host"
+        await redis.hset(key, "2", rfc8785.dumps(rec))
+        res = await asyncio.to_thread(cli, "verify")
+        assert res.returncode == 1 and "FAULT at index 2" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
