@@ -6,6 +6,7 @@ inputs from Redis, applies the result with atomic scripts, and records it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import secrets
@@ -66,6 +67,8 @@ RATE_LIMIT_AUDIT_WINDOW_S = 60
 # class arriving at the bell (a few per student), well below a leaked sheet hammered.
 FLOOD_ATTEMPTS = 300
 FLOOD_WINDOW_S = 10
+# The same alert within this window is counted, not raised again (see JoinFlow.alert).
+ALERT_WINDOW_S = 300
 
 
 def _milestone(n: int) -> bool:
@@ -451,11 +454,12 @@ class JoinFlow:
         if decision.reason is Reason.DEVICE_MISMATCH:
             # The alert carries ban handles for the second device and its address, so
             # the host can block exactly that visitor in one click.
-            await self.alert(cid, "link_shared", student_id=sid, name=name, device_hint=hint,
-                             ban_device=f"d:{dev}", ban_ip=f"i:{ip}")
+            await self.alert(cid, "link_shared", dedup=f"{sid}|{dev}", student_id=sid,
+                             name=name, device_hint=hint, ban_device=f"d:{dev}",
+                             ban_ip=f"i:{ip}")
         elif decision.reason in (Reason.BANNED_DEVICE, Reason.BANNED_IP):
-            await self.alert(cid, "banned_returning", student_id=sid, name=name,
-                             device_hint=hint, reason=decision.reason.value)
+            await self.alert(cid, "banned_returning", dedup=f"{sid}|{dev}", student_id=sid,
+                             name=name, device_hint=hint, reason=decision.reason.value)
         await self._record(decision, snap, facts, ip, dev, user_agent, None)
         await self._count_failure(cid, ip, hint,
                                   verified=decision.facts.get("verified") is not False)
@@ -476,7 +480,7 @@ class JoinFlow:
         counts = await store.count_recent_many(cid, counters)
         if counts[0] == REPEATED_FAILURES and \
                 await store.once(cid, f"failalert:{ip}", 300):
-            await self.alert(cid, "repeated_failures", device_hint=hint)
+            await self.alert(cid, "repeated_failures", dedup=ip, device_hint=hint)
         if verified:
             await self._flood_check(cid, counts[1])
 
@@ -493,12 +497,26 @@ class JoinFlow:
         if attempts == FLOOD_ATTEMPTS and await store.once(cid, "flood", 60):
             await self.alert(cid, "flood", attempts=attempts, window_s=FLOOD_WINDOW_S)
 
-    async def alert(self, cid: str, kind: str, **data: Any) -> None:
+    async def alert(self, cid: str, kind: str, *, dedup: str | None = None,
+                    **data: Any) -> None:
+        """Raise an alert for the class's host.
+
+        NOTE: the same alert (same kind and ``dedup`` key, by default the same data)
+        within ALERT_WINDOW_S is counted on the one already shown, not raised again, and
+        the host is shown the newest ALERTS_PER_KIND of each kind: a flood of refused
+        attempts cannot flush the feed (a ``banned_returning`` stays in view)."""
         svc = self.svc
         assert svc.store is not None and svc.bus is not None
-        alert = {"kind": kind, "at": svc.clock(), **data}
-        await svc.store.add_alert(cid, alert)
-        await svc.bus.publish(cid, {"type": "alert", **alert})
+        now = svc.clock()
+        if dedup is None:
+            dedup = json.dumps(data, sort_keys=True, default=str)
+        window = int(now // ALERT_WINDOW_S)
+        aid = hashlib.sha256(f"{kind}\0{dedup}\0{window}".encode()).hexdigest()[:16]
+        alert = {"id": aid, "kind": kind, "at": now, **data}
+        new, _count = await svc.store.add_alert(cid, alert)
+        if not new:
+            return
+        await svc.bus.publish(cid, {"type": "alert", **alert, "count": 1})
         svc.metrics.alerts.labels(kind).inc()
 
     async def _record(

@@ -133,6 +133,10 @@ class Retired:
 # (a reissue keeps them for the new link's lifetime).
 RELEASED_TTL_S = 180 * 86400
 
+# Alerts: the newest of each kind the host is shown, and how long they are kept.
+ALERTS_PER_KIND = 20
+ALERT_TTL_S = 7 * 86400
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
@@ -223,8 +227,14 @@ class Keys:
     def hosts(self, cid: str) -> str:
         return self.c(cid, "hosts")
 
-    def alerts(self, cid: str) -> str:
-        return self.c(cid, "alerts")
+    def alerts(self, cid: str) -> str:  # id -> alert json, "<id>:n" count, "<id>:last"
+        return self.c(cid, "al:items")
+
+    def alert_order(self, cid: str) -> str:  # id -> time of the latest occurrence
+        return self.c(cid, "al:order")
+
+    def alert_kind(self, cid: str, kind: str) -> str:  # the same, for one kind
+        return self.c(cid, f"al:k:{kind}")
 
     def code(self, code_hash: str) -> str:
         return f"{self.p}code:{code_hash}"
@@ -453,6 +463,38 @@ end
 return out
 """
 
+# Raise an alert, or count it again when the same one (same id) is already shown; keep
+# the newest ARGV[4] of its kind, so a flood of one kind cannot push the others out.
+# KEYS: items, order, kind order. ARGV: id, alert json, now, keep per kind, ttl s
+# Returns {1 if new, count}
+_ADD_ALERT = """
+local new = 0
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  new = 1
+end
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1] .. ':n', 1)
+redis.call('HSET', KEYS[1], ARGV[1] .. ':last', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+local function drop(id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[1], id, id .. ':n', id .. ':last')
+end
+local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
+if extra > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, extra - 1)) do drop(id) end
+end
+local stale = tonumber(ARGV[3]) - tonumber(ARGV[5])
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', stale)) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[1], id, id .. ':n', id .. ':last')
+end
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return {new, n}
+"""
+
 # A window of refusals that starts with the first one: the count and when it started.
 # KEYS: counter hash. ARGV: window s, now. Returns {count, first (string)}
 _COUNT_REFUSALS = """
@@ -643,6 +685,7 @@ class ClassStore:
         self._count = redis.register_script(_COUNT)
         self._count_refusals = redis.register_script(_COUNT_REFUSALS)
         self._count_many = redis.register_script(_COUNT_MANY)
+        self._add_alert = redis.register_script(_ADD_ALERT)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply = redis.register_script(_APPLY)
         # A class's org chain never changes after creation: a read-through cache of
@@ -1260,16 +1303,36 @@ class ClassStore:
 
     # --- alerts ---------------------------------------------------------------------
 
-    async def add_alert(self, cid: str, alert: Mapping[str, Any], keep: int = 100) -> None:
-        async with self.r.pipeline(transaction=False) as p:
-            p.lpush(self.k.alerts(cid), json.dumps(dict(alert)))
-            p.ltrim(self.k.alerts(cid), 0, keep - 1)
-            p.expire(self.k.alerts(cid), 7 * 86400)
-            await p.execute()
+    async def add_alert(self, cid: str, alert: Mapping[str, Any], *,
+                        keep_per_kind: int = ALERTS_PER_KIND) -> tuple[bool, int]:
+        """Raise ``alert`` (it carries ``id`` and ``kind``), or count it once more when
+        an alert with that id is shown already; returns (new, count)."""
+        aid, kind = str(alert["id"]), str(alert["kind"])
+        new, n = await self._add_alert(
+            keys=[self.k.alerts(cid), self.k.alert_order(cid), self.k.alert_kind(cid, kind)],
+            args=[aid, json.dumps(dict(alert), ensure_ascii=False), repr(self.clock()),
+                  keep_per_kind, ALERT_TTL_S],
+        )
+        return bool(int(new)), int(n)
 
-    async def alerts(self, cid: str, n: int = 50) -> list[dict[str, Any]]:
-        raw = await self.r.lrange(self.k.alerts(cid), 0, n - 1)
-        return [json.loads(x) for x in raw]
+    async def alerts(self, cid: str, n: int | None = None) -> list[dict[str, Any]]:
+        """The alerts shown to the host, newest occurrence first, each with ``count``
+        and ``last_at``; at most ALERTS_PER_KIND of each kind (``n``: the first n)."""
+        ids = await self.r.zrevrange(self.k.alert_order(cid), 0, -1 if n is None else n - 1)
+        if not ids:
+            return []
+        fields = [f for aid in ids for f in (aid, f"{aid}:n", f"{aid}:last")]
+        raw = await self.r.hmget(self.k.alerts(cid), fields)
+        out = []
+        for i in range(0, len(raw), 3):
+            body, count, last = raw[i], raw[i + 1], raw[i + 2]
+            if body is None:
+                continue
+            alert = json.loads(body)
+            alert["count"] = int(count or 1)
+            alert["last_at"] = float(last) if last else alert.get("at")
+            out.append(alert)
+        return out
 
     # --- rate limits ----------------------------------------------------------------
 

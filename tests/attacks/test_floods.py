@@ -217,13 +217,6 @@ async def test_flood_of_refused_attempts_raises_flood_alert(deployment: Deployme
         assert "flood" in alerts, set(alerts)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The teacher's alert feed can be flushed: JoinFlow._apply (gateway/joinflow.py) adds "
-    "a link_shared alert for every device_mismatch attempt, with no de-duplication, and "
-    "ClassStore.add_alert keeps the last 100 (the state API shows 50), so a few hundred "
-    "refused attempts on leaked links push earlier alerts (banned_returning, flood) out of "
-    "view. De-duplicate per (kind, student, device) per window with a counter, as 'flood' "
-    "and 'repeated_failures' already are via ClassStore.once."))
 async def test_alert_feed_cannot_be_flushed(deployment: Deployment) -> None:
     async with scene(deployment) as s:
         k = await s.new_class("strict", roster=[

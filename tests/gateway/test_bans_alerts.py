@@ -99,3 +99,28 @@ async def test_repeated_failures_alert(tmp_path: Path, redis_url: str, redis_pre
                            json={"action": "ban", "ban": shared["ban_device"]})
         assert r.status == 200 and (await r.json())["banned"] == ["d"]
         await teacher.close()
+
+
+async def test_alerts_are_counted_not_repeated_and_kinds_cannot_flush_each_other(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        await open_link(gw.client(), links[0])  # the owner binds the link
+        intruder = gw.client()
+        for _ in range(3):  # one second device, three tries: one alert, counted
+            await open_link(intruder, links[0])
+        state = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
+        shared = [a for a in state["alerts"] if a["kind"] == "link_shared"]
+        assert len(shared) == 1 and shared[0]["count"] == 3
+        assert shared[0]["last_at"] >= shared[0]["at"]
+        # a flood of one kind keeps only its newest; the other kinds stay in view
+        store = gw.svc.store
+        assert store is not None
+        await store.add_alert(cid, {"id": "returning", "kind": "banned_returning", "at": 1})
+        for i in range(60):
+            await store.add_alert(cid, {"id": f"shared{i}", "kind": "link_shared", "at": 2})
+        alerts = await store.alerts(cid)
+        kinds = [a["kind"] for a in alerts]
+        assert kinds.count("link_shared") == 20 and "banned_returning" in kinds
+        assert alerts[0]["id"] == "shared59"  # newest first
