@@ -151,8 +151,13 @@ class Reconciler:
         self.leader = False
 
     async def run(self) -> None:
+        task = asyncio.current_task()
         try:
             while True:
+                if task is not None and task.cancelling():
+                    # The Redis client can swallow a cancellation that lands mid-command;
+                    # stopping must still stop (as in audit.sequencer).
+                    raise asyncio.CancelledError
                 try:
                     if await self.hold_lease():
                         await self.sweep()

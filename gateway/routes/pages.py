@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from http.cookies import SimpleCookie
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from babel.dates import format_datetime
 
 from .. import i18n
@@ -33,11 +35,14 @@ PageHandler = Callable[[web.Request, Principal, str], Awaitable[web.StreamRespon
 # --- formatting (Jinja filters) ---------------------------------------------------------
 
 def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium") -> str:
-    """A timestamp (unix seconds or ms, or ISO 8601) in the viewer's locale and time zone."""
+    """A timestamp (a datetime, unix seconds or ms, or ISO 8601) in the viewer's locale
+    and time zone."""
     if value is None or value == "":
         return ""
     try:
-        if isinstance(value, str):
+        if isinstance(value, datetime):
+            dt = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        elif isinstance(value, str):
             dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
             if dt.tzinfo is None:
                 dt = dt.replace(tzinfo=UTC)
@@ -78,17 +83,36 @@ def nav_items(p: Principal | None) -> list[tuple[str, str]]:
 
 def page_response(request: web.Request, name: str, lang: str, *, status: int = 200,
                   user: Principal | None = None, **ctx: Any) -> web.Response:
-    """Render a page; remembers an explicit ``?lang=`` choice in a cookie."""
+    """Render a page (``remember_lang`` keeps an explicit ``?lang=`` choice)."""
     svc = services(request)
+    # The language switch keeps the rest of the address (``next``, audit filters, ...).
+    other = "en" if lang == "vi" else "vi"
+    kept = [(k, v) for k, v in request.query.items() if k != "lang"]
     html = svc.templates.get_template(name).render(
         lang=lang, user=user, nav=nav_items(user), path=request.path,
+        lang_switch=request.path + "?" + urlencode([*kept, ("lang", other)]),
         csrf_token=(user.csrf_token or "") if user else "", **ctx)
-    resp = web.Response(text=html, content_type="text/html", status=status)
+    return web.Response(text=html, content_type="text/html", status=status)
+
+
+async def remember_lang(request: web.Request, response: web.StreamResponse) -> None:
+    """An explicit ``?lang=`` choice on any page, the students' pages included, is
+    remembered in a cookie, so the next page (the waiting room after the short-code
+    page, the meeting hand-off) speaks the same language."""
     q = request.query.get("lang")
-    if q in i18n.LANGS:
-        resp.set_cookie(i18n.LANG_COOKIE, q, max_age=LANG_COOKIE_MAX_AGE, httponly=True,
-                        secure=svc.settings.cookie_secure, samesite="Lax", path="/")
-    return resp
+    if (q not in i18n.LANGS or request.cookies.get(i18n.LANG_COOKIE) == q
+            or response.content_type != "text/html"
+            or isinstance(response, web.WebSocketResponse)):
+        return
+    # The headers are already built when this signal runs: add the cookie header itself.
+    jar: SimpleCookie = SimpleCookie()
+    jar[i18n.LANG_COOKIE] = q
+    morsel = jar[i18n.LANG_COOKIE]
+    morsel.update({"max-age": str(LANG_COOKIE_MAX_AGE), "path": "/", "httponly": True,
+                   "samesite": "Lax"})
+    if services(request).settings.cookie_secure:
+        morsel["secure"] = True
+    response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
 
 
 def page_lang(request: web.Request) -> str:
@@ -232,6 +256,15 @@ async def classes_page(request: web.Request, p: Principal, lang: str) -> web.Str
                          can_create=p.role in ("teacher", "admin"))
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    """Browsers ask for ``/favicon.ico`` on documents without an icon link (the link
+    sheet PDF, JSON errors); answer with the page icon instead of a logged 404."""
+    resp = web.FileResponse(Path(__file__).parent.parent / "static" / "favicon.svg")
+    resp.content_type = "image/svg+xml"
+    resp.headers["Cache-Control"] = "public, max-age=86400"
+    return resp
+
+
 async def root(request: web.Request) -> web.StreamResponse:
     p = await authenticate(request, csrf=False)
     raise web.HTTPSeeOther(home_of(p) if p else "/login")
@@ -262,8 +295,10 @@ def setup(app: web.Application) -> None:
     from ..app import SERVICES
 
     install_filters(app[SERVICES])
+    app.on_response_prepare.append(remember_lang)
     r = app.router
     r.add_get("/", root)
+    r.add_get("/favicon.ico", favicon)
     r.add_get("/login", login_page)
     r.add_post("/login", login_submit)
     r.add_post("/logout", logout)

@@ -66,7 +66,8 @@ REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "mi
 CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "unlocked",
                 "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",
                 "undone", "confirm_end", "in_class_since", "by_policy", "by_host", "bans_none",
-                "lift", "ban_until", "ban_forever", "wait_reason", "error_prefix", "done")
+                "lift", "ban_until", "ban_forever", "wait_reason", "error_prefix", "done",
+                "no_alerts")
 CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock", "unlock",
                    "mute_all", "end", "reset_device", "revoke_link")
 ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
@@ -179,9 +180,17 @@ async def roster_preview(request: web.Request) -> web.Response:
     })
 
 
-def qr_data_uri(url: str) -> str:
-    """The link as a QR code (SVG data: URI), made locally; no external service."""
-    return str(segno.make(url, error="m").svg_data_uri(scale=4, border=2))
+QR_MIN_PX = 132
+
+
+def qr_image(url: str) -> dict[str, Any]:
+    """The link as a QR code (SVG data: URI, made locally; no external service) and its
+    size in CSS pixels: a whole number of pixels per module, so that every module is
+    drawn sharp (a join link is a long token, about 70 modules across)."""
+    qr = segno.make(url, error="m")
+    modules = int(qr.symbol_size(scale=1, border=2)[0])
+    scale = max(2, -(-QR_MIN_PX // modules))
+    return {"src": str(qr.svg_data_uri(scale=scale, border=2)), "size": modules * scale}
 
 
 @staff_page(("teacher", "admin"))
@@ -193,7 +202,7 @@ async def links_page(request: web.Request, p: Principal, lang: str) -> web.Strea
     links = await current_links(svc, info)
 
     def with_qr() -> list[dict[str, Any]]:
-        return [{**link, "qr": qr_data_uri(link["url"])} for link in links]
+        return [{**link, "qr": qr_image(link["url"])} for link in links]
 
     shown = await asyncio.to_thread(with_qr)
     return page_response(request, "links.html", lang, user=p, info=info, links=shown,

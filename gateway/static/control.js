@@ -74,11 +74,11 @@
   }
   document.getElementById("undo-btn").hidden = true;
   // --- rendering -----------------------------------------------------------------------
-  function fill(listId, countId, items, draw) {
+  function fill(listId, countId, items, draw, empty) {
     var ul = document.getElementById(listId);
     ul.textContent = "";
     if (countId) { document.getElementById(countId).textContent = String(items.length); }
-    if (!items.length) { ul.appendChild(el("li", msg("none"), "muted")); }
+    if (!items.length) { ul.appendChild(el("li", msg(empty || "none"), "muted")); }
     items.forEach(function (it) { ul.appendChild(draw(it)); });
   }
   function alertText(a) {
@@ -123,7 +123,7 @@
       li.appendChild(el("time", when(x.at), "meta"));
       li.appendChild(el("span", alertText(x)));
       return li;
-    });
+    }, "no_alerts");
     fill("bans", null, bans, function (b) {
       var li = el("li", null, "person");
       li.appendChild(el("strong", (b.value || b.kind) + ""));
@@ -132,11 +132,16 @@
       lift.addEventListener("click", function () { send({ action: "unban", ban: b.key }); });
       li.appendChild(lift);
       return li;
-    });
+    }, "bans_none");
     var st = ended ? msg("ended") : (locked ? msg("locked") : msg("unlocked"));
     document.getElementById("lockstate").textContent = st;
     document.getElementById("lockstate").className = "state" + (locked || ended ? " warnstate" : "");
+    // Only the lock action that applies now is offered; nothing more once the class ended.
+    toolbar("lock").hidden = locked || ended;
+    toolbar("unlock").hidden = !locked || ended;
+    ["admit_all", "mute_all", "end"].forEach(function (a) { toolbar(a).disabled = ended || toolbar(a).hasAttribute("data-unsupported"); });
   }
+  function toolbar(action) { return root.querySelector('.toolbar button[data-action="' + action + '"]'); }
   function setStatus(text) { document.getElementById("conn").textContent = text; }
   function showError(m) {
     var e = m && m.error ? m.error : {};
