@@ -218,6 +218,9 @@ class Keys:
     def nonce(self, cid: str, rand: str) -> str:
         return self.c(cid, f"go:{rand}")
 
+    def ticket_sockets(self, cid: str, rand: str) -> str:  # socket id -> opened at
+        return self.c(cid, f"ws:{rand}")
+
     def bans(self, cid: str) -> str:
         return self.c(cid, "bans")
 
@@ -495,6 +498,18 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return {new, n}
 """
 
+# A waiting-room socket opens on a ticket: the newest ARGV[3] stay, older ones are
+# returned to be closed. KEYS: the ticket's sockets. ARGV: socket id, now, keep, ttl s
+_SOCKET_OPEN = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if extra <= 0 then return {} end
+local old = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
+for _, id in ipairs(old) do redis.call('ZREM', KEYS[1], id) end
+return old
+"""
+
 # A window of refusals that starts with the first one: the count and when it started.
 # KEYS: counter hash. ARGV: window s, now. Returns {count, first (string)}
 _COUNT_REFUSALS = """
@@ -686,6 +701,7 @@ class ClassStore:
         self._count_refusals = redis.register_script(_COUNT_REFUSALS)
         self._count_many = redis.register_script(_COUNT_MANY)
         self._add_alert = redis.register_script(_ADD_ALERT)
+        self._socket_open = redis.register_script(_SOCKET_OPEN)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply = redis.register_script(_APPLY)
         # A class's org chain never changes after creation: a read-through cache of
@@ -1186,6 +1202,32 @@ class ClassStore:
             p.hdel(self.k.bind(cid), sid)
             p.hdel(self.k.rebinds(cid), sid)
             await p.execute()
+
+    # --- waiting-room sockets -------------------------------------------------------
+
+    async def socket_opened(self, ticket: str, socket_id: str, *, keep: int,
+                            ttl_s: int = 12 * 3600) -> list[str]:
+        """Register a socket on ``ticket`` (across every process); returns the ids of
+        the older sockets beyond the newest ``keep``, which their processes close."""
+        parsed = split_ticket(ticket)
+        if parsed is None:
+            return []
+        cid, rand = parsed
+        res = await self._socket_open(keys=[self.k.ticket_sockets(cid, rand)],
+                                      args=[socket_id, repr(self.clock()), keep, ttl_s])
+        return [str(x) for x in res]
+
+    async def socket_closed(self, ticket: str, socket_id: str) -> int:
+        """Unregister a socket; returns how many sockets the ticket still has."""
+        parsed = split_ticket(ticket)
+        if parsed is None:
+            return 0
+        key = self.k.ticket_sockets(*parsed)
+        async with self.r.pipeline(transaction=True) as p:
+            p.zrem(key, socket_id)
+            p.zcard(key)
+            _, left = await p.execute()
+        return int(left)
 
     # --- /go nonces ---------------------------------------------------------------
 

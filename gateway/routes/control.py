@@ -27,6 +27,8 @@ from ..web_util import loads_bounded
 from .classes import class_state, load_class
 
 HEARTBEAT_S = 10.0
+# Class events between gateway processes that are not for the host's eyes.
+_INTERNAL_EVENTS = frozenset({"socket_replaced"})
 log = logging.getLogger("classguard.control")
 
 
@@ -66,6 +68,8 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 await ws.send_str(json.dumps(msg, ensure_ascii=False))
 
     async def on_event(msg: dict[str, Any]) -> None:
+        if msg.get("type") in _INTERNAL_EVENTS:
+            return
         await send(msg)
 
     async def on_revoke(msg: dict[str, Any]) -> None:
@@ -127,6 +131,8 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 log.exception("control action for %s failed", info.id)
                 await send({"type": "error", "id": req_id, "error": {
                     "code": "internal_error", "message": "internal error"}})
+    except ConnectionResetError:
+        pass  # the control room went away mid-write
     except Exception:  # noqa: BLE001 - never an HTTP 500 written onto an upgraded socket
         log.exception("control socket for %s failed", info.id)
         with contextlib.suppress(Exception):

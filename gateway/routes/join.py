@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -24,6 +26,15 @@ from ..web_util import client_ip, read_form, read_json
 log = logging.getLogger("classguard.join")
 
 DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest lifetime browsers accept
+
+# Waiting-room sockets. NOTE: a page needs one socket (two tabs are fine); the newest
+# wins so a reload never locks a student out. Handshakes are rate-limited per ticket
+# (a reconnecting page backs off to 15 s) and per address, and this process holds at
+# most WAIT_SOCKETS_PER_ADDRESS sockets for one address (generous: a school behind NAT
+# is one address).
+WAIT_SOCKETS_PER_TICKET = 2
+WAIT_SOCKETS_PER_ADDRESS = 200
+CLOSE_REPLACED = 4009  # closed because a newer socket opened on the same ticket
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -178,28 +189,73 @@ async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticke
     return False
 
 
+async def _socket_limited(request: web.Request, svc: Services, flow: JoinFlow, ip: str,
+                          limits: list[Limit]) -> None:
+    """429 (with Retry-After) when a handshake budget refuses; audited in aggregate."""
+    assert svc.store is not None
+    wait, limit = await svc.store.rate_limit_check(limits)
+    if wait <= 0:
+        return
+    svc.metrics.rate_limited.labels("socket").inc()
+    await flow.audit_rate_limited(ip, limit, via="wait_socket",
+                                  user_agent=request.headers.get("User-Agent", "")[:512])
+    raise ApiError(429, "rate_limited", "too many connections, retry later",
+                   headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+
+
+async def _socket_gone(svc: Services, t: Ticket, socket_id: str) -> None:
+    """Unregister a closed waiting-room socket; the host is told the student left only
+    when their last socket is gone and they were still waiting."""
+    assert svc.store is not None and svc.bus is not None
+    try:
+        left = await svc.store.socket_closed(t.id, socket_id)
+        now = await svc.store.ticket(t.id)
+        if left == 0 and now is not None and now.status == "waiting":
+            await svc.bus.publish(t.class_id, {"type": "left", "ticket": t.id,
+                                               "student_id": t.student_id})
+    except Exception as exc:  # noqa: BLE001 - best effort: the ticket's sockets key expires
+        log.warning("waiting-room socket clean-up failed: %r", exc)
+
+
 async def ws_wait(request: web.Request) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None and svc.bus is not None
     ticket_id = request.match_info["ticket"]
     if split_ticket(ticket_id) is None:
         raise ApiError(404, "not_found", "no such ticket")
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    flow = JoinFlow(svc)
+    await _socket_limited(request, svc, flow, ip, [Limit(f"ws:ip:{ip}", per_second=5, burst=30)])
     t = await svc.store.ticket(ticket_id)
     if t is None:
         raise ApiError(404, "not_found", "no such ticket")
     cookie = _device_cookie(request)
     if cookie is None or device_hash(cookie) != t.device:
         raise ApiError(403, "device_mismatch", "this waiting room belongs to another device")
+    # Charged only now: a leaked ticket must not let others drain its owner's budget.
+    await _socket_limited(request, svc, flow, ip,
+                          [Limit(f"ws:ticket:{t.id}", per_second=0.1, burst=4)])
+    address_key = f"wait-ip:{ip}"
+    if len(svc.sockets.get(address_key, ())) >= WAIT_SOCKETS_PER_ADDRESS:
+        svc.metrics.rate_limited.labels("socket").inc()
+        raise ApiError(429, "rate_limited", "too many connections from this address",
+                       headers={"Retry-After": "15"})
     ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096)
     await ws.prepare(request)
     key = f"wait:{t.class_id}"
     svc.sockets.setdefault(key, set()).add(ws)
+    svc.sockets.setdefault(address_key, set()).add(ws)
     svc.metrics.open_sockets.labels("wait").inc()
     svc.metrics.waiting.inc()
     store = svc.store
+    socket_id = secrets.token_hex(8)
 
     async def on_event(msg: dict[str, Any]) -> None:
         kind = msg.get("type")
+        if kind == "socket_replaced":
+            if socket_id in (msg.get("sockets") or ()):
+                await ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer connection")
+            return
         mine = msg.get("ticket") == t.id or (
             msg.get("student_id") == t.student_id and kind in ("removed", "admitted")
         )
@@ -218,6 +274,10 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
 
     off = svc.bus.listen_class(t.class_id, on_event)
     try:
+        replaced = await store.socket_opened(t.id, socket_id, keep=WAIT_SOCKETS_PER_TICKET)
+        if replaced:
+            await svc.bus.publish(t.class_id, {"type": "socket_replaced", "ticket": t.id,
+                                               "sockets": replaced})
         # Read the ticket again after subscribing so no event falls between the two.
         fresh = await store.ticket(ticket_id)
         if fresh is None or not await _push_ticket_status(svc, ws, fresh):
@@ -229,6 +289,8 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
                 await ws.send_str("pong")
             elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
                 break
+    except ConnectionResetError:
+        pass  # the page went away (or a newer socket replaced this one) mid-write
     except Exception:  # noqa: BLE001 - never an HTTP 500 written onto an upgraded socket
         log.exception("waiting-room socket failed")
         with contextlib.suppress(Exception):
@@ -236,13 +298,20 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
     finally:
         off()
         svc.sockets.get(key, set()).discard(ws)
+        same_address = svc.sockets.get(address_key, set())
+        same_address.discard(ws)
+        if not same_address:
+            svc.sockets.pop(address_key, None)
         svc.metrics.open_sockets.labels("wait").dec()
         svc.metrics.waiting.dec()
+        # NOTE: a dropped connection can cancel this handler; the clean-up runs in a
+        # task of its own (kept in svc.tasks) so the registry and "left" still happen.
+        cleanup = asyncio.get_running_loop().create_task(
+            _socket_gone(svc, t, socket_id))
+        svc.tasks.add(cleanup)
+        cleanup.add_done_callback(svc.tasks.discard)
         with contextlib.suppress(Exception):
-            now = await store.ticket(ticket_id)
-            if now is not None and now.status == "waiting":
-                await svc.bus.publish(t.class_id, {"type": "left", "ticket": t.id,
-                                                   "student_id": t.student_id})
+            await asyncio.shield(cleanup)
     return ws
 
 

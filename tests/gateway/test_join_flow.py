@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from .helpers import make_class, next_message, open_link, running_gateway, token_of
 from tests.conftest import both_redis_servers
@@ -271,3 +272,41 @@ async def test_rate_limited_refusals_are_aggregated_in_the_audit_log(
         assert {e["facts"]["bucket"] for e in events} == {"jti"}
         assert {e["personal"]["ip"] for e in events} == {"127.0.0.1"}
         assert all("class" not in e for e in events)  # unverified claims name no class
+
+
+async def test_waiting_room_sockets_newest_wins(tmp_path: Path, redis_url: str,
+                                                redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api)
+        teacher = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(teacher, type_="state")
+        phone = gw.client()
+        _, body = await open_link(phone, links[0])
+        await next_message(teacher, type_="knock")
+        sockets = []
+        for _ in range(3):
+            ws = await phone.ws_connect(body["ws"])
+            await next_message(ws, type_="waiting")
+            sockets.append(ws)
+        # the third socket replaced the first; two stay open
+        msg = await sockets[0].receive(timeout=5)
+        assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 4009, msg
+        # the host is told only when the student's last socket is gone
+        await sockets[1].close()
+        await sockets[2].send_str("ping")
+        assert (await sockets[2].receive(timeout=5)).data == "pong"
+        await sockets[2].close()
+        left = await next_message(teacher, type_="left")
+        assert left["ticket"] == body["ticket"]
+        with pytest.raises(asyncio.TimeoutError):
+            await next_message(teacher, type_="left", timeout=0.5)
+        with pytest.raises(asyncio.TimeoutError):  # internal to the gateway processes
+            await next_message(teacher, type_="socket_replaced", timeout=0.2)
+        # handshakes on one ticket are budgeted: a burst of 4, then 429
+        fourth = await phone.ws_connect(body["ws"])
+        with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+            await phone.ws_connect(body["ws"])
+        assert exc.value.status == 429 and int(exc.value.headers["Retry-After"]) >= 1
+        await fourth.close()
+        await teacher.close()
