@@ -163,6 +163,16 @@ async def test_teacher_runs_a_class_and_students_join_from_phones(
     await expect(alert).to_contain_text("Nguyễn Văn An")
     await shot(page, artifacts, "journey-08-control-alert-vi-1280")
     xw.assert_clean("shared link")
+    # Locking: only the action that applies is offered, and the state says so.
+    lock = page.get_by_role("button", name=t(vi, "action.lock"), exact=True)
+    unlock = page.get_by_role("button", name=t(vi, "action.unlock"), exact=True)
+    await expect(unlock).to_be_hidden()
+    await lock.click()
+    await expect(page.locator("#lockstate")).to_have_text(t(vi, "control.locked"))
+    await expect(lock).to_be_hidden()
+    await unlock.click()
+    await expect(page.locator("#lockstate")).to_have_text(t(vi, "control.unlocked"))
+    await expect(lock).to_be_visible()
     tw.assert_clean("control room")
     for ctx in (teacher_ctx, an_ctx, binh_ctx, third_ctx):
         await ctx.close()
