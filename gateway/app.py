@@ -265,12 +265,14 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
         session,
     )
 
+    from .auth import refusal_middleware
+
     metrics = Metrics.create()
     svc = Services(settings=settings, clock=clock, metrics=metrics, templates=make_templates())
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[security_headers, metrics.middleware(),
-                     make_error_middleware(metrics.redis_errors.inc)],
+                     make_error_middleware(metrics.redis_errors.inc), refusal_middleware],
     )
     app[SERVICES] = svc
     app.cleanup_ctx.append(_resources)

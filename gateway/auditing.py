@@ -12,6 +12,13 @@ from typing import Any, Protocol
 log = logging.getLogger("classguard.audit")
 
 
+def milestone(n: int) -> bool:
+    """1, 10, 100, 1000, ...: the counts at which an aggregated event is recorded."""
+    while n >= 10 and n % 10 == 0:
+        n //= 10
+    return n == 1
+
+
 class AppendOnlyLog(Protocol):
     async def append(
         self, event: Mapping[str, Any], personal: Mapping[str, Any] | None = None

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from .app import services
-from .errors import ApiError
+from .auditing import milestone
+from .errors import ApiError, Refusal
 from .staff import check_csrf
-from .web_util import read_form
+from .web_util import client_ip, read_form
+
+log = logging.getLogger("classguard.auth")
 
 SESSION_COOKIE = "cg_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -29,6 +34,10 @@ class Principal:
         return f"user:{self.username}"
 
 
+# Who the request turned out to be, once known (even when the request is then refused).
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+
+
 async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal | None:
     svc = services(request)
     assert svc.staff is not None
@@ -40,21 +49,16 @@ async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal 
         user = await svc.staff.resolve_bearer(token.strip())
         if user is None:
             raise ApiError(401, "unauthenticated", "invalid or revoked token")
-        return Principal(user.username, user.role, user.org, "bearer")
+        p = Principal(user.username, user.role, user.org, "bearer")
+        request[PRINCIPAL] = p
+        return p
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         return None
     session = await svc.staff.load_session(cookie)
     if session is None:
         return None
-    if csrf and request.method not in SAFE_METHODS:
-        header = request.headers.get("X-CSRF-Token", "")
-        if not header and request.content_type == "application/x-www-form-urlencoded":
-            form = await read_form(request)
-            header = str(form.get("csrf_token", ""))
-        if not check_csrf(session, header):
-            raise ApiError(403, "csrf_failed", "missing or wrong CSRF token")
-    return Principal(
+    p = Principal(
         session.username,
         session.role,
         session.org,
@@ -62,6 +66,15 @@ async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal 
         session_id=session.sid_hash,
         csrf_token=session.csrf_token,
     )
+    request[PRINCIPAL] = p
+    if csrf and request.method not in SAFE_METHODS:
+        header = request.headers.get("X-CSRF-Token", "")
+        if not header and request.content_type == "application/x-www-form-urlencoded":
+            form = await read_form(request)
+            header = str(form.get("csrf_token", ""))
+        if not check_csrf(session, header):
+            raise ApiError(403, "csrf_failed", "missing or wrong CSRF token")
+    return p
 
 
 async def require_user(request: web.Request, *, csrf: bool = True) -> Principal:
@@ -69,3 +82,59 @@ async def require_user(request: web.Request, *, csrf: bool = True) -> Principal:
     if p is None:
         raise ApiError(401, "unauthenticated", "sign in first")
     return p
+
+
+# Refusals recorded one by one per staff member per minute; beyond, at the 100th,
+# 1000th... with the count.
+STAFF_REFUSALS_PER_MINUTE = 30
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def refusal_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record ``staff.refused`` for every 403 and every ``Refusal`` (a class that is not
+    the caller's answers 404) before the error middleware answers it.
+
+    NOTE: a teacher probing other classes, IT staff trying host actions, a cross-site
+    request riding a session (``csrf_failed``, ``bad_origin``) are in the audit trail,
+    rate-limited per staff member so the refusals cannot flood the log."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        if exc.status == 403 or isinstance(exc, Refusal):
+            try:
+                await record_refusal(request, exc)
+            except Exception as rec_exc:  # noqa: BLE001 - the refusal itself still stands
+                log.warning("could not record a staff refusal: %r", rec_exc)
+        raise
+
+
+async def record_refusal(request: web.Request, exc: ApiError) -> None:
+    """Append the ``staff.refused`` event for ``exc`` (see ``refusal_middleware``)."""
+    svc = services(request)
+    assert svc.store is not None and svc.auditor is not None
+    p = request.get(PRINCIPAL)
+    actor = p.actor if p is not None else "visitor"
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    n, _first = await svc.store.count_refusals(
+        f"staff:{p.username if p is not None else ip}", 60)
+    if n > STAFF_REFUSALS_PER_MINUTE and not milestone(n):
+        return
+    class_id = exc.class_id if isinstance(exc, Refusal) else None
+    org = exc.org if isinstance(exc, Refusal) else None
+    if class_id is None and request.match_info.get("class_id"):
+        info = await svc.store.get_class(request.match_info["class_id"])
+        if info is not None:
+            class_id, org = info.id, info.org
+    if org is None and p is not None:
+        org = p.org
+    resource = request.match_info.route.resource
+    await svc.auditor.record(
+        "staff.refused", actor=actor, org=org, class_id=class_id, reason=exc.code,
+        ip=ip, user_agent=request.headers.get("User-Agent", ""),
+        facts={"status": exc.status, "method": request.method,
+               "route": resource.canonical if resource is not None else None,
+               "via": p.via if p is not None else None,
+               "count": n if n > STAFF_REFUSALS_PER_MINUTE else None},
+    )

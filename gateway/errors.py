@@ -48,6 +48,18 @@ class ApiError(Exception):
         self.extra = extra or {}
 
 
+class Refusal(ApiError):
+    """A signed-in staff member refused a resource they named (a class that is not
+    theirs: 404, so its existence is not confirmed; an action above their role: 403).
+    Recorded as ``staff.refused`` by ``auth.refusal_middleware``, like every 403."""
+
+    def __init__(self, status: int, code: str, message: str, *, class_id: str | None = None,
+                 org: str | None = None, field: str | None = None) -> None:
+        super().__init__(status, code, message, field=field)
+        self.class_id = class_id
+        self.org = org
+
+
 def bad_request(code: str, message: str, field: str | None = None) -> ApiError:
     return ApiError(400, code, message, field=field)
 

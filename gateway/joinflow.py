@@ -33,6 +33,7 @@ from policies.model import (
 )
 
 from .app import Services
+from .auditing import milestone
 from .state import ClassInfo, Limit, Snapshot, device_hash
 from .tokens import peek_claims, verify_join_token
 from .useragent import device_hint
@@ -69,13 +70,6 @@ FLOOD_ATTEMPTS = 300
 FLOOD_WINDOW_S = 10
 # The same alert within this window is counted, not raised again (see JoinFlow.alert).
 ALERT_WINDOW_S = 300
-
-
-def _milestone(n: int) -> bool:
-    """1, 10, 100, 1000, ...: the counts at which an aggregated event is recorded."""
-    while n >= 10 and n % 10 == 0:
-        n //= 10
-    return n == 1
 
 
 @dataclass(slots=True)
@@ -139,7 +133,7 @@ class JoinFlow:
         n, first = await svc.store.count_refusals(
             f"{bucket}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S,
             class_id=info.id if info is not None else None)
-        if not _milestone(n):
+        if not milestone(n):
             return
         await svc.auditor.record(
             "join", actor="visitor", org=info.org if info else None,

@@ -17,7 +17,7 @@ from policies.model import ClassId, Jti, Schedule, StudentId
 from ..app import Services, services
 from ..auth import Principal, require_user
 from ..codes import code_lookup_key, format_code, new_code
-from ..errors import ApiError
+from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, can_view, is_host
 from ..presence import watch_class
 from ..roster import RosterError, parse_roster
@@ -100,12 +100,14 @@ async def load_class(request: web.Request, p: Principal, *, host: bool = False) 
     assert svc.store is not None
     info = await svc.store.get_class(request.match_info["class_id"])
     if info is None:
-        raise ApiError(404, "not_found", "class not found")
+        raise Refusal(404, "not_found", "class not found")
     anc = await org_ancestors(svc, info.org)
     if not can_view(p, info, anc):
-        raise ApiError(404, "not_found", "class not found")
+        raise Refusal(404, "not_found", "class not found", class_id=info.id, org=info.org)
     if host and not is_host(svc, p, info, anc):
-        raise ApiError(403, "forbidden", "only the class's teacher or an administrator may do this")
+        raise Refusal(403, "forbidden",
+                      "only the class's teacher or an administrator may do this",
+                      class_id=info.id, org=info.org)
     return info
 
 

@@ -19,8 +19,8 @@ import redis.exceptions
 from aiohttp import WSMsgType, web
 
 from ..app import services
-from ..auth import require_user
-from ..errors import ApiError
+from ..auth import authenticate, record_refusal, require_user
+from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls
 from ..joinflow import JoinFlow
 from ..web_util import loads_bounded
@@ -49,6 +49,9 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
     if request.headers.get("Authorization") is None and not _same_origin(
         request, svc.settings.public_url
     ):
+        # Learn whose session rode the cross-site request, for the audit record.
+        with contextlib.suppress(ApiError):
+            await authenticate(request, csrf=False)
         raise ApiError(403, "bad_origin", "cross-site WebSocket refused")
     p = await require_user(request, csrf=False)
     info = await load_class(request, p, host=True)
@@ -116,6 +119,11 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 result = await controls.perform(p, fresh, ActionRequest.parse(data))
                 await send({"type": "result", "id": req_id, **result})
             except ApiError as exc:
+                if exc.status == 403 or isinstance(exc, Refusal):
+                    try:
+                        await record_refusal(request, exc)
+                    except Exception as rec_exc:  # noqa: BLE001 - the refusal stands
+                        log.warning("could not record a staff refusal: %r", rec_exc)
                 err: dict[str, Any] = {"code": exc.code, "message": exc.message}
                 if exc.field:
                     err["field"] = exc.field
