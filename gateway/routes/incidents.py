@@ -128,7 +128,8 @@ def _custody_personal(request: web.Request) -> dict[str, str]:
             "ua": request.headers.get("User-Agent", "")[:512]}
 
 
-async def _class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
+async def class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
+    """The class if this principal may report on it (404 otherwise, naming class_id)."""
     assert svc.store is not None and svc.staff is not None
     info = await svc.store.get_class(cid)
     if info is None or not can_view(p, info, list(await svc.staff.org_ancestors(info.org))):
@@ -136,17 +137,48 @@ async def _class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
     return info
 
 
-async def _load(request: web.Request, p: Principal) -> tuple[Incident, ClassInfo]:
+async def load_incident(request: web.Request, p: Principal) -> tuple[Incident, ClassInfo]:
     """The incident in the URL if this principal may see it (404 otherwise)."""
     svc = services(request)
     inc = await incident_store(svc).get(request.match_info["incident_id"])
     if inc is None:
         raise ApiError(404, "not_found", "incident not found")
     try:
-        info = await _class_for(svc, p, inc.class_id)
+        info = await class_for(svc, p, inc.class_id)
     except ApiError as exc:
         raise ApiError(404, "not_found", "incident not found") from exc
     return inc, info
+
+
+async def visible_incidents(svc: Services, p: Principal, *, class_id: str | None = None,
+                            status: str | None = None) -> list[Incident]:
+    """Incidents this principal may see, newest first: a teacher's own classes, the org
+    subtree for IT staff and administrators."""
+    assert svc.store is not None and svc.staff is not None
+    store = incident_store(svc)
+    if p.role == "teacher":
+        classes = await svc.store.classes_of_owner(p.username)
+        ids = await store.ids_of_classes([c.id for c in classes])
+    else:
+        ids = await store.ids_of_orgs(sorted(await svc.staff.org_subtree(p.org)))
+    out = []
+    for iid in ids:
+        inc = await store.get(iid)
+        if inc is None or (class_id and inc.class_id != class_id) or \
+                (status and inc.status != status):
+            continue
+        out.append(inc)
+    return out
+
+
+async def record_view(request: web.Request, p: Principal, inc: Incident, info: ClassInfo, *,
+                      via: str | None = None) -> str:
+    """Log that ``p`` opened the incident (``incident.view``, a custody event)."""
+    svc = services(request)
+    assert svc.auditor is not None
+    return await svc.auditor.record(
+        "incident.view", actor=p.actor, org=info.org, class_id=info.id,
+        facts={"incident": inc.id, "via": via}, personal=_custody_personal(request))
 
 
 async def create(request: web.Request) -> web.Response:
@@ -158,7 +190,7 @@ async def create(request: web.Request) -> web.Response:
                        optional=("description", "student_ids", "visitors", "indexes"))
     if not isinstance(d["class_id"], str):
         raise ApiError(400, "invalid_field", "class_id must be a string", field="class_id")
-    info = await _class_for(svc, p, d["class_id"])
+    info = await class_for(svc, p, d["class_id"])
     title = _text(d["title"], "title", max_len=200)
     description = _text(d.get("description") or "", "description", max_len=5000,
                         multiline=True)
@@ -193,32 +225,16 @@ async def create(request: web.Request) -> web.Response:
 
 async def list_incidents(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
     p = await require_user(request)
-    store = incident_store(svc)
-    if p.role == "teacher":
-        classes = await svc.store.classes_of_owner(p.username)
-        ids = await store.ids_of_classes([c.id for c in classes])
-    else:
-        ids = await store.ids_of_orgs(sorted(await svc.staff.org_subtree(p.org)))
-    cls = request.query.get("class_id")
-    status = request.query.get("status")
-    out = []
-    for iid in ids:
-        inc = await store.get(iid)
-        if inc is None or (cls and inc.class_id != cls) or (status and inc.status != status):
-            continue
-        out.append(inc.summary())
-    return web.json_response({"incidents": out})
+    found = await visible_incidents(svc, p, class_id=request.query.get("class_id"),
+                                    status=request.query.get("status"))
+    return web.json_response({"incidents": [inc.summary() for inc in found]})
 
 
 async def detail(request: web.Request) -> web.Response:
-    svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
-    inc, info = await _load(request, p)
-    await svc.auditor.record("incident.view", actor=p.actor, org=info.org, class_id=info.id,
-                             facts={"incident": inc.id}, personal=_custody_personal(request))
+    inc, info = await load_incident(request, p)
+    await record_view(request, p, inc, info)
     return web.json_response(inc.to_json())
 
 
@@ -226,7 +242,7 @@ async def update(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.auditor is not None
     p = await require_user(request)
-    inc, info = await _load(request, p)
+    inc, info = await load_incident(request, p)
     d = require_fields(await read_json(request), required=(),
                        optional=("status", "title", "description"))
     if not d:
@@ -266,7 +282,7 @@ async def attach(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.auditor is not None
     p = await require_user(request)
-    inc, info = await _load(request, p)
+    inc, info = await load_incident(request, p)
     if inc.status == "closed":
         raise ApiError(409, "incident_closed", "a closed incident takes no more attachments")
     if not request.content_type.startswith("multipart/"):
@@ -318,7 +334,7 @@ async def attach(request: web.Request) -> web.Response:
 async def evidence(request: web.Request) -> web.Response:
     svc = services(request)
     p = await require_user(request)
-    inc, _info = await _load(request, p)
+    inc, _info = await load_incident(request, p)
     if p.role != "admin":
         raise ApiError(403, "forbidden", "only administrators export evidence")
     lang = request.query.get("lang") or svc.settings.default_lang

@@ -75,9 +75,9 @@ def nav_items(p: Principal | None) -> list[tuple[str, str]]:
         items.append(("/classes", "nav.classes"))
     if p.role in ("it", "admin"):
         items += [("/audit", "nav.audit"), ("/bans", "nav.bans")]
+    items.append(("/incidents", "nav.incidents"))
     if p.role == "admin":
         items += [("/admin/staff", "nav.staff"), ("/admin/keys", "nav.keys")]
-    # Incidents (issue 5) get their entry here once gateway/routes/incidents.py has pages.
     return items
 
 
@@ -290,7 +290,7 @@ def install_filters(svc: Services) -> None:
 
 
 def setup(app: web.Application) -> None:
-    from . import admin_api, pages_admin, pages_it, pages_teacher
+    from . import admin_api, pages_admin, pages_incidents, pages_it, pages_teacher
 
     from ..app import SERVICES
 
@@ -304,5 +304,5 @@ def setup(app: web.Application) -> None:
     r.add_post("/logout", logout)
     r.add_get("/lang/{lang}", set_lang)
     r.add_get("/classes", classes_page)
-    for module in (pages_teacher, pages_it, pages_admin, admin_api):
+    for module in (pages_teacher, pages_it, pages_admin, pages_incidents, admin_api):
         module.setup(app)

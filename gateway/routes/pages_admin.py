@@ -1,7 +1,8 @@
 """Administrator pages: staff accounts and orgs of their subtree, join-token keys.
 
-Incident pages (list, detail, attachments, evidence export, custody) belong here once
-the incident API of gateway/routes/incidents.py has landed.
+The incident pages (list, report form, detail with attachments, evidence export and the
+chain of custody) are shared by teachers, IT staff and administrators; they live in
+``pages_incidents``.
 """
 
 from __future__ import annotations

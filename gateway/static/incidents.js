@@ -1,0 +1,165 @@
+// Incidents: the report form (POST /api/v1/incidents), status changes (PATCH) and
+// attachment uploads (multipart POST .../attachments). No inline script anywhere (CSP).
+(function () {
+  "use strict";
+
+  // Resolves {ok, status, data}; body is a plain object (sent as JSON) or FormData.
+  function call(method, url, body, csrf) {
+    var headers = { "X-CSRF-Token": csrf, "Accept": "application/json" };
+    var payload;
+    if (body instanceof FormData) {
+      payload = body; // the browser writes the multipart boundary itself
+    } else if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      payload = JSON.stringify(body);
+    }
+    return fetch(url, { method: method, headers: headers, body: payload, credentials: "same-origin" })
+      .then(function (r) {
+        return r.text().then(function (text) {
+          var data = null;
+          try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+          return { ok: r.ok, status: r.status, data: data };
+        });
+      }, function () { return { ok: false, status: 0, data: null }; });
+  }
+  function apiError(res) { return (res && res.data && res.data.error) || {}; }
+  function withDetail(text, err) { return err.message ? text + " (" + err.message + ")" : text; }
+  // data-msg-field-student-ids -> dataset key "msgFieldStudentIds"
+  function msgKey(prefix, name) {
+    return prefix + name.split(/[_-]/).map(function (w) { return w.charAt(0).toUpperCase() + w.slice(1); }).join("");
+  }
+  function value(id) { return document.getElementById(id).value; }
+
+  // --- the report form ---
+  var form = document.getElementById("incident-form");
+  if (form) {
+    var fd = form.dataset;
+    var csrf = form.querySelector("input[name=csrf_token]").value;
+    var formError = document.getElementById("form-error");
+    // "2026-11-23T07:30" (Vietnam wall clock) -> "2026-11-23T07:30:00+07:00"
+    var toIso = function (value) {
+      if (!value) { return ""; }
+      return (value.length === 16 ? value + ":00" : value) + fd.offset;
+    };
+    var clearErrors = function () {
+      formError.textContent = "";
+      form.querySelectorAll("[data-error-for]").forEach(function (p) { p.textContent = ""; });
+      form.querySelectorAll("[aria-invalid]").forEach(function (x) { x.removeAttribute("aria-invalid"); });
+    };
+    var showError = function (res) {
+      var err = apiError(res);
+      var root = (err.field || "").split(/[.\[]/)[0];
+      var box = root ? form.querySelector('[data-error-for="' + root + '"]') : null;
+      var control = root ? form.querySelector('[data-field="' + root + '"]') : null;
+      var text = (root && fd[msgKey("msgField", root)]) || fd.msgFailed;
+      if (box) {
+        box.textContent = withDetail(text, err);
+        if (control) {
+          control.setAttribute("aria-invalid", "true");
+          var focusable = control.tagName === "FIELDSET" ? control.querySelector("input") : control;
+          if (focusable) { focusable.focus(); }
+        }
+      } else {
+        formError.textContent = withDetail(text, err);
+        formError.focus();
+      }
+    };
+    form.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      clearErrors();
+      var students = [];
+      form.querySelectorAll("input[name=student_ids]:checked").forEach(function (c) {
+        if (students.indexOf(c.value) < 0) { students.push(c.value); }
+      });
+      var visitors = [];
+      form.querySelectorAll("input[name=visitor]:checked").forEach(function (c) {
+        var v = {};
+        if (c.dataset.device) { v.device = c.dataset.device; }
+        if (c.dataset.ip) { v.ip = c.dataset.ip; }
+        visitors.push(v);
+      });
+      var body = {
+        class_id: fd["class"],
+        title: value("inc-title"),
+        description: value("inc-description"),
+        since: toIso(value("inc-since")),
+        until: toIso(value("inc-until")),
+        student_ids: students,
+        visitors: visitors
+      };
+      // The obvious mistakes are caught here (the API checks everything again and its
+      // answer names the field the same way).
+      var local = !body.title.trim() ? "title" : !body.since ? "since" : !body.until ? "until"
+        : (Date.parse(body.until) <= Date.parse(body.since) ? "until" : null);
+      if (local) { showError({ data: { error: { field: local } } }); return; }
+      var btn = form.querySelector("button[type=submit]");
+      btn.disabled = true;
+      call("POST", "/api/v1/incidents", body, csrf).then(function (res) {
+        btn.disabled = false;
+        if (res.ok && res.data && res.data.id) {
+          location.assign("/incidents/" + encodeURIComponent(res.data.id));
+        } else {
+          showError(res);
+        }
+      });
+    });
+  }
+
+  // --- the detail page ---
+  var root = document.getElementById("incident");
+  if (!root) { return; }
+  var d = root.dataset;
+  var base = "/api/v1/incidents/" + encodeURIComponent(d.incident);
+  var statusError = document.getElementById("status-error");
+  root.querySelectorAll("button[data-status]").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var status = b.dataset.status;
+      var confirmText = d[msgKey("msgConfirm", status)];
+      if (confirmText && !window.confirm(confirmText)) { return; }
+      b.disabled = true;
+      statusError.textContent = "";
+      call("PATCH", base, { status: status }, d.csrf).then(function (res) {
+        b.disabled = false;
+        if (res.ok) { location.reload(); return; }
+        statusError.textContent = withDetail(d.msgFailed, apiError(res));
+        statusError.focus();
+      });
+    });
+  });
+
+  var upload = document.getElementById("upload-form");
+  if (upload) {
+    var input = document.getElementById("upload-files");
+    var upError = document.getElementById("upload-error");
+    var upStatus = document.getElementById("upload-status");
+    var fail = function (text) {
+      upStatus.textContent = "";
+      upError.textContent = text;
+      input.setAttribute("aria-invalid", "true");
+      upError.focus();
+    };
+    upload.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      upError.textContent = "";
+      input.removeAttribute("aria-invalid");
+      var files = Array.prototype.slice.call(input.files || []);
+      if (!files.length) { fail(d.msgNoFile); return; }
+      if (files.length > Number(d.maxFiles)) { fail(d.msgTooManyFiles); return; }
+      var big = files.filter(function (f) { return f.size > Number(d.maxBytes); });
+      if (big.length) { fail(big[0].name + ": " + d.msgFileTooLarge); return; }
+      var body = new FormData();
+      files.forEach(function (f) { body.append("file", f, f.name); });
+      var btn = upload.querySelector("button[type=submit]");
+      btn.disabled = true;
+      upStatus.textContent = d.msgUploading;
+      call("POST", base + "/attachments", body, upload.querySelector("input[name=csrf_token]").value)
+        .then(function (res) {
+          btn.disabled = false;
+          if (res.ok) { location.reload(); return; }
+          var err = apiError(res);
+          var known = err.code ? d[msgKey("msgCode", err.code)] : null;
+          fail(withDetail(known || d.msgFailed, err));
+        });
+    });
+  }
+})();
