@@ -4,6 +4,7 @@ named, nothing untranslated. Screenshots go to test-artifacts/browser/."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from playwright.async_api import Browser, expect
 from gateway.i18n import t
 from tests.gateway.helpers import Gateway, make_class, open_link
 
-from .conftest import check_page, new_context, sign_in
+from .conftest import check_page, new_context, serves, sign_in
 
 LANGS = ("vi", "en")
 STUDENTS = [
@@ -24,7 +25,7 @@ STUDENTS = [
     {"name": "Võ Minh Đức", "external_id": "HS005"},
 ]
 # What the school typed: it stays as typed on the English pages.
-DATA = ("Toán 10A1", "Sở Giáo dục và Đào tạo", "Trường THPT A",
+DATA = ("Toán 10A1", "Người lạ vào bằng link của Nguyễn Văn An", "Một người lạ vào lớp.", "Sở Giáo dục và Đào tạo", "Trường THPT A",
         *(s["name"] for s in STUDENTS))
 
 
@@ -43,17 +44,31 @@ async def school(gw: Gateway) -> dict[str, Any]:
     r = await gw.api(it).post("/api/v1/orgs/so-gd/bans",
                              json={"ip": "203.0.113.7", "reason": "spam"})
     assert r.status == 201, await r.text()
-    return {"cid": cid, "links": links}
+    incident = None
+    if serves(gw, "/incidents/{incident_id}"):
+        now = datetime.now(UTC)
+        r = await api.post("/api/v1/incidents", json={
+            "class_id": cid, "title": "Người lạ vào bằng link của Nguyễn Văn An",
+            "description": "Một người lạ vào lớp.", "student_ids": [links[0]["student_id"]],
+            "since": (now - timedelta(minutes=30)).isoformat(), "until": now.isoformat()})
+        assert r.status == 201, await r.text()
+        incident = (await r.json())["id"]
+    return {"cid": cid, "links": links, "incident": incident}
 
 
-def staff_pages(cid: str) -> dict[str, list[tuple[str, str]]]:
+def staff_pages(cid: str, incident: str | None) -> dict[str, list[tuple[str, str]]]:
     """(screenshot name, path) of the pages each role works with."""
+    report = [("incident-new", f"/incidents/new?class_id={cid}")] if incident else []
+    incidents = [("incidents", "/incidents"), ("incident", f"/incidents/{incident}")] \
+        if incident else []
     return {
         "co.lan": [("classes", "/classes"), ("class-new", "/classes/new"),
                    ("class", f"/classes/{cid}"), ("roster", f"/classes/{cid}/roster"),
-                   ("links", f"/classes/{cid}/links"), ("control", f"/classes/{cid}/control")],
+                   ("links", f"/classes/{cid}/links"), ("control", f"/classes/{cid}/control"),
+                   *report],
         "anh.it": [("audit", "/audit"), ("bans", "/bans")],
-        "chi.admin": [("admin-staff", "/admin/staff"), ("admin-keys", "/admin/keys")],
+        "chi.admin": [("admin-staff", "/admin/staff"), ("admin-keys", "/admin/keys"),
+                      *incidents],
     }
 
 
@@ -61,7 +76,7 @@ def staff_pages(cid: str) -> dict[str, list[tuple[str, str]]]:
 async def test_staff_pages(browser: Browser, gateway: Gateway, artifacts: Path,
                            width: int) -> None:
     s = await school(gateway)
-    for user, pages in staff_pages(s["cid"]).items():
+    for user, pages in staff_pages(s["cid"], s["incident"]).items():
         ctx, watch = await new_context(browser, width=width)
         page = await ctx.new_page()
         await sign_in(page, gateway, user)
