@@ -18,7 +18,10 @@ All on loopback, in one run, in this order:
    with our ``kid``, a fresh ``jti`` and a random signature (the signature check runs);
 5. ``garbage, one address``: the same garbage from 127.0.0.1 only: after the burst the
    per-address limiter refuses (429) -- the cost of a refusal, not of a verification;
-6. memory per waiting socket: ``strict`` classes, every student opens their link (so
+6. ``banned source``: genuine links opened from networks an IT account banned org-wide
+   (one ``/16`` ban per network the phase's addresses come from): refused on the ban,
+   read in the first round trip, before the signature check;
+7. memory per waiting socket: ``strict`` classes, every student opens their link (so
    they wait) and then ``WS /ws/wait/<ticket>`` with their device cookie; the gateway's
    RSS is read from /proc before and after the sockets are open.
 
@@ -137,6 +140,10 @@ class Sources:
             self.next += 1
             out.append(f"127.{1 + i // 256}.{i % 256}.7")
         return out
+
+    def next_16(self) -> None:
+        """Continue from the next /16 (the one in use may be banned)."""
+        self.next = -(-self.next // 256) * 256
 
 
 # --- the load generator (one process per --clients) -------------------------------------
@@ -618,6 +625,8 @@ def main() -> int:
                    help="requests per baseline phase (the valid links, reused in turn)")
     p.add_argument("--garbage", type=int, default=15000)
     p.add_argument("--forged", type=int, default=6000)
+    p.add_argument("--banned", type=int, default=6000,
+                   help="valid links opened from banned networks (at most --valid)")
     p.add_argument("--sockets", type=int, default=5000, help="waiting sockets held open")
     p.add_argument("--clients", type=int, default=2, help="load generator processes")
     p.add_argument("--per-conn", type=int, default=10,
@@ -709,8 +718,10 @@ def main() -> int:
         phases: list[Phase] = []
 
         def phase(name: str, target: str, jobs: list[tuple[str, str]], *,
-                  distinct: bool = True, keep: bool = False, quiet: bool = False) -> Phase:
-            srcs = src.take(len(jobs) // args.per_conn + 2 * CONNECTIONS) if distinct else []
+                  distinct: bool = True, keep: bool = False, quiet: bool = False,
+                  sources: list[str] | None = None) -> Phase:
+            srcs = sources if sources is not None else (
+                src.take(len(jobs) // args.per_conn + 2 * CONNECTIONS) if distinct else [])
             ph = run_phase(name, target, bport if target == "baseline" else port, jobs,
                            clients=args.clients, sources=srcs, per_conn=args.per_conn,
                            watch=watch, keep=keep)
@@ -761,6 +772,20 @@ def main() -> int:
         one_ip = phase("garbage, all from 127.0.0.1", "gateway", garbage_jobs, distinct=False)
         base_garbage = phase("garbage token, 403", "baseline", garbage_jobs)
 
+        # Banned sources: genuine links opened from networks an IT account banned
+        # org-wide (the /16s this phase's addresses come from); refused on the ban,
+        # which is read in the first round trip, before any signature check.
+        banned_jobs = jobs_valid[:args.banned]
+        src.next_16()
+        banned_srcs = src.take(len(banned_jobs) // args.per_conn + 2 * CONNECTIONS)
+        run_cli(["user", "add", "bench.it", "--role", "it", "--org", "bench-org",
+                 "--password-stdin"], env, stdin="a long enough password for the bench\n")
+        it_token = run_cli(["user", "token", "bench.it"], env).split()[-1]
+        nets = sorted({".".join(a.split(".")[:2]) + ".0.0/16" for a in banned_srcs})
+        asyncio.run(ban_networks(base, it_token, "bench-org", nets))
+        banned = phase("banned source", "gateway", banned_jobs, sources=banned_srcs)
+        src.next_16()
+
         mem = None
         if args.sockets:
             knock = phase("strict: knock (waits)", "gateway",
@@ -797,7 +822,7 @@ def main() -> int:
             print(f"kept {work}")
 
     report(phases, base1, base2, first, readmit, garbage, forged_ph, one_ip, base_garbage,
-           mem, seen, args)
+           banned, mem, seen, args)
     if args.py_spy and args.py_spy.suffix != ".svg" and args.py_spy.exists():
         print(f"\nprofile of the gateway during the first joins ({args.py_spy}):")
         profile_summary(args.py_spy)
@@ -814,8 +839,18 @@ def main() -> int:
     return 0
 
 
+async def ban_networks(base: str, token: str, org: str, networks: list[str]) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        for net in networks:
+            r = await http.post(f"{base}/api/v1/orgs/{org}/bans", headers=auth,
+                                json={"cidr": net, "reason": "benchmark: banned sources"})
+            if r.status != 201:
+                raise RuntimeError(f"ban {net}: {r.status} {await r.text()}")
+
+
 def report(phases: list[Phase], base1: Phase, base2: Phase, first: Phase, readmit: Phase,
-           garbage: Phase, forged: Phase, one_ip: Phase, base_garbage: Phase,
+           garbage: Phase, forged: Phase, one_ip: Phase, base_garbage: Phase, banned: Phase,
            mem: dict[str, Any] | None, seen: dict[str, int], args: argparse.Namespace) -> None:
     cols = ["gateway", "redis", "baseline", "load generator", "hosts", "others"]
     print(f"\n{'phase':<34} {'target':<8} {'requests':>8} {'s':>5} {'req/s':>7} "
@@ -848,6 +883,8 @@ def report(phases: list[Phase], base1: Phase, base2: Phase, first: Phase, readmi
     print(f"  garbage from one address: {one_ip.rate():.0f}/s answered "
           f"({one_ip.rate('429'):.0f}/s rate-limited 429, {one_ip.rate('403'):.0f}/s 403); "
           f"baseline refuses garbage at {base_garbage.rate('403'):.0f}/s")
+    print(f"  banned sources refused/s {banned.rate('403'):.0f} (valid links, org-wide "
+          f"network bans) = {banned.rate('403') / admitted:.1f}x the first-join rate")
     if mem is not None:
         mib = 2**20
         print(f"  waiting sockets: {mem['open']}/{mem['requested']} open "
