@@ -94,7 +94,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def refusal_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record ``staff.refused`` for every 403 and every ``Refusal`` (a class that is not
-    the caller's answers 404) before the error middleware answers it.
+    the caller's answers 404) given to a signed-in staff member, before the error
+    middleware answers it. Students and visitors (no staff credential) are not staff:
+    their refusals are join events.
 
     NOTE: a teacher probing other classes, IT staff trying host actions, a cross-site
     request riding a session (``csrf_failed``, ``bad_origin``) are in the audit trail,
@@ -102,7 +104,7 @@ async def refusal_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except ApiError as exc:
-        if exc.status == 403 or isinstance(exc, Refusal):
+        if is_staff_refusal(request, exc):
             try:
                 await record_refusal(request, exc)
             except Exception as rec_exc:  # noqa: BLE001 - the refusal itself still stands
@@ -110,15 +112,17 @@ async def refusal_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
 
 
+def is_staff_refusal(request: web.Request, exc: ApiError) -> bool:
+    return PRINCIPAL in request and (exc.status == 403 or isinstance(exc, Refusal))
+
+
 async def record_refusal(request: web.Request, exc: ApiError) -> None:
     """Append the ``staff.refused`` event for ``exc`` (see ``refusal_middleware``)."""
     svc = services(request)
     assert svc.store is not None and svc.auditor is not None
-    p = request.get(PRINCIPAL)
-    actor = p.actor if p is not None else "visitor"
+    p = request[PRINCIPAL]
     ip = client_ip(request, svc.settings.trusted_proxies)
-    n, _first = await svc.store.count_refusals(
-        f"staff:{p.username if p is not None else ip}", 60)
+    n, _first = await svc.store.count_refusals(f"staff:{p.username}", 60)
     if n > STAFF_REFUSALS_PER_MINUTE and not milestone(n):
         return
     class_id = exc.class_id if isinstance(exc, Refusal) else None
@@ -127,14 +131,14 @@ async def record_refusal(request: web.Request, exc: ApiError) -> None:
         info = await svc.store.get_class(request.match_info["class_id"])
         if info is not None:
             class_id, org = info.id, info.org
-    if org is None and p is not None:
+    if org is None:
         org = p.org
     resource = request.match_info.route.resource
     await svc.auditor.record(
-        "staff.refused", actor=actor, org=org, class_id=class_id, reason=exc.code,
+        "staff.refused", actor=p.actor, org=org, class_id=class_id, reason=exc.code,
         ip=ip, user_agent=request.headers.get("User-Agent", ""),
         facts={"status": exc.status, "method": request.method,
                "route": resource.canonical if resource is not None else None,
-               "via": p.via if p is not None else None,
+               "via": p.via,
                "count": n if n > STAFF_REFUSALS_PER_MINUTE else None},
     )

@@ -51,7 +51,8 @@ class ApiError(Exception):
 class Refusal(ApiError):
     """A signed-in staff member refused a resource they named (a class that is not
     theirs: 404, so its existence is not confirmed; an action above their role: 403).
-    Recorded as ``staff.refused`` by ``auth.refusal_middleware``, like every 403."""
+    Recorded as ``staff.refused`` by ``auth.refusal_middleware``, like every 403 that a
+    signed-in staff member gets."""
 
     def __init__(self, status: int, code: str, message: str, *, class_id: str | None = None,
                  org: str | None = None, field: str | None = None) -> None:

@@ -19,8 +19,8 @@ import redis.exceptions
 from aiohttp import WSMsgType, web
 
 from ..app import services
-from ..auth import authenticate, record_refusal, require_user
-from ..errors import ApiError, Refusal
+from ..auth import authenticate, is_staff_refusal, record_refusal, require_user
+from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls
 from ..joinflow import JoinFlow
 from ..web_util import loads_bounded
@@ -119,7 +119,7 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 result = await controls.perform(p, fresh, ActionRequest.parse(data))
                 await send({"type": "result", "id": req_id, **result})
             except ApiError as exc:
-                if exc.status == 403 or isinstance(exc, Refusal):
+                if is_staff_refusal(request, exc):
                     try:
                         await record_refusal(request, exc)
                     except Exception as rec_exc:  # noqa: BLE001 - the refusal stands

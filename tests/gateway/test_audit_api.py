@@ -77,3 +77,20 @@ async def test_audit_search_proofs_and_verify(tmp_path: Path, redis_url: str,
         # the reads above are themselves in the log
         reads = await _events(it, type="audit.read")
         assert any(e["actor"] == "user:it.hung" for e in reads)
+
+
+async def test_refused_staff_requests_are_audited_student_refusals_are_not(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        it = gw.api(await gw.staff_user("it.hung", role="it"))
+        cid, links = await make_class(gw, api)
+        assert (await api.get("/api/v1/audit/events")).status == 403  # teachers do not read
+        _, body = await open_link(gw.client(), links[0])
+        r = await gw.client().get(body["ws"])  # another device on the student's socket
+        assert r.status in (403, 400)
+        found = await _events(it, type="staff.refused")
+        assert [(e["actor"], e["reason"], e["facts"]["status"]) for e in found] == [
+            ("user:co.lan", "forbidden", 403)]
+        assert found[0]["org"] == "school-a" and "class" not in found[0]
+        assert found[0]["facts"]["route"] == "/api/v1/audit/events"
