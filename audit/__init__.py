@@ -16,7 +16,14 @@ from audit.errors import (
     SignatureError,
     UnsupportedVersionError,
 )
-from audit.log import AuditEvent, AuditLog, AuditQuery, ConsistencyProof, InclusionProof
+from audit.log import (
+    AuditEvent,
+    AuditLog,
+    AuditQuery,
+    ConsistencyProof,
+    InclusionProof,
+    LogStatus,
+)
 from audit.note import AuditSigningKey, AuditVerifierKey
 from audit.proofs import TlogProof
 from audit.retention import ArchiveResult, SegmentInfo, archive_before, verify_segment
@@ -46,6 +53,7 @@ __all__ = [
     "InclusionProof",
     "InvalidEventError",
     "KeyFileError",
+    "LogStatus",
     "NotDurableError",
     "NotFoundError",
     "NotLeaderError",

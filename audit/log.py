@@ -104,6 +104,16 @@ def parse_time(value: int | str | None) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
+class LogStatus:
+    """What the operators' metrics show of the log."""
+
+    size: int  # sequenced records
+    checkpoint_size: int  # records covered by the latest signed checkpoint
+    checkpoint_ms: int | None  # when the latest checkpoint was signed (None: none yet)
+    pending: int  # appended, not yet sequenced
+
+
+@dataclass(frozen=True, slots=True)
 class AuditQuery:
     """Filters of ``GET /api/v1/audit/events``; all given filters must match."""
 
@@ -237,6 +247,16 @@ class AuditLog:
     async def pending(self) -> int:
         """Events appended but not yet sequenced."""
         return int(await self._redis.xlen(self.keys.stream))
+
+    async def status(self) -> LogStatus:
+        """Sizes and the latest checkpoint's signing time, in one round trip (metrics)."""
+        async with self._redis.pipeline(transaction=False) as p:
+            p.hmget(self.keys.meta, ["size", "ckpt_size", "ckpt_ms"])
+            p.xlen(self.keys.stream)
+            (size_b, ckpt_b, ckpt_ms_b), pending = await p.execute()
+        return LogStatus(size=int(size_b or 0), checkpoint_size=int(ckpt_b or 0),
+                         checkpoint_ms=int(ckpt_ms_b) if ckpt_ms_b else None,
+                         pending=int(pending))
 
     async def read(self, index: int) -> AuditEvent:
         raw = await cast(Awaitable[bytes | None], self._redis.hget(self.keys.records, str(index)))

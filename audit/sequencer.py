@@ -341,7 +341,7 @@ class Sequencer:
         try:
             await self._store_ckpt(
                 keys=[self.keys.meta, self.keys.lease, self.keys.checkpoints],
-                args=[self._token, state.size, note],
+                args=[self._token, state.size, note, now],
             )
         except ResponseError as exc:
             self._state = None

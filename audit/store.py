@@ -254,7 +254,7 @@ redis.call('HSETNX', KEYS[1], 'origin', ARGV[5])
 return size + n
 """
 
-# KEYS: 1 meta, 2 lease, 3 checkpoints. ARGV: token, size, note.
+# KEYS: 1 meta, 2 lease, 3 checkpoints. ARGV: token, size, note, signing time (ms).
 STORE_CHECKPOINT = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('NOTLEADER lease lost')
@@ -269,6 +269,6 @@ if n <= done then
   return 0
 end
 redis.call('RPUSH', KEYS[3], ARGV[3])
-redis.call('HSET', KEYS[1], 'ckpt_size', n)
+redis.call('HSET', KEYS[1], 'ckpt_size', n, 'ckpt_ms', ARGV[4])
 return 1
 """

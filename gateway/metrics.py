@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from audit import LogStatus
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -26,10 +28,15 @@ class Metrics:
     rate_limited: Counter
     redis_errors: Counter
     upstream_errors: Counter
+    audit_tree_size: Gauge
+    audit_checkpoint_time: Gauge
+    audit_pending: Gauge
+    audit_leader: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
         reg = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=reg)  # process_resident_memory_bytes, process_cpu_...
         return cls(
             registry=reg,
             join_attempts=Counter(
@@ -80,7 +87,44 @@ class Metrics:
                 ["kind"],
                 registry=reg,
             ),
+            # The audit log's state, read from Redis at each scrape (set_audit): every
+            # process reports the same log; the leader gauge is per process.
+            audit_tree_size=Gauge(
+                "classguard_audit_tree_size",
+                "Records covered by the latest signed audit checkpoint",
+                registry=reg,
+            ),
+            audit_checkpoint_time=Gauge(
+                "classguard_audit_checkpoint_timestamp_seconds",
+                "When the latest audit checkpoint was signed (Unix time)",
+                registry=reg,
+            ),
+            audit_pending=Gauge(
+                "classguard_audit_pending_events",
+                "Audit events appended but not yet sequenced into the tree",
+                registry=reg,
+            ),
+            audit_leader=Gauge(
+                "classguard_audit_sequencer_leader",
+                "1 on the process holding the audit sequencer lease, else 0",
+                registry=reg,
+            ),
         )
+
+    def set_audit(self, status: LogStatus | None, *, leader: bool) -> None:
+        """``status`` None: the log could not be read (Redis down, which has its own
+        alert); its gauges read NaN rather than stale or made-up values."""
+        self.audit_leader.set(1 if leader else 0)
+        if status is None:
+            for g in (self.audit_tree_size, self.audit_checkpoint_time, self.audit_pending):
+                g.set(float("nan"))
+            return
+        self.audit_tree_size.set(status.checkpoint_size)
+        self.audit_pending.set(status.pending)
+        if status.checkpoint_ms is not None:
+            self.audit_checkpoint_time.set(status.checkpoint_ms / 1000)
+        else:
+            self.audit_checkpoint_time.set(float("nan"))
 
     def render(self) -> web.Response:
         body = generate_latest(self.registry)

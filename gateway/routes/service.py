@@ -53,7 +53,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return services(request).metrics.render()
+    svc = services(request)
+    status = None
+    if svc.audit_log is not None:
+        try:
+            status = await asyncio.wait_for(svc.audit_log.status(), 2.0)
+        except Exception:  # noqa: BLE001 - a scrape must answer even with Redis down
+            svc.metrics.redis_errors.inc()
+    svc.metrics.set_audit(status, leader=bool(svc.sequencer and svc.sequencer.is_leader))
+    return svc.metrics.render()
 
 
 async def jwks(request: web.Request) -> web.Response:

@@ -26,22 +26,6 @@ DASHBOARD = DEPLOY / "grafana" / "classguard.json"
 # Series Prometheus makes itself, not the gateway.
 PROMETHEUS_SERIES = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 
-# Metrics the rules and the dashboard need that the gateway does not export yet
-# (docs/operations.md, "Metrics"). Each is checked by test_pending_gateway_metrics, which
-# reports (xfail) the ones still missing; once exported, nothing here needs to change.
-PENDING_GATEWAY_METRICS = {
-    # gauge: size of the audit Merkle tree at the latest checkpoint
-    "classguard_audit_tree_size",
-    # gauge: Unix time at which the latest audit checkpoint was signed
-    "classguard_audit_checkpoint_timestamp_seconds",
-    # gauge: audit events appended to the Redis stream but not yet in the tree
-    "classguard_audit_pending_events",
-    # gauge: 1 on the process holding the audit sequencer lease, else 0
-    "classguard_audit_sequencer_leader",
-    # prometheus_client ProcessCollector on the app's registry
-    "process_resident_memory_bytes",
-    "process_cpu_seconds_total",
-}
 
 _IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
@@ -218,13 +202,5 @@ def test_every_metric_named_by_rules_and_dashboard_is_exported(exported: set[str
     missing = {
         name: sorted(where) for name, where in used.items()
         if name not in exported and name not in PROMETHEUS_SERIES
-        and name not in PENDING_GATEWAY_METRICS
     }
     assert not missing, f"named but not exported by /metrics: {missing}"
-
-
-@pytest.mark.parametrize("name", sorted(PENDING_GATEWAY_METRICS))
-def test_pending_gateway_metrics(name: str, exported: set[str]) -> None:
-    assert name in named_metrics(), f"{name} is no longer used: drop it from the list"
-    if name not in exported:
-        pytest.xfail(f"the gateway does not export {name} yet (docs/operations.md, Metrics)")

@@ -310,3 +310,32 @@ async def test_links_pdf_and_pages_escape_names(tmp_path: Path, redis_url: str,
             '<script src="/static/wait.js"></script>', "")
         r = await phone.get(f"/j/{token_of(name)}?lang=en", headers={"Accept": "text/html"})
         assert "waiting room" in (await r.text())
+
+
+async def test_audit_and_process_metrics(tmp_path: Path, redis_url: str, redis_prefix: str,
+                                         redis) -> None:
+    """The audit gauges the alerts and dashboard use carry the log's real state."""
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        _, links = await make_class(gw, api)
+        await open_link(gw.client(), links[0])
+        log = gw.svc.audit_log
+        assert log is not None
+        for _ in range(200):
+            status = await log.status()
+            if status.checkpoint_size == status.size > 0 and status.pending == 0:
+                break
+            await asyncio.sleep(0.02)
+        c = gw.client()
+        text = await (await c.get("/metrics")).text()
+
+        def value(name: str) -> float:
+            line = next(ln for ln in text.splitlines() if ln.startswith(name + " "))
+            return float(line.split()[1])
+
+        assert value("classguard_audit_tree_size") == status.checkpoint_size > 0
+        assert value("classguard_audit_pending_events") == 0
+        assert value("classguard_audit_sequencer_leader") == 1
+        assert 0 <= time.time() - value("classguard_audit_checkpoint_timestamp_seconds") < 60
+        assert value("process_resident_memory_bytes") > 10 * 2**20
+        assert "process_cpu_seconds_total" in text
