@@ -452,8 +452,13 @@ class JoinFlow:
                              name=name, device_hint=hint, ban_device=f"d:{dev}",
                              ban_ip=f"i:{ip}")
         elif decision.reason in (Reason.BANNED_DEVICE, Reason.BANNED_IP):
-            await self.alert(cid, "banned_returning", dedup=f"{sid}|{dev}", student_id=sid,
-                             name=name, device_hint=hint, reason=decision.reason.value)
+            # One alert per ban that matched and link used (counted on repeats), not per
+            # device: an address or network ban meets a fresh device at every cleared
+            # cookie, and that must not flood the feed.
+            await self.alert(cid, "banned_returning",
+                             dedup=f"{snap.extra.get('ban_key') or dev}|{sid}",
+                             student_id=sid, name=name, device_hint=hint,
+                             reason=decision.reason.value)
         await self._record(decision, snap, facts, ip, dev, user_agent, None)
         await self._count_failure(cid, ip, hint,
                                   verified=decision.facts.get("verified") is not False)

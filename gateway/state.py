@@ -1047,8 +1047,10 @@ class ClassStore:
             ban_reason=(dev_b or ip_b).reason if (dev_b or ip_b) else None,
             admitted_count=int(admitted_count),
         )
+        ban = dev_b or ip_b
         return Snapshot(info, state, link, student,
-                        {"admitted": admitted, "wait": wait, "limited_by": limited_by})
+                        {"admitted": admitted, "wait": wait, "limited_by": limited_by,
+                         "ban_key": ban.key if ban else None})
 
     # --- join actions ---------------------------------------------------------------
 

@@ -91,6 +91,26 @@ async def test_ip_ban_survives_cleared_cookies(deployment: Deployment) -> None:
         assert reasons(events) == ["banned_ip", "banned_ip", "admitted_by_policy"]
 
 
+async def test_banned_address_with_fresh_devices_is_one_counted_alert(
+        deployment: Deployment) -> None:
+    """An intruder behind a banned address clears cookies again and again: every try is
+    refused, and the host sees one banned_returning alert with the count, not a flood."""
+    async with scene(deployment) as s:
+        k = await s.new_class("standard")
+        ctl = await s.teacher.control(k.id)
+        intruder, banned = await _intruder_banned(s, k, "both")
+        assert banned == ["d", "i"]
+        for _ in range(10):
+            intruder.forget_cookies()
+            r = await intruder.open(k.token(1))
+            assert r.status == 403 and r.body["reason"] == "banned_ip", r
+        assert_kept_out(intruder)
+        back = [a for a in (await s.teacher.state(k.id))["alerts"]
+                if a["kind"] == "banned_returning"]
+        assert len(back) == 1 and back[0]["count"] == 10, back
+        await ctl.close()
+
+
 async def test_spoofed_x_forwarded_for_does_not_evade_ip_ban(deployment: Deployment) -> None:
     """No trusted proxy is configured, so ``X-Forwarded-For`` is the attacker's word."""
     async with scene(deployment) as s:
