@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import redis.exceptions
 from aiohttp import WSMsgType, web
 
-from ..app import services
+from ..app import Services, services
 from ..auth import authenticate, is_staff_refusal, record_refusal, require_user
 from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls
@@ -147,16 +147,28 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
             await ws.close(code=1011, message=b"internal error")
     finally:
         hb.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await hb
         off_class()
         off_revoke()
         svc.sockets.get(key, set()).discard(ws)
         svc.metrics.open_sockets.labels("control").dec()
+        # NOTE: a dropped connection can cancel this handler; telling everyone the host
+        # left runs in a task of its own (kept in svc.tasks), so it still happens and the
+        # class's on-host-leave policy applies at once rather than when presence lapses.
+        gone = asyncio.get_running_loop().create_task(_host_gone(svc, info.id, conn_id))
+        svc.tasks.add(gone)
+        gone.add_done_callback(svc.tasks.discard)
         with contextlib.suppress(Exception):
-            if await store.host_gone(info.id, conn_id):
-                await bus.publish(info.id, {"type": "state", "host_present": False})
+            await asyncio.shield(gone)
     return ws
+
+
+async def _host_gone(svc: Services, cid: str, conn_id: str) -> None:
+    assert svc.store is not None and svc.bus is not None
+    try:
+        if await svc.store.host_gone(cid, conn_id):
+            await svc.bus.publish(cid, {"type": "state", "host_present": False})
+    except Exception as exc:  # noqa: BLE001 - presence lapses by itself after HOST_TTL_S
+        log.warning("control socket clean-up for %s failed: %r", cid, exc)
 
 
 def setup(app: web.Application) -> None:

@@ -310,3 +310,32 @@ async def test_waiting_room_sockets_newest_wins(tmp_path: Path, redis_url: str,
         assert exc.value.status == 429 and int(exc.value.headers["Retry-After"]) >= 1
         await fourth.close()
         await teacher.close()
+
+
+@pytest.mark.parametrize(("on_host_leave", "action", "reason"), [
+    ("lock", "deny", "class_locked"),
+    ("pause", "wait", "awaiting_host"),
+])
+async def test_host_leaving_applies_the_policy_at_once(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis, on_host_leave: str,
+        action: str, reason: str) -> None:
+    """The host's control room closes: everyone watching is told at once (not when the
+    30 s presence lapses), and the class's on_host_leave decides the next arrival."""
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api, "standard", on_host_leave=on_host_leave)
+        watcher = gw.api(await gw.staff_user("admin.a", role="admin"))
+        watch_ws = await watcher.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(watch_ws, type_="state")
+        host_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(host_ws, type_="state")
+        status, body = await open_link(gw.client(), links[0])
+        assert (status, body["status"]) == (200, "admitted")
+
+        await host_ws.close()
+        await watch_ws.close()
+        st = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
+        assert st["host_present"] is False
+        status, body = await open_link(gw.client(), links[1])
+        assert body["status"] == {"deny": "denied", "wait": "waiting"}[action], body
+        assert body["reason"] == reason
