@@ -22,8 +22,9 @@ All on loopback, in one run, in this order:
    (one ``/16`` ban per network the phase's addresses come from): refused on the ban,
    read in the first round trip, before the signature check;
 7. memory per waiting socket: ``strict`` classes, every student opens their link (so
-   they wait) and then ``WS /ws/wait/<ticket>`` with their device cookie; the gateway's
-   RSS is read from /proc before and after the sockets are open.
+   they wait) and then ``WS /ws/wait/<ticket>`` with their device cookie, 20 sockets per
+   source address (the gateway limits sockets per address); the gateway's RSS is read
+   from /proc before and after the sockets are open.
 
 Load generator: a small HTTP/1.1 client on asyncio's Protocol API (keep-alive, one
 request in flight per connection, no pipelining), in ``--clients`` processes, 64
@@ -91,6 +92,9 @@ from tests.deploy.cluster import (  # noqa: E402
 
 UA = "Mozilla/5.0 (Linux; Android 13; Mobile) Chrome/120"
 CONNECTIONS = 64
+# Waiting sockets per source address (a family, or a class behind one NAT at most; the
+# gateway accepts a burst of 30 handshakes per address).
+SOCKETS_PER_ADDRESS = 20
 
 
 # --- small helpers ----------------------------------------------------------------------
@@ -491,18 +495,28 @@ def serve_baseline(port: int, jwks_file: str, issuer: str) -> None:
 # --- memory per waiting socket ----------------------------------------------------------
 
 
-async def _holders(port: int, socks: list[tuple[str, str]], opened: Any, stop: Any,
+async def _holders(port: int, socks: list[tuple[str, str, str]], opened: Any, stop: Any,
                    q: Any) -> None:
     sem = asyncio.Semaphore(32)
     ok = Counter[str]()
     held: list[aiohttp.ClientWebSocketResponse] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=None)) as http:
+    # One session per source address: the gateway limits waiting sockets per address
+    # (as it would see a school's NAT), so the sockets come from many, as students do.
+    sessions: dict[str, aiohttp.ClientSession] = {}
 
-        async def one(path: str, cookie: str) -> None:
+    def session_of(addr: str) -> aiohttp.ClientSession:
+        if addr not in sessions:
+            sessions[addr] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, local_addr=(addr, 0)),
+                timeout=aiohttp.ClientTimeout(total=None))
+        return sessions[addr]
+
+    try:
+
+        async def one(path: str, cookie: str, addr: str) -> None:
             async with sem:
                 try:
-                    ws = await http.ws_connect(f"ws://127.0.0.1:{port}{path}",
+                    ws = await session_of(addr).ws_connect(f"ws://127.0.0.1:{port}{path}",
                                                headers={"Cookie": f"cg_dev={cookie}",
                                                         "User-Agent": UA},
                                                heartbeat=None,
@@ -516,7 +530,7 @@ async def _holders(port: int, socks: list[tuple[str, str]], opened: Any, stop: A
                 with opened.get_lock():
                     opened.value += 1
 
-        await asyncio.gather(*(one(p, c) for p, c in socks))
+        await asyncio.gather(*(one(p, c, a) for p, c, a in socks))
 
         async def keep(ws: aiohttp.ClientWebSocketResponse) -> None:
             async for _ in ws:  # answers the server's pings
@@ -529,6 +543,8 @@ async def _holders(port: int, socks: list[tuple[str, str]], opened: Any, stop: A
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await asyncio.gather(*(s.close() for s in sessions.values()), return_exceptions=True)
 
 
 def _holders_main(*args: Any) -> None:
@@ -538,8 +554,9 @@ def _holders_main(*args: Any) -> None:
         args[-1].put({"fatal": repr(exc)})
 
 
-def measure_sockets(port: int, gw_pid: int, socks: list[tuple[str, str]],
+def measure_sockets(port: int, gw_pid: int, socks: list[tuple[str, str, str]],
                     clients: int) -> dict[str, Any]:
+    """``socks``: (path, device cookie, source address) of each waiting socket."""
     ctx = mp.get_context("fork")
     opened, stop, q = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
     time.sleep(2.0)
@@ -795,8 +812,12 @@ def main() -> int:
                 if cookie and '"waiting"' in body:
                     socks.append((json.loads(body)["ws"], cookie))
             knock.kept = {}
-            print(f"  opening {len(socks)} waiting sockets", flush=True)
-            mem = measure_sockets(port, gw.pid, socks, args.clients)
+            addrs = src.take(len(socks) // SOCKETS_PER_ADDRESS + 1)
+            print(f"  opening {len(socks)} waiting sockets from {len(addrs)} addresses",
+                  flush=True)
+            mem = measure_sockets(port, gw.pid, [
+                (path, cookie, addrs[i // SOCKETS_PER_ADDRESS])
+                for i, (path, cookie) in enumerate(socks)], args.clients)
         seen = hosts.stop()
         gw_log_tail = gw.text()[-2000:]
     finally:
