@@ -445,22 +445,23 @@ class JoinFlow:
         hint = device_hint(user_agent)
         name = snap.student.name if snap.student else None
         sid = facts.student_id
+        alert = None
         if decision.reason is Reason.DEVICE_MISMATCH:
             # The alert carries ban handles for the second device and its address, so
             # the host can block exactly that visitor in one click.
-            await self.alert(cid, "link_shared", dedup=f"{sid}|{dev}", student_id=sid,
-                             name=name, device_hint=hint, ban_device=f"d:{dev}",
-                             ban_ip=f"i:{ip}")
+            alert = self._alert_body("link_shared", f"{sid}|{dev}", student_id=sid,
+                                     name=name, device_hint=hint, ban_device=f"d:{dev}",
+                                     ban_ip=f"i:{ip}")
         elif decision.reason in (Reason.BANNED_DEVICE, Reason.BANNED_IP):
             # One alert per ban that matched and link used (counted on repeats), not per
             # device: an address or network ban meets a fresh device at every cleared
             # cookie, and that must not flood the feed.
-            await self.alert(cid, "banned_returning",
-                             dedup=f"{snap.extra.get('ban_key') or dev}|{sid}",
-                             student_id=sid, name=name, device_hint=hint,
-                             reason=decision.reason.value)
+            alert = self._alert_body("banned_returning",
+                                     f"{snap.extra.get('ban_key') or dev}|{sid}",
+                                     student_id=sid, name=name, device_hint=hint,
+                                     reason=decision.reason.value)
         await self._record(decision, snap, facts, ip, dev, user_agent, None)
-        await self._count_failure(cid, ip, hint,
+        await self._count_failure(cid, ip, hint, alert=alert,
                                   verified=decision.facts.get("verified") is not False)
         out = JoinOutcome(decision=decision, class_id=cid, class_title=snap.info.title,
                           new_device_cookie=fresh_cookie)
@@ -468,15 +469,19 @@ class JoinFlow:
         out.opens_at = str(opens) if opens else None
         return out
 
-    async def _count_failure(self, cid: str, ip: str, hint: str, *, verified: bool) -> None:
+    async def _count_failure(self, cid: str, ip: str, hint: str, *, verified: bool,
+                             alert: dict[str, Any] | None = None) -> None:
         """Five refusals from one address within a minute raise one alert (per 5 min);
-        a verified refusal also counts towards the class's flood detector."""
+        a verified refusal also counts towards the class's flood detector. ``alert``, the
+        refusal's own alert, is raised in the same round trip as the counters."""
         store = self.svc.store
         assert store is not None
         counters = [(f"fail:{ip}", 60)]
         if verified:
             counters.append(("attempts", FLOOD_WINDOW_S))
-        counts = await store.count_recent_many(cid, counters)
+        new, counts = await store.note_refusal(cid, alert, counters)
+        if new and alert is not None:
+            await self._publish_alert(cid, alert)
         if counts[0] == REPEATED_FAILURES and \
                 await store.once(cid, f"failalert:{ip}", 300):
             await self.alert(cid, "repeated_failures", dedup=ip, device_hint=hint)
@@ -504,19 +509,26 @@ class JoinFlow:
         within ALERT_WINDOW_S is counted on the one already shown, not raised again, and
         the host is shown the newest ALERTS_PER_KIND of each kind: a flood of refused
         attempts cannot flush the feed (a ``banned_returning`` stays in view)."""
-        svc = self.svc
-        assert svc.store is not None and svc.bus is not None
-        now = svc.clock()
+        assert self.svc.store is not None
+        alert = self._alert_body(kind, dedup, **data)
+        new, _count = await self.svc.store.add_alert(cid, alert)
+        if new:
+            await self._publish_alert(cid, alert)
+
+    def _alert_body(self, kind: str, dedup: str | None, **data: Any) -> dict[str, Any]:
+        """The alert with its id: the same kind and ``dedup`` key (by default the same
+        data) in the same ALERT_WINDOW_S window share an id."""
+        now = self.svc.clock()
         if dedup is None:
             dedup = json.dumps(data, sort_keys=True, default=str)
         window = int(now // ALERT_WINDOW_S)
         aid = hashlib.sha256(f"{kind}\0{dedup}\0{window}".encode()).hexdigest()[:16]
-        alert = {"id": aid, "kind": kind, "at": now, **data}
-        new, _count = await svc.store.add_alert(cid, alert)
-        if not new:
-            return
-        await svc.bus.publish(cid, {"type": "alert", **alert, "count": 1})
-        svc.metrics.alerts.labels(kind).inc()
+        return {"id": aid, "kind": kind, "at": now, **data}
+
+    async def _publish_alert(self, cid: str, alert: dict[str, Any]) -> None:
+        assert self.svc.bus is not None
+        await self.svc.bus.publish(cid, {"type": "alert", **alert, "count": 1})
+        self.svc.metrics.alerts.labels(str(alert["kind"])).inc()
 
     async def _record(
         self,

