@@ -213,9 +213,10 @@ def redis_clients(s: Settings, url: str | None) -> tuple[aioredis.Redis, aioredi
             hosts.append((host.strip("[]"), int(port)))
         sentinel = Sentinel(hosts, socket_timeout=2.0)
         master = s.redis_sentinel_master or "mymaster"
-        return (sentinel.master_for(master, decode_responses=True,
+        password = s.redis_password or None
+        return (sentinel.master_for(master, decode_responses=True, password=password,
                                     max_connections=s.redis_max_connections),
-                sentinel.master_for(master, decode_responses=False,
+                sentinel.master_for(master, decode_responses=False, password=password,
                                     max_connections=s.redis_max_connections))
     assert url is not None
     out = []

@@ -20,8 +20,8 @@ problem raises ``ConfigError`` whose message starts with the setting's name, e.g
 
 ``redis_url`` may be ``redis://``, ``rediss://`` (TLS) or ``unix://``; with no URL the
 gateway starts the embedded Redis in ``data_dir``. ``redis_sentinels`` (``host:port``
-entries) and ``redis_sentinel_master`` describe a Sentinel deployment; they are only
-validated here.
+entries), ``redis_sentinel_master`` and ``redis_password`` (the master's, masked like the
+URL's) describe a Sentinel deployment; they are only validated here.
 
 ``Settings`` validates itself in ``__post_init__``, so values built directly in tests get
 the same checks and derived defaults (``public_url``, ``audit_origin``, ``node_id``).
@@ -95,6 +95,9 @@ class Settings:
     redis_prefix: str = "cg:"
     redis_sentinels: tuple[str, ...] = ()  # "host:port" entries
     redis_sentinel_master: str | None = None
+    # The password of the Redis master found through Sentinel (with a URL, the URL
+    # carries it). Best given as CLASSGUARD_REDIS_PASSWORD from a secret.
+    redis_password: str = ""
     # Connections per client pool. Under a burst a request waits for a free connection
     # (up to redis_pool_timeout_s) instead of failing at once; a Redis that is down still
     # fails at once, on connect.
@@ -166,6 +169,8 @@ class Settings:
             out[f.name] = value
         if self.redis_url is not None:
             out["redis_url"] = redact_url(self.redis_url)
+        if self.redis_password:
+            out["redis_password"] = "***"
         return out
 
 
@@ -356,6 +361,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError("redis_sentinel_master", "is required when redis_sentinels is set")
     if s.redis_sentinel_master is not None and not s.redis_sentinels:
         raise ConfigError("redis_sentinels", "is required when redis_sentinel_master is set")
+    _check_type("redis_password", s.redis_password, str)
+    if s.redis_password and not s.redis_sentinels:
+        raise ConfigError("redis_password", "is for Sentinel deployments; with redis_url, "
+                          "put the password in the URL")
 
     _check_type("public_url", s.public_url, str)
     public_url = s.public_url or _derived_public_url(s.host, s.port)

@@ -145,6 +145,7 @@ def test_bind_all_host_gives_a_usable_public_url() -> None:
         ({"audit_durability_replicas": 99}, {}, "audit_durability_replicas", "0-16"),
         ({"redis_sentinels": "h:1"}, {}, "redis_sentinel_master", "required"),
         ({"redis_sentinel_master": "m"}, {}, "redis_sentinels", "required"),
+        ({"redis_password": "s3cret"}, {}, "redis_password", "in the URL"),
         (
             {"redis_sentinels": "h", "redis_sentinel_master": "m"},
             {},
