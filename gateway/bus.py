@@ -33,10 +33,14 @@ class Bus:
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def publish(self, class_id: str, message: dict[str, Any]) -> None:
+    def message(self, class_id: str, message: dict[str, Any]) -> tuple[str, str]:
+        """(channel, payload) of an event, for a Redis script to publish itself."""
         payload = dict(message)
         payload["class_id"] = class_id
-        await self.r.publish(self.channel, json.dumps(payload, ensure_ascii=False))
+        return self.channel, json.dumps(payload, ensure_ascii=False)
+
+    async def publish(self, class_id: str, message: dict[str, Any]) -> None:
+        await self.r.publish(*self.message(class_id, message))
 
     def listen_class(self, class_id: str, listener: Listener) -> Callable[[], None]:
         self._class_listeners[class_id].add(listener)

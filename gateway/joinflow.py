@@ -479,9 +479,13 @@ class JoinFlow:
         counters = [(f"fail:{ip}", 60)]
         if verified:
             counters.append(("attempts", FLOOD_WINDOW_S))
-        new, counts = await store.note_refusal(cid, alert, counters)
+        publish = None
+        if alert is not None:
+            assert self.svc.bus is not None
+            publish = self.svc.bus.message(cid, {"type": "alert", **alert, "count": 1})
+        new, counts = await store.note_refusal(cid, alert, counters, publish=publish)
         if new and alert is not None:
-            await self._publish_alert(cid, alert)
+            self.svc.metrics.alerts.labels(str(alert["kind"])).inc()
         if counts[0] == REPEATED_FAILURES and \
                 await store.once(cid, f"failalert:{ip}", 300):
             await self.alert(cid, "repeated_failures", dedup=ip, device_hint=hint)

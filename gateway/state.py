@@ -460,7 +460,8 @@ return out
 
 # Raise an alert, or count it again when the same one (same id) is already shown; keep
 # the newest ARGV[4] of its kind, so a flood of one kind cannot push the others out.
-# KEYS: items, order, kind order. ARGV: id, alert json, now, keep per kind, ttl s
+# KEYS: items, order, kind order. ARGV: id, alert json, now, keep per kind, ttl s, and
+# optionally a pub/sub channel and message published when the alert is new.
 # Returns {1 if new, count}
 _ADD_ALERT = """
 local new = 0
@@ -487,6 +488,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', stale)) do
   redis.call('HDEL', KEYS[1], id, id .. ':n', id .. ':last')
 end
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+if new == 1 and ARGV[6] then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 return {new, n}
 """
 
@@ -1343,11 +1345,17 @@ class ClassStore:
         return bool(int(new)), int(n)
 
     async def note_refusal(self, cid: str, alert: Mapping[str, Any] | None,
-                           counters: Sequence[tuple[str, int]]) -> tuple[bool, list[int]]:
+                           counters: Sequence[tuple[str, int]], *,
+                           publish: tuple[str, str] | None = None
+                           ) -> tuple[bool, list[int]]:
         """``add_alert`` (when ``alert`` is given) and ``count_recent_many`` in one round
         trip: a refusal's bookkeeping costs no more than the refusal's snapshot did.
+        ``publish`` (channel, message): sent by the script when the alert is new.
         Returns (whether the alert is new, the counters)."""
-        calls = [] if alert is None else [self._alert_call(cid, alert, ALERTS_PER_KIND)]
+        calls = []
+        if alert is not None:
+            script, keys, args = self._alert_call(cid, alert, ALERTS_PER_KIND)
+            calls.append((script, keys, args + list(publish or ())))
         calls.append((self._count_many, [self.k.c(cid, f"n:{name}") for name, _ in counters],
                       [w for _, w in counters]))
         res = await self._pipelined_scripts(calls)
