@@ -8,12 +8,14 @@
     var any = document.querySelector("[data-csrf]");
     return any ? any.dataset.csrf : "";
   }
-  // Sends JSON (or raw bytes with a content type); resolves {ok, status, data}.
+  // Sends JSON, FormData (multipart; the browser writes the boundary) or raw bytes with
+  // a content type; resolves {ok, status, data}.
   function call(method, url, body, csrf, contentType, extraHeaders) {
     var headers = { "X-CSRF-Token": csrf || csrfOf(document), "Accept": "application/json" };
     var payload;
     if (body !== undefined && body !== null) {
-      if (contentType) { headers["Content-Type"] = contentType; payload = body; }
+      if (body instanceof FormData) { payload = body; }
+      else if (contentType) { headers["Content-Type"] = contentType; payload = body; }
       else { headers["Content-Type"] = "application/json"; payload = JSON.stringify(body); }
     }
     Object.keys(extraHeaders || {}).forEach(function (k) { headers[k] = extraHeaders[k]; });

@@ -3,25 +3,8 @@
 (function () {
   "use strict";
 
-  // Resolves {ok, status, data}; body is a plain object (sent as JSON) or FormData.
-  function call(method, url, body, csrf) {
-    var headers = { "X-CSRF-Token": csrf, "Accept": "application/json" };
-    var payload;
-    if (body instanceof FormData) {
-      payload = body; // the browser writes the multipart boundary itself
-    } else if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      payload = JSON.stringify(body);
-    }
-    return fetch(url, { method: method, headers: headers, body: payload, credentials: "same-origin" })
-      .then(function (r) {
-        return r.text().then(function (text) {
-          var data = null;
-          try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
-          return { ok: r.ok, status: r.status, data: data };
-        });
-      }, function () { return { ok: false, status: 0, data: null }; });
-  }
+  // JSON or FormData through the shared helper of app.js.
+  var call = window.ClassGuard.call;
   function apiError(res) { return (res && res.data && res.data.error) || {}; }
   function withDetail(text, err) { return err.message ? text + " (" + err.message + ")" : text; }
   // data-msg-field-student-ids -> dataset key "msgFieldStudentIds"

@@ -113,13 +113,6 @@ async def serve_gateway(tmp_path: Path, redis_url: str, redis_prefix: str,
         await server.close()
 
 
-def serves(gw: Gateway, path: str) -> bool:
-    """Whether the gateway has a route for ``path`` (a plain path or a pattern). The
-    incident pages are checked by this suite from the day the app serves them."""
-    return any(path in (r.get_info().get("path"), r.get_info().get("formatter"))
-               for r in gw.server.app.router.resources())
-
-
 @pytest.fixture
 async def gateway(tmp_path: Path, redis_url: str, redis_prefix: str,
                   redis: Any) -> AsyncIterator[Gateway]:

@@ -14,7 +14,7 @@ from playwright.async_api import Browser, expect
 from gateway.i18n import t
 from tests.gateway.helpers import Gateway, make_class, open_link
 
-from .conftest import check_page, new_context, serves, sign_in
+from .conftest import check_page, new_context, sign_in
 
 LANGS = ("vi", "en")
 STUDENTS = [
@@ -44,23 +44,19 @@ async def school(gw: Gateway) -> dict[str, Any]:
     r = await gw.api(it).post("/api/v1/orgs/so-gd/bans",
                              json={"ip": "203.0.113.7", "reason": "spam"})
     assert r.status == 201, await r.text()
-    incident = None
-    if serves(gw, "/incidents/{incident_id}"):
-        now = datetime.now(UTC)
-        r = await api.post("/api/v1/incidents", json={
-            "class_id": cid, "title": "Người lạ vào bằng link của Nguyễn Văn An",
-            "description": "Một người lạ vào lớp.", "student_ids": [links[0]["student_id"]],
-            "since": (now - timedelta(minutes=30)).isoformat(), "until": now.isoformat()})
-        assert r.status == 201, await r.text()
-        incident = (await r.json())["id"]
-    return {"cid": cid, "links": links, "incident": incident}
+    now = datetime.now(UTC)
+    r = await api.post("/api/v1/incidents", json={
+        "class_id": cid, "title": "Người lạ vào bằng link của Nguyễn Văn An",
+        "description": "Một người lạ vào lớp.", "student_ids": [links[0]["student_id"]],
+        "since": (now - timedelta(minutes=30)).isoformat(), "until": now.isoformat()})
+    assert r.status == 201, await r.text()
+    return {"cid": cid, "links": links, "incident": (await r.json())["id"]}
 
 
-def staff_pages(cid: str, incident: str | None) -> dict[str, list[tuple[str, str]]]:
+def staff_pages(cid: str, incident: str) -> dict[str, list[tuple[str, str]]]:
     """(screenshot name, path) of the pages each role works with."""
-    report = [("incident-new", f"/incidents/new?class_id={cid}")] if incident else []
-    incidents = [("incidents", "/incidents"), ("incident", f"/incidents/{incident}")] \
-        if incident else []
+    report = [("incident-new", f"/incidents/new?class_id={cid}")]
+    incidents = [("incidents", "/incidents"), ("incident", f"/incidents/{incident}")]
     return {
         "co.lan": [("classes", "/classes"), ("class-new", "/classes/new"),
                    ("class", f"/classes/{cid}"), ("roster", f"/classes/{cid}/roster"),

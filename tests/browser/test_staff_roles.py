@@ -12,7 +12,7 @@ from playwright.async_api import Browser, Page, expect
 from gateway.i18n import t
 from tests.gateway.helpers import TEACHER_PASSWORD, Gateway, make_class
 
-from .conftest import check_page, new_context, serves, sign_in
+from .conftest import check_page, new_context, sign_in
 
 VI = "vi"
 
@@ -39,9 +39,8 @@ async def test_each_role_reaches_its_pages_and_no_other(browser: Browser, gatewa
         "chi.admin": {"/audit": 200, "/bans": 200, "/admin/staff": 200, "/admin/keys": 200,
                       f"/classes/{cid}/control": 200},
     }
-    if serves(gw, "/incidents"):
-        for user in expected:  # teachers see their classes' incidents, the others their org's
-            expected[user]["/incidents"] = 200
+    for user in expected:  # teachers see their classes' incidents, the others their org's
+        expected[user]["/incidents"] = 200
     for user, pages in expected.items():
         ctx, watch = await new_context(browser)
         watch.allow(r"status of 403")
@@ -56,19 +55,14 @@ async def test_each_role_reaches_its_pages_and_no_other(browser: Browser, gatewa
         await check_page(page, watch, lang=VI, where=f"{user} refused", shots=artifacts,
                          name="error-forbidden")
         await ctx.close()
-    # The control room's "report an incident" leads to the report form once there is one,
-    # and says honestly that it cannot be used until then.
+    # The control room's "report an incident" leads to the report form.
     ctx, watch = await new_context(browser)
     page = await ctx.new_page()
     await sign_in(page, gw, "co.lan", next_path=f"/classes/{cid}/control")
     report = page.locator(".toolbar").get_by_text(t(VI, "control.report_incident"))
-    if serves(gw, "/incidents/new"):
-        await expect(report).to_have_attribute("href", f"/incidents/new?class_id={cid}")
-        await report.click()
-        await expect(page).to_have_url(gw.url(f"/incidents/new?class_id={cid}"))
-    else:
-        await expect(report).to_be_disabled()
-        await expect(page.locator("#incident-note")).to_have_text(t(VI, "control.incident_soon"))
+    await expect(report).to_have_attribute("href", f"/incidents/new?class_id={cid}")
+    await report.click()
+    await expect(page).to_have_url(gw.url(f"/incidents/new?class_id={cid}"))
     watch.assert_clean("report an incident")
     await ctx.close()
     # Signed out, a staff page sends to the sign-in page and back after signing in.
