@@ -15,7 +15,7 @@ import os
 import re
 import socket
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
-from gateway.config import load_settings
 from gateway.i18n import catalogue, t
 from tests.conftest import require_program
-from tests.gateway.helpers import TEACHER_PASSWORD, Gateway
+from tests.gateway.helpers import TEACHER_PASSWORD, Gateway, running_gateway
 
 try:  # the browser tier needs the test extra; say so instead of an import error
     from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, async_playwright
@@ -88,29 +86,11 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@asynccontextmanager
-async def serve_gateway(tmp_path: Path, redis_url: str, redis_prefix: str,
-                        **overrides: Any) -> AsyncIterator[Gateway]:
+def serve_gateway(tmp_path: Path, redis_url: str, redis_prefix: str,
+                  **overrides: Any) -> AbstractAsyncContextManager[Gateway]:
     """The gateway on a loopback port known in advance, so that ``public_url`` (and so
     every link, QR code and token issuer) is the address the browser really uses."""
-    port = _free_port()
-    flags: dict[str, Any] = {
-        "data_dir": str(tmp_path / "data"),
-        "redis_url": redis_url,
-        "redis_prefix": redis_prefix,
-        "public_url": f"http://127.0.0.1:{port}",
-        "cookie_secure": False,  # plain http on loopback; production keeps Secure
-    }
-    flags.update(overrides)
-    app = create_app(load_settings(flags, {}, None))
-    server = TestServer(app, host="127.0.0.1", port=port)
-    await server.start_server()
-    gw = Gateway(server)
-    try:
-        yield gw
-    finally:
-        await gw.close()
-        await server.close()
+    return running_gateway(tmp_path, redis_url, redis_prefix, port=_free_port(), **overrides)
 
 
 @pytest.fixture

@@ -63,21 +63,24 @@ class Gateway:
 
 @asynccontextmanager
 async def running_gateway(
-    tmp_path: Path, redis_url: str, redis_prefix: str, **overrides: Any
+    tmp_path: Path, redis_url: str, redis_prefix: str, *, port: int | None = None,
+    **overrides: Any
 ) -> AsyncIterator[Gateway]:
+    """The app on loopback. With ``port``, on that port, and ``public_url`` (so every
+    link, QR code and token issuer) is that real address, for a browser to open."""
     flags: dict[str, Any] = {
         "data_dir": str(tmp_path / "data"),
         "redis_url": redis_url,
         "redis_prefix": redis_prefix,
-        "public_url": "http://classguard.test",
-        "cookie_secure": False,
+        "public_url": f"http://127.0.0.1:{port}" if port else "http://classguard.test",
+        "cookie_secure": False,  # plain http on loopback; production keeps Secure
     }
     flags.update(overrides)
     clock = overrides.pop("clock", None)
     flags.pop("clock", None)
     settings = load_settings(flags, {}, None)
     app = create_app(settings, **({"clock": clock} if clock else {}))
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1", **({"port": port} if port else {}))
     await server.start_server()
     gw = Gateway(server)
     try:
