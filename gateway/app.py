@@ -253,6 +253,7 @@ def make_staff(redis: aioredis.Redis, s: Settings, clock: Clock) -> StaffStore:
 
 
 def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Application:
+    from .auth import refusal_middleware
     from .routes import (
         audit,
         classes,
@@ -265,8 +266,6 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
         service,
         session,
     )
-
-    from .auth import refusal_middleware
 
     metrics = Metrics.create()
     svc = Services(settings=settings, clock=clock, metrics=metrics, templates=make_templates())

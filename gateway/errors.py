@@ -119,7 +119,7 @@ _CODE_STATUS = {
 
 def _from_package_error(exc: Exception) -> web.Response | None:
     code = getattr(exc, "code", None)
-    if not isinstance(code, str) or not type(exc).__module__.split(".")[0] in {
+    if not isinstance(code, str) or type(exc).__module__.split(".")[0] not in {
         "policies",
         "meeting_adapters",
         "audit",

@@ -16,8 +16,8 @@ from meeting_adapters import AdapterError, Capability, Room, Unsupported, create
 
 from .app import Services
 from .auth import Principal
-from .errors import ApiError
 from .bans import make_key
+from .errors import ApiError
 from .state import ClassInfo, split_ticket, valid_student_id
 
 log = logging.getLogger("classguard.host")

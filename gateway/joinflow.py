@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-
-import json
 
 from policies import evaluate, explain, load_policy
 from policies.model import (

@@ -14,8 +14,9 @@ hand, or crafted. The parser therefore
 
 Rejection codes (per line): ``formula``, ``invalid_characters``, ``invalid_name``,
 ``too_long``, ``missing_name``, ``duplicate``, ``blank_line``, ``invalid_item``,
-``unknown_field``, ``duplicate_field``. File codes (``RosterError``): ``encoding``, ``format``, ``empty``,
-``too_many_rows``, ``too_large``. Messages are English; the HTTP layer translates by code.
+``unknown_field``, ``duplicate_field``. File codes (``RosterError``): ``encoding``,
+``format``, ``empty``, ``too_many_rows``, ``too_large``. Messages are English; the HTTP
+layer translates by code.
 
 Decisions:
 

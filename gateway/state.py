@@ -24,10 +24,10 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from policies.model import ClassId, ClassState, Jti, Schedule, StudentId, TokenFacts
+
 from .bans import Ban, encode_ban, parse_bans
 from .bans import match as match_bans
-
-from policies.model import ClassId, ClassState, Jti, Schedule, StudentId, TokenFacts
 
 Clock = Callable[[], float]
 
@@ -328,7 +328,8 @@ end
 redis.call('HDEL', KEYS[1], ARGV[1])
 local sid = redis.call('HGET', KEYS[5], 'student_id')
 local dev = redis.call('HGET', KEYS[5], 'device')
-redis.call('HSET', KEYS[2], sid, cjson.encode({ticket=ARGV[1], device=dev, at=tonumber(ARGV[2]), by=ARGV[3]}))
+redis.call('HSET', KEYS[2], sid,
+  cjson.encode({ticket=ARGV[1], device=dev, at=tonumber(ARGV[2]), by=ARGV[3]}))
 redis.call('SREM', KEYS[3], sid)
 redis.call('SREM', KEYS[4], sid)
 redis.call('HSET', KEYS[5], 'status', 'admitted', 'reason', 'admitted_by_host')
@@ -1188,7 +1189,8 @@ class ClassStore:
         async with self.r.pipeline(transaction=True) as p:
             p.delete(self.k.waiting(cid), self.k.admitted(cid))
             for tk in w:
-                p.hset(self.k.ticket(cid, tk.split(".", 1)[1]), mapping={"status": "denied", "reason": "class_ended"})
+                p.hset(self.k.ticket(cid, tk.split(".", 1)[1]),
+                       mapping={"status": "denied", "reason": "class_ended"})
             await p.execute()
         return list(w), [f"{cid}.{v['ticket']}" for v in a.values()]
 

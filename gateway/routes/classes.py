@@ -19,11 +19,11 @@ from ..auth import Principal, require_user
 from ..codes import code_lookup_key, format_code, new_code
 from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, can_view, is_host
+from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, parse_roster
 from ..state import ClassInfo, LinkRecord, new_id, schedule_to_json
 from ..tokens import issue_join_token
-from ..policy_io import org_defaults, resolve
 from ..web_util import read_json, require_fields
 
 _CONTROL_CHARS = {"Cc", "Cf", "Zl", "Zp"}

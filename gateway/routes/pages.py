@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from http.cookies import SimpleCookie
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
+from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -290,9 +290,8 @@ def install_filters(svc: Services) -> None:
 
 
 def setup(app: web.Application) -> None:
-    from . import admin_api, pages_admin, pages_incidents, pages_it, pages_teacher
-
     from ..app import SERVICES
+    from . import admin_api, pages_admin, pages_incidents, pages_it, pages_teacher
 
     install_filters(app[SERVICES])
     app.on_response_prepare.append(remember_lang)

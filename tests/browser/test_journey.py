@@ -14,7 +14,7 @@ from playwright.async_api import Browser, Page, expect
 from gateway.i18n import t
 from tests.gateway.helpers import Gateway
 
-from .conftest import MeetingServer, PageWatch, new_context, sign_in
+from .conftest import MeetingServer, new_context, sign_in
 
 ROSTER_CSV = (
     "Họ và tên,Mã học sinh\n"

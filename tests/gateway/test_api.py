@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -321,11 +320,13 @@ async def test_audit_and_process_metrics(tmp_path: Path, redis_url: str, redis_p
         await open_link(gw.client(), links[0])
         log = gw.svc.audit_log
         assert log is not None
-        for _ in range(200):
+        for _ in range(500):  # the sequencer indexes and signs everything appended
             status = await log.status()
             if status.checkpoint_size == status.size > 0 and status.pending == 0:
                 break
             await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"the log did not settle: {status}")
         c = gw.client()
         text = await (await c.get("/metrics")).text()
 
