@@ -1,13 +1,20 @@
 """Throughput of ``policies.evaluate`` over a realistic mix of join attempts.
 
-Run: ``python tests/bench/policy.py [--seconds S]``. Not collected by pytest
-(``tests/bench`` is in ``norecursedirs``). Target: >= 100,000 decisions/s on one core.
+Run: ``python tests/bench/policy.py [--seconds S] [--engine-only]``. Not collected by
+pytest (``tests/bench`` is in ``norecursedirs``). Target: >= 100,000 decisions/s on one
+core.
+
+Then, unless ``--engine-only``, the gateway side of the same question: a short run of
+``tests/bench/join.py`` (one ``classguard serve`` on its own Redis) measures, in one run,
+valid first joins and the refusals of garbage tokens, forged signatures and banned
+sources, and its summary is printed here.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -101,6 +108,8 @@ def _mix() -> list[Case]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="skip the gateway's refusal rates (tests/bench/join.py)")
     args = parser.parse_args()
     cases = _mix()
     reasons = Counter(str(evaluate(a, s, p, n).reason) for _, a, s, p, n in cases)
@@ -131,7 +140,28 @@ def main() -> int:
     print("reasons in the mix:", dict(reasons))
     verdict = "meets" if rate >= TARGET else "BELOW"
     print(f"{verdict} the target of {TARGET:,} decisions/s")
+    if not args.engine_only:
+        gateway_refusals()
     return 0 if rate >= TARGET else 1
+
+
+def gateway_refusals() -> None:
+    """The gateway's refusal rates beside its valid joins, from one run of join.py."""
+    print("\ngateway (tests/bench/join.py, short run): refusals vs valid first joins")
+    sys.stdout.flush()
+    join = Path(__file__).with_name("join.py")
+    res = subprocess.run(
+        [sys.executable, str(join), "--valid", "3000", "--banned", "3000", "--garbage",
+         "6000", "--forged", "2000", "--sockets", "0", "--baseline", "8000"],
+        capture_output=True, text=True, timeout=900, check=False)
+    lines = res.stdout.splitlines()
+    wanted = ("first joins admitted/s", "garbage refused/s", "garbage from one address",
+              "banned sources refused/s")
+    for line in lines:
+        if line.strip().startswith(wanted):
+            print(line)
+    if res.returncode != 0:
+        print(f"join.py failed ({res.returncode}):\n{res.stderr[-2000:]}")
 
 
 if __name__ == "__main__":
