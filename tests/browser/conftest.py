@@ -305,12 +305,76 @@ VISIBLE_TEXT = """() => {
 }"""
 
 
+# WCAG 2.x contrast of every visible text against the background it is drawn on: 4.5:1,
+# or 3:1 for large text (24px, or 18.66px bold). Disabled controls are exempt (WCAG 1.4.3).
+LOW_CONTRAST = """() => {
+  const parse = c => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const lum = ([r, g, b]) => { const f = v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const over = (top, under) => { const a = top[3];
+    return [0, 1, 2].map(i => top[i] * a + under[i] * (1 - a)).concat([1]); };
+  const background = el => { const layers = [];
+    for (let e = el; e; e = e.parentElement) { const s = getComputedStyle(e);
+      if (s.backgroundImage !== 'none') return null;
+      const c = parse(s.backgroundColor); if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+    let bg = [255, 255, 255, 1];
+    for (let i = layers.length - 1; i >= 0; i--) bg = over(layers[i], bg);
+    return bg; };
+  const out = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const seen = new Set();
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement; if (!el || seen.has(el) || !n.textContent.trim()) continue;
+    seen.add(el);
+    if (el.closest('[disabled], [aria-disabled="true"], [hidden], .sr-only, option')) continue;
+    const r = el.getBoundingClientRect(); if (!r.width || !r.height) continue;
+    const s = getComputedStyle(el); if (s.visibility !== 'visible' || Number(s.opacity) === 0) continue;
+    const bg = background(el); const fg = parse(s.color); if (!bg || !fg) continue;
+    const c = over(fg, bg); const L1 = lum(c), L2 = lum(bg);
+    const ratio = (Math.max(L1, L2) + 0.05) / (Math.min(L1, L2) + 0.05);
+    const size = parseFloat(s.fontSize), bold = Number(s.fontWeight) >= 700;
+    const need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
+    if (ratio < need) out.push(n.textContent.trim().slice(0, 40) + ' ' + ratio.toFixed(2) + '<' + need);
+  }
+  return out.slice(0, 10);
+}"""
+
+# The element keyboard focus is on, and whether its focus is drawn (outline or ring).
+FOCUSED = """() => { const e = document.activeElement;
+  if (!e || e === document.body) return null;
+  const s = getComputedStyle(e);
+  const ring = (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';
+  return {tag: e.tagName, text: (e.innerText || e.value || e.getAttribute('aria-label') || '').trim().slice(0, 30), ring: ring}; }"""
+
+
+async def keyboard_focus_problems(page: Page, presses: int = 25) -> list[str]:
+    """Tab through the page as a keyboard user: every stop must show where focus is."""
+    await page.evaluate("() => { document.activeElement && document.activeElement.blur(); "
+                        "window.scrollTo(0, 0); }")
+    problems, stops = [], 0
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        f = await page.evaluate(FOCUSED)
+        if f is None:
+            break
+        stops += 1
+        if not f["ring"]:
+            problems.append(f"{f['tag']} {f['text']!r}: focus not visible")
+    if stops == 0:
+        problems.append("no control can be reached with Tab")
+    return problems
+
+
 async def check_page(page: Page, watch: PageWatch, *, lang: str, where: str,
                      shots: Path | None = None, name: str = "",
                      data: tuple[str, ...] = ()) -> None:
     """What every page must get right, in the browser: its language, no console error,
-    no CSP violation, no horizontal scrolling, every control named, nothing left
-    untranslated. Saves a full-page screenshot when ``shots`` is given."""
+    no CSP violation, no horizontal scrolling, every control named, text contrast AA,
+    keyboard focus visible at every Tab stop, nothing left untranslated. Saves a
+    full-page screenshot when ``shots`` is given (before the Tab walk moves focus)."""
     width = page.viewport_size["width"] if page.viewport_size else 0
     if shots is not None:
         await page.screenshot(path=str(shots / f"{name}-{lang}-{width}.png"), full_page=True)
@@ -320,6 +384,10 @@ async def check_page(page: Page, watch: PageWatch, *, lang: str, where: str,
     assert over is None, f"{where} scrolls sideways at {width}px: {over}"
     unnamed = await unnamed_controls(page)
     assert not unnamed, f"{where}: controls without an accessible name: {unnamed}"
+    low = await page.evaluate(LOW_CONTRAST)
+    assert not low, f"{where}: text below WCAG AA contrast: {low}"
+    focus = await keyboard_focus_problems(page)
+    assert not focus, f"{where}: keyboard focus: {focus}"
     text = await page.evaluate(VISIBLE_TEXT)
     m = FORBIDDEN.search(text)
     assert m is None, f"{where}: untranslated {m.group(0)!r} is visible" if m else ""

@@ -33,6 +33,13 @@ FAULTS = [
     ("untranslated", """() => { document.querySelector("h1").textContent = "denied_by_host"; }"""),
     ("untranslated", """() => { document.querySelector("h1").textContent = "Đăng nhập"; }"""),
     ("raw time", """() => { document.querySelector("h1").textContent = "2026-11-23 07:30:00+00:00"; }"""),
+    ("contrast", """() => { document.querySelector("h1").style.color = "#bbbbbb"; }"""),
+    ("contrast", """() => { const p = document.createElement("p"); p.textContent = "small grey";
+                            p.style.color = "#8a8a8a"; p.style.fontSize = "14px";
+                            document.querySelector("main").appendChild(p); }"""),
+    ("focus", """() => { const s = new CSSStyleSheet();
+                         s.replaceSync("* { outline: none !important; box-shadow: none !important; }");
+                         document.adoptedStyleSheets = [...document.adoptedStyleSheets, s]; }"""),
 
 ]
 
@@ -41,7 +48,8 @@ REPORTED_AS = {"csp": "CSP violation", "console": "console error: boom",
                "uncaught": "uncaught error: .*boom", "overflow": "scrolls sideways",
                "unnamed": "without an accessible name", "raw time": "unformatted time",
                "untranslated": "untranslated 'login.title'|untranslated 'denied_by_host'"
-                               "|Vietnamese text on the English page"}
+                               "|Vietnamese text on the English page",
+               "contrast": "below WCAG AA contrast", "focus": "focus not visible"}
 
 
 async def test_each_fault_is_reported(browser: Browser, gateway: Gateway) -> None:
