@@ -31,6 +31,7 @@ from .embedded_redis import EmbeddedRedis
 from .errors import make_error_middleware
 from .keys import JoinKeyring
 from .metrics import Metrics
+from .redis_mux import Multiplexed
 from .secretbox import SecretBox
 from .staff import StaffStore
 from .state import ClassStore
@@ -51,6 +52,8 @@ class Services:
     templates: jinja2.Environment
     redis: aioredis.Redis | None = None
     redis_bytes: aioredis.Redis | None = None
+    # The join path's transport on a plain server (gateway.redis_mux); None otherwise.
+    redis_fast: Multiplexed | None = None
     store: ClassStore | None = None
     staff: StaffStore | None = None
     keyring: JoinKeyring | None = None
@@ -130,6 +133,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         url = await embedded.start()
         log.info("embedded Redis started at %s", url)
     svc.redis, svc.redis_bytes = redis_clients(s, url)
+    if url is not None and not s.redis_sentinels:
+        svc.redis_fast = Multiplexed.from_url(url)
     keys_dir = Path(s.data_dir) / "keys"
     svc.keyring = await asyncio.to_thread(
         JoinKeyring.load_or_create, keys_dir / "join", clock=svc.clock
@@ -143,7 +148,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     def ms_clock() -> int:
         return int(clock() * 1000)
 
-    svc.store = ClassStore(svc.redis, s.redis_prefix, clock=svc.clock)
+    svc.store = ClassStore(svc.redis, s.redis_prefix, clock=svc.clock, fast=svc.redis_fast)
     svc.staff = make_staff(svc.redis, s, svc.clock)
     svc.audit_log = AuditLog(
         svc.redis_bytes,
@@ -197,6 +202,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await svc.http.close()
         await svc.redis.aclose()
         await svc.redis_bytes.aclose()
+        if svc.redis_fast is not None:
+            await svc.redis_fast.aclose()
         if embedded is not None:
             await embedded.stop()
 

@@ -28,6 +28,7 @@ from policies.model import ClassId, ClassState, Jti, Schedule, StudentId, TokenF
 
 from .bans import Ban, encode_ban, parse_bans
 from .bans import match as match_bans
+from .redis_mux import Multiplexed
 
 Clock = Callable[[], float]
 
@@ -678,8 +679,12 @@ _VALUED_BUCKETS = ("code:ip", "ws:ticket", "ws:ip", "ip", "net", "jti", "class")
 class ClassStore:
     """Classes, rosters, links and join state for every gateway process."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str, *, clock: Clock = time.time) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str, *, clock: Clock = time.time,
+                 fast: Multiplexed | None = None) -> None:
         self.r = redis
+        # The join path's scripts go through ``fast`` when there is one (a plain server):
+        # see gateway.redis_mux. Everything else uses redis-py.
+        self.fast = fast
         self.k = Keys(prefix)
         self.clock = clock
         self._bind = redis.register_script(_BIND)
@@ -932,12 +937,17 @@ class ClassStore:
         read or are idempotent per attempt (GCRA charges again on the retry, which errs
         on the side of refusing)."""
         for attempt in (1, 2):
-            async with self.r.pipeline(transaction=False) as p:
-                for script, keys, args in calls:
-                    p.evalsha(script.sha, len(keys), *keys, *args)
-                for command in commands:
-                    p.execute_command(*command)
-                res = await p.execute(raise_on_error=False)
+            if self.fast is not None:
+                res = await self.fast.pipeline(
+                    [("EVALSHA", script.sha, len(keys), *keys, *args)
+                     for script, keys, args in calls] + list(commands))
+            else:
+                async with self.r.pipeline(transaction=False) as p:
+                    for script, keys, args in calls:
+                        p.evalsha(script.sha, len(keys), *keys, *args)
+                    for command in commands:
+                        p.execute_command(*command)
+                    res = await p.execute(raise_on_error=False)
             missing = [s for (s, _, _), r in zip(calls, res, strict=False)
                        if isinstance(r, NoScriptError)]
             if not missing or attempt == 2:
@@ -948,6 +958,17 @@ class ClassStore:
             if isinstance(r, Exception):
                 raise r
         return list(res)
+
+    async def _script(self, script: AsyncScript, keys: Sequence[str] = (),
+                      args: Sequence[Any] = ()) -> Any:
+        """One script call (EVALSHA, loading the script on NOSCRIPT)."""
+        if self.fast is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await self.fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self.fast.execute("SCRIPT", "LOAD", script.script)
+            return await self.fast.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def snapshot(
         self, cid: str, facts: TokenFacts, *, device: str | None, ip: str,
@@ -988,12 +1009,11 @@ class ClassStore:
             if len(self._chains) > 50_000:
                 self._chains.clear()
             self._chains[cid] = chain
-            async with self.r.pipeline(transaction=False) as p:
-                for org in chain:
-                    p.hgetall(self.k.org_bans(org))
-                org_raw = await p.execute()
+            org_raw = await self._pipelined_scripts(
+                [], [("HGETALL", self.k.org_bans(org)) for org in chain])
         for org, raw in zip(chain, org_raw, strict=True):
-            all_bans += parse_bans(raw, "org", org)
+            # (a dict through redis-py, the flat reply through the multiplexed client)
+            all_bans += parse_bans(raw if isinstance(raw, dict) else _pairs(raw), "org", org)
         dev_b, ip_b = match_bans(all_bans, device=device, ip=ip, now=now)
         student = _student_from_json(sid, roster_v) if roster_v else None
         link = None
@@ -1236,10 +1256,10 @@ class ClassStore:
             return None
         cid, trand = parsed
         rand = new_secret(24)
-        ok = await self._mint(
-            keys=[self.k.admitted(cid), self.k.links(cid), self.k.ticket(cid, trand),
+        ok = await self._script(self._mint,
+            [self.k.admitted(cid), self.k.links(cid), self.k.ticket(cid, trand),
                   self.k.nonce(cid, rand)],
-            args=[t.student_id, t.device, t.id, ttl_s],
+            [t.student_id, t.device, t.id, ttl_s],
         )
         return f"{cid}.{rand}" if int(ok) == 1 else None
 
@@ -1249,8 +1269,8 @@ class ClassStore:
         if parsed is None:
             return "unknown", None
         cid, rand = parsed
-        res = await self._consume(
-            keys=[self.k.nonce(cid, rand), self.k.admitted(cid), self.k.links(cid)], args=[device])
+        res = await self._script(self._consume,
+            [self.k.nonce(cid, rand), self.k.admitted(cid), self.k.links(cid)], [device])
         code = int(res[0])
         if code == 1:
             d = json.loads(res[1])
@@ -1326,7 +1346,10 @@ class ClassStore:
 
     async def once(self, cid: str, name: str, ttl_s: int) -> bool:
         """True for the first caller in ``ttl_s`` seconds (across all processes)."""
-        return bool(await self.r.set(self.k.c(cid, f"once:{name}"), "1", nx=True, ex=ttl_s))
+        key = self.k.c(cid, f"once:{name}")
+        if self.fast is not None:
+            return await self.fast.execute("SET", key, "1", "NX", "EX", ttl_s) is not None
+        return bool(await self.r.set(key, "1", nx=True, ex=ttl_s))
 
     # --- alerts ---------------------------------------------------------------------
 
@@ -1343,7 +1366,7 @@ class ClassStore:
         """Raise ``alert`` (it carries ``id`` and ``kind``), or count it once more when
         an alert with that id is shown already; returns (new, count)."""
         script, keys, args = self._alert_call(cid, alert, keep_per_kind)
-        new, n = await script(keys=keys, args=args)
+        new, n = await self._script(script, keys, args)
         return bool(int(new)), int(n)
 
     async def note_refusal(self, cid: str, alert: Mapping[str, Any] | None,
@@ -1393,8 +1416,8 @@ class ClassStore:
         """(0.0, None) when allowed, else (seconds to wait, the limit that refused)."""
         if not limits:
             return 0.0, None
-        res = await self._gcra(keys=[self.k.ratelimit(lim.key) for lim in limits],
-                               args=_gcra_args(limits, self.clock()))
+        res = await self._script(self._gcra, [self.k.ratelimit(lim.key) for lim in limits],
+                                 _gcra_args(limits, self.clock()))
         return _gcra_result(res, limits)
 
     async def count_refusals(self, name: str, window_s: int, *,
@@ -1403,7 +1426,8 @@ class ClassStore:
         process); returns (count so far, when the window started). ``class_id`` keeps
         the counter in the class's hash slot."""
         key = self.k.c(class_id, f"rla:{name}") if class_id else f"{self.k.p}rla:{name}"
-        n, first = await self._count_refusals(keys=[key], args=[window_s, repr(self.clock())])
+        n, first = await self._script(self._count_refusals, [key],
+                                      [window_s, repr(self.clock())])
         return int(n), float(first)
 
     async def apply_entry(
@@ -1421,7 +1445,8 @@ class ClassStore:
         rand = new_secret(16)
         nonce = new_secret(24)
         now_ms = int(self.clock() * 1000)
-        res = await self._apply(
+        res = await self._script(
+            self._apply,
             keys=[self.k.ratelimit(budget.key), self.k.bind(cid), self.k.rebinds(cid),
                   self.k.admitted(cid), self.k.removed(cid), self.k.denied(cid),
                   self.k.tickets_by_student(cid), self.k.waiting(cid), self.k.ticket(cid, rand),

@@ -103,14 +103,20 @@ def embedded_redis_url() -> Iterator[str]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def both_redis_servers() -> object:
+def both_redis_servers(*, transports: bool = False) -> object:
     """A ``redis_url`` override for a test module: every test runs on the machine's Redis
-    and on the embedded default's binary."""
+    and on the embedded default's binary. With ``transports``, also on the machine's
+    Redis through redis-py alone: a URL option the multiplexed join-path client does
+    not take (``health_check_interval``) keeps the gateway on redis-py, as with TLS or
+    Sentinel (gateway.redis_mux)."""
+    params = ["machine-redis", "embedded-redis"] + (["redis-py-only"] if transports else [])
 
-    @pytest.fixture(params=["machine-redis", "embedded-redis"])
+    @pytest.fixture(params=params)
     def redis_url(request: pytest.FixtureRequest, redis_url: str) -> str:
         if request.param == "machine-redis":
             return redis_url
+        if request.param == "redis-py-only":
+            return redis_url + ("&" if "?" in redis_url else "?") + "health_check_interval=30"
         return str(request.getfixturevalue("embedded_redis_url"))
 
     return redis_url

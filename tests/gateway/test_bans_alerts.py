@@ -13,7 +13,7 @@ from .helpers import make_class, next_message, open_link, running_gateway
 from tests.conftest import both_redis_servers
 
 # Redis commands differ between 6.2 (the embedded default) and 7: run on both.
-redis_url = both_redis_servers()
+redis_url = both_redis_servers(transports=True)
 
 
 def test_ban_keys_and_matching() -> None:

@@ -12,7 +12,7 @@ from .helpers import make_class, next_message, open_link, running_gateway, token
 from tests.conftest import both_redis_servers
 
 # Redis commands differ between 6.2 (the embedded default) and 7: run on both.
-redis_url = both_redis_servers()
+redis_url = both_redis_servers(transports=True)
 
 
 async def test_strict_flow_admit_go_once(tmp_path: Path, redis_url: str, redis_prefix: str,
