@@ -56,8 +56,13 @@ def _policy_from_json(text: str) -> Policy:
     return load_policy(json.loads(text))
 
 
-def class_policy(policy_data: dict[str, Any]) -> Policy:
-    return _policy_from_json(json.dumps(policy_data, sort_keys=True))
+def class_policy(policy_data: dict[str, Any], raw: str = "") -> Policy:
+    """The class's policy; ``raw``, the JSON it was stored as, when known (no encoding)."""
+    return _policy_from_json(raw or json.dumps(policy_data, sort_keys=True))
+
+
+def policy_of(info: ClassInfo) -> Policy:
+    return class_policy(info.policy, info.policy_json)
 
 
 _STRICT = load_policy({"preset": "strict"})
@@ -88,6 +93,7 @@ def new_device_cookie() -> str:
     return secrets.token_urlsafe(16)  # 128 bits
 
 
+@lru_cache(maxsize=65536)
 def network_of(ip: str) -> str:
     """/24 for IPv4, /64 for IPv6: the unit a single attacker usually controls."""
     try:
@@ -220,7 +226,7 @@ class JoinFlow:
         if snap.info is None or snap.state is None:
             return {"decision": {"action": "deny", "reason": "token_invalid",
                                  "rule": "class_exists"}, "steps": []}
-        out = explain(attempt, snap.state, class_policy(snap.info.policy), now).to_dict()
+        out = explain(attempt, snap.state, policy_of(snap.info), now).to_dict()
         out["class_id"] = facts.class_id
         return out
 
@@ -269,7 +275,7 @@ class JoinFlow:
             if snap.info is None or snap.state is None:
                 return admitted
             attempt = Attempt(class_id=ClassId(cid), token=facts, ip="-", device=t.device)
-            decision = evaluate(attempt, snap.state, class_policy(snap.info.policy), self._now)
+            decision = evaluate(attempt, snap.state, policy_of(snap.info), self._now)
             if decision.action is not Action.ADMIT:
                 continue
             if await store.admit_ticket(ticket_id, by="policy") is None:
@@ -346,7 +352,7 @@ class JoinFlow:
                                 {"class": "unknown"})
             await self._record(decision, None, facts, ip, dev, user_agent, None)
             return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
-        policy = class_policy(snap.info.policy)
+        policy = policy_of(snap.info)
         decision = evaluate(attempt, snap.state, policy, now)
         if decision.action is Action.DENY:
             return await self._finish_deny(decision, snap, facts, ip=ip, dev=dev,

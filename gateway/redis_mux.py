@@ -58,6 +58,8 @@ class _Protocol(asyncio.Protocol):
         self.waiters: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
+        # Commands packed in this event-loop turn, written together at its end.
+        self.outbox: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -194,12 +196,20 @@ class Multiplexed:
             raise ConnectionError("too many Redis commands in flight")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        assert proto.transport is not None
-        proto.transport.write(hiredis.pack_command(tuple(command)))
+        if not proto.outbox:
+            loop.call_soon(self._flush, proto)
+        proto.outbox.append(hiredis.pack_command(tuple(command)))
         proto.waiters.append((fut, loop.time()))
         if self._watchdog is None:
             self._watchdog = loop.call_later(1.0, self._check_stalls)
         return fut
+
+    @staticmethod
+    def _flush(proto: _Protocol) -> None:
+        """One write (one system call) for every command of the turn."""
+        data, proto.outbox = proto.outbox, []
+        if proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.write(b"".join(data))
 
     def _check_stalls(self) -> None:
         """Once a second while replies are awaited: a reply overdue by the timeout fails

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -98,6 +99,7 @@ class ClassInfo:
     created_at: float
     locked: bool
     ended: bool
+    policy_json: str = ""  # ``policy`` as stored (a cache key for its parsed form)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1001,7 +1003,7 @@ class ClassStore:
         hosts = [(hosts_flat[i], float(hosts_flat[i + 1])) for i in range(0, len(hosts_flat), 2)]
         if not meta:
             return Snapshot(None, None, None, None, {"wait": wait, "limited_by": limited_by})
-        info = _class_from_meta(meta)
+        info = _class_from_flat(tuple(meta_flat))
         all_bans = parse_bans(bans, "class", cid)
         if chain is None:
             # First attempt for this class in this process: learn the chain once.
@@ -1507,6 +1509,15 @@ def _student_from_json(sid: str, raw: str) -> Student:
     return Student(StudentId(sid), d["name"], d.get("external_id"))
 
 
+@lru_cache(maxsize=4096)
+def _class_from_flat(flat: tuple[str, ...]) -> ClassInfo:
+    """A class's meta hash as HGETALL returned it, parsed once per distinct content.
+
+    NOTE: every join reads the meta hash; parsing its JSON each time was a measurable
+    share of a join. ClassInfo is frozen; callers never change its policy dict."""
+    return _class_from_meta(_pairs(flat))
+
+
 def _class_from_meta(m: Mapping[str, str]) -> ClassInfo:
     return ClassInfo(
         id=ClassId(m["id"]),
@@ -1520,6 +1531,7 @@ def _class_from_meta(m: Mapping[str, str]) -> ClassInfo:
         created_at=float(m["created_at"]),
         locked=m.get("locked") == "1",
         ended=m.get("ended") == "1",
+        policy_json=m["policy"],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +23,7 @@ def client_ip(request: web.Request, trusted_proxies: Iterable[str]) -> str:
     walk it from the right and stop at the first address that is not a trusted proxy.
     """
     peer = request.remote or "0.0.0.0"  # noqa: S104 - a placeholder address, never bound
-    nets = [ipaddress.ip_network(n, strict=False) for n in trusted_proxies]
+    nets = _networks(tuple(trusted_proxies))
     if not nets or not _in(peer, nets):
         return _norm(peer)
     chain = []
@@ -36,6 +37,11 @@ def client_ip(request: web.Request, trusted_proxies: Iterable[str]) -> str:
     return _norm(chain[0]) if chain and _valid_ip(chain[0]) else _norm(peer)
 
 
+@lru_cache(maxsize=64)
+def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(n, strict=False) for n in cidrs]
+
+
 def _valid_ip(a: str) -> bool:
     try:
         ipaddress.ip_address(a)
@@ -44,7 +50,9 @@ def _valid_ip(a: str) -> bool:
         return False
 
 
+@lru_cache(maxsize=65536)
 def _norm(a: str) -> str:
+    # (cached: the ipaddress module costs more than the rest of a refusal)
     try:
         ip = ipaddress.ip_address(a)
     except ValueError:
