@@ -174,8 +174,12 @@ class JoinFlow:
             fresh_cookie = device_cookie = new_device_cookie()
         dev = device_hash(device_cookie)
         peek = peek_claims(token)
+        if peek is None and token.count(".") != 2:
+            return await self._malformed(token, ip=ip, dev=dev, fresh_cookie=fresh_cookie,
+                                         user_agent=user_agent)
         if peek is None:
-            # Not even shaped like our tokens: charge the source, then refuse.
+            # Shaped like a token but not like ours (a forged header, say): charge the
+            # source, then refuse; recorded one by one.
             wait = await self.rate_limit(ip, user_agent=user_agent)
             if wait > 0:
                 return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
@@ -211,6 +215,37 @@ class JoinFlow:
         return await self._decide(facts, snap if facts.failure is None else None, ip=ip,
                                   dev=dev, fresh_cookie=fresh_cookie, user_agent=user_agent,
                                   via="link")
+
+    async def _malformed(self, token: str, *, ip: str, dev: str, fresh_cookie: str | None,
+                         user_agent: str) -> JoinOutcome:
+        """A link not even shaped like a signed token (not three dot-separated parts: no
+        class, no key id, no signature to check): the source is charged and the refusal
+        counted in the same round trip.
+
+        NOTE: such refusals are audited per source in aggregate, as rate-limited ones
+        are: the first from an address in a window in full, then the 10th, 100th, ...
+        each with the count so far. A flood of garbage from many addresses (a scanner,
+        a botnet) must not flood the log; anything shaped like a token (a forgery naming
+        a class, a wrong algorithm or key id) is still recorded one by one."""
+        svc = self.svc
+        assert svc.store is not None and svc.auditor is not None and svc.keyring is not None
+        wait, limit, n, first = await svc.store.charge_and_count(
+            self._limits(ip, None), f"malformed:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
+        if wait > 0:
+            svc.metrics.rate_limited.labels("join").inc()
+            await self.audit_rate_limited(ip, limit, via="link", user_agent=user_agent)
+            return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
+        facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
+        attempt = Attempt(class_id=ClassId("-"), token=facts, ip=ip, device=dev)
+        decision = evaluate(attempt, _NO_CLASS_STATE, _STRICT, self._now)
+        if milestone(n):
+            await self._record(decision, None, facts, ip, dev, user_agent, None,
+                               aggregate={"count": n, "window_s": RATE_LIMIT_AUDIT_WINDOW_S,
+                                          "first_at": int(first * 1000)})
+        else:
+            svc.metrics.join_attempts.labels(decision.action.value,
+                                             decision.reason.value).inc()
+        return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
 
     async def explain_attempt(self, facts: TokenFacts, *, ip: str,
                               device: str | None) -> dict[str, Any]:
@@ -548,6 +583,7 @@ class JoinFlow:
         dev: str,
         ua: str,
         ticket: str | None,
+        aggregate: dict[str, int] | None = None,
     ) -> None:
         svc = self.svc
         assert svc.auditor is not None
@@ -571,5 +607,6 @@ class JoinFlow:
                 "ticket": ticket,
                 "token_failure": facts.failure,
                 **{k: v for k, v in decision.facts.items() if isinstance(v, (str, int, bool))},
+                **(aggregate or {}),
             },
         )

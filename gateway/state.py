@@ -1432,6 +1432,19 @@ class ClassStore:
                                       [window_s, repr(self.clock())])
         return int(n), float(first)
 
+    async def charge_and_count(self, limits: Sequence[Limit], name: str, window_s: int
+                               ) -> tuple[float, Limit | None, int, float]:
+        """``rate_limit_check`` and ``count_refusals`` in one round trip, for an attempt
+        that is refused whatever the limits say (a link not shaped like ours):
+        (wait, limit that refused, refusals counted in the window, when it started)."""
+        gcra, counted = await self._pipelined_scripts([
+            (self._gcra, [self.k.ratelimit(lim.key) for lim in limits],
+             _gcra_args(limits, self.clock())),
+            (self._count_refusals, [f"{self.k.p}rla:{name}"], [window_s, repr(self.clock())]),
+        ])
+        wait, limit = _gcra_result(gcra, limits)
+        return wait, limit, int(counted[0]), float(counted[1])
+
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
         ticket_fields: Mapping[str, Any], entry: Mapping[str, Any], event: Mapping[str, Any],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from . import forge
+from gateway.auditing import milestone
+
 from .kit import Deployment, Device, Klass, Scene, assert_kept_out, reasons, scene
 
 pytestmark = pytest.mark.slow
@@ -165,6 +168,7 @@ async def test_token_fixture_corpus_over_http(deployment: Deployment) -> None:
         k = await s.new_class("strict")
         devices = []
         refused = throttled = 0
+        unshaped: Counter[str] = Counter()  # refused links not in three parts, per address
         for i, case in enumerate(cases):
             if i % 15 == 0:  # stay under the per-address limit: this is not a flood
                 devices.append(s.device())
@@ -172,7 +176,10 @@ async def test_token_fixture_corpus_over_http(deployment: Deployment) -> None:
             assert r.status in (403, 404, 429), (case["name"], r)
             if r.status == 403:
                 assert r.body == {"status": "denied", "reason": "token_invalid"}, case["name"]
-                refused += 1
+                if case["token"].count(".") != 2:
+                    unshaped[devices[-1].ip] += 1
+                else:
+                    refused += 1
             elif r.status == 429:
                 # Most cases share one jti: its bucket is drawn before any signature
                 # check, so the corpus is throttled like any replayed credential.
@@ -186,11 +193,44 @@ async def test_token_fixture_corpus_over_http(deployment: Deployment) -> None:
             found = []
             for d in devices:
                 found += reasons(await s.audit(reader="qt.hoa", ip=d.ip))
-            if found.count("token_invalid") >= refused and \
+            if found.count("token_invalid") >= refused + len(unshaped) and \
                     ("rate_limited" in found or not throttled):
                 break
             await asyncio.sleep(0.1)
-        # every verified refusal one by one; the throttled ones aggregated per address
-        assert [r for r in found if r != "rate_limited"] == ["token_invalid"] * refused
+        # every refusal of something shaped like a token one by one; links not even in
+        # three parts, and the throttled ones, aggregated per address (the 1st, 10th...)
+        aggregated = sum(sum(1 for n in range(1, k + 1) if milestone(n))
+                         for k in unshaped.values())
+        assert unshaped, "the corpus has links that are not in three parts"
+        assert [r for r in found if r != "rate_limited"] == \
+            ["token_invalid"] * (refused + aggregated)
         assert ("rate_limited" in found) == (throttled > 0)
         assert found.count("rate_limited") <= len(devices) * 2
+
+
+async def test_unshaped_links_are_audited_per_source_in_aggregate(
+        deployment: Deployment) -> None:
+    """Links not even in three parts (a scanner's noise, a garbage flood) are refused and
+    audited per source address: the 1st in a window in full, then the 10th with its
+    count, so a flood cannot flood the log; a forgery shaped like a token from the same
+    address is still recorded on its own."""
+    async with scene(deployment) as s:
+        k = await s.new_class("strict")
+        scanner = s.device()
+        for i in range(12):
+            r = await scanner.open(f"not-a-token-{i}")
+            assert r.status == 403 and r.body == {"status": "denied",
+                                                  "reason": "token_invalid"}, r
+        r = await scanner.open(forge.alg_none(k.token(0)))
+        assert r.status == 403 and r.body["reason"] == "token_invalid", r
+        assert_kept_out(scanner)
+        events = await s.attempts_from(scanner.ip, 3)
+        assert reasons(events) == ["token_invalid"] * 3
+        aggregated = sorted((e for e in events if "count" in (e.get("facts") or {})),
+                            key=lambda e: e["facts"]["count"])
+        assert [e["facts"]["count"] for e in aggregated] == [1, 10], events
+        for e in aggregated:
+            assert e["facts"]["window_s"] == 60 and e["facts"]["first_at"] > 0
+            assert e["facts"]["token_failure"] == "malformed" and "class" not in e
+        single = [e for e in events if "count" not in (e.get("facts") or {})]
+        assert len(single) == 1 and single[0]["facts"]["token_failure"] == "bad_signature"
