@@ -21,9 +21,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from . import forge
 from gateway.auditing import milestone
 
+from . import forge
 from .kit import Deployment, Device, Klass, Scene, assert_kept_out, reasons, scene
 
 pytestmark = pytest.mark.slow
