@@ -54,6 +54,7 @@ class Services:
     redis_bytes: aioredis.Redis | None = None
     # The join path's transport on a plain server (gateway.redis_mux); None otherwise.
     redis_fast: Multiplexed | None = None
+    redis_fast_bytes: Multiplexed | None = None  # the same, replies as bytes (audit appends)
     store: ClassStore | None = None
     staff: StaffStore | None = None
     keyring: JoinKeyring | None = None
@@ -135,6 +136,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     svc.redis, svc.redis_bytes = redis_clients(s, url)
     if url is not None and not s.redis_sentinels:
         svc.redis_fast = Multiplexed.from_url(url)
+        svc.redis_fast_bytes = Multiplexed.from_url(url, decode=False)
     keys_dir = Path(s.data_dir) / "keys"
     svc.keyring = await asyncio.to_thread(
         JoinKeyring.load_or_create, keys_dir / "join", clock=svc.clock
@@ -156,6 +158,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         node_id=s.node_id,
         clock=ms_clock,
         durability_replicas=s.audit_durability_replicas,
+        fast=svc.redis_fast_bytes,
     )
     svc.auditor = Auditor(BatchingAppender(svc.audit_log))
     svc.bus = Bus(svc.redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke")
@@ -202,8 +205,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await svc.http.close()
         await svc.redis.aclose()
         await svc.redis_bytes.aclose()
-        if svc.redis_fast is not None:
-            await svc.redis_fast.aclose()
+        for fast in (svc.redis_fast, svc.redis_fast_bytes):
+            if fast is not None:
+                await fast.aclose()
         if embedded is not None:
             await embedded.stop()
 

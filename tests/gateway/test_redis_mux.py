@@ -158,3 +158,35 @@ async def test_the_gateway_picks_its_transport(tmp_path: Path, redis_url: str,
     pooled = redis_url + ("&" if "?" in redis_url else "?") + "health_check_interval=30"
     async with running_gateway(tmp_path / "b", pooled, redis_prefix) as gw:
         assert gw.svc.redis_fast is None and gw.svc.store.fast is None
+
+
+async def test_audit_appends_through_the_shared_connection(
+        redis_url: str, redis_prefix: str, redis_bytes: aioredis.Redis) -> None:
+    """The audit log's appends (XADD, and WAIT when replicas are required) on the
+    bytes connection: the records are the ones redis-py would have written."""
+    from audit.errors import NotDurableError
+    from audit.log import AuditLog
+
+    fast = Multiplexed.from_url(redis_url, decode=False)
+    assert fast is not None
+    try:
+        log = AuditLog(redis_bytes, prefix=redis_prefix, node_id="gw-mux", clock=lambda: 1000,
+                       fast=fast)
+        ids = await log.append_many([({"type": "join", "actor": "visitor", "reason": "x"},
+                                      None),
+                                     ({"type": "join", "actor": "student:s1"},
+                                      {"ip": "192.0.2.7"})])
+        assert len(ids) == 2 and len(set(ids)) == 2
+        entries = await redis_bytes.xrange(log.keys.stream)
+        assert len(entries) == 2
+        first = entries[0][1][b"d"]
+        assert b'"reason":"x"' in first and b"\n" not in first
+        assert b"\n" in entries[1][1][b"d"]  # the personal blob after the record
+        # WAIT with no replicas to confirm: the append is refused as not durable.
+        strict = AuditLog(redis_bytes, prefix=redis_prefix, node_id="gw-mux",
+                          clock=lambda: 1000, fast=fast, durability_replicas=1,
+                          durability_timeout_ms=50)
+        with pytest.raises(NotDurableError):
+            await strict.append({"type": "join", "actor": "visitor"})
+    finally:
+        await fast.aclose()
