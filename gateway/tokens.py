@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final, TypeGuard
 
 import jwt
@@ -145,8 +146,13 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
+@lru_cache(maxsize=512)
 def _shape(token: object) -> _Shape:
-    """Step 1 and the JSON part of step 2: no cryptography, bounded work."""
+    """Step 1 and the JSON part of step 2: no cryptography, bounded work.
+
+    NOTE: cached (a refusal raises and is not): a link is shaped once for peeking at
+    its claims before the first round trip and again for verifying it after; the
+    header dict is only ever read."""
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS:
         raise _Reject("malformed")
     parts = token.split(".")
