@@ -169,14 +169,16 @@ class JoinFlow:
         svc = self.svc
         store = svc.store
         assert svc.keyring is not None and store is not None
+        if token.count(".") != 2:
+            # NOTE: no device cookie is minted for noise: nothing here names a link.
+            return await self._malformed(
+                token, ip=ip, dev=device_hash(device_cookie) if device_cookie else None,
+                user_agent=user_agent)
         fresh_cookie = None
         if device_cookie is None:
             fresh_cookie = device_cookie = new_device_cookie()
         dev = device_hash(device_cookie)
         peek = peek_claims(token)
-        if peek is None and token.count(".") != 2:
-            return await self._malformed(token, ip=ip, dev=dev, fresh_cookie=fresh_cookie,
-                                         user_agent=user_agent)
         if peek is None:
             # Shaped like a token but not like ours (a forged header, say): charge the
             # source, then refuse; recorded one by one.
@@ -216,7 +218,7 @@ class JoinFlow:
                                   dev=dev, fresh_cookie=fresh_cookie, user_agent=user_agent,
                                   via="link")
 
-    async def _malformed(self, token: str, *, ip: str, dev: str, fresh_cookie: str | None,
+    async def _malformed(self, token: str, *, ip: str, dev: str | None,
                          user_agent: str) -> JoinOutcome:
         """A link not even shaped like a signed token (not three dot-separated parts: no
         class, no key id, no signature to check): the source is charged and the refusal
@@ -234,7 +236,7 @@ class JoinFlow:
         if wait > 0:
             svc.metrics.rate_limited.labels("join").inc()
             await self.audit_rate_limited(ip, limit, via="link", user_agent=user_agent)
-            return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
+            return self._refused(Reason.RATE_LIMITED, wait, None)
         facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
         attempt = Attempt(class_id=ClassId("-"), token=facts, ip=ip, device=dev)
         decision = evaluate(attempt, _NO_CLASS_STATE, _STRICT, self._now)
@@ -245,7 +247,7 @@ class JoinFlow:
         else:
             svc.metrics.join_attempts.labels(decision.action.value,
                                              decision.reason.value).inc()
-        return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
+        return JoinOutcome(decision=decision)
 
     async def explain_attempt(self, facts: TokenFacts, *, ip: str,
                               device: str | None) -> dict[str, Any]:
@@ -580,7 +582,7 @@ class JoinFlow:
         snap: Snapshot | None,
         facts: TokenFacts,
         ip: str,
-        dev: str,
+        dev: str | None,
         ua: str,
         ticket: str | None,
         aggregate: dict[str, int] | None = None,

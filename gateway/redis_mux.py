@@ -24,14 +24,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-from redis.exceptions import (
-    AuthenticationError,
-    ConnectionError,  # noqa: A004 - redis-py's, as raised by the rest of the gateway
-    NoScriptError,
-    ReadOnlyError,
-    ResponseError,
-    TimeoutError,  # noqa: A004
-)
+from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Replies slower than this fail the request (and drop the connection): a stalled Redis
 # must answer "unavailable" (fail closed), not hold every join open.
@@ -71,8 +66,9 @@ class _Protocol(asyncio.Protocol):
         while True:
             try:
                 reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._fail(ConnectionError(f"Redis protocol error: {exc}"))
+            except (hiredis.ProtocolError, UnicodeDecodeError) as exc:
+                # The stream cannot be trusted any more: fail everything, reconnect.
+                self._fail(RedisConnectionError(f"Redis protocol error: {exc}"))
                 if self.transport is not None:
                     self.transport.abort()
                 return
@@ -80,7 +76,7 @@ class _Protocol(asyncio.Protocol):
                 return
             if not waiters:
                 # A reply nobody asked for: the stream is out of step. Drop it.
-                self._fail(ConnectionError("Redis sent an unexpected reply"))
+                self._fail(RedisConnectionError("Redis sent an unexpected reply"))
                 if self.transport is not None:
                     self.transport.abort()
                 return
@@ -93,7 +89,7 @@ class _Protocol(asyncio.Protocol):
                 fut.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+        self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
 
     def _fail(self, exc: Exception) -> None:
         self.lost = self.lost or exc
@@ -150,7 +146,7 @@ class Multiplexed:
         if proto is not None and proto.lost is None:
             return proto
         if self._closed:
-            raise ConnectionError("Redis client closed")
+            raise RedisConnectionError("Redis client closed")
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
         task = self._connecting
@@ -172,7 +168,7 @@ class Multiplexed:
                     _, proto = await loop.create_connection(
                         lambda: _Protocol(encoding), self.host, self.port)
         except (OSError, TimeoutError) as exc:
-            raise ConnectionError(f"cannot connect to Redis: {exc}") from exc
+            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         hello: list[tuple[Any, ...]] = []
         if self.password is not None:
             hello.append(("AUTH", self.username, self.password) if self.username
@@ -181,11 +177,16 @@ class Multiplexed:
             hello.append(("SELECT", self.db))
         if hello:
             try:
-                await asyncio.gather(*[self._send(proto, c) for c in hello])
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await asyncio.gather(*[self._send(proto, c) for c in hello])
             except ResponseError as exc:
                 assert proto.transport is not None
                 proto.transport.close()
                 raise AuthenticationError(str(exc)) from exc
+            except TimeoutError as exc:  # asyncio.timeout's (the builtin)
+                assert proto.transport is not None
+                proto.transport.abort()
+                raise RedisConnectionError("Redis did not answer the handshake") from exc
         self._proto = proto
         return proto
 
@@ -193,7 +194,7 @@ class Multiplexed:
         if proto.lost is not None:
             raise proto.lost
         if len(proto.waiters) >= MAX_IN_FLIGHT:
-            raise ConnectionError("too many Redis commands in flight")
+            raise RedisConnectionError("too many Redis commands in flight")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if not proto.outbox:
@@ -220,7 +221,7 @@ class Multiplexed:
             return
         loop = asyncio.get_running_loop()
         if loop.time() - proto.waiters[0][1] > self.reply_timeout_s:
-            proto._fail(TimeoutError(f"no reply from Redis within {self.reply_timeout_s} s"))
+            proto._fail(RedisTimeoutError(f"no reply from Redis within {self.reply_timeout_s} s"))
             if proto.transport is not None:
                 proto.transport.abort()
             return
@@ -258,4 +259,4 @@ class Multiplexed:
         proto, self._proto = self._proto, None
         if proto is not None and proto.transport is not None:
             proto.transport.close()
-            proto._fail(ConnectionError("Redis client closed"))
+            proto._fail(RedisConnectionError("Redis client closed"))

@@ -221,6 +221,7 @@ async def test_unshaped_links_are_audited_per_source_in_aggregate(
             r = await scanner.open(f"not-a-token-{i}")
             assert r.status == 403 and r.body == {"status": "denied",
                                                   "reason": "token_invalid"}, r
+        assert scanner.cookie is None  # noise is handed no device cookie
         r = await scanner.open(forge.alg_none(k.token(0)))
         assert r.status == 403 and r.body["reason"] == "token_invalid", r
         assert_kept_out(scanner)

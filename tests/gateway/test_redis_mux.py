@@ -95,7 +95,7 @@ async def test_a_dropped_connection_fails_pending_and_reconnects(
         await m.aclose()
 
 
-async def test_a_stalled_server_times_out() -> None:
+async def test_a_stalled_server_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that accepts and never answers: the command fails (fail closed)."""
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -105,11 +105,17 @@ async def test_a_stalled_server_times_out() -> None:
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     m = Multiplexed(host="127.0.0.1", port=port, reply_timeout_s=0.5)
+    # With a password, the handshake itself gets no answer.
+    monkeypatch.setattr("gateway.redis_mux.CONNECT_TIMEOUT_S", 0.5)
+    auth = Multiplexed(host="127.0.0.1", port=port, password="pw")
     try:
         with pytest.raises(RedisTimeoutError):
             await asyncio.wait_for(m.execute("PING"), 10)
+        with pytest.raises(RedisConnectionError, match="handshake"):
+            await asyncio.wait_for(auth.execute("PING"), 10)
     finally:
         await m.aclose()
+        await auth.aclose()
         server.close()
         await server.wait_closed()
 
