@@ -196,3 +196,4 @@ async def test_audit_appends_through_the_shared_connection(
             await strict.append({"type": "join", "actor": "visitor"})
     finally:
         await fast.aclose()
+
