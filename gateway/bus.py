@@ -75,6 +75,8 @@ class Bus:
                         continue
                     await self._dispatch(msg["channel"], msg["data"])
             except asyncio.CancelledError:
+                for task in list(self._tasks):
+                    task.cancel()
                 raise
             except Exception as exc:  # noqa: BLE001 - keep the bus alive across outages
                 self._ready.clear()
@@ -98,8 +100,20 @@ class Bus:
             targets = list(self._revoke_listeners)
         else:
             targets = list(self._class_listeners.get(str(msg.get("class_id")), ()))
+        # NOTE: every delivery runs in a task of its own. Awaited here, one teacher's
+        # stalled socket (a phone in a tunnel: its send waits for the buffer to drain)
+        # held up every event of the process, every class's admissions included.
+        # Deliveries to one socket keep their order: each socket's listener writes
+        # under a FIFO lock taken first thing, and tasks start in the order made.
+        loop = asyncio.get_running_loop()
         for listener in targets:
-            try:
-                await listener(msg)
-            except Exception:  # noqa: BLE001 - one broken socket must not stop the others
-                log.exception("bus listener failed")
+            task = loop.create_task(self._deliver(listener, msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _deliver(listener: Listener, msg: dict[str, Any]) -> None:
+        try:
+            await listener(msg)
+        except Exception:  # noqa: BLE001 - one broken socket must not stop the others
+            log.exception("bus listener failed")
