@@ -104,6 +104,16 @@ def network_of(ip: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
+@lru_cache(maxsize=65536)
+def _source_limits(ip: str) -> tuple[Limit, ...]:
+    """The budgets every link open from ``ip`` is charged (Limit is frozen)."""
+    return (
+        Limit(f"ip:{ip}", per_second=5, burst=20),
+        Limit(f"net:{network_of(ip)}", per_second=50, burst=200),
+        Limit("global", per_second=5000, burst=20000),
+    )
+
+
 class JoinFlow:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -150,11 +160,7 @@ class JoinFlow:
         )
 
     def _limits(self, ip: str, jti: str | None) -> list[Limit]:
-        limits = [
-            Limit(f"ip:{ip}", per_second=5, burst=20),
-            Limit(f"net:{network_of(ip)}", per_second=50, burst=200),
-            Limit("global", per_second=5000, burst=20000),
-        ]
+        limits = list(_source_limits(ip))
         if jti:
             limits.append(Limit(f"jti:{jti}", per_second=1, burst=10))
         return limits

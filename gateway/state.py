@@ -665,6 +665,11 @@ class Limit:
     burst: int
 
     @property
+    def gcra(self) -> tuple[int, int]:
+        """(emission interval in ms, burst): the script's arguments for this limit."""
+        return max(1, int(1000 / self.per_second)), max(1, self.burst)
+
+    @property
     def bucket(self) -> str:
         """The kind of budget, without the address, link or class it is for
         (``ip``, ``net``, ``jti``, ``code:ip``, ``code:space``, ``class``, ...)."""
@@ -1490,7 +1495,7 @@ HOST_TTL_S = 30.0
 def _gcra_args(limits: Sequence[Limit], now: float) -> list[Any]:
     args: list[Any] = [int(now * 1000)]
     for lim in limits:
-        args += [max(1, int(1000 / lim.per_second)), max(1, lim.burst)]
+        args += lim.gcra
     return args
 
 

@@ -63,7 +63,6 @@ def render(svc: Services, name: str, lang: str, status: int = 200, **ctx: Any) -
 
 def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamResponse:
     svc = services(request)
-    lang = i18n.request_lang(request, svc.settings.default_lang)
     d = out.decision
     reason = d.reason.value
     if _wants_json(request):
@@ -89,10 +88,12 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
     elif d.action is Action.ADMIT and out.redirect:
         resp = web.HTTPSeeOther(out.redirect)
     elif d.action is Action.WAIT and out.ticket:
+        lang = i18n.request_lang(request, svc.settings.default_lang)
         resp = render(svc, "wait.html", lang, ticket=out.ticket, class_title=out.class_title,
                       student_name=out.student_name, reason=reason, opens_at=out.opens_at)
     else:
         status = 429 if out.retry_after > 0 else 403
+        lang = i18n.request_lang(request, svc.settings.default_lang)
         resp = render(svc, "denied.html", lang, status=status, reason=reason,
                       class_title=out.class_title)
         if out.retry_after > 0:

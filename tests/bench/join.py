@@ -3,6 +3,7 @@
     python tests/bench/join.py                       # defaults: about 2 minutes
     python tests/bench/join.py --valid 4000 --garbage 8000 --sockets 2000   # quicker
     python tests/bench/join.py --py-spy /tmp/join.svg   # also profile the first joins
+    python tests/bench/join.py --py-spy /tmp/g.txt --py-spy-phase "garbage token"
 
 All on loopback, in one run, in this order:
 
@@ -654,6 +655,9 @@ def main() -> int:
     p.add_argument("--py-spy", type=Path, metavar="OUT",
                    help="profile the gateway during the first joins (.svg: flame graph, "
                         "else collapsed stacks, summarised on stdout)")
+    p.add_argument("--py-spy-phase", default="first joins",
+                   choices=["first joins", "garbage token", "forged signature", "banned source"],
+                   help="the phase --py-spy profiles")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--baseline-server", nargs=3, metavar=("PORT", "JWKS", "ISSUER"),
@@ -739,9 +743,19 @@ def main() -> int:
                   sources: list[str] | None = None) -> Phase:
             srcs = sources if sources is not None else (
                 src.take(len(jobs) // args.per_conn + 2 * CONNECTIONS) if distinct else [])
+            spy = None
+            if args.py_spy and name == args.py_spy_phase and target == "gateway" and not quiet:
+                fmt = "flamegraph" if args.py_spy.suffix == ".svg" else "raw"
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.pid), "--rate",
+                                        "200", "--format", fmt, "--output", str(args.py_spy)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
             ph = run_phase(name, target, bport if target == "baseline" else port, jobs,
                            clients=args.clients, sources=srcs, per_conn=args.per_conn,
                            watch=watch, keep=keep)
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
             if not quiet:
                 phases.append(ph)
                 print(f"  {name}: {ph.n} requests in {ph.seconds:.1f} s, {ph.rate():.0f}/s, "
@@ -755,17 +769,7 @@ def main() -> int:
         phase("warm-up", "baseline", [(f"/j/{t}", "") for t in warm], quiet=True)
         phase("warm-up", "gateway", [(f"/j/{t}", "") for t in warm], quiet=True)
         base1 = phase("valid token, 302", "baseline", jobs_base)
-        spy = None
-        if args.py_spy:
-            fmt = "flamegraph" if args.py_spy.suffix == ".svg" else "raw"
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.pid), "--rate", "200",
-                                    "--format", fmt, "--output", str(args.py_spy)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(1.0)
         first = phase("first joins", "gateway", jobs_valid, keep=True)
-        if spy is not None:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=60)
         readmit_jobs = [(path, cookie) for path, (cookie, body) in first.kept.items()
                         if '"admitted"' in body and cookie]
         first.kept = {}
@@ -845,7 +849,7 @@ def main() -> int:
     report(phases, base1, base2, first, readmit, garbage, forged_ph, one_ip, base_garbage,
            banned, mem, seen, args)
     if args.py_spy and args.py_spy.suffix != ".svg" and args.py_spy.exists():
-        print(f"\nprofile of the gateway during the first joins ({args.py_spy}):")
+        print(f"\nprofile of the gateway during {args.py_spy_phase} ({args.py_spy}):")
         profile_summary(args.py_spy)
     if "Traceback" in gw_log_tail:
         print(f"\ngateway log ends with:\n{gw_log_tail}")
