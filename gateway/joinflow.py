@@ -93,7 +93,7 @@ def new_device_cookie() -> str:
     return secrets.token_urlsafe(16)  # 128 bits
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def network_of(ip: str) -> str:
     """/24 for IPv4, /64 for IPv6: the unit a single attacker usually controls."""
     try:
@@ -104,7 +104,7 @@ def network_of(ip: str) -> str:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _source_limits(ip: str) -> tuple[Limit, ...]:
     """The budgets every link open from ``ip`` is charged (Limit is frozen)."""
     return (

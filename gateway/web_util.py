@@ -50,7 +50,7 @@ def _valid_ip(a: str) -> bool:
         return False
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=8192)
 def _norm(a: str) -> str:
     # (cached: the ipaddress module costs more than the rest of a refusal)
     try:
