@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -134,6 +135,9 @@ class Metrics:
 
     def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
         hist = self.request_latency
+        # One child per route (a bounded set: the app's routes and "unmatched"), looked
+        # up once instead of through labels() on every request.
+        by_route: dict[str, Any] = {}
 
         @web.middleware
         async def _mw(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -143,6 +147,9 @@ class Metrics:
             finally:
                 info = request.match_info.route.resource
                 route = info.canonical if info is not None else "unmatched"
-                hist.labels(route).observe(time.perf_counter() - start)
+                child = by_route.get(route)
+                if child is None:
+                    child = by_route[route] = hist.labels(route)
+                child.observe(time.perf_counter() - start)
 
         return _mw

@@ -520,31 +520,49 @@ return {n, redis.call('HGET', KEYS[1], 'first') or ARGV[2]}
 """
 
 # GCRA over several limits at once; nothing is updated unless every limit allows.
-# KEYS: one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
+# gcra(n): KEYS[1..n], one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
 # Returns {1, 0} | {0, wait ms, index of the limit with the longest wait}
-_GCRA = """
-local now = tonumber(ARGV[1])
-local worst, which = 0, 0
-local new = {}
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i])
-  local burst = tonumber(ARGV[2 * i + 1])
-  local tau = interval * (burst - 1)
-  local tat = tonumber(redis.call('GET', key) or now)
-  if tat < now then tat = now end
-  if tat - now > tau then
-    local wait = tat - now - tau
-    if wait > worst then worst, which = wait, i end
+_GCRA_FN = """
+local function gcra(n)
+  local now = tonumber(ARGV[1])
+  local worst, which = 0, 0
+  local new = {}
+  for i = 1, n do
+    local interval = tonumber(ARGV[2 * i])
+    local burst = tonumber(ARGV[2 * i + 1])
+    local tau = interval * (burst - 1)
+    local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+    if tat < now then tat = now end
+    if tat - now > tau then
+      local wait = tat - now - tau
+      if wait > worst then worst, which = wait, i end
+    end
+    new[i] = tat + interval
   end
-  new[i] = tat + interval
+  if worst > 0 then return {0, worst, which} end
+  for i = 1, n do
+    redis.call('SET', KEYS[i], new[i], 'PX', math.ceil(new[i] - now) + 1000)
+  end
+  return {1, 0}
 end
-if worst > 0 then return {0, worst, which} end
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, new[i], 'PX', math.ceil(new[i] - now) + 1000)
-end
-return {1, 0}
 """
+_GCRA = _GCRA_FN + "return gcra(#KEYS)\n"
 
+# GCRA (as above, every key but the last) and one more refusal counted in the last key
+# (as _COUNT_REFUSALS), for an attempt refused whatever the limits say.
+# ARGV: as _GCRA, then the counter's window s and now.
+# Returns {allowed 1/0, wait ms, index of the limit, count, first (string)}
+_GCRA_COUNT = _GCRA_FN + """
+local c = KEYS[#KEYS]
+local window, now_s = ARGV[2 * #KEYS], ARGV[2 * #KEYS + 1]
+local n = redis.call('HINCRBY', c, 'n', 1)
+if n == 1 then
+  redis.call('HSET', c, 'first', now_s)
+  redis.call('EXPIRE', c, window)
+end
+local r = gcra(#KEYS - 1)
+return {r[1], r[2], r[3] or 0, n, redis.call('HGET', c, 'first') or now_s}
+"""
 
 # Everything one join attempt needs from the class, in one call.
 # KEYS: meta, links, revoked, roster, bind, rebinds, admitted, removed, denied, bans, hosts, jtis,
@@ -704,6 +722,7 @@ class ClassStore:
         self._mint = redis.register_script(_MINT_NONCE)
         self._retire = redis.register_script(_RETIRE_LINK)
         self._gcra = redis.register_script(_GCRA)
+        self._gcra_count = redis.register_script(_GCRA_COUNT)
         self._count_refusals = redis.register_script(_COUNT_REFUSALS)
         self._count_many = redis.register_script(_COUNT_MANY)
         self._add_alert = redis.register_script(_ADD_ALERT)
@@ -1442,13 +1461,12 @@ class ClassStore:
         """``rate_limit_check`` and ``count_refusals`` in one round trip, for an attempt
         that is refused whatever the limits say (a link not shaped like ours):
         (wait, limit that refused, refusals counted in the window, when it started)."""
-        gcra, counted = await self._pipelined_scripts([
-            (self._gcra, [self.k.ratelimit(lim.key) for lim in limits],
-             _gcra_args(limits, self.clock())),
-            (self._count_refusals, [f"{self.k.p}rla:{name}"], [window_s, repr(self.clock())]),
-        ])
-        wait, limit = _gcra_result(gcra, limits)
-        return wait, limit, int(counted[0]), float(counted[1])
+        res = await self._script(
+            self._gcra_count,
+            [*(self.k.ratelimit(lim.key) for lim in limits), f"{self.k.p}rla:{name}"],
+            [*_gcra_args(limits, self.clock()), window_s, repr(self.clock())])
+        wait, limit = _gcra_result(res[:3], limits)
+        return wait, limit, int(res[3]), float(res[4])
 
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
