@@ -35,6 +35,8 @@ from audit.retention import open_archive_note
 from audit.store import AuditKeys, ensure_bytes_client
 
 CHUNK = 10_000
+# Tree levels read with the size: 2^48 records are far beyond any log.
+MAX_LEVELS = 48
 
 
 class Fault(StrEnum):
@@ -93,13 +95,28 @@ async def verify_log(
     )
     keys = AuditKeys(prefix)
 
+    # NOTE: the log grows while it is checked (the check's own audit.read events are
+    # sequenced meanwhile). Everything but the records is read in one transaction, so
+    # it describes one size; a batch is committed atomically by one script, and records
+    # below that size never change, so they are read afterwards in chunks. Read
+    # separately, a commit between two reads was reported as extra records or a bad
+    # tree.
+    async with redis.pipeline(transaction=True) as p:
+        p.hgetall(keys.meta)
+        p.get(keys.leaves)
+        p.lrange(keys.archives, 0, -1)
+        p.hlen(keys.records)
+        p.lrange(keys.checkpoints, 0, -1)
+        for level in range(1, MAX_LEVELS + 1):
+            p.get(keys.level(level))
+        meta, leaves_raw, notes, count, raw_cps, *stored_levels = await p.execute()
+
     # 1. Size and leaf hashes.
-    meta = await cast(Awaitable[dict[bytes, bytes]], redis.hgetall(keys.meta))
     size = int(meta.get(b"size", b"0"))
     archived = int(meta.get(b"archived_before", b"0"))
     if origin is None:
         origin = meta[b"origin"].decode() if b"origin" in meta else None
-    leaves = cast(bytes, await redis.get(keys.leaves) or b"")
+    leaves = cast(bytes, leaves_raw or b"")
 
     def fail(fault: Fault, index: int | None, message: str, **kw: Any) -> VerifyReport:
         return VerifyReport(
@@ -113,7 +130,6 @@ async def verify_log(
         return fail(Fault.MISSING, have, f"step 1: expected {size} leaf hashes, found {have}")
 
     # 2. Archived prefix must be covered by signed archive notes.
-    notes = await cast(Awaitable[list[bytes]], redis.lrange(keys.archives, 0, -1))
     covered = 0
     for pos, raw in enumerate(notes):
         try:
@@ -136,7 +152,6 @@ async def verify_log(
         )
 
     # 3. Leaves from records.
-    count = await redis.hlen(keys.records)
     expected_count = size - archived
     by_hash: dict[bytes, int] | None = None
     for start in range(archived, size, CHUNK):
@@ -183,11 +198,16 @@ async def verify_log(
                 )
                 return fail(kind, i, f"step 3: record {i}: {exc.message}")
     if count != expected_count:
-        fields = await cast(Awaitable[list[bytes]], redis.hkeys(keys.records))
+        # (the names and the size read together: records sequenced since are not extra)
+        async with redis.pipeline(transaction=True) as p:
+            p.hkeys(keys.records)
+            p.hget(keys.meta, "size")
+            fields, size_now = await p.execute()
+        now = int(size_now or size)
         outside = sorted(
             int(f) if f.isdigit() else -1
             for f in fields
-            if not (f.isdigit() and archived <= int(f) < size)
+            if not (f.isdigit() and archived <= int(f) < now)
         )
         first = outside[0] if outside else size
         return fail(
@@ -200,7 +220,7 @@ async def verify_log(
     # 4. Rebuild the tree and compare with stored subtree hashes.
     levels = merkle.build_levels(leaves)
     for level in range(1, len(levels)):
-        stored_level = cast(bytes, await redis.get(keys.level(level)) or b"")
+        stored_level = cast(bytes, stored_levels[level - 1] or b"")
         if stored_level != levels[level]:
             n = min(len(stored_level), len(levels[level])) // 32
             bad = next(
@@ -220,7 +240,6 @@ async def verify_log(
     get = merkle.levels_getter(levels)
 
     # 5. and 6. Checkpoints.
-    raw_cps = await cast(Awaitable[list[bytes]], redis.lrange(keys.checkpoints, 0, -1))
     prev: Checkpoint | None = None
     for pos, raw in enumerate(raw_cps):
         try:
