@@ -56,13 +56,9 @@ def _policy_from_json(text: str) -> Policy:
     return load_policy(json.loads(text))
 
 
-def class_policy(policy_data: dict[str, Any], raw: str = "") -> Policy:
-    """The class's policy; ``raw``, the JSON it was stored as, when known (no encoding)."""
-    return _policy_from_json(raw or json.dumps(policy_data, sort_keys=True))
-
-
 def policy_of(info: ClassInfo) -> Policy:
-    return class_policy(info.policy, info.policy_json)
+    """The class's policy, looked up by the JSON it was stored as (no re-encoding)."""
+    return _policy_from_json(info.policy_json or json.dumps(info.policy, sort_keys=True))
 
 
 _STRICT = load_policy({"preset": "strict"})

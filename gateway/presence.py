@@ -31,7 +31,7 @@ from meeting_adapters import AdapterError, Capability, Present, Room, Unsupporte
 
 from .app import Services
 from .hostctl import HostControls
-from .joinflow import JoinFlow, class_policy
+from .joinflow import JoinFlow, policy_of
 from .state import ClassInfo
 
 log = logging.getLogger("classguard.presence")
@@ -258,7 +258,7 @@ class Reconciler:
         was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove)."""
         svc = self.svc
         assert svc.auditor is not None
-        policy = class_policy(info.policy)
+        policy = policy_of(info)
         sid = who_is_it(p, identify)
         action = "flagged"
         can_remove = Capability.REMOVE in room_capabilities(adapter, room) and callable(

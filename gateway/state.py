@@ -251,6 +251,10 @@ class Keys:
     def org_classes(self, org: str) -> str:
         return f"{self.p}classes:org:{org}"
 
+    def refusals(self, name: str, cid: str | None = None) -> str:
+        """A window of counted refusals (in the class's hash slot when it names one)."""
+        return self.c(cid, f"rla:{name}") if cid else f"{self.p}rla:{name}"
+
     def ratelimit(self, name: str) -> str:
         return f"{self.p}rl:{name}"
 
@@ -510,14 +514,17 @@ return old
 
 # A window of refusals that starts with the first one: the count and when it started.
 # KEYS: counter hash. ARGV: window s, now. Returns {count, first (string)}
-_COUNT_REFUSALS = """
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-if n == 1 then
-  redis.call('HSET', KEYS[1], 'first', ARGV[2])
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
+_COUNT_FN = """
+local function count_refusal(key, window, now)
+  local n = redis.call('HINCRBY', key, 'n', 1)
+  if n == 1 then
+    redis.call('HSET', key, 'first', now)
+    redis.call('EXPIRE', key, window)
+  end
+  return {n, redis.call('HGET', key, 'first') or now}
 end
-return {n, redis.call('HGET', KEYS[1], 'first') or ARGV[2]}
 """
+_COUNT_REFUSALS = _COUNT_FN + "return count_refusal(KEYS[1], ARGV[1], ARGV[2])\n"
 
 # GCRA over several limits at once; nothing is updated unless every limit allows.
 # gcra(n): KEYS[1..n], one per limit. ARGV: now_ms, then (interval_ms, burst) per key.
@@ -552,16 +559,10 @@ _GCRA = _GCRA_FN + "return gcra(#KEYS)\n"
 # (as _COUNT_REFUSALS), for an attempt refused whatever the limits say.
 # ARGV: as _GCRA, then the counter's window s and now.
 # Returns {allowed 1/0, wait ms, index of the limit, count, first (string)}
-_GCRA_COUNT = _GCRA_FN + """
-local c = KEYS[#KEYS]
-local window, now_s = ARGV[2 * #KEYS], ARGV[2 * #KEYS + 1]
-local n = redis.call('HINCRBY', c, 'n', 1)
-if n == 1 then
-  redis.call('HSET', c, 'first', now_s)
-  redis.call('EXPIRE', c, window)
-end
+_GCRA_COUNT = _GCRA_FN + _COUNT_FN + """
+local c = count_refusal(KEYS[#KEYS], ARGV[2 * #KEYS], ARGV[2 * #KEYS + 1])
 local r = gcra(#KEYS - 1)
-return {r[1], r[2], r[3] or 0, n, redis.call('HGET', c, 'first') or now_s}
+return {r[1], r[2], r[3] or 0, c[1], c[2]}
 """
 
 # Everything one join attempt needs from the class, in one call.
@@ -1451,7 +1452,7 @@ class ClassStore:
         """Count one refusal in a window that starts with the first one (across every
         process); returns (count so far, when the window started). ``class_id`` keeps
         the counter in the class's hash slot."""
-        key = self.k.c(class_id, f"rla:{name}") if class_id else f"{self.k.p}rla:{name}"
+        key = self.k.refusals(name, class_id)
         n, first = await self._script(self._count_refusals, [key],
                                       [window_s, repr(self.clock())])
         return int(n), float(first)
@@ -1463,7 +1464,7 @@ class ClassStore:
         (wait, limit that refused, refusals counted in the window, when it started)."""
         res = await self._script(
             self._gcra_count,
-            [*(self.k.ratelimit(lim.key) for lim in limits), f"{self.k.p}rla:{name}"],
+            [*(self.k.ratelimit(lim.key) for lim in limits), self.k.refusals(name)],
             [*_gcra_args(limits, self.clock()), window_s, repr(self.clock())])
         wait, limit = _gcra_result(res[:3], limits)
         return wait, limit, int(res[3]), float(res[4])

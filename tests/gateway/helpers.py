@@ -148,3 +148,26 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, *, type_: str | None
                 return data
 
     return await asyncio.wait_for(_read(), timeout)
+
+
+async def host_control(api: aiohttp.ClientSession, cid: str) -> aiohttp.ClientWebSocketResponse:
+    """The teacher's control socket for the class, its first ``state`` message read
+    (the host is present from then on)."""
+    ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+    await next_message(ws, type_="state")
+    return ws
+
+
+async def audit_events(reader: aiohttp.ClientSession, *, at_least: int = 1,
+                       **params: str) -> list[dict[str, Any]]:
+    """``GET /api/v1/audit/events`` until it lists ``at_least`` events (the sequencer
+    numbers them asynchronously) or about five seconds have passed; the last page."""
+    found: list[dict[str, Any]] = []
+    for _ in range(100):
+        r = await reader.get("/api/v1/audit/events", params=params)
+        assert r.status == 200, await r.text()
+        found = list((await r.json())["events"])
+        if len(found) >= at_least:
+            break
+        await asyncio.sleep(0.05)
+    return found

@@ -8,9 +8,9 @@ import pytest
 
 from gateway.bans import Ban, make_key, match
 from gateway.errors import ApiError
-
-from .helpers import make_class, next_message, open_link, running_gateway
 from tests.conftest import both_redis_servers
+
+from .helpers import host_control, make_class, next_message, open_link, running_gateway
 
 # Redis commands differ between 6.2 (the embedded default) and 7: run on both.
 redis_url = both_redis_servers(transports=True)
@@ -38,8 +38,7 @@ async def test_ban_by_device_and_address(tmp_path: Path, redis_url: str, redis_p
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api)
-        teacher = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher, type_="state")
+        teacher = await host_control(api, cid)
         intruder = gw.client()
         _, body = await open_link(intruder, links[0])
         knock = await next_message(teacher, type_="knock")
@@ -80,8 +79,7 @@ async def test_repeated_failures_alert(tmp_path: Path, redis_url: str, redis_pre
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api)
-        teacher = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher, type_="state")
+        teacher = await host_control(api, cid)
         await open_link(gw.client(), links[0])  # the owner binds the link
         kinds = []
         for _ in range(5):

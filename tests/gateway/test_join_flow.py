@@ -8,8 +8,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .helpers import make_class, next_message, open_link, running_gateway, token_of
 from tests.conftest import both_redis_servers
+
+from .helpers import (
+    audit_events,
+    host_control,
+    make_class,
+    next_message,
+    open_link,
+    running_gateway,
+    token_of,
+)
 
 # Redis commands differ between 6.2 (the embedded default) and 7: run on both.
 redis_url = both_redis_servers(transports=True)
@@ -66,8 +75,7 @@ async def test_second_device_refused_and_teacher_alerted(tmp_path: Path, redis_u
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api)
-        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher_ws, type_="state")
+        teacher_ws = await host_control(api, cid)
         owner = gw.client()
         status, body = await open_link(owner, links[1])
         assert body["status"] == "waiting"
@@ -158,8 +166,7 @@ async def test_reissue_ends_the_old_links_admission(tmp_path: Path, redis_url: s
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api, preset="standard")
-        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher_ws, type_="state")
+        teacher_ws = await host_control(api, cid)
         phone = gw.client()
         _, body = await open_link(phone, links[0])
         assert body["status"] == "admitted"
@@ -193,8 +200,7 @@ async def test_standard_preset_admits_when_host_present(
         assert body["status"] == "waiting" and body["reason"] == "awaiting_host"
         ws = await phone.ws_connect(body["ws"])
         await next_message(ws, type_="waiting")
-        teacher_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher_ws, type_="state")
+        teacher_ws = await host_control(api, cid)
         # the student who waited only for the host is let in when the host arrives
         admitted = await next_message(ws, type_="admitted")
         r = await phone.get(admitted["redirect"], allow_redirects=False)
@@ -260,13 +266,7 @@ async def test_rate_limited_refusals_are_aggregated_in_the_audit_log(
         phone = gw.client()
         statuses = [(await open_link(phone, links[0]))[0] for _ in range(25)]
         assert statuses.count(429) == 15  # the link's budget: burst 10
-        for _ in range(100):
-            r = await admin.get("/api/v1/audit/events",
-                                params={"reason": "rate_limited", "type": "join"})
-            events = (await r.json())["events"]
-            if len(events) >= 2:
-                break
-            await asyncio.sleep(0.05)
+        events = await audit_events(admin, at_least=2, reason="rate_limited", type="join")
         # the 1st and the 10th refusal of the window, not one event per request
         assert [e["facts"]["count"] for e in events] == [10, 1]
         assert {e["facts"]["bucket"] for e in events} == {"jti"}
@@ -279,8 +279,7 @@ async def test_waiting_room_sockets_newest_wins(tmp_path: Path, redis_url: str,
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api)
-        teacher = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher, type_="state")
+        teacher = await host_control(api, cid)
         phone = gw.client()
         _, body = await open_link(phone, links[0])
         await next_message(teacher, type_="knock")
@@ -325,10 +324,8 @@ async def test_host_leaving_applies_the_policy_at_once(
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api, "standard", on_host_leave=on_host_leave)
         watcher = gw.api(await gw.staff_user("admin.a", role="admin"))
-        watch_ws = await watcher.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(watch_ws, type_="state")
-        host_ws = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(host_ws, type_="state")
+        watch_ws = await host_control(watcher, cid)
+        host_ws = await host_control(api, cid)
         status, body = await open_link(gw.client(), links[0])
         assert (status, body["status"]) == (200, "admitted")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .helpers import make_class, next_message, open_link, running_gateway
+from .helpers import host_control, make_class, next_message, open_link, running_gateway
 
 
 async def test_teacher_on_a_student_on_b(tmp_path: Path, redis_url: str, redis_prefix: str,
@@ -16,8 +16,7 @@ async def test_teacher_on_a_student_on_b(tmp_path: Path, redis_url: str, redis_p
             running_gateway(tmp_path, redis_url, redis_prefix) as b:
         api = a.api(await a.staff_user("co.lan"))
         cid, links = await make_class(a, api)
-        teacher = await api.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(teacher, type_="state")
+        teacher = await host_control(api, cid)
 
         phone = b.client()
         _, body = await open_link(phone, links[0])
@@ -61,8 +60,7 @@ async def test_signing_out_closes_control_socket_on_other_process(
         r = await browser.post("/api/v1/session",
                                json={"username": "co.lan", "password": TEACHER_PASSWORD})
         csrf = (await r.json())["csrf_token"]
-        ws = await browser.ws_connect(f"/api/v1/classes/{cid}/control")
-        await next_message(ws, type_="state")
+        ws = await host_control(browser, cid)
         # a cross-site page cannot open the control socket with the cookie
         evil = await browser.get(f"/api/v1/classes/{cid}/control",
                                  headers={"Origin": "https://evil.example", "Upgrade": "websocket",
