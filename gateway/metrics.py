@@ -3,18 +3,77 @@ and several apps in one process never collide)."""
 
 from __future__ import annotations
 
+import bisect
+import gc
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from audit import LogStatus
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+GC_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class _GcPauses:
+    """How long the cyclic garbage collector held the process, per generation.
+
+    NOTE: one per process (gc.callbacks is process-wide), installed by the first
+    registry that asks for it; every registry reads the same figures. While a
+    collection runs nothing else does: a pause is an event-loop stall for every request
+    in flight, so it is what an operator looks at when the latency tail grows."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = 0.0
+        n = len(gc.get_threshold())
+        self.buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(n)]
+        self.sums = [0.0] * n
+        self._installed = False
+
+    def install(self) -> None:
+        with self._lock:
+            if not self._installed:
+                gc.callbacks.append(self._callback)
+                self._installed = True
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        gen = info.get("generation", 0)
+        if 0 <= gen < len(self.sums):
+            self.buckets[gen][bisect.bisect_left(GC_PAUSE_BUCKETS, took)] += 1
+            self.sums[gen] += took
+
+    def collect(self) -> Iterator[Metric]:
+        hist = HistogramMetricFamily(
+            "classguard_gc_pause_seconds",
+            "Time the garbage collector stopped this process, by generation "
+            "(2: a full collection)", labels=["generation"])
+        for gen, counts in enumerate(self.buckets):
+            running, cumulative = 0, []
+            for bound, c in zip((*GC_PAUSE_BUCKETS, float("inf")), counts, strict=True):
+                running += c
+                cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+            hist.add_metric([str(gen)], cumulative, self.sums[gen])
+        yield hist
+        yield GaugeMetricFamily(
+            "classguard_gc_frozen_objects",
+            "Objects set aside from garbage collection once the process was set up",
+            value=gc.get_freeze_count())
+
+
+GC_PAUSES = _GcPauses()
 
 
 @dataclass(slots=True)
@@ -38,6 +97,8 @@ class Metrics:
     def create(cls) -> Metrics:
         reg = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=reg)  # process_resident_memory_bytes, process_cpu_...
+        GC_PAUSES.install()
+        reg.register(GC_PAUSES)
         return cls(
             registry=reg,
             join_attempts=Counter(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -148,8 +149,17 @@ def test_serve_external_redis(cli_env: dict[str, str], tmp_path: Path, redis_url
     served = start_serve(cli_env, free_port(), tmp_path / "serve.log", *extra)
     try:
         asyncio.run(_flow(served.base, token))
+        metrics = asyncio.run(_metrics(served.base))
     finally:
         stop(served)
+    # The serving process set its start-up heap aside from the collector.
+    frozen = re.search(r"^classguard_gc_frozen_objects (\S+)$", metrics, re.M)
+    assert frozen is not None and float(frozen.group(1)) > 10_000
+
+
+async def _metrics(base: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        return await (await http.get(f"{base}/metrics")).text()
 
 
 def _redis_pid(data: Path) -> int:
