@@ -4,6 +4,7 @@
     python tests/bench/join.py --valid 4000 --garbage 8000 --sockets 2000   # quicker
     python tests/bench/join.py --py-spy /tmp/join.svg   # also profile the first joins
     python tests/bench/join.py --py-spy /tmp/g.txt --py-spy-phase "garbage token"
+    python tests/bench/join.py --paced-load 0.3      # the open-loop phase at 30 %
 
 All on loopback, in one run, in this order:
 
@@ -15,6 +16,11 @@ All on loopback, in one run, in this order:
    gateway, ``standard`` preset, the teachers' control sockets open (so roster students
    are admitted at once), every link opened once by a fresh device (no ``cg_dev``);
 3. ``readmits``: every link of (2) opened again with the device cookie it was given;
+   then, below saturation, ``first joins at R/s``: links not opened before, sent at a
+   fixed rate R (``--paced-load``, default half the first-join rate just measured) over
+   the same 64 connections, open loop -- each request is due at k / R and its latency
+   runs from then, so a stall delays what was due meanwhile -- and the same links at
+   the same rate to the baseline;
 4. ``garbage``: random strings in the token's place; ``forged``: well-shaped tokens
    with our ``kid``, a fresh ``jti`` and a random signature (the signature check runs);
 5. ``garbage, one address``: the same garbage from 127.0.0.1 only: after the burst the
@@ -47,6 +53,9 @@ Redis: a redis-server of our own on a free port (AOF with ``--fsync``, default
 is deleted afterwards. Classes have ``--per-class`` students (the class flood limit is
 100 joins/s with a burst of 500, so the links are interleaved across many classes and
 that limit never binds; a 429 would show in the outcome column).
+
+At the end, the gateway's garbage-collector pauses over the whole run (from its
+``/metrics``): the one full collection is the one made at start, before serving.
 
 Printed figures, not assertions. Not collected by pytest (tests/bench is in
 norecursedirs).
@@ -222,7 +231,11 @@ def _field(body: bytes, name: bytes) -> str:
 
 
 async def _load(port: int, jobs: list[tuple[str, str]], conns: int, sources: list[str],
-                per_conn: int, keep: bool, start_at: float) -> dict[str, Any]:
+                per_conn: int, keep: bool, start_at: float, rate: float = 0.0
+                ) -> dict[str, Any]:
+    """Send ``jobs`` over ``conns`` connections. ``rate`` > 0: open loop, the k-th
+    request is due at k / rate seconds and its latency runs from when it was due (a
+    request that waits for a free connection counts its wait); else closed loop."""
     loop = asyncio.get_running_loop()
     head = f"Host: 127.0.0.1:{port}\r\nAccept: application/json\r\nUser-Agent: {UA}\r\n"
     lat: list[float] = []
@@ -230,12 +243,21 @@ async def _load(port: int, jobs: list[tuple[str, str]], conns: int, sources: lis
     kept: dict[str, tuple[str, str]] = {}
     todo = iter(jobs)
     addrs = itertools.cycle(sources)
+    seq = itertools.count()
+    origin = 0.0
 
     async def slot() -> None:
         conn: _Conn | None = None
         used = 0
         for path, cookie in todo:
-            t0 = time.perf_counter()
+            if rate > 0:
+                due = origin + next(seq) / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                t0 = due
+            else:
+                t0 = time.perf_counter()
             try:
                 if conn is None or conn.closed:
                     src = next(addrs)
@@ -270,6 +292,7 @@ async def _load(port: int, jobs: list[tuple[str, str]], conns: int, sources: lis
 
     await asyncio.sleep(max(0.0, start_at - time.time()))
     t0 = time.time()
+    origin = time.perf_counter()
     await asyncio.gather(*(slot() for _ in range(conns)))
     return {"lat": lat, "outcomes": dict(outcomes), "t0": t0, "t1": time.time(),
             "kept": kept}
@@ -301,9 +324,10 @@ class Phase:
 
 def run_phase(name: str, target: str, port: int, jobs: list[tuple[str, str]], *,
               clients: int, sources: list[str], per_conn: int, watch: dict[str, list[int]],
-              keep: bool = False, timeout: float = 300) -> Phase:
+              keep: bool = False, timeout: float = 300, rate: float = 0.0) -> Phase:
     """Send every job once over CONNECTIONS connections split across ``clients``
-    processes; returns the figures of the phase."""
+    processes (``rate`` > 0: at that many requests per second in all, open loop);
+    returns the figures of the phase."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     start_at = time.time() + 0.5
@@ -313,7 +337,8 @@ def run_phase(name: str, target: str, port: int, jobs: list[tuple[str, str]], *,
         conns = CONNECTIONS // clients + (1 if c < CONNECTIONS % clients else 0)
         srcs = sources[c::clients] if sources else [""]
         procs.append(ctx.Process(target=_load_main, args=(
-            q, port, share, conns, srcs, per_conn if sources else 10**9, keep, start_at)))
+            q, port, share, conns, srcs, per_conn if sources else 10**9, keep, start_at,
+            rate / clients)))
     for p in procs:
         p.start()
     watch = {**watch, "load generator": [p.pid for p in procs if p.pid]}
@@ -638,6 +663,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--valid", type=int, default=6000, help="links opened as first joins")
     p.add_argument("--warmup", type=int, default=600, help="requests before measuring")
+    p.add_argument("--paced", type=int, default=3000,
+                   help="links opened as first joins at a fixed rate (open loop; 0: skip)")
+    p.add_argument("--paced-load", type=float, default=0.5,
+                   help="that rate, as a share of the measured first-join rate")
     p.add_argument("--per-class", type=int, default=500, help="students per class (max 2000)")
     p.add_argument("--baseline", type=int, default=20000,
                    help="requests per baseline phase (the valid links, reused in turn)")
@@ -656,7 +685,8 @@ def main() -> int:
                    help="profile the gateway during the first joins (.svg: flame graph, "
                         "else collapsed stacks, summarised on stdout)")
     p.add_argument("--py-spy-phase", default="first joins",
-                   choices=["first joins", "garbage token", "forged signature", "banned source"],
+                   choices=["first joins", "paced first joins", "garbage token",
+                            "forged signature", "banned source"],
                    help="the phase --py-spy profiles")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -723,12 +753,15 @@ def main() -> int:
         t = time.monotonic()
         std = asyncio.run(create_classes(base, teacher, "standard",
                                          args.valid + args.warmup, args.per_class))
+        paced_cls = asyncio.run(create_classes(base, teacher, "standard", args.paced,
+                                               args.per_class)) if args.paced else []
         strict = asyncio.run(create_classes(base, teacher, "strict", args.sockets,
                                             args.per_class)) if args.sockets else []
-        print(f"setup: {len(std)} standard classes ({args.valid + args.warmup} links), "
+        print(f"setup: {len(std) + len(paced_cls)} standard classes "
+              f"({args.valid + args.warmup + args.paced} links), "
               f"{len(strict)} strict classes ({args.sockets} links) in "
               f"{time.monotonic() - t:.1f} s", flush=True)
-        hosts = Hosts(base, teacher, [cid for cid, _ in std + strict])
+        hosts = Hosts(base, teacher, [cid for cid, _ in std + paced_cls + strict])
 
         tokens = interleave(std)
         warm, valid = tokens[:args.warmup], tokens[args.warmup:]
@@ -740,11 +773,13 @@ def main() -> int:
 
         def phase(name: str, target: str, jobs: list[tuple[str, str]], *,
                   distinct: bool = True, keep: bool = False, quiet: bool = False,
-                  sources: list[str] | None = None) -> Phase:
+                  sources: list[str] | None = None, rate: float = 0.0) -> Phase:
             srcs = sources if sources is not None else (
                 src.take(len(jobs) // args.per_conn + 2 * CONNECTIONS) if distinct else [])
             spy = None
-            if args.py_spy and name == args.py_spy_phase and target == "gateway" and not quiet:
+            spied = name == args.py_spy_phase or (
+                args.py_spy_phase == "paced first joins" and name.startswith("first joins at"))
+            if args.py_spy and spied and target == "gateway" and not quiet:
                 fmt = "flamegraph" if args.py_spy.suffix == ".svg" else "raw"
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(gw.pid), "--rate",
                                         "200", "--format", fmt, "--output", str(args.py_spy)],
@@ -752,7 +787,7 @@ def main() -> int:
                 time.sleep(1.0)
             ph = run_phase(name, target, bport if target == "baseline" else port, jobs,
                            clients=args.clients, sources=srcs, per_conn=args.per_conn,
-                           watch=watch, keep=keep)
+                           watch=watch, keep=keep, rate=rate)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=60)
@@ -775,6 +810,17 @@ def main() -> int:
         first.kept = {}
         readmit = phase("readmits (same device)", "gateway", readmit_jobs)
         base2 = phase("valid token, 302 (again)", "baseline", jobs_base)
+        # Latency below saturation: the same offered rate (a share of the first-join
+        # rate just measured) to the gateway, with links not opened before, and to the
+        # baseline; the k-th request is due at k / rate whatever the answers before it.
+        paced: tuple[Phase, Phase] | None = None
+        if args.paced:
+            offered = max(1.0, args.paced_load * first.rate("200 admitted"))
+            paced_jobs = [(f"/j/{t}", "") for t in interleave(paced_cls)]
+            paced = (phase(f"first joins at {offered:.0f}/s", "gateway", paced_jobs,
+                           rate=offered),
+                     phase(f"valid token at {offered:.0f}/s", "baseline", paced_jobs,
+                           rate=offered))
 
         def forged() -> str:
             head = valid[0].split(".")[0]
@@ -823,6 +869,7 @@ def main() -> int:
                 (path, cookie, addrs[i // SOCKETS_PER_ADDRESS])
                 for i, (path, cookie) in enumerate(socks)], args.clients)
         seen = hosts.stop()
+        gc_seen = gc_pauses(base)
         gw_log_tail = gw.text()[-2000:]
     finally:
         if baseline is not None and baseline.poll() is None:
@@ -847,7 +894,8 @@ def main() -> int:
             print(f"kept {work}")
 
     report(phases, base1, base2, first, readmit, garbage, forged_ph, one_ip, base_garbage,
-           banned, mem, seen, args)
+           banned, paced, mem, seen, args)
+    print(f"  gateway garbage collector over the whole run: {gc_seen}")
     if args.py_spy and args.py_spy.suffix != ".svg" and args.py_spy.exists():
         print(f"\nprofile of the gateway during {args.py_spy_phase} ({args.py_spy}):")
         profile_summary(args.py_spy)
@@ -864,6 +912,38 @@ def main() -> int:
     return 0
 
 
+def gc_pauses(base: str) -> str:
+    """The gateway's collector pauses so far, from /metrics: per generation, how many
+    and the bucket of the longest (an event-loop stall each)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:  # noqa: S310
+        text = r.read().decode()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    frozen = "?"
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("classguard_gc_pause_seconds_bucket{"):
+            labels, _, value = line.partition("} ")
+            gen = labels.split('generation="', 1)[1].split('"', 1)[0]
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            buckets.setdefault(gen, []).append((float(le), float(value)))
+        elif line.startswith("classguard_gc_pause_seconds_sum{"):
+            labels, _, value = line.partition("} ")
+            sums[labels.split('generation="', 1)[1].split('"', 1)[0]] = float(value)
+        elif line.startswith("classguard_gc_frozen_objects "):
+            frozen = line.split()[1]
+    out = []
+    for gen, bs in sorted(buckets.items()):
+        total = bs[-1][1]
+        longest = next((le for le, c in bs if c == total), float("inf"))
+        bound = "> 250 ms" if longest == float("inf") else f"<= {longest * 1000:g} ms"
+        out.append(f"generation {gen}: {total:.0f} in {sums.get(gen, 0) * 1000:.0f} ms "
+                   f"(longest {bound})" if total
+                   else f"generation {gen}: 0")
+    return "; ".join(out) + f"; {float(frozen):.0f} objects frozen at start"
+
+
 async def ban_networks(base: str, token: str, org: str, networks: list[str]) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as http:
@@ -876,7 +956,8 @@ async def ban_networks(base: str, token: str, org: str, networks: list[str]) -> 
 
 def report(phases: list[Phase], base1: Phase, base2: Phase, first: Phase, readmit: Phase,
            garbage: Phase, forged: Phase, one_ip: Phase, base_garbage: Phase, banned: Phase,
-           mem: dict[str, Any] | None, seen: dict[str, int], args: argparse.Namespace) -> None:
+           paced: tuple[Phase, Phase] | None, mem: dict[str, Any] | None,
+           seen: dict[str, int], args: argparse.Namespace) -> None:
     cols = ["gateway", "redis", "baseline", "load generator", "hosts", "others"]
     print(f"\n{'phase':<34} {'target':<8} {'requests':>8} {'s':>5} {'req/s':>7} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}  CPU % gw/redis/base/load/hosts/others")
@@ -899,6 +980,14 @@ def report(phases: list[Phase], base1: Phase, base2: Phase, first: Phase, readmi
           f" p99 {pct(first.lat, 99) * 1000:.1f} ms (target <= 50 ms at {CONNECTIONS})")
     print(f"  (closed loop: mean latency = {CONNECTIONS} / rate, so p99 <= 50 ms at "
           f"{CONNECTIONS} connections needs well over {CONNECTIONS / 0.05:.0f} joins/s)")
+    if paced is not None:
+        gwp, bp = paced
+        print(f"  open loop, the same {CONNECTIONS} connections at {args.paced_load:.0%} of the "
+              f"first-join rate ({gwp.n / gwp.seconds:.0f}/s offered, latency from when "
+              f"each request was due): first joins p50 {pct(gwp.lat, 50) * 1000:.1f} ms, "
+              f"p99 {pct(gwp.lat, 99) * 1000:.1f} ms ({gwp.rate('200 admitted'):.0f}/s "
+              f"admitted); baseline p50 {pct(bp.lat, 50) * 1000:.1f} ms, "
+              f"p99 {pct(bp.lat, 99) * 1000:.1f} ms")
     print(f"  readmits admitted/s {readmitted:.0f}: ratio {readmitted / best_base:.2f}; "
           f"p50 {pct(readmit.lat, 50) * 1000:.1f} ms, p99 {pct(readmit.lat, 99) * 1000:.1f} ms")
     print(f"  garbage refused/s {garbage.rate('403'):.0f} from distinct /24s = "
