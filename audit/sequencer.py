@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from audit import merkle
 from audit.checkpoint import Checkpoint
 from audit.errors import AuditError, FormatError, NotLeaderError
+from audit.log import CommandPipeline
 from audit.note import AuditSigningKey
 from audit.records import decode_personal, decode_record
 from audit.store import (
@@ -77,6 +78,7 @@ class Sequencer:
         checkpoint_interval_ms: int = 1000,
         release_on_stop: bool = True,
         poll_ms: int = 20,
+        fast: CommandPipeline | None = None,
     ) -> None:
         ensure_bytes_client(redis)
         if lease_ms < 30:
@@ -92,6 +94,10 @@ class Sequencer:
         self._ckpt_interval = checkpoint_interval_ms
         self._release_on_stop = release_on_stop
         self._poll_ms = poll_ms
+        # Reading the stream and committing batches go through ``fast`` when given (the
+        # gateway's multiplexed bytes connection, gateway.redis_mux): the leader does
+        # both for every record of every process. The lease scripts stay on ``redis``.
+        self._fast = fast
         self._token = f"{node_id}:{secrets.token_hex(8)}".encode()
         self._state: _State | None = None  # set while we believe we lead
         self._renewed_at = 0.0
@@ -220,8 +226,8 @@ class Sequencer:
         state = self._state
         if state is None:
             raise NotLeaderError("not leading")
-        reply = await self._redis.xread({self.keys.stream: state.last_id}, count=self._batch)
-        if not reply and block:
+        entries = await self._read(state.last_id)
+        if not entries and block:
             # NOTE: polling instead of XREAD BLOCK: a blocked read that is cancelled (the
             # task stopping) can leave the client waiting on a reply that never comes, and
             # a short poll costs one cheap command per interval on the leader only.
@@ -229,14 +235,43 @@ class Sequencer:
             if state.size > self._ckpt_size and self._last_ckpt_ms is not None:
                 wait_ms = min(wait_ms, self._last_ckpt_ms + self._ckpt_interval - self._clock())
             await asyncio.sleep(max(0.001, min(wait_ms, self._poll_ms) / 1000))
-            reply = await self._redis.xread({self.keys.stream: state.last_id}, count=self._batch)
-        entries = _stream_entries(reply)
+            entries = await self._read(state.last_id)
         committed = 0
         if entries:
             committed = await self._commit_batch(state, entries)
         if checkpoint:
             await self._checkpoint(force=False)
         return committed
+
+    async def _read(self, last_id: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next stream entries past ``last_id``, at most one batch."""
+        if self._fast is None:
+            return _stream_entries(
+                await self._redis.xread({self.keys.stream: last_id}, count=self._batch))
+        (reply,) = await self._fast.pipeline(
+            [("XREAD", "COUNT", self._batch, "STREAMS", self.keys.stream, last_id)])
+        if isinstance(reply, Exception):
+            raise reply
+        if not reply:
+            return []
+        # RESP2, unparsed: [[stream, [[id, [field, value, ...]], ...]]]
+        return [(eid, dict(zip(flat[::2], flat[1::2], strict=True)))
+                for eid, flat in reply[0][1]]
+
+    async def _commit_script(self, keys: list[str], args: list[Any]) -> Any:
+        if self._fast is None:
+            return await self._commit(keys=keys, args=args)
+        command = ("EVALSHA", self._commit.sha, len(keys), *keys, *args)
+        (reply,) = await self._fast.pipeline([command])
+        if isinstance(reply, NoScriptError):
+            # A restarted or flushed server forgot the script: load it, once.
+            (loaded,) = await self._fast.pipeline([("SCRIPT", "LOAD", COMMIT_BATCH)])
+            if isinstance(loaded, Exception):
+                raise loaded
+            (reply,) = await self._fast.pipeline([command])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     async def _commit_batch(
         self, state: _State, entries: list[tuple[bytes, dict[bytes, bytes]]]
@@ -316,7 +351,7 @@ class Sequencer:
             b",".join(sid for sid, _ in entries),
         ]
         try:
-            new_size = int(await self._commit(keys=keys, args=args))
+            new_size = int(await self._commit_script(keys, args))
         except ResponseError as exc:
             self._state = None
             if str(exc).startswith("NOTLEADER"):

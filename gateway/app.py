@@ -170,6 +170,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         origin=s.audit_origin,
         clock=ms_clock,
         node_id=s.node_id,
+        fast=svc.redis_fast_bytes,
     )
     from meeting_adapters.janus import JanusPool
     from meeting_adapters.zoom import ZoomTokens

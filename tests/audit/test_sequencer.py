@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -36,6 +39,22 @@ def make_seq(r: aioredis.Redis, prefix: str, signer: AuditSigningKey, name: str,
     )
 
 
+@pytest.fixture(params=["redis-py", "multiplexed"])
+async def fast(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[object]:
+    """None (every command through redis-py) or the gateway's multiplexed bytes
+    connection, which the gateway gives its sequencer for reading and committing."""
+    if request.param == "redis-py":
+        yield None
+        return
+    from gateway.redis_mux import Multiplexed
+
+    mux = Multiplexed.from_url(redis_url, decode=False)
+    assert mux is not None
+    yield mux
+    with contextlib.suppress(Exception):
+        await mux.aclose()
+
+
 async def wait_for(cond, limit: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + limit
     while not await cond():
@@ -49,9 +68,11 @@ async def test_failover_mid_stream(
     redis_prefix: str,
     signer: AuditSigningKey,
     graceful: bool,
+    fast: object,
 ) -> None:
     seqs = {
-        name: make_seq(redis_bytes, redis_prefix, signer, name, release_on_stop=graceful)
+        name: make_seq(redis_bytes, redis_prefix, signer, name, release_on_stop=graceful,
+                       fast=fast)
         for name in ("a", "b")
     }
     tasks = {name: asyncio.create_task(s.run()) for name, s in seqs.items()}
@@ -116,9 +137,10 @@ async def test_deposed_leader_cannot_commit(
     signer: AuditSigningKey,
     log: AuditLog,
     clock: FakeClock,
+    fast: object,
 ) -> None:
-    a = make_seq(redis_bytes, redis_prefix, signer, "a", lease_ms=100)
-    b = make_seq(redis_bytes, redis_prefix, signer, "b", lease_ms=100)
+    a = make_seq(redis_bytes, redis_prefix, signer, "a", lease_ms=100, fast=fast)
+    b = make_seq(redis_bytes, redis_prefix, signer, "b", lease_ms=100, fast=fast)
     await log.append(join_event(1))
     assert await a.sync() == 1
     with pytest.raises(NotLeaderError):
@@ -134,6 +156,47 @@ async def test_deposed_leader_cannot_commit(
         await a.sync()
     assert await b.sync() == 3
     assert (await verify_log(redis_bytes, redis_prefix, signer.verifier())).ok
+
+
+async def test_multiplexed_commits_survive_a_forgotten_script(
+    redis_prefix: str, signer: AuditSigningKey
+) -> None:
+    """The server forgot the commit script (restarted, SCRIPT FLUSH): it is loaded again
+    and the batch committed once, through the multiplexed connection. (On a server of
+    this test's own: SCRIPT FLUSH would disturb anything else using the machine's.)"""
+    from gateway.redis_mux import Multiplexed
+    from tests.conftest import _start_redis_server
+
+    proc, url, tmp = _start_redis_server(_redis_binary())
+    r = aioredis.Redis.from_url(url)
+    mux = Multiplexed.from_url(url, decode=False)
+    assert mux is not None
+    try:
+        log = AuditLog(r, prefix=redis_prefix, node_id="gw", clock=wall)
+        a = make_seq(r, redis_prefix, signer, "a", fast=mux)
+        await log.append_many([(join_event(i), personal_for(i)) for i in range(30)])
+        assert await a.sync() == 30
+        await r.script_flush()
+        await log.append_many([(join_event(i), personal_for(i)) for i in range(7)])
+        assert await a.sync() == 37
+        assert await log.pending() == 0
+        report = await verify_log(r, redis_prefix, signer.verifier())
+        assert report.ok and report.signed_size == 37, report
+    finally:
+        await mux.aclose()
+        await r.aclose()
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _redis_binary() -> str:
+    from gateway.embedded_redis import EmbeddedRedisError, find_redis_server
+
+    try:
+        return find_redis_server()
+    except EmbeddedRedisError as exc:
+        pytest.skip(str(exc))
 
 
 async def test_refuses_to_sequence_on_damaged_storage(
