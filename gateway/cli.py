@@ -312,9 +312,12 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        _settle_heap()  # set up, and not serving yet
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        # NOTE: after listening, not before: what set-up printed (the demo's links) may
+        # be opened at once, and a connection made meanwhile waits in the kernel's
+        # backlog for the one collection below instead of being refused.
+        _settle_heap()
         print(f"ClassGuard listening on {settings.public_url}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
