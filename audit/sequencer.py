@@ -248,10 +248,8 @@ class Sequencer:
         if self._fast is None:
             return _stream_entries(
                 await self._redis.xread({self.keys.stream: last_id}, count=self._batch))
-        (reply,) = await self._fast.pipeline(
-            [("XREAD", "COUNT", self._batch, "STREAMS", self.keys.stream, last_id)])
-        if isinstance(reply, Exception):
-            raise reply
+        reply = await self._fast_one(
+            "XREAD", "COUNT", self._batch, "STREAMS", self.keys.stream, last_id)
         if not reply:
             return []
         # RESP2, unparsed: [[stream, [[id, [field, value, ...]], ...]]]
@@ -262,13 +260,17 @@ class Sequencer:
         if self._fast is None:
             return await self._commit(keys=keys, args=args)
         command = ("EVALSHA", self._commit.sha, len(keys), *keys, *args)
-        (reply,) = await self._fast.pipeline([command])
-        if isinstance(reply, NoScriptError):
+        try:
+            return await self._fast_one(*command)
+        except NoScriptError:
             # A restarted or flushed server forgot the script: load it, once.
-            (loaded,) = await self._fast.pipeline([("SCRIPT", "LOAD", COMMIT_BATCH)])
-            if isinstance(loaded, Exception):
-                raise loaded
-            (reply,) = await self._fast.pipeline([command])
+            await self._fast_one("SCRIPT", "LOAD", COMMIT_BATCH)
+            return await self._fast_one(*command)
+
+    async def _fast_one(self, *command: Any) -> Any:
+        """One command on ``fast``; an error reply is raised."""
+        assert self._fast is not None
+        (reply,) = await self._fast.pipeline([command])
         if isinstance(reply, Exception):
             raise reply
         return reply

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bisect
 import gc
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -32,18 +31,14 @@ class _GcPauses:
     in flight, so it is what an operator looks at when the latency tail grows."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._started = 0.0
         n = len(gc.get_threshold())
         self.buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(n)]
         self.sums = [0.0] * n
-        self._installed = False
 
     def install(self) -> None:
-        with self._lock:
-            if not self._installed:
-                gc.callbacks.append(self._callback)
-                self._installed = True
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import time
 from collections.abc import AsyncIterator
 
@@ -159,17 +158,16 @@ async def test_deposed_leader_cannot_commit(
 
 
 async def test_multiplexed_commits_survive_a_forgotten_script(
-    redis_prefix: str, signer: AuditSigningKey
+    embedded_redis_url: str, redis_prefix: str, signer: AuditSigningKey
 ) -> None:
     """The server forgot the commit script (restarted, SCRIPT FLUSH): it is loaded again
-    and the batch committed once, through the multiplexed connection. (On a server of
-    this test's own: SCRIPT FLUSH would disturb anything else using the machine's.)"""
+    and the batch committed once, through the multiplexed connection. (On the test
+    session's own server of the embedded binary: SCRIPT FLUSH would disturb anything
+    else using the machine's.)"""
     from gateway.redis_mux import Multiplexed
-    from tests.conftest import _start_redis_server
 
-    proc, url, tmp = _start_redis_server(_redis_binary())
-    r = aioredis.Redis.from_url(url)
-    mux = Multiplexed.from_url(url, decode=False)
+    r = aioredis.Redis.from_url(embedded_redis_url)
+    mux = Multiplexed.from_url(embedded_redis_url, decode=False)
     assert mux is not None
     try:
         log = AuditLog(r, prefix=redis_prefix, node_id="gw", clock=wall)
@@ -184,19 +182,9 @@ async def test_multiplexed_commits_survive_a_forgotten_script(
         assert report.ok and report.signed_size == 37, report
     finally:
         await mux.aclose()
+        async for key in r.scan_iter(match=f"{redis_prefix}*"):
+            await r.delete(key)
         await r.aclose()
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _redis_binary() -> str:
-    from gateway.embedded_redis import EmbeddedRedisError, find_redis_server
-
-    try:
-        return find_redis_server()
-    except EmbeddedRedisError as exc:
-        pytest.skip(str(exc))
 
 
 async def test_refuses_to_sequence_on_damaged_storage(
