@@ -19,6 +19,7 @@ from policies.model import ClassId
 
 from .app import SERVICES
 from .janus_runner import JanusProcess
+from .policy_io import resolve
 from .presence import watch_class
 from .state import new_id
 
@@ -139,7 +140,9 @@ async def _setup_demo(app: web.Application) -> None:
         schedule=__import__("policies.model", fromlist=["Schedule"]).Schedule(
             starts_at=now - timedelta(minutes=5), ends_at=now + timedelta(hours=3),
             term_ends_at=now + timedelta(days=30)),
-        policy={"preset": "strict"},
+        # Stored resolved, every field explicit, as the API stores it: the class page
+        # and the join path read the fields, never the preset alone.
+        policy=resolve({"preset": "strict"}, None),
     )
     await watch_class(svc, info)
     await svc.store.replace_roster(info.id, DEMO_STUDENTS and [(n, e) for n, e in DEMO_STUDENTS])

@@ -94,6 +94,26 @@ def test_demo_prints_teacher_and_five_links(tmp_path: Path) -> None:
             import asyncio
 
             assert asyncio.run(student()) == 200
+
+            # The demo's own class renders for its teacher (it once answered 500: the
+            # demo stored its policy unresolved and the page reads every field).
+            base = re.search(r"(http://\S+)/login", text).group(1)
+            password = re.search(r"user: teacher\s+password: (\S+)", text).group(1)
+            cid = re.search(r"/classes/(\S+)/control", text).group(1)
+
+            async def teacher_pages() -> list[int]:
+                async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+                    r = await s.post(f"{base}/api/v1/session",
+                                     json={"username": "teacher", "password": password})
+                    assert r.status == 200, await r.text()
+                    codes = []
+                    for path in (f"/classes/{cid}", f"/classes/{cid}/roster",
+                                 f"/classes/{cid}/links", f"/classes/{cid}/control", "/classes"):
+                        page = await s.get(base + path, headers={"Accept": "text/html"})
+                        codes.append(page.status)
+                    return codes
+
+            assert asyncio.run(teacher_pages()) == [200] * 5
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
