@@ -32,6 +32,23 @@
     errorBox.textContent = d.msgFailed + (msg ? " (" + msg + ")" : "");
     errorBox.focus();
   }
+  // The saved list replaces the "current list" below, so it never contradicts the
+  // confirmation above it.
+  function showCurrent(students) {
+    var tbody = document.querySelector("#current-table tbody");
+    tbody.textContent = "";
+    students.forEach(function (s) {
+      var tr = document.createElement("tr");
+      [s.name, s.external_id || ""].forEach(function (v) {
+        var td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+      });
+      tbody.appendChild(tr);
+    });
+    document.getElementById("current-count").textContent = String(students.length);
+    document.getElementById("current-table").hidden = students.length === 0;
+    document.getElementById("current-empty").hidden = students.length !== 0;
+    document.getElementById("replace-warning").hidden = students.length === 0;
+  }
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     errorBox.textContent = "";
@@ -77,6 +94,7 @@
       btn.disabled = false;
       if (!res.ok) { fail(res); return; }
       preview.hidden = true;
+      showCurrent(res.data.students);
       document.getElementById("saved").hidden = false;
       var msg = document.getElementById("saved-msg");
       msg.textContent = d.msgSaved.replace("{count}", res.data.students.length);

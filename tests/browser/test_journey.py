@@ -78,6 +78,10 @@ async def test_teacher_runs_a_class_and_students_join_from_phones(
     await shot(page, artifacts, "journey-02-roster-preview-vi-1280")
     await page.get_by_role("button", name=t(vi, "roster.confirm")).click()
     await expect(page.locator("#saved-msg")).to_have_text(t(vi, "roster.saved", count=3))
+    # The current list below agrees with the confirmation, without a reload.
+    await expect(page.locator("#current-count")).to_have_text("3")
+    await expect(page.locator("#current-table tbody tr")).to_have_count(3)
+    await expect(page.locator("#current-empty")).to_be_hidden()
 
     # The links page: issue the links, see a card with a QR code per student.
     await page.get_by_role("link", name=t(vi, "roster.to_links")).click()
