@@ -284,7 +284,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[security_headers, metrics.middleware(),
-                     make_error_middleware(metrics.redis_errors.inc), refusal_middleware],
+                     make_error_middleware(metrics.redis_errors.inc, pages.not_found_page),
+                     refusal_middleware],
     )
     app[SERVICES] = svc
     app.cleanup_ctx.append(_resources)

@@ -166,18 +166,23 @@ def _wants_html(request: web.Request) -> bool:
 
 def make_error_middleware(
     on_dependency_error: Callable[[], None] = lambda: None,
+    not_found_page: Callable[[web.Request], web.StreamResponse] | None = None,
 ) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    """The middleware; ``on_dependency_error`` counts Redis failures in metrics."""
+    """The middleware; ``on_dependency_error`` counts Redis failures in metrics;
+    ``not_found_page`` renders the not-found page for a browser asking for an unknown
+    address (API clients keep the JSON error)."""
 
     @web.middleware
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await _handle(request, handler, on_dependency_error)
+        return await _handle(request, handler, on_dependency_error, not_found_page)
 
     return error_middleware
 
 
 async def _handle(request: web.Request, handler: Handler,
-                  on_dependency_error: Callable[[], None]) -> web.StreamResponse:
+                  on_dependency_error: Callable[[], None],
+                  not_found_page: Callable[[web.Request], web.StreamResponse] | None,
+                  ) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as exc:
@@ -190,6 +195,8 @@ async def _handle(request: web.Request, handler: Handler,
         if exc.status < 400:
             raise
         if exc.status == 404:
+            if not_found_page is not None and _wants_html(request):
+                return not_found_page(request)
             return error_response(404, "not_found", "not found")
         if exc.status == 405:
             return error_response(405, "method_not_allowed", "method not allowed")

@@ -95,6 +95,14 @@ def page_response(request: web.Request, name: str, lang: str, *, status: int = 2
     return web.Response(text=html, content_type="text/html", status=status)
 
 
+def not_found_page(request: web.Request) -> web.Response:
+    """The not-found page, in the visitor's language, for a browser that asked for an
+    address no route serves."""
+    lang = page_lang(request)
+    return page_response(request, "error.html", lang, status=404,
+                         message=i18n.t(lang, "error.not_found"))
+
+
 async def remember_lang(request: web.Request, response: web.StreamResponse) -> None:
     """An explicit ``?lang=`` choice on any page, the students' pages included, is
     remembered in a cookie, so the next page (the waiting room after the short-code

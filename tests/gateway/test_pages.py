@@ -211,6 +211,27 @@ async def test_student_refusal_pages(tmp_path: Path, redis_url: str, redis_prefi
                 check_page(html, lang, reason)
 
 
+async def test_unknown_address_is_a_page_for_browsers_and_json_for_clients(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    """A mistyped address in a browser shows the translated not-found page; a script
+    (or anything under /api/) keeps the JSON error."""
+    from gateway.i18n import t
+
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        s = gw.client()
+        for lang in ("vi", "en"):
+            r = await s.get(gw.url(f"/khong-co-trang-nay?lang={lang}"),
+                            headers={"Accept": "text/html,application/xhtml+xml"})
+            html = await r.text()
+            assert r.status == 404 and r.content_type == "text/html"
+            check_page(html, lang, "not found")
+            assert t(lang, "error.not_found") in html
+        r = await s.get(gw.url("/khong-co-trang-nay"), headers={"Accept": "application/json"})
+        assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+        r = await s.get(gw.url("/api/v1/khong-co"), headers={"Accept": "text/html"})
+        assert r.status == 404 and r.content_type == "application/json"
+
+
 async def test_escaping_of_user_supplied_text(tmp_path: Path, redis_url: str, redis_prefix: str,
                                               redis) -> None:
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
