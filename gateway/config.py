@@ -55,6 +55,7 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _REDIS_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9.:_\[\]-]{1,253}")
+_METADATA: Final = ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
 _ALLOW_HOST_RE: Final = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
                                    r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -410,11 +411,19 @@ def _validate(s: Settings) -> None:
     for entry in s.platform_allow_networks:
         _check_type("platform_allow_networks", entry, str)
         try:
-            allowed.append(str(ipaddress.ip_network(entry.strip(), strict=True)))
+            net = ipaddress.ip_network(entry.strip(), strict=True)
         except ValueError as exc:
             raise ConfigError(
                 "platform_allow_networks",
                 f"{entry!r} is not an IP address or CIDR network: {exc}") from None
+        # NOTE: allowing everything, or the cloud metadata service, is never a platform
+        # deployment; refuse it rather than open the gateway up to its own network.
+        if net.prefixlen == 0 or any(ipaddress.ip_address(m) in net for m in _METADATA
+                                     if ipaddress.ip_address(m).version == net.version):
+            raise ConfigError("platform_allow_networks", f"{entry!r} would allow every "
+                              "address or a cloud metadata address; name the platform's "
+                              "own network")
+        allowed.append(str(net))
     _set(s, "platform_allow_networks", tuple(allowed))
     _check_type("platform_allow_hosts", s.platform_allow_hosts, tuple)
     hosts: list[str] = []
