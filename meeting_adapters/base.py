@@ -73,7 +73,9 @@ class AdapterError(Exception):
         self.detail = detail
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
+        # For logs: with the platform's own words (``detail``), which ``message`` omits.
+        text = f"{self.field}: {self.message}" if self.field else self.message
+        return f"{text} [{self.detail}]" if self.detail else text
 
 
 class InvalidSettings(AdapterError):

@@ -249,14 +249,15 @@ async def open_checked_socket(policy: EgressPolicy, host: str, port: int,
     resolution a rebinding DNS server could answer differently)."""
     loop = asyncio.get_running_loop()
     literal = _parse_ip(host)
+    infos: list[tuple[Any, Any, int, str, Any]]
     if literal is not None:
         infos = [(socket.AF_INET6 if literal.version == 6 else socket.AF_INET,
                   socket.SOCK_STREAM, 0, "", (str(literal), port))]
         if not policy.allows_address(str(literal), None):
             raise EgressRefused(host, str(literal))
     else:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            infos = list(await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         policy.check_resolved(host, [str(i[4][0]) for i in infos])
     last: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
