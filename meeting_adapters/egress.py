@@ -179,16 +179,22 @@ class EgressPolicy:
 def _connector_class() -> Any:
     import aiohttp
     from aiohttp.abc import AbstractResolver
-    from aiohttp.resolver import DefaultResolver
+    from aiohttp.resolver import ThreadedResolver
 
     class GuardedResolver(AbstractResolver):
-        """The default resolver, refusing names with any denied address. Addresses let
-        through only because their host name is allowed are remembered for the socket
-        factory (which sees addresses, not names)."""
+        """getaddrinfo, refusing names with any denied address. Addresses let through
+        only because their host name is allowed are remembered for the socket factory
+        (which sees addresses, not names).
+
+        NOTE: such an address is then reachable as a literal too, at connect time; the
+        literal itself is refused when a class is saved (``check_url``), and it is the
+        very server the operator allowed by name."""
 
         def __init__(self, policy: EgressPolicy, by_name: set[str]) -> None:
             self._policy = policy
-            self._inner = DefaultResolver()
+            # getaddrinfo in a thread: holds no resource the connector would have to close
+            # (it does not close a resolver it was given).
+            self._inner = ThreadedResolver()
             self._by_name = by_name
 
         async def resolve(self, host: str, port: int = 0,
