@@ -162,7 +162,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     svc.auditor = Auditor(BatchingAppender(svc.audit_log))
     svc.bus = Bus(svc.redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke")
-    svc.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+    from meeting_adapters.egress import guarded_session
+
+    egress = s.egress_policy()
+    # Platform calls only: egress-checked connects, no cookie jar shared across tenants.
+    svc.http = guarded_session(egress, timeout_s=10)
     sequencer = Sequencer(
         svc.redis_bytes,
         prefix=s.redis_prefix,
@@ -177,7 +181,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
     from .presence import Reconciler
 
-    svc.adapter_pools = {"janus": JanusPool(), "zoom": ZoomTokens()}
+    svc.adapter_pools = {"janus": JanusPool(egress), "zoom": ZoomTokens()}
     svc.reconciler = Reconciler(svc)
     svc.sequencer = sequencer
     bus_task = asyncio.create_task(svc.bus.run())

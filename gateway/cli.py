@@ -101,7 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--key", help="pin the verifier key: the key text or a file holding it")
     ver.add_argument("--lang", choices=["vi", "en"], default="vi", help="summary language")
     ver.add_argument("--json", action="store_true", help="also print the full report as JSON")
+    hook = sub.add_parser("janus-hook", help="event handler credentials of one Janus server")
+    _common(hook)
+    hook.add_argument("--ws-url", dest="ws_url", required=True,
+                      help="the Janus server's ws_url, as classes name it")
     return parser
+
+
+def _cmd_janus_hook(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the ``janus.eventhandler.sampleevh`` settings of one Janus server."""
+    from meeting_adapters import InvalidSettings
+    from meeting_adapters.janus import hook_credentials
+
+    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+
+    secret = load_or_create_hook_secret(janus_hook_secret_path(Path(settings.data_dir)))
+    try:
+        user, password = hook_credentials(secret, args.ws_url)
+    except InvalidSettings as exc:
+        sys.stderr.write(f"classguard: error: --ws-url {exc.message}\n")
+        return 2
+    print(f'backend = "{settings.public_url.rstrip("/")}/hooks/janus"')
+    print(f'backend_user = "{user}"')
+    print(f'backend_pwd = "{password}"')
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -358,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_cmd_policy(args, settings))
         if args.command == "audit":
             return asyncio.run(_cmd_audit(args, settings))
+        if args.command == "janus-hook":
+            return _cmd_janus_hook(args, settings)
         if args.command == "evidence":
             from .evidence_cli import export_command
 

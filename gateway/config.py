@@ -55,6 +55,17 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 _NODE_ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _REDIS_PREFIX_RE: Final = re.compile(r"[A-Za-z0-9:._-]{1,64}")
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9.:_\[\]-]{1,253}")
+_METADATA: Final = ("169.254.169.254", "169.254.170.2", "100.100.100.200", "fd00:ec2::254")
+_ALLOW_HOST_RE: Final = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                                   r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ConfigError(ValueError):
@@ -109,6 +120,12 @@ class Settings:
     public_url: str = ""
     # Peers whose X-Forwarded-For we believe. Normalised CIDRs ("10.0.0.0/8").
     trusted_proxies: tuple[str, ...] = ()
+    # Where platform calls (Janus, BigBlueButton, Zoom, Jitsi kick) may go besides public
+    # addresses: networks (CIDRs or addresses) and host names of platform servers in a
+    # private network. Empty: loopback, private, link-local and metadata addresses are
+    # refused, and so is plain http:// / ws://. See docs/adapters.md.
+    platform_allow_networks: tuple[str, ...] = ()
+    platform_allow_hosts: tuple[str, ...] = ()
 
     login_max_failures: int = 3
     login_window_s: int = 120
@@ -156,6 +173,13 @@ class Settings:
     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """``trusted_proxies`` as network objects (compute once, at app start)."""
         return tuple(ipaddress.ip_network(n) for n in self.trusted_proxies)
+
+    def egress_policy(self) -> Any:
+        """The ``meeting_adapters.egress.EgressPolicy`` of the platform allow settings."""
+        from meeting_adapters.egress import EgressPolicy
+
+        return EgressPolicy.from_settings(self.platform_allow_networks,
+                                          self.platform_allow_hosts)
 
     def redacted(self) -> dict[str, Any]:
         """All settings as JSON-friendly values, with the Redis password masked."""
@@ -381,6 +405,36 @@ def _validate(s: Settings) -> None:
                 "trusted_proxies", f"{entry!r} is not an IP address or CIDR network: {exc}"
             ) from None
     _set(s, "trusted_proxies", tuple(networks))
+
+    _check_type("platform_allow_networks", s.platform_allow_networks, tuple)
+    allowed: list[str] = []
+    for entry in s.platform_allow_networks:
+        _check_type("platform_allow_networks", entry, str)
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=True)
+        except ValueError as exc:
+            raise ConfigError(
+                "platform_allow_networks",
+                f"{entry!r} is not an IP address or CIDR network: {exc}") from None
+        # NOTE: allowing everything, or the cloud metadata service, is never a platform
+        # deployment; refuse it rather than open the gateway up to its own network.
+        if net.prefixlen == 0 or any(ipaddress.ip_address(m) in net for m in _METADATA
+                                     if ipaddress.ip_address(m).version == net.version):
+            raise ConfigError("platform_allow_networks", f"{entry!r} would allow every "
+                              "address or a cloud metadata address; name the platform's "
+                              "own network")
+        allowed.append(str(net))
+    _set(s, "platform_allow_networks", tuple(allowed))
+    _check_type("platform_allow_hosts", s.platform_allow_hosts, tuple)
+    hosts: list[str] = []
+    for entry in s.platform_allow_hosts:
+        _check_type("platform_allow_hosts", entry, str)
+        name = entry.strip().lower().rstrip(".")
+        if not _ALLOW_HOST_RE.fullmatch(name) or _is_ip(name):
+            raise ConfigError("platform_allow_hosts", f"{entry!r} is not a host name (give "
+                              "addresses in platform_allow_networks)")
+        hosts.append(name)
+    _set(s, "platform_allow_hosts", tuple(hosts))
 
     for name in _INT_RANGES:
         if name != "port":

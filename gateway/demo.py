@@ -4,6 +4,7 @@ newcomer sees the whole chain (teacher control room → student link → meeting
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html
 import logging
 import secrets
@@ -58,6 +59,8 @@ DEMO_JANUS: web.AppKey[_DemoJanus] = web.AppKey("demo_janus", _DemoJanus)
 
 async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     """Start a loopback Janus when the ``janus`` program is installed; its settings."""
+    from meeting_adapters.janus import hook_credentials
+
     from .janus_runner import JanusConfig, find_janus, free_port
     from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
 
@@ -69,8 +72,10 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     secret = await asyncio.to_thread(load_or_create_hook_secret,
                                      janus_hook_secret_path(Path(s.data_dir)))
     base = s.public_url.rstrip("/")
-    cfg = JanusConfig(ws_port=free_port(), event_url=f"{base}/hooks/janus",
-                      event_password=secret)
+    port = free_port()
+    user, password = hook_credentials(secret, f"ws://127.0.0.1:{port}")
+    cfg = JanusConfig(ws_port=port, event_url=f"{base}/hooks/janus", event_user=user,
+                      event_password=password)
     proc = JanusProcess(binary, Path(s.data_dir) / "janus", cfg)
     try:
         await proc.start()
@@ -83,7 +88,7 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
         "kind": "janus", "ws_url": cfg.ws_url, "admin_key": cfg.admin_key,
         "client_url": f"{base}/demo/janus?room={{room}}&id={{id}}&token={{token}}"
                       "&name={display}",
-    })
+    }, egress=s.egress_policy())
 
 
 async def _stop_janus(app: web.Application) -> None:
@@ -165,6 +170,12 @@ async def _setup_demo(app: web.Application) -> None:
 
 
 def add_demo(app: web.Application) -> None:
+    svc = app[SERVICES]
+    # NOTE: the demo starts its own Janus on 127.0.0.1; that address alone joins the
+    # platform allow list, and only in the demo (before start-up builds the HTTP session).
+    if "127.0.0.1/32" not in svc.settings.platform_allow_networks:
+        svc.settings = dataclasses.replace(svc.settings, platform_allow_networks=(
+            *svc.settings.platform_allow_networks, "127.0.0.1/32"))
     app[DEMO_JANUS] = _DemoJanus()
     app.router.add_get("/demo/meeting", _meeting_page)
     app.router.add_get("/demo/janus", _janus_page)

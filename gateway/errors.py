@@ -117,6 +117,33 @@ _CODE_STATUS = {
 }
 
 
+# Adapter codes that are ours (settings, capabilities); every other adapter code reports
+# what a platform server answered.
+_ADAPTER_OWN_CODES = frozenset({"invalid_platform", "unsupported_by_platform", "invalid_room",
+                                "invalid_participant"})
+
+
+def _from_platform_error(request: web.Request, exc: Exception) -> web.Response | None:
+    """A platform failure as one generic, translated message; the detail goes to the log.
+
+    NOTE: the platform URL is the teacher's to choose, so its answers (BigBlueButton's
+    ``<message>``, Zoom's ``message``) and the way a connection failed (refused, timed
+    out, denied by the egress policy) would turn the gateway into a port scanner and an
+    echo of internal services. None of it reaches the client.
+    """
+    from meeting_adapters import AdapterError
+
+    if not isinstance(exc, AdapterError) or exc.code in _ADAPTER_OWN_CODES:
+        return None
+    log.warning("platform error on %s: %s %s (%r)", _route_name(request), exc.code,
+                exc.message, exc.detail)
+    lang = i18n.request_lang(request)
+    if exc.code == "platform_unreachable":
+        return error_response(503, "platform_unreachable",
+                              i18n.t(lang, "error.platform_unreachable"))
+    return error_response(502, "platform_refused", i18n.t(lang, "error.platform_refused"))
+
+
 def _from_package_error(exc: Exception) -> web.Response | None:
     code = getattr(exc, "code", None)
     if not isinstance(code, str) or type(exc).__module__.split(".")[0] not in {
@@ -211,7 +238,7 @@ async def _handle(request: web.Request, handler: Handler,
             503, "dependency_unavailable", i18n.t(lang, "error.redis_down")
         )
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a stack trace
-        mapped = _from_package_error(exc)
+        mapped = _from_platform_error(request, exc) or _from_package_error(exc)
         if mapped is not None:
             return mapped
         if _raised_by_body_parser(exc):

@@ -89,8 +89,11 @@ def _keys(svc: Services) -> tuple[str, str]:
     return f"{p}presence:classes", f"{p}presence:lease"
 
 
-def janus_room_key(svc: Services, room_id: str) -> str:
-    return f"{svc.settings.redis_prefix}presence:janus_room:{room_id}"
+def janus_room_key(svc: Services, server: str, room_id: str) -> str:
+    """The class of Janus room ``room_id`` on the server ``server``
+    (``meeting_adapters.janus.server_id``): room numbers are unique per server only, and
+    the server is the teacher's to choose."""
+    return f"{svc.settings.redis_prefix}presence:janus_room:{server}:{room_id}"
 
 
 async def watch_class(svc: Services, info: ClassInfo) -> None:
@@ -100,9 +103,27 @@ async def watch_class(svc: Services, info: ClassInfo) -> None:
     end = (s.term_ends_at or s.ends_at).timestamp() + 86400
     await svc.r.zadd(classes, {info.id: end})
     if info.platform_kind == "janus":
-        _, room = HostControls(svc).adapter_and_room(info)
-        await svc.r.set(janus_room_key(svc, room.upstream_id), info.id,
-                        exat=int(end))
+        await register_janus_room(svc, info, end)
+
+
+async def register_janus_room(svc: Services, info: ClassInfo, end: float) -> None:
+    """Map the class's Janus room (server and number) to the class, for Janus events."""
+    from meeting_adapters.janus import server_id
+
+    _, room = HostControls(svc).adapter_and_room(info)
+    key = janus_room_key(svc, server_id(str(room.data["ws_url"])), room.upstream_id)
+    held = await svc.r.get(key)
+    if held == info.id:
+        return
+    if held and svc.store is not None:
+        other = await svc.store.get_class(str(held))
+        if other is not None and not other.ended:
+            # NOTE: a server that hands out a room number a live class holds is broken
+            # or hostile; the room keeps its class, this class gets no room events.
+            log.warning("janus room %s already belongs to class %s; class %s gets no "
+                        "room events", room.upstream_id, held, info.id)
+            return
+    await svc.r.set(key, info.id, exat=int(end))
 
 
 # --- the reconciler ------------------------------------------------------------------------
@@ -126,6 +147,7 @@ class Reconciler:
     token: str = field(default_factory=lambda: secrets.token_hex(12))
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _hooks_at: dict[str, float] = field(default_factory=dict)
+    _janus_rooms: set[str] = field(default_factory=set)
     leader: bool = False
 
     # --- lease ---------------------------------------------------------------------
@@ -185,6 +207,12 @@ class Reconciler:
             if info is None or info.ended:
                 await svc.r.zrem(classes, cid)
                 continue
+            if info.platform_kind == "janus" and cid not in self._janus_rooms:
+                # classes created before rooms were keyed by server get their key here
+                s = info.schedule
+                await register_janus_room(svc, info,
+                                          (s.term_ends_at or s.ends_at).timestamp() + 86400)
+                self._janus_rooms.add(cid)
             b = self._backoff.get(cid)
             if b is not None and b.next_at > now:
                 continue

@@ -7,6 +7,7 @@ an adapter's HTTP call turns transport failures into ``UpstreamUnavailable`` (fa
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 MASK: Final = "***"
+
+log = logging.getLogger("classguard.platforms")
 
 
 # --- pure: settings fields ------------------------------------------------------------
@@ -158,28 +161,46 @@ async def fetch(
     timeout_s: float = 10.0,
     **kwargs: Any,
 ) -> HttpAnswer:
-    """One HTTP call; transport errors and 5xx become ``UpstreamUnavailable``.
+    """One HTTP call; transport errors, redirects and 5xx become ``UpstreamUnavailable``.
 
-    NOTE: the URL may carry a checksum or token; it is never put into the error message.
+    The session must come from ``egress.guarded_session`` (every address connected to is
+    checked against the operator's egress policy); redirects are not followed, as the
+    place they lead to was never checked nor agreed by anyone.
+
+    NOTE: the URL may carry a checksum or token; it is never put into an error or a log.
+    NOTE: every failure gives the same message to callers (the detail goes to the log
+    only), so answers cannot tell an open port from a closed one or a denied address.
     """
     import aiohttp
     import yarl
 
-    if session is None:
-        raise UpstreamUnavailable(kind, f"{kind}: no HTTP session configured")
+    from .egress import EgressRefused, session_policy
+
+    if session is None or session_policy(session) is None:
+        raise UpstreamUnavailable(kind, f"{kind}: no egress-checked HTTP session configured")
+    host = urlsplit(url).netloc
     try:
         # encoded=True: send the query string byte for byte as signed (BigBlueButton
         # checksums cover it; re-quoting ':' or '/' would break them).
         async with session.request(
             method, yarl.URL(url, encoded=True), timeout=aiohttp.ClientTimeout(total=timeout_s),
-            **kwargs,
+            allow_redirects=False, **kwargs,
         ) as resp:
-            text = await resp.text()
+            text = await resp.text() if resp.status < 300 or resp.status >= 400 else ""
             answer = HttpAnswer(resp.status, text, resp.content_type)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        host = urlsplit(url).netloc
-        raise UpstreamUnavailable(kind, f"{kind}: {host} unreachable ({type(exc).__name__})"
-                                  ) from None
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, EgressRefused):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, EgressRefused):
+            log.warning("%s: call to %s refused by the egress policy: %s", kind, host, cause)
+        else:
+            log.warning("%s: call to %s failed: %s", kind, host, type(exc).__name__)
+        raise UpstreamUnavailable(kind, f"{kind}: platform unreachable") from None
+    if 300 <= answer.status < 400:
+        log.warning("%s: %s answered a redirect (%d); not followed", kind, host, answer.status)
+        raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     if answer.status >= 500:
-        raise UpstreamUnavailable(kind, f"{kind}: server error {answer.status}")
+        log.warning("%s: %s answered %d", kind, host, answer.status)
+        raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     return answer

@@ -62,14 +62,20 @@ class AdapterError(Exception):
     ``field`` uses the path of the class API body, e.g. ``"platform.url"``.
     """
 
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None, *,
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        # What the platform itself said: for the log only, never for the teacher (it is
+        # text from a server a teacher may control).
+        self.detail = detail
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
+        # For logs: with the platform's own words (``detail``), which ``message`` omits.
+        text = f"{self.field}: {self.message}" if self.field else self.message
+        return f"{text} [{self.detail}]" if self.detail else text
 
 
 class InvalidSettings(AdapterError):

@@ -127,8 +127,11 @@ def parse_response(text: str) -> tuple[ET.Element, str | None]:
     if code == "SUCCESS":
         return root, key
     if code == "FAILED":
-        raise AdapterError(f"bbb_{key or 'failed'}",
-                           f"bigbluebutton: {root.findtext('message') or key or 'failed'}")
+        # NOTE: the server's <message> goes to ``detail`` (logs) only: the API URL is the
+        # teacher's to choose, so its text may be anything.
+        safe_key = key if key and key.isalnum() and len(key) <= 40 else "failed"
+        raise AdapterError(f"bbb_{safe_key}", "bigbluebutton: the server refused the call",
+                           detail=f"{key!r}: {(root.findtext('message') or '')[:200]!r}")
     raise UpstreamUnavailable(KIND, "bigbluebutton: answer without returncode")
 
 
@@ -161,6 +164,8 @@ class BigBlueButtonAdapter:
     """BigBlueButton: signed joins, presence from ``getMeetingInfo``, ``end``."""
 
     kind: ClassVar[str] = KIND
+    # settings holding URLs the gateway itself calls (checked against the egress policy)
+    egress_fields: ClassVar[tuple[str, ...]] = ("api_url",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.END, Capability.PRESENCE}
     )

@@ -159,6 +159,8 @@ class GenericAdapter:
 
     kind: ClassVar[str] = KIND
     # NOTE: honest and empty: a plain link cannot enforce entry, expire, remove or mute.
+    # settings holding URLs the gateway itself calls (checked against the egress policy)
+    egress_fields: ClassVar[tuple[str, ...]] = ()
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __init__(

@@ -36,9 +36,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ._http import check_keys, mask, opt_int, req_secret, ws_url
+from ._http import ws_url as ws_url_of
 from .base import (
     AdapterError,
     Capability,
@@ -50,6 +51,7 @@ from .base import (
     RoomSpec,
     UpstreamUnavailable,
 )
+from .egress import EgressPolicy, EgressRefused, open_checked_socket
 from .generic import parse_meeting_url
 
 if TYPE_CHECKING:
@@ -61,8 +63,11 @@ __all__ = [
     "JanusClient",
     "JanusError",
     "JanusPool",
+    "hook_credentials",
+    "hook_password",
     "participant_id",
     "render_client_url",
+    "server_id",
     "token_owner",
 ]
 
@@ -121,6 +126,27 @@ def _check_template(value: object) -> str:
     return value.strip()
 
 
+def server_id(ws_url: str) -> str:
+    """A short stable name of one Janus server (its canonical ``ws_url``): room numbers
+    are only unique per server, so every room is known by server *and* number."""
+    canonical = ws_url_of({"ws_url": ws_url}, "ws_url")  # one spelling per server
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def hook_credentials(hook_secret: str, ws_url: str) -> tuple[str, str]:
+    """The HTTP Basic user and password the event handler of the Janus at ``ws_url``
+    posts with: the user names the server, the password is keyed by the gateway's hook
+    secret, so one server's credentials cannot post events for another server's rooms."""
+    sid = server_id(ws_url)
+    return f"janus-{sid}", hook_password(hook_secret, sid)
+
+
+def hook_password(hook_secret: str, sid: str) -> str:
+    """The event handler password of the server ``sid`` (see ``hook_credentials``)."""
+    mac = hmac.new(hook_secret.encode(), f"janus-hook:{sid}".encode(), hashlib.sha256)
+    return mac.hexdigest()
+
+
 def participant_id(pid_key: str, student_id: str) -> int:
     """The Janus participant id of a student in one room: keyed hash, below 2**52 so
     browsers (JavaScript numbers) keep it exact, never 0."""
@@ -177,9 +203,11 @@ def audio_mids(attached: Mapping[str, Any]) -> list[str]:
 class JanusClient:
     """A Janus session on one WebSocket, with a VideoRoom handle and keepalives."""
 
-    def __init__(self, url: str, api_secret: str | None = None) -> None:
+    def __init__(self, url: str, api_secret: str | None = None, *,
+                 egress: EgressPolicy | None = None) -> None:
         self.url = url
         self._secret = api_secret
+        self._egress = egress if egress is not None else EgressPolicy()
         self._ws: ClientConnection | None = None
         self._session: int | None = None
         self._handle: int | None = None
@@ -193,14 +221,30 @@ class JanusClient:
     async def connect(self) -> None:
         import websockets
 
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        try:
+            # NOTE: the socket is opened here, to an address the egress policy allows;
+            # websockets then refuses to follow any redirect (it cannot reuse the socket).
+            sock = await open_checked_socket(
+                self._egress, host, parts.port or (443 if parts.scheme == "wss" else 80),
+                CALL_TIMEOUT_S)
+        except EgressRefused as exc:
+            log.warning("janus: connection refused by the egress policy: %s", exc)
+            raise UpstreamUnavailable(KIND, "janus: platform unreachable") from None
+        except (OSError, TimeoutError) as exc:
+            log.warning("janus: cannot connect to %s: %s", parts.netloc, type(exc).__name__)
+            raise UpstreamUnavailable(KIND, "janus: platform unreachable") from None
         try:
             self._ws = await asyncio.wait_for(
                 websockets.connect(self.url, subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
-                                   max_size=2**20, open_timeout=CALL_TIMEOUT_S),
+                                   max_size=2**20, open_timeout=CALL_TIMEOUT_S, sock=sock,
+                                   proxy=None),
                 CALL_TIMEOUT_S)
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            raise UpstreamUnavailable(KIND, f"janus: cannot connect ({type(exc).__name__})"
-                                      ) from None
+        except (OSError, TimeoutError, ValueError, websockets.WebSocketException) as exc:
+            sock.close()
+            log.warning("janus: handshake with %s failed: %s", parts.netloc, type(exc).__name__)
+            raise UpstreamUnavailable(KIND, "janus: platform unreachable") from None
         reader = asyncio.create_task(self._read())
         self._tasks.add(reader)
         created = await self._call({"janus": "create"})
@@ -325,9 +369,10 @@ class JanusPool:
     calls it in its cleanup context).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, egress: EgressPolicy | None = None) -> None:
         self._clients: dict[tuple[str, str | None], JanusClient] = {}
         self._lock = asyncio.Lock()
+        self.egress = egress if egress is not None else EgressPolicy()
 
     async def get(self, url: str, api_secret: str | None) -> JanusClient:
         async with self._lock:
@@ -336,7 +381,7 @@ class JanusPool:
                 return client
             if client is not None:
                 await client.close()
-            client = JanusClient(url, api_secret)
+            client = JanusClient(url, api_secret, egress=self.egress)
             await client.connect()
             self._clients[(url, api_secret)] = client
             return client
@@ -377,13 +422,18 @@ class JanusAdapter:
     """Janus VideoRoom: Janus itself refuses anyone without a ClassGuard token."""
 
     kind: ClassVar[str] = KIND
+    # settings holding URLs the gateway itself calls (checked against the egress policy)
+    egress_fields: ClassVar[tuple[str, ...]] = ("ws_url",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
 
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
-                 clock: Clock = utc_now, pool: JanusPool | None = None) -> None:
+                 clock: Clock = utc_now, pool: JanusPool | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         self._http = http_session
         self._clock = clock
         self._pool = pool
+        self._egress = egress if egress is not None else (
+            pool.egress if pool is not None else EgressPolicy())
 
     @classmethod
     def validate_settings(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -411,7 +461,7 @@ class JanusAdapter:
             client = await self._pool.get(url, api_secret)
             yield client
             return
-        client = JanusClient(url, api_secret)
+        client = JanusClient(url, api_secret, egress=self._egress)
         try:
             await client.connect()
             yield client

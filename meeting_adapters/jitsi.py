@@ -117,6 +117,8 @@ class JitsiAdapter:
 
     kind: ClassVar[str] = KIND
     # REMOVE is added per room when a kick endpoint is configured (room_capabilities).
+    # settings holding URLs the gateway itself calls (checked against the egress policy)
+    egress_fields: ClassVar[tuple[str, ...]] = ("kick_url",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.SINGLE_USE_CREDENTIAL}
     )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .base import Capability, Clock, InvalidSettings, MeetingAdapter
 from .bigbluebutton import BigBlueButtonAdapter
+from .egress import EgressPolicy
 from .generic import GenericAdapter, utc_now
 from .janus import JanusAdapter
 from .jitsi import JitsiAdapter
@@ -83,11 +84,25 @@ def create_adapter(
     return cls(http_session=http_session, clock=clock)
 
 
-def validate_platform(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the ``platform`` object of a class; errors name ``platform.<field>``."""
+def validate_platform(data: Mapping[str, Any], *,
+                      egress: EgressPolicy | None = None) -> dict[str, Any]:
+    """Validate the ``platform`` object of a class; errors name ``platform.<field>``.
+
+    The URLs the gateway itself will call are checked against ``egress`` (the operator's
+    policy; ``None``: no private address and no plain http at all): ``http://`` and
+    ``ws://`` only to allowed hosts, IP literals only when allowed. Names are checked
+    again on every connect (``egress.guarded_session``).
+    """
     if not isinstance(data, Mapping):
         raise InvalidSettings("platform", "must be an object with a 'kind'")
-    return _adapter_class(data.get("kind")).validate_settings(data)
+    cls = _adapter_class(data.get("kind"))
+    cleaned = cls.validate_settings(data)
+    policy = egress if egress is not None else EgressPolicy()
+    for name in getattr(cls, "egress_fields", ()):
+        value = cleaned.get(name)
+        if isinstance(value, str):
+            policy.check_url(value, f"platform.{name}")
+    return cleaned
 
 
 def redact_platform(data: Mapping[str, Any]) -> dict[str, Any]:

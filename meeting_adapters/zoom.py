@@ -30,6 +30,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -161,11 +162,12 @@ def _ok(answer: HttpAnswer, what: str, *, expected: tuple[int, ...] = (200, 201,
     body = answer.json() if answer.text else None
     message = body.get("message") if isinstance(body, dict) else None
     code = body.get("code") if isinstance(body, dict) else None
+    # NOTE: Zoom's own text stays in ``detail`` (logs): the URL is the teacher's to choose,
+    # so what answers there may be anything.
+    detail = f"status {answer.status}, code {code!r}, message {str(message)[:200]!r}"
     if answer.status in (401, 403):
-        raise AdapterError("zoom_unauthorized",
-                           f"zoom: {what} not allowed ({message or answer.status})")
-    raise AdapterError(f"zoom_{code or answer.status}",
-                       f"zoom: {what} failed ({message or answer.status})")
+        raise AdapterError("zoom_unauthorized", f"zoom: {what} not allowed", detail=detail)
+    raise AdapterError("zoom_failed", f"zoom: {what} failed", detail=detail)
 
 
 # --- I/O -----------------------------------------------------------------------------------
@@ -175,29 +177,45 @@ def _ok(answer: HttpAnswer, what: str, *, expected: tuple[int, ...] = (200, 201,
 class _Token:
     value: str
     expires_at: float
+    api_url: str  # the only API a token minted for this key is ever sent to
 
 
 class ZoomTokens:
     """Server-to-Server OAuth access tokens of one process, reused until shortly before
-    they expire (Zoom issues them for an hour). Pass as the ``zoom`` pool."""
+    they expire (Zoom issues them for an hour). Pass as the ``zoom`` pool.
+
+    NOTE: a cached token is a credential of one school's Zoom account. It is keyed by
+    everything that proves the right to it (OAuth URL, account id, client id *and* a
+    keyed digest of the client secret, so the secret is not kept as a key) and by the
+    API URL it is sent to: ids are not secrets, and a class of another school that names
+    the same ids with another secret or its own ``api_url`` gets its own token, or none.
+    """
 
     def __init__(self) -> None:
-        self._tokens: dict[tuple[str, str, str], _Token] = {}
+        self._tokens: dict[tuple[str, ...], _Token] = {}
         self._lock = asyncio.Lock()
+        self._key = secrets.token_bytes(32)  # per process: digests mean nothing elsewhere
+
+    def _cache_key(self, d: Mapping[str, Any]) -> tuple[str, ...]:
+        proof = hmac.new(self._key, str(d["client_secret"]).encode(), hashlib.sha256)
+        return (str(d["oauth_url"]), str(d["account_id"]), str(d["client_id"]),
+                proof.hexdigest(), str(d["api_url"]))
 
     async def get(self, adapter: ZoomAdapter, d: Mapping[str, Any]) -> str:
-        key = (d["oauth_url"], d["account_id"], d["client_id"])
+        key = self._cache_key(d)
         now = adapter._clock().timestamp()
         async with self._lock:
             tok = self._tokens.get(key)
             if tok is None or tok.expires_at - 60 < now:
                 value, lifetime = await adapter._fetch_token(d)
-                tok = _Token(value, now + lifetime)
+                tok = _Token(value, now + lifetime, str(d["api_url"]))
                 self._tokens[key] = tok
+            if tok.api_url != d["api_url"]:  # cannot happen with the key above; fail closed
+                raise AdapterError("zoom_unauthorized", "zoom: token bound to another API")
             return tok.value
 
     def forget(self, d: Mapping[str, Any]) -> None:
-        self._tokens.pop((d["oauth_url"], d["account_id"], d["client_id"]), None)
+        self._tokens.pop(self._cache_key(d), None)
 
     async def aclose(self) -> None:
         self._tokens.clear()
@@ -207,6 +225,8 @@ class ZoomAdapter:
     """Zoom: registrant-only meetings with a personal join link per student."""
 
     kind: ClassVar[str] = KIND
+    # settings holding URLs the gateway itself calls (checked against the egress policy)
+    egress_fields: ClassVar[tuple[str, ...]] = ("api_url", "oauth_url")
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.END}
     )

@@ -147,7 +147,7 @@ async def create_class(request: web.Request) -> web.Response:
     data = require_fields(await read_json(request), required=("title", "platform", "schedule"),
                           optional=("policy",))
     title = clean_text(data["title"], "title")
-    platform = validate_platform(data["platform"])
+    platform = validate_platform(data["platform"], egress=svc.settings.egress_policy())
     schedule = parse_schedule(data["schedule"])
     policy_request = data.get("policy") or {"preset": "standard"}
     chain = await org_ancestors(svc, p.org)

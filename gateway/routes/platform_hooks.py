@@ -1,10 +1,13 @@
 """Callbacks from meeting platforms, each authenticated, and the teacher's own entry.
 
 * ``POST /hooks/janus``: Janus's HTTP event handler (``janus.eventhandler.sampleevh``),
-  HTTP Basic with user ``janus`` and the secret in ``<data dir>/keys/janus_hook.secret``.
-  A VideoRoom ``joined`` event carries the token used: the join of an admitted student
-  retires it (single use); a token used under another participant id, or a join nobody
-  was admitted for, is an intruder.
+  HTTP Basic with credentials of *one Janus server* (``janus.hook_credentials``: the user
+  names the server, the password is keyed by the secret in
+  ``<data dir>/keys/janus_hook.secret``; ``classguard janus-hook`` prints them). Events
+  are matched to classes by server and room number, so a server reports on its own rooms
+  only. A VideoRoom ``joined`` event carries the token used: the join of an admitted
+  student retires it (single use); a token used under another participant id, or a join
+  nobody was admitted for, is an intruder.
 * ``POST /hooks/bbb/{class_id}``: bbb-webhooks callbacks; the ``checksum`` on the URL
   must be the one the class's shared secret gives (see ``bigbluebutton.callback_checksum_ok``).
 * ``POST /hooks/zoom/{class_id}``: Zoom webhooks; ``x-zm-signature`` must verify with the
@@ -98,20 +101,32 @@ async def _class(svc: Services, cid: str) -> ClassInfo | None:
 # --- Janus ----------------------------------------------------------------------------------
 
 
-def _basic_ok(header: str, user: str, secret: str) -> bool:
+def janus_server_of(header: str, secret: str) -> str | None:
+    """The Janus server (``janus.server_id``) whose event handler credentials ``header``
+    carries, or ``None`` when they are not valid credentials of any server."""
+    from meeting_adapters.janus import hook_password
+
     if not secret or not header.startswith("Basic "):
-        return False
+        return None
     try:
-        got = base64.b64decode(header[6:], validate=True)
-    except ValueError:
-        return False
-    return hmac.compare_digest(got, f"{user}:{secret}".encode())
+        got = base64.b64decode(header[6:], validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = got.partition(":")
+    prefix = f"{JANUS_HOOK_USER}-"
+    sid = user[len(prefix):]
+    if not sep or not user.startswith(prefix) or len(sid) != 24 or not all(
+            c in "0123456789abcdef" for c in sid):
+        return None
+    expected = hook_password(secret, sid)
+    return sid if hmac.compare_digest(expected.encode(), password.encode()) else None
 
 
 async def janus_events(request: web.Request) -> web.Response:
     svc = services(request)
-    if not _basic_ok(request.headers.get("Authorization", ""), JANUS_HOOK_USER,
-                     request.app[JANUS_HOOK_SECRET].value):
+    server = janus_server_of(request.headers.get("Authorization", ""),
+                             request.app[JANUS_HOOK_SECRET].value)
+    if server is None:
         return _unauthorized()
     try:
         data = loads_bounded(await _body(request), max_depth=64)
@@ -126,7 +141,7 @@ async def janus_events(request: web.Request) -> web.Response:
         if d.get("event") == "joined" and "room" in d and "id" in d:
             # NOTE: answered at once, handled beside: the work calls Janus back, and Janus
             # must not wait on us while we wait on it.
-            spawn(svc, _janus_joined(svc, d))
+            spawn(svc, _janus_joined(svc, server, d))
     return web.json_response({"ok": True})
 
 
@@ -146,14 +161,18 @@ async def _guarded(coro: Coroutine[Any, Any, None]) -> None:
         log.warning("platform event handling failed: %r", exc)
 
 
-async def _janus_joined(svc: Services, d: dict[str, Any]) -> None:
-    from meeting_adapters.janus import token_owner
+async def _janus_joined(svc: Services, server: str, d: dict[str, Any]) -> None:
+    from meeting_adapters.janus import server_id, token_owner
 
-    cid = await svc.r.get(janus_room_key(svc, str(d["room"])))
+    cid = await svc.r.get(janus_room_key(svc, server, str(d["room"])))
     info = await _class(svc, str(cid)) if cid else None
     if info is None or info.platform_kind != "janus":
         return
     adapter, room = HostControls(svc).adapter_and_room(info)
+    if server_id(str(room.data.get("ws_url"))) != server:
+        # NOTE: the event must come from the server the class's room lives on.
+        log.warning("janus event of server %s refused for class %s", server, info.id)
+        return
     present = Present(upstream_id=str(d["id"]), display_name=str(d.get("display") or ""),
                       student_id=None, joined_at=None)
     rec = Reconciler(svc)

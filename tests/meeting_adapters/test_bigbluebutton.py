@@ -28,7 +28,11 @@ from meeting_adapters.bigbluebutton import (
     callback_checksum_ok,
     checksum,
 )
+from meeting_adapters.egress import EgressPolicy, guarded_session
 from tests.fakes.bbb import FakeBigBlueButton
+
+# The fakes and the Janus of these tests listen on loopback: allowed explicitly.
+LOCAL_PLATFORMS = EgressPolicy.from_settings(["127.0.0.1/32"])
 
 SECRET = "8cd8ef52e8e101574e400365b55e11a6"
 AN = Participant(student_id="s23456789abcd", display_name="Nguyễn Văn An", role="student",
@@ -118,7 +122,7 @@ async def bbb() -> AsyncIterator[tuple[FakeBigBlueButton, str]]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
+    async with guarded_session(LOCAL_PLATFORMS) as s:
         yield s
 
 

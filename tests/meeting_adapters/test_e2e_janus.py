@@ -13,12 +13,16 @@ from gateway.app import SERVICES
 from gateway.hostctl import HostControls
 from gateway.janus_runner import JanusConfig, free_port
 from gateway.routes.platform_hooks import JANUS_HOOK_SECRET
-from meeting_adapters.janus import JanusClient
+from meeting_adapters.egress import EgressPolicy
+from meeting_adapters.janus import JanusClient, hook_credentials
 from tests.gateway.helpers import running_gateway
 
 from .conftest import RunningJanus, start_janus, stop_janus
 from .gateway_flow import action, alerts, create_class, enter
 from .janus_peer import Peer
+
+# The fakes and Janus of these tests listen on loopback: the operator setting allows it.
+LOCAL_PLATFORMS = ["127.0.0.1/32"]
 
 CLIENT = "https://meet.example.org/room?r={room}&id={id}&t={token}&n={display}"
 
@@ -40,7 +44,8 @@ def q(url: str) -> dict[str, str]:
 
 async def test_janus_class_to_student_entry(tmp_path: Path, redis_url: str, redis_prefix: str,
                                             janus: RunningJanus) -> None:
-    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         klass, links = await create_class(gw, api, janus_platform(janus),
                                           auto_remove_intruders=True)
@@ -94,7 +99,8 @@ async def test_janus_event_handler_retires_tokens(tmp_path: Path, redis_url: str
                                                   redis_prefix: str) -> None:
     proc = None
     try:
-        async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
             proc = await _event_test(gw, tmp_path)
     finally:
         if proc is not None:
@@ -106,8 +112,10 @@ async def _event_test(gw: Any, tmp_path: Path) -> Any:
     posts events until it stops)."""
     secret = gw.server.app[JANUS_HOOK_SECRET].value
     base = free_port() % 500
-    cfg = JanusConfig(ws_port=free_port(), event_url=gw.url("/hooks/janus"),
-                      event_password=secret, rtp_min=30000 + base * 20,
+    port = free_port()
+    user, password = hook_credentials(secret, f"ws://127.0.0.1:{port}")
+    cfg = JanusConfig(ws_port=port, event_url=gw.url("/hooks/janus"), event_user=user,
+                      event_password=password, rtp_min=30000 + base * 20,
                       rtp_max=30019 + base * 20)
     proc = start_janus(tmp_path / "janus-evh", cfg)
     try:
@@ -115,9 +123,12 @@ async def _event_test(gw: Any, tmp_path: Path) -> Any:
         anon = gw.client()
         r = await anon.post("/hooks/janus", json=[])
         assert r.status == 401
-        bad = base64.b64encode(b"janus:wrong").decode()
-        r = await anon.post("/hooks/janus", json=[], headers={"Authorization": f"Basic {bad}"})
-        assert r.status == 401
+        # neither a wrong password nor the bare hook secret (the old shared credential)
+        for pair in (f"{user}:wrong", f"janus:{secret}", f"{user}:{secret}"):
+            bad = base64.b64encode(pair.encode()).decode()
+            r = await anon.post("/hooks/janus", json=[],
+                                headers={"Authorization": f"Basic {bad}"})
+            assert r.status == 401
 
         api = gw.api(await gw.staff_user("co.lan"))
         klass, links = await create_class(gw, api, janus_platform(cfg))
@@ -130,7 +141,7 @@ async def _event_test(gw: Any, tmp_path: Path) -> Any:
                 "joined"
             # Janus posts the "joined" event (with the token) to the gateway, which
             # retires the token: watch the room's allowed list empty itself.
-            probe = JanusClient(cfg.ws_url)
+            probe = JanusClient(cfg.ws_url, egress=EgressPolicy.from_settings(LOCAL_PLATFORMS))
             await probe.connect()
             try:
                 secret_of_room = await room_secret(gw, cid)

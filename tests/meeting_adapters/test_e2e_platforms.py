@@ -22,6 +22,9 @@ from tests.gateway.helpers import running_gateway
 
 from .gateway_flow import action, alerts, create_class, enter
 
+# The fakes and Janus of these tests listen on loopback: the operator setting allows it.
+LOCAL_PLATFORMS = ["127.0.0.1/32"]
+
 BBB_SECRET = "0123456789abcdef0123456789abcdef"
 ZOOM_SECRET = "zoom-webhook-secret-token"
 JITSI_SECRET = "a-long-shared-app-secret-of-32-chars!!"
@@ -59,7 +62,8 @@ async def test_bbb_class_to_signed_join(tmp_path: Path, redis_url: str, redis_pr
                                         bbb: FakeBigBlueButton) -> None:
     platform = {"kind": "bigbluebutton", "api_url": bbb.base + "/bigbluebutton/api",
                 "secret": BBB_SECRET}
-    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         klass, links = await create_class(gw, api, platform)
         cid = klass["id"]
@@ -129,7 +133,8 @@ async def test_platform_down_fails_closed(tmp_path: Path, redis_url: str, redis_
                                           bbb: FakeBigBlueButton) -> None:
     platform = {"kind": "bigbluebutton", "api_url": bbb.base + "/bigbluebutton/api",
                 "secret": BBB_SECRET}
-    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         klass, links = await create_class(gw, api, platform)
         await bbb.stop()
@@ -167,7 +172,8 @@ async def test_zoom_class_to_registrant_link(tmp_path: Path, redis_url: str, red
                 "registrant_email_domain": "students.example",
                 "webhook_secret_token": ZOOM_SECRET, "api_url": f"{zoom.base}/v2/",
                 "oauth_url": f"{zoom.base}/oauth/token"}
-    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         klass, links = await create_class(gw, api, platform)
         cid = klass["id"]
@@ -219,7 +225,8 @@ async def test_jitsi_class_to_room_token(tmp_path: Path, redis_url: str,
                                          redis_prefix: str) -> None:
     platform = {"kind": "jitsi", "base_url": "https://meet.example.org/", "app_id": "classguard",
                 "app_secret": JITSI_SECRET}
-    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
         api = gw.api(await gw.staff_user("co.lan"))
         klass, links = await create_class(gw, api, platform)
         cid = klass["id"]

@@ -17,6 +17,7 @@ from meeting_adapters.base import (
     RoomSpec,
     UpstreamUnavailable,
 )
+from meeting_adapters.egress import EgressPolicy
 from meeting_adapters.janus import (
     JanusAdapter,
     JanusError,
@@ -29,6 +30,9 @@ from meeting_adapters.janus import (
 
 from .conftest import RunningJanus
 from .janus_peer import Peer
+
+# The fakes and the Janus of these tests listen on loopback: allowed explicitly.
+LOCAL_PLATFORMS = EgressPolicy.from_settings(["127.0.0.1/32"])
 
 CLIENT = "https://meet.example.org/room?r={room}&id={id}&t={token}&n={display}"
 AN = Participant(student_id="s23456789abcd", display_name="Nguyễn Văn An", role="student",
@@ -122,7 +126,7 @@ def test_capabilities_are_complete() -> None:
 
 
 async def test_only_gateway_tokens_enter_and_each_works_once(janus: RunningJanus) -> None:
-    adapter = JanusAdapter()
+    adapter = JanusAdapter(egress=LOCAL_PLATFORMS)
     room = await adapter.provision(RoomSpec(class_id="c1", title="Toán", settings=settings(janus)))
     room_id = int(room.upstream_id)
     url = await adapter.join_url(room, AN)
@@ -154,7 +158,7 @@ async def test_only_gateway_tokens_enter_and_each_works_once(janus: RunningJanus
 
 
 async def test_readmission_replaces_the_token(janus: RunningJanus) -> None:
-    adapter = JanusAdapter()
+    adapter = JanusAdapter(egress=LOCAL_PLATFORMS)
     room = await adapter.provision(RoomSpec(class_id="c2", title="t", settings=settings(janus)))
     first = query(await adapter.join_url(room, AN))["t"]
     second = query(await adapter.join_url(room, AN))["t"]
@@ -167,7 +171,7 @@ async def test_readmission_replaces_the_token(janus: RunningJanus) -> None:
 
 
 async def test_remove_kicks_and_revokes(janus: RunningJanus) -> None:
-    adapter = JanusAdapter()
+    adapter = JanusAdapter(egress=LOCAL_PLATFORMS)
     room = await adapter.provision(RoomSpec(class_id="c3", title="t", settings=settings(janus)))
     rid = int(room.upstream_id)
     q = query(await adapter.join_url(room, AN))
@@ -186,7 +190,7 @@ async def test_remove_kicks_and_revokes(janus: RunningJanus) -> None:
 
 
 async def test_evict_lock_mute_end(janus: RunningJanus) -> None:
-    adapter = JanusAdapter()
+    adapter = JanusAdapter(egress=LOCAL_PLATFORMS)
     room = await adapter.provision(RoomSpec(class_id="c4", title="t", settings=settings(janus)))
     rid = int(room.upstream_id)
     q = query(await adapter.join_url(room, AN))
@@ -207,7 +211,7 @@ async def test_evict_lock_mute_end(janus: RunningJanus) -> None:
 
 
 async def test_pool_keeps_one_session(janus: RunningJanus) -> None:
-    pool = JanusPool()
+    pool = JanusPool(LOCAL_PLATFORMS)
     try:
         adapter = JanusAdapter(pool=pool)
         room = await adapter.provision(RoomSpec(class_id="c5", title="t",
@@ -221,7 +225,7 @@ async def test_pool_keeps_one_session(janus: RunningJanus) -> None:
 
 
 async def test_wrong_admin_key_and_unreachable(janus: RunningJanus) -> None:
-    adapter = JanusAdapter()
+    adapter = JanusAdapter(egress=LOCAL_PLATFORMS)
     with pytest.raises(JanusError) as info:
         await adapter.provision(RoomSpec(class_id="c6", title="t",
                                          settings=settings(janus, admin_key="wrong-key")))

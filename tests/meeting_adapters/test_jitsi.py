@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -23,7 +22,11 @@ from meeting_adapters.base import (
     RoomSpec,
     Unsupported,
 )
+from meeting_adapters.egress import EgressPolicy, guarded_session
 from meeting_adapters.jitsi import JitsiAdapter
+
+# The fakes and the Janus of these tests listen on loopback: allowed explicitly.
+LOCAL_PLATFORMS = EgressPolicy.from_settings(["127.0.0.1/32"])
 
 APP_SECRET = "a-long-shared-app-secret-of-32-chars!!"
 NOW = datetime(2025, 9, 8, 0, 30, tzinfo=UTC)  # in the past: the token has expired
@@ -154,7 +157,7 @@ async def kick_endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 async def test_kick_through_configured_endpoint(
         kick_endpoint: tuple[str, list[dict[str, Any]]]) -> None:
     url, got = kick_endpoint
-    async with aiohttp.ClientSession() as http:
+    async with guarded_session(LOCAL_PLATFORMS) as http:
         adapter = JitsiAdapter(http_session=http, clock=lambda: datetime.now(UTC))
         room = await adapter.provision(RoomSpec(class_id="c1", title="t",
                                                 settings=hs_settings(kick_url=url)))

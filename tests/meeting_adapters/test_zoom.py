@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import pytest
 
 from meeting_adapters.base import (
@@ -21,6 +20,7 @@ from meeting_adapters.base import (
     RoomSpec,
     Unsupported,
 )
+from meeting_adapters.egress import EgressPolicy, guarded_session
 from meeting_adapters.zoom import (
     ZoomAdapter,
     ZoomTokens,
@@ -30,6 +30,9 @@ from meeting_adapters.zoom import (
     webhook_signature,
 )
 from tests.fakes.zoom import FakeZoom
+
+# The fakes and the Janus of these tests listen on loopback: allowed explicitly.
+LOCAL_PLATFORMS = EgressPolicy.from_settings(["127.0.0.1/32"])
 
 SECRET = "whsec-0123456789abcdef"
 AN = Participant(student_id="s23456789abcd", display_name="Nguyễn Văn An", role="student",
@@ -146,7 +149,7 @@ def settings(fake: FakeZoom, **extra: Any) -> dict[str, Any]:
 
 
 async def test_registrant_links_remove_and_end(zoom: FakeZoom) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with guarded_session(LOCAL_PLATFORMS) as http:
         tokens = ZoomTokens()
         adapter = ZoomAdapter(http_session=http, pool=tokens, clock=lambda: NOW)
         room = await adapter.provision(RoomSpec(class_id="c1", title="Toán 10A1",
@@ -179,7 +182,7 @@ async def test_registrant_links_remove_and_end(zoom: FakeZoom) -> None:
 
 
 async def test_wrong_credentials_and_webhook_helpers(zoom: FakeZoom) -> None:
-    async with aiohttp.ClientSession() as http:
+    async with guarded_session(LOCAL_PLATFORMS) as http:
         adapter = ZoomAdapter(http_session=http, clock=lambda: datetime.now(UTC))
         with pytest.raises(AdapterError) as info:
             await adapter.provision(RoomSpec(class_id="c2", title="t", settings=settings(
