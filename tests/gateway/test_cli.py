@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -168,20 +169,35 @@ async def test_audit_verify_checkpoint_tail_and_tampering(
         assert res.returncode == 0, res.stderr
         assert res.stderr.startswith("OK: ") and json.loads(res.stdout)["ok"] is True
 
-        # tail follows: an event appended while it runs is printed
-        tail = subprocess.Popen(CLI + ["audit", "tail"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        # tail follows: an event appended while it runs is printed. A link shaped like a
+        # token (recorded one event each) is opened until tail shows one: the wait is for
+        # the condition, not a time, however slowly the command starts.
+        out_path, err_path = tmp_path / "tail.out", tmp_path / "tail.err"
+        with out_path.open("w") as out_fh, err_path.open("w") as err_fh:
+            tail = subprocess.Popen(CLI + ["audit", "tail"], env=env, stdout=out_fh,
+                                    stderr=err_fh, text=True)
+
+        def printed() -> list[dict[str, Any]]:
+            return [json.loads(x) for x in out_path.read_text().splitlines()
+                    if x.startswith("{") and x.endswith("}")]
+
+        def follows() -> bool:
+            # tail starts at the log's end, so anything printed was appended meanwhile
+            return any(e["type"] == "join" and e["reason"] == "token_invalid"
+                       for e in printed())
+
         try:
-            await asyncio.sleep(1.5)
-            await open_link(gw.client(), {"url": "http://x/j/not-a-token"})
-            await asyncio.sleep(1.5)
+            deadline = asyncio.get_running_loop().time() + 60
+            while not follows() and asyncio.get_running_loop().time() < deadline:
+                await open_link(gw.client(), {"url": "http://x/j/eyJhbGciOiJub25lIn0.e30.x"})
+                await asyncio.sleep(0.5)
         finally:
             tail.send_signal(signal.SIGINT)
-            out, err = await asyncio.to_thread(tail.communicate, timeout=20)
+            await asyncio.to_thread(tail.wait, timeout=20)
+        err = err_path.read_text()
         assert "Traceback" not in err, err
-        printed = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-        assert any(e["type"] == "join" and e["reason"] == "token_invalid" for e in printed)
-        assert all("personal" not in e for e in printed)  # tail shows no personal data
+        assert follows(), out_path.read_text()[-2000:]
+        assert all("personal" not in e for e in printed())  # tail shows no personal data
 
         # the command-line reads are in the log, with who ran them
         events: list[dict[str, object]] = []
