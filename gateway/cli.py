@@ -299,7 +299,9 @@ def _settle_heap() -> None:
 def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from . import i18n
+    from .app import SERVICES, create_app
+    from .conn_guard import ConnectionGuard, GuardedTCPSite
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -312,7 +314,17 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # NOTE: `serve` may face phones directly (no proxy): slow-loris guard and a
+        # per-address connection cap (gateway.conn_guard).
+        metrics = app[SERVICES].metrics
+        guard = ConnectionGuard(
+            header_timeout_s=settings.header_read_timeout_s,
+            body_timeout_s=settings.body_read_timeout_s,
+            max_per_address=settings.max_connections_per_address,
+            refusal_text=i18n.t(settings.default_lang, "error.too_many_connections"),
+            on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
+        site = GuardedTCPSite(runner, settings.host, settings.port, guard=guard,
+                              access_log=None)
         await site.start()
         # NOTE: after listening, not before: what set-up printed (the demo's links) may
         # be opened at once, and a connection made meanwhile waits in the kernel's
