@@ -221,7 +221,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     inside a script)."""
     return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
         isinstance(exc, redis.exceptions.ResponseError)
-        and "OOM command not allowed" in str(exc))
+        and "command not allowed when used memory" in str(exc))
 
 
 def _unhandled(request: web.Request, exc: Exception) -> web.StreamResponse:

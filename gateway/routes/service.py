@@ -19,6 +19,7 @@ from ..web_util import client_ip
 log = logging.getLogger("classguard.service")
 
 MEMORY_WARNING_EVERY_S = 60.0
+REDIS_FULL_RATIO = 0.99
 
 
 async def redis_memory(svc: Services) -> tuple[int, int] | None:
@@ -84,13 +85,16 @@ async def readyz(request: web.Request) -> web.Response:
         memory = await redis_memory(svc)
         ratio = _memory_ratio(svc, memory)
         if ratio is not None and memory is not None:
-            mem: dict[str, object] = {"ok": ratio < 1.0, "used_ratio": round(ratio, 4),
+            # NOTE: "full" from 99% on: a refused write frees its own bytes at once,
+            # so a Redis refusing writes hovers just below 100%.
+            full = ratio >= REDIS_FULL_RATIO
+            mem: dict[str, object] = {"ok": not full, "used_ratio": round(ratio, 4),
                                       "used_bytes": memory[0], "max_bytes": memory[1]}
             if ratio * 100 >= svc.settings.redis_memory_alert_percent:
                 mem["warning"] = ("Redis is near its maxmemory: raise it or archive the "
                                   "audit log before writes are refused")
             components["redis_memory"] = mem
-            ok = ok and ratio < 1.0
+            ok = ok and not full
     body = {"status": "ready" if ok else "not_ready", "components": components}
     if not ok:
         failing = [k for k, v in components.items() if not v.get("ok")]
