@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 
 from .config import ConfigError, Settings, load_settings
 
+AUDIT_FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2
@@ -88,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     for name in ("verify", "tail", "checkpoint"):
         _common(asub.add_parser(name))
+    search = asub.add_parser("search", help="events newest first, one JSON object a line "
+                             "(the next page's cursor on stderr)")
+    _common(search)
+    for name in AUDIT_FILTERS:
+        search.add_argument(f"--{name}", dest=f"filter_{name}")
+    search.add_argument("--limit", type=int, default=50, help="events to print (1-1000)")
+    search.add_argument("--cursor", help="next_cursor of the previous page")
 
     evidence = sub.add_parser("evidence", help="incident evidence bundles")
     esub = evidence.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
@@ -270,8 +279,13 @@ async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 async def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from .audit_cli import run_audit_command
 
+    search = None
+    if args.audit_command == "search":
+        search = {name: getattr(args, f"filter_{name}") for name in AUDIT_FILTERS
+                  if getattr(args, f"filter_{name}") is not None}
+        search |= {"limit": args.limit, "cursor": args.cursor}
     async with redis_url(settings) as url:
-        return await run_audit_command(args.audit_command, settings, url)
+        return await run_audit_command(args.audit_command, settings, url, search=search)
 
 
 # Young-generation threshold of the cyclic garbage collector for a serving process

@@ -156,6 +156,39 @@ async def test_search_parameters_are_shaped_and_personal_data_stays_erasable(
         assert not any("Nguy" in repr(e) or "0912" in repr(e) for e in everything)
 
 
+def _cli(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update({"CLASSGUARD_DATA_DIR": str(dep.data_dir), "CLASSGUARD_REDIS_URL": dep.redis_url,
+                "CLASSGUARD_REDIS_PREFIX": dep.redis_prefix})
+    return subprocess.run([*CLI, "audit", "search", *args], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+async def test_cli_search_checks_parameters_and_keeps_personal_data_erasable(
+        deployment: Deployment) -> None:
+    """``classguard audit search`` refuses free text with a one-line error naming the
+    option (exit 2, nothing recorded); a valid search prints events and is recorded with
+    the student and address searched for in the erasable part."""
+    free = "Nguyễn Văn An 0912 345 678"
+    for option in ("--student", "--type", "--ip", "--since"):
+        res = await asyncio.to_thread(_cli, deployment, option, free)
+        assert res.returncode == 2, (option, res.stdout, res.stderr)
+        assert f"error: {option}:" in res.stderr and "Nguy" not in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+    res = await asyncio.to_thread(_cli, deployment, "--student", "sq2x7k9m4n8p4", "--ip",
+                                  "198.51.100.24", "--type", "join", "--limit", "3")
+    assert res.returncode == 0, res.stderr
+    async with scene(deployment) as s:
+        reads = await s.await_audit(
+            lambda ev: any(e.get("personal", {}).get("query_ip") == "198.51.100.24"
+                           for e in ev), reader="qt.hoa", type="audit.read")
+        mine = next(e for e in reads if e.get("personal", {}).get("query_ip") == "198.51.100.24")
+        assert mine["facts"]["via"] == "cli" and mine["facts"]["type"] == "join"
+        assert mine["personal"]["query_student"] == "sq2x7k9m4n8p4"
+        assert "198.51.100.24" not in repr({k: v for k, v in mine.items() if k != "personal"})
+        assert not any("Nguy" in repr(e) for e in reads)
+
+
 # --- the embedded Redis full ---------------------------------------------------------
 
 MAXMEMORY = 64 * 1024 * 1024
