@@ -11,6 +11,8 @@ handler does it itself:
 * while a request body is unread, the client may pause at most ``body_read_timeout_s``
   between two reads (like nginx's ``client_body_timeout``: a slow phone uploading a
   large roster keeps going, a silent one is dropped);
+* an idle keep-alive connection is closed after ``IDLE_KEEPALIVE_S`` (aiohttp's own
+  default is an hour);
 * one address holds at most ``max_connections_per_address`` connections; the next is
   answered 503 and closed. NOTE: a school behind NAT is one address, so the cap is
   generous (4,000 by default: 1,000+ students with a waiting-room socket and a couple of
@@ -30,6 +32,10 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 log = logging.getLogger("classguard.connections")
+
+# NOTE: longer than nginx's upstream keep-alive (60 s), so a proxy never sends on a
+# connection the gateway is closing; as nginx's own keepalive_timeout for clients.
+IDLE_KEEPALIVE_S = 75.0
 
 
 
@@ -137,8 +143,11 @@ class GuardedRequestHandler(RequestHandler):
 
     def _cg_head_expired(self) -> None:
         self._cg_head_timer = None
-        if self._request_in_progress or self._messages:
-            return  # a head did complete (pipelined before this timer was re-armed)
+        if self._messages:
+            return  # the head did complete and waits for its turn
+        if self._request_in_progress:
+            self._cg_arm_head()  # a pipelined head: its time runs once the request ends
+            return
         self._guard.closed("header_timeout")
         log.info("closed a connection whose request head did not arrive in %g s",
                  self._guard.header_timeout_s)
@@ -201,6 +210,8 @@ class GuardedTCPSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         guard, handler_args = self._guard, self._handler_args
+
+        handler_args.setdefault("keepalive_timeout", IDLE_KEEPALIVE_S)
 
         def factory() -> GuardedRequestHandler:
             return GuardedRequestHandler(server, guard, loop=loop, **handler_args)
