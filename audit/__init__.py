@@ -13,6 +13,7 @@ from audit.errors import (
     NotFoundError,
     NotLeaderError,
     ProofError,
+    QueryError,
     SignatureError,
     UnsupportedVersionError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ConsistencyProof",
     "Fault",
     "FormatError",
+    "QueryError",
     "InclusionProof",
     "InvalidEventError",
     "KeyFileError",

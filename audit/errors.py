@@ -74,3 +74,13 @@ class NotLeaderError(AuditError):
     """The sequencer lost (or never held) the lease while trying to commit."""
 
     code = "audit_not_leader"
+
+
+class QueryError(FormatError):
+    """A search parameter of the wrong shape; ``field`` names it."""
+
+    code = "invalid_field"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

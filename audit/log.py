@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from audit.errors import (
     NotDurableError,
     NotFoundError,
     ProofError,
+    QueryError,
 )
 from audit.proofs import TlogProof
 from audit.records import (
@@ -29,6 +32,7 @@ from audit.records import (
     prepare_event,
 )
 from audit.store import (
+    INDEXED_VALUE,
     TIME_BUCKET_SHIFT,
     AuditKeys,
     Clock,
@@ -113,6 +117,44 @@ class LogStatus:
     pending: int  # appended, not yet sequenced
 
 
+# Shapes of the search parameters. NOTE: a search is itself recorded (``audit.read``),
+# so a parameter that does not have the shape of what it names is refused rather than
+# stored: no free text (a name, a phone number) reaches an immutable record this way.
+_ID_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MAX_TIME_CHARS = 40
+
+
+def _shaped(field: str, value: str | None, shape: re.Pattern[str], what: str) -> str | None:
+    if value is None:
+        return None
+    if not shape.fullmatch(value):
+        raise QueryError(field, f"{field} must be {what}, got {len(value)} characters "
+                                "of another shape")
+    return value
+
+
+def _ip_param(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise QueryError("ip", "ip must be an IPv4 or IPv6 address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _time_param(field: str, value: Any) -> int | None:
+    if isinstance(value, str) and len(value) > _MAX_TIME_CHARS:
+        raise QueryError(field, f"{field} must be a time (ms or ISO 8601 with offset)")
+    try:
+        return parse_time(value)
+    except FormatError as exc:
+        raise QueryError(field, f"{field} must be a time (ms or ISO 8601 with offset)") \
+            from exc
+
+
 @dataclass(frozen=True, slots=True)
 class AuditQuery:
     """Filters of ``GET /api/v1/audit/events``; all given filters must match."""
@@ -127,19 +169,43 @@ class AuditQuery:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AuditQuery:
+        """Parse and check every parameter's shape; :class:`QueryError` names the first
+        bad one (a class or student id, an event type or reason code, an IP address,
+        a time)."""
         def s(name: str) -> str | None:
             v = params.get(name)
             return str(v) if v not in (None, "") else None
 
+        ident = "an identifier (1-64 of A-Z a-z 0-9 _ -)"
+        code = "a code (1-64 of a-z 0-9 _ . : -)"
+        class_field = "class" if s("class") is not None else "class_id"
         return cls(
-            class_id=s("class") or s("class_id"),
-            type=s("type"),
-            reason=s("reason"),
-            student=s("student"),
-            ip=s("ip"),
-            since_ms=parse_time(params.get("since")),
-            until_ms=parse_time(params.get("until")),
+            class_id=_shaped(class_field, s("class") or s("class_id"), _ID_SHAPE, ident),
+            type=_shaped("type", s("type"), INDEXED_VALUE, code),
+            reason=_shaped("reason", s("reason"), INDEXED_VALUE, code),
+            student=_shaped("student", s("student"), _ID_SHAPE, ident),
+            ip=_ip_param(s("ip")),
+            since_ms=_time_param("since", params.get("since")),
+            until_ms=_time_param("until", params.get("until")),
         )
+
+    def read_record(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """What an ``audit.read`` record keeps of this search: (facts for the immutable
+        record, personal data for its erasable part). Event types, reason codes, a
+        class id and times are facts; the student searched for and the address are
+        personal."""
+        facts: dict[str, Any] = {}
+        for name, value in (("class", self.class_id), ("type", self.type),
+                            ("reason", self.reason), ("since", self.since_ms),
+                            ("until", self.until_ms)):
+            if value is not None:
+                facts[name] = value
+        personal: dict[str, Any] = {}
+        if self.student is not None:
+            personal["query_student"] = self.student
+        if self.ip is not None:
+            personal["query_ip"] = self.ip
+        return facts, personal
 
 
 @dataclass(slots=True)
@@ -355,6 +421,9 @@ class AuditLog:
 
         A page may hold fewer than ``limit`` events yet still return a cursor: each call
         examines at most ``max_scan`` records so one request never walks the whole log.
+        Records are walked through the smallest index the filters name (student,
+        address, class, event type, reason), so only a search with none of these
+        filters (by time alone) scans records of every kind.
         """
         q = filters if isinstance(filters, AuditQuery) else AuditQuery.from_params(filters or {})
         limit = max(1, min(limit, 1000))
@@ -367,30 +436,55 @@ class AuditLog:
         else:
             upper = size
         scan = _Scan()
-        source: str | None = None
-        extra_sets: list[str] = []
-        for key in (
+        # Exact indexes (the whole history): student, address, class. Field indexes
+        # (type, reason) hold records from ``ix_fields_from`` on (older records, from
+        # before they existed, are scanned). The smallest set drives the walk, so noise
+        # of other kinds between two matches is never examined.
+        exact = [k for k in (
             self.keys.personal_index("student", q.student) if q.student else None,
             self.keys.personal_index("ip", q.ip) if q.ip else None,
             self.keys.class_index(q.class_id) if q.class_id else None,
-        ):
-            if key is None:
-                continue
-            if source is None:
-                source = key
-            else:
-                extra_sets.append(key)
+        ) if k is not None]
+        by_field = [self.keys.field_index(name, value) for name, value in
+                    (("type", q.type), ("reason", q.reason)) if value is not None]
+        sizes: dict[str, int] = {}
+        ix_from = size
+        if exact or by_field:
+            pipe = self._redis.pipeline(transaction=False)
+            for key in (*exact, *by_field):
+                pipe.zcard(key)
+            pipe.hget(self.keys.meta, "ix_fields_from")
+            replies = await pipe.execute()
+            sizes = {k: int(n) for k, n in zip((*exact, *by_field), replies, strict=False)}
+            if replies[-1] is not None:
+                ix_from = int(replies[-1])
+        source: str | None = min(exact, key=lambda k: sizes[k]) if exact else None
+        source_floor = floor
+        if by_field:
+            best = min(by_field, key=lambda k: sizes[k])
+            if source is None or sizes[best] < sizes[source]:
+                source, source_floor = best, max(floor, ix_from)
         buckets = await self._time_buckets(q)
         examined = 0
         full = False
         while upper > floor and not full and examined < max_scan:
+            extra_sets = [k for k in exact if k != source]
             chunk_n = min(500, max_scan - examined)
             if source is not None:
-                members = await self._redis.zrevrangebyscore(
-                    source, upper - 1, floor, start=0, num=chunk_n
-                )
+                members: list[Any] = []
+                if upper > source_floor:
+                    members = await self._redis.zrevrangebyscore(
+                        source, upper - 1, source_floor, start=0, num=chunk_n
+                    )
                 candidates = [int(cast(bytes, m)) for m in members]
                 if not candidates:
+                    if source_floor > floor:
+                        # A field index ends where it began: older records are walked
+                        # by an exact index, or scanned.
+                        upper = min(upper, source_floor)
+                        source = min(exact, key=lambda k: sizes[k]) if exact else None
+                        source_floor = floor
+                        continue
                     upper = floor
                     break
                 chunk_low = candidates[-1]

@@ -35,7 +35,13 @@ from audit.checkpoint import Checkpoint, open_checkpoint
 from audit.errors import AuditError, FormatError, NotFoundError
 from audit.note import AuditSigningKey, AuditVerifierKey
 from audit.records import decode_personal, decode_record
-from audit.store import AuditKeys, ensure_bytes_client, fetch_nodes, student_ids
+from audit.store import (
+    AuditKeys,
+    ensure_bytes_client,
+    fetch_nodes,
+    field_indexes,
+    student_ids,
+)
 
 SEGMENT_HEADER = "classguard-audit-segment v1"
 ARCHIVE_HEADER = "classguard-audit-archive v1"
@@ -198,6 +204,8 @@ async def archive_before(
                 pipe.zrem(keys.class_index(cls), idx)
             for sid in student_ids(rec):
                 pipe.zrem(keys.personal_index("student", sid), idx)
+            for key in field_indexes(keys, rec):
+                pipe.zrem(key, idx)
             if blob is not None:
                 ip = decode_personal(blob)[0].get("ip")
                 if isinstance(ip, str):

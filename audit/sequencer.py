@@ -40,6 +40,7 @@ from audit.store import (
     Clock,
     ensure_bytes_client,
     fetch_nodes,
+    field_indexes,
     student_ids,
 )
 
@@ -309,6 +310,9 @@ class Sequencer:
                 zadds.append((self.keys.class_index(cls), index))
             for sid in student_ids(rec):
                 zadds.append((self.keys.personal_index("student", sid), index))
+            # NOTE: searches by type and reason read these instead of scanning, so no
+            # amount of other records between two matches hides them.
+            zadds.extend((key, index) for key in field_indexes(self.keys, rec))
             if personal is not None and isinstance(personal.get("ip"), str):
                 zadds.append((self.keys.personal_index("ip", personal["ip"]), index))
             ts = rec.get("ts")

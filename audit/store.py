@@ -10,7 +10,9 @@ key                            holds
 ``audit:stream``               appended, not yet sequenced events (field ``d``: record,
                                then a newline and the personal blob if any)
 ``audit:meta``                 hash: ``size``, ``last_id`` (last sequenced stream id),
-                               ``origin``, ``ckpt_size``, ``archived_before``
+                               ``origin``, ``ckpt_size``, ``archived_before``,
+                               ``ix_fields_from`` (first record in the type/reason
+                               indexes)
 ``audit:lease``                sequencer lease token (SET NX PX, renewed by Lua)
 ``audit:rec``                  hash: decimal index -> record bytes ``E`` (RFC 8785)
 ``audit:leaves``               leaf hashes, 32 bytes each, packed in index order
@@ -19,6 +21,9 @@ key                            holds
 ``audit:pd``                   hash: index -> personal blob ``{"p": P, "s": salt}``
 ``audit:pix:<kind>:<digest>``  zset of indexes per student / IP (beside P; erasable)
 ``audit:ix:class:<class>``     zset of indexes per class
+``audit:ix:type:<type>``       zset of indexes per event type (records sequenced from
+                               ``ix_fields_from`` in meta on)
+``audit:ix:reason:<reason>``   zset of indexes per reason code (likewise)
 ``audit:ix:tb``                hash: bucket (index // 1024) -> "min_ts,max_ts"
 ``audit:archives``             list of signed archive notes (ranges moved to segments)
 =============================  ====================================================
@@ -27,6 +32,7 @@ key                            holds
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -36,6 +42,12 @@ import redis.asyncio as aioredis
 from audit.errors import AuditError
 
 TIME_BUCKET_SHIFT = 10  # 1024 indexes share one min/max timestamp entry
+
+# Event fields with an index of their own, and the shape of an indexed value: types
+# ("join.enter") and reason codes ("token_invalid") are short identifiers; a value of
+# another shape (only a hand-written record could carry one) is not indexed.
+INDEXED_FIELDS = ("type", "reason")
+INDEXED_VALUE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
 
 Clock = Callable[[], int]
 """Milliseconds since the Unix epoch (UTC). Injected everywhere time matters."""
@@ -89,6 +101,10 @@ class AuditKeys:
     def class_index(self, class_id: str) -> str:
         return self._k(f"ix:class:{class_id}")
 
+    def field_index(self, field: str, value: str) -> str:
+        """Indexes of the records whose ``field`` (see INDEXED_FIELDS) is ``value``."""
+        return self._k(f"ix:{field}:{value}")
+
     @property
     def time_buckets(self) -> str:
         return self._k("ix:tb")
@@ -108,6 +124,16 @@ def student_ids(record: Mapping[str, Any]) -> set[str]:
         value = record.get(name)
         if isinstance(value, str) and value:
             out.add(value)
+    return out
+
+
+def field_indexes(keys: AuditKeys, record: Mapping[str, Any]) -> list[str]:
+    """The type/reason index keys a record belongs to."""
+    out = []
+    for name in INDEXED_FIELDS:
+        value = record.get(name)
+        if isinstance(value, str) and INDEXED_VALUE.fullmatch(value):
+            out.append(keys.field_index(name, value))
     return out
 
 
@@ -203,6 +229,7 @@ local function flush(cmd, key, list)
   end
 end
 redis.call('APPEND', KEYS[4], ARGV[6])
+redis.call('HSETNX', KEYS[1], 'ix_fields_from', size)
 local off = 1
 local counts = {}
 for n in string.gmatch(ARGV[9], '%d+') do counts[#counts + 1] = tonumber(n) end

@@ -70,6 +70,8 @@ class Services:
     sequencer: Sequencer | None = None
     sequencer_task: asyncio.Task[None] | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # when this process last logged that Redis is near its maxmemory (loop time)
+    memory_warned_at: float = 0.0
     # process-local registry of open sockets (connections, not state)
     sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)
 
@@ -130,7 +132,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     url = s.redis_url
     await asyncio.to_thread(Path(s.data_dir).mkdir, parents=True, exist_ok=True)
     if s.embedded_redis:
-        embedded = EmbeddedRedis(Path(s.data_dir))
+        embedded = EmbeddedRedis(Path(s.data_dir),
+                                 maxmemory_bytes=s.embedded_redis_maxmemory_bytes)
         url = await embedded.start()
         log.info("embedded Redis started at %s", url)
     svc.redis, svc.redis_bytes = redis_clients(s, url)

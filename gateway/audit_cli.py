@@ -1,4 +1,4 @@
-"""``classguard audit verify|tail|checkpoint``."""
+"""``classguard audit verify|tail|checkpoint|search``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from audit import AuditLog, AuditSigningKey, verify_log
+from audit import AuditLog, AuditQuery, AuditSigningKey, QueryError, verify_log
 
 from .auditing import Auditor
 from .config import Settings
@@ -39,11 +40,45 @@ async def record_read(log: AuditLog, command: str) -> None:
     await Auditor(log).record(f"audit.{command}", actor=cli_actor(), facts={"via": "cli"})
 
 
-async def run_audit_command(command: str, settings: Settings, url: str) -> int:
+def _fail(message: str) -> int:
+    print(f"classguard: error: {message}", file=sys.stderr)
+    return 2
+
+
+async def search_command(log: AuditLog, search: dict[str, Any]) -> int:
+    """``classguard audit search``: every parameter's shape checked first (exit 2 naming
+    the option, nothing read or recorded); the search is recorded as ``audit.read``
+    with the student and address searched for in its erasable personal part."""
+    try:
+        q = AuditQuery.from_params(search)
+    except QueryError as exc:
+        return _fail(f"--{exc.field}: {exc.message}")
+    limit, cursor = search.get("limit", 50), search.get("cursor")
+    if not isinstance(limit, int) or not 1 <= limit <= 1000:
+        return _fail("--limit: must be 1-1000")
+    if cursor is not None and (not cursor.isdigit() or len(cursor) > 15):
+        return _fail("--cursor: must be the cursor printed by the previous page")
+    events, next_cursor = await log.query(q, limit=limit, cursor=cursor,
+                                          disclose_personal=True)
+    facts, personal = q.read_record()
+    await Auditor(log).record("audit.read", actor=cli_actor(),
+                              facts={**facts, "via": "cli", "returned": len(events)},
+                              personal=personal or None)
+    for ev in events:
+        print(json.dumps(ev.to_json(), ensure_ascii=False))
+    if next_cursor is not None:
+        print(f"next page: --cursor {next_cursor}", file=sys.stderr)
+    return 0
+
+
+async def run_audit_command(command: str, settings: Settings, url: str, *,
+                            search: dict[str, Any] | None = None) -> int:
     client = aioredis.Redis.from_url(url, decode_responses=False)
     try:
         log = AuditLog(client, prefix=settings.redis_prefix, node_id=settings.node_id,
                        clock=lambda: int(time.time() * 1000))
+        if command == "search":
+            return await search_command(log, search or {})
         if command in ("verify", "tail"):
             await record_read(log, command)
         if command == "checkpoint":

@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 
 from .config import ConfigError, Settings, load_settings
 
+AUDIT_FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one line, exit 2
@@ -88,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     for name in ("verify", "tail", "checkpoint"):
         _common(asub.add_parser(name))
+    search = asub.add_parser("search", help="events newest first, one JSON object a line "
+                             "(the next page's cursor on stderr)")
+    _common(search)
+    for name in AUDIT_FILTERS:
+        search.add_argument(f"--{name}", dest=f"filter_{name}")
+    search.add_argument("--limit", type=int, default=50, help="events to print (1-1000)")
+    search.add_argument("--cursor", help="next_cursor of the previous page")
 
     evidence = sub.add_parser("evidence", help="incident evidence bundles")
     esub = evidence.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
@@ -293,8 +302,13 @@ async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 async def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from .audit_cli import run_audit_command
 
+    search = None
+    if args.audit_command == "search":
+        search = {name: getattr(args, f"filter_{name}") for name in AUDIT_FILTERS
+                  if getattr(args, f"filter_{name}") is not None}
+        search |= {"limit": args.limit, "cursor": args.cursor}
     async with redis_url(settings) as url:
-        return await run_audit_command(args.audit_command, settings, url)
+        return await run_audit_command(args.audit_command, settings, url, search=search)
 
 
 # Young-generation threshold of the cyclic garbage collector for a serving process
@@ -322,7 +336,9 @@ def _settle_heap() -> None:
 def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     from aiohttp import web
 
-    from .app import create_app
+    from . import i18n
+    from .app import SERVICES, create_app
+    from .conn_guard import ConnectionGuard, GuardedTCPSite
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -335,7 +351,17 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
+        # NOTE: `serve` may face phones directly (no proxy): slow-loris guard and a
+        # per-address connection cap (gateway.conn_guard).
+        metrics = app[SERVICES].metrics
+        guard = ConnectionGuard(
+            header_timeout_s=settings.header_read_timeout_s,
+            body_timeout_s=settings.body_read_timeout_s,
+            max_per_address=settings.max_connections_per_address,
+            refusal_text=i18n.t(settings.default_lang, "error.too_many_connections"),
+            on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
+        site = GuardedTCPSite(runner, settings.host, settings.port, guard=guard,
+                              access_log=None)
         await site.start()
         # NOTE: after listening, not before: what set-up printed (the demo's links) may
         # be opened at once, and a connection made meanwhile waits in the kernel's

@@ -153,6 +153,25 @@ class Settings:
     audit_durability_replicas: int = 0
     log_level: str = "info"
 
+    # Memory cap of the embedded Redis (maxmemory, policy noeviction: a full Redis
+    # refuses writes and the gateway answers 503, it never evicts state or audit
+    # records); an alert is raised at redis_memory_alert_percent of it. See
+    # docs/operations.md for sizing.
+    embedded_redis_maxmemory_bytes: int = 1024 * _MIB
+    redis_memory_alert_percent: int = 80
+    # Without a proxy in front (`classguard serve` on a LAN): a request head must arrive
+    # whole within header_read_timeout_s of its first byte (or of the connection
+    # opening); a request body may pause at most body_read_timeout_s between reads; one
+    # address holds at most max_connections_per_address connections (a school behind
+    # NAT is one address: the default fits 1,000+ students).
+    header_read_timeout_s: int = 15
+    body_read_timeout_s: int = 60
+    max_connections_per_address: int = 4000
+    # Who may read /metrics: clients in these networks, or any client presenting
+    # "Authorization: Bearer <metrics_token>" (empty: no token accepted).
+    metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    metrics_token: str = ""
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -195,6 +214,8 @@ class Settings:
             out["redis_url"] = redact_url(self.redis_url)
         if self.redis_password:
             out["redis_password"] = "***"  # noqa: S105 - the mask, not a password
+        if self.metrics_token:
+            out["metrics_token"] = "***"  # noqa: S105 - the mask, not a token
         return out
 
 
@@ -237,6 +258,11 @@ _INT_RANGES: Final[Mapping[str, tuple[int, int | None]]] = {
     "audit_durability_replicas": (0, 16),
     "redis_max_connections": (4, 10000),
     "redis_pool_timeout_s": (1, 120),
+    "embedded_redis_maxmemory_bytes": (64 * _MIB, None),
+    "redis_memory_alert_percent": (50, 95),
+    "header_read_timeout_s": (1, 300),
+    "body_read_timeout_s": (1, 3600),
+    "max_connections_per_address": (16, 1_000_000),
 }
 
 
@@ -350,6 +376,20 @@ def _derived_public_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def _networks_setting(name: str, value: object) -> tuple[str, ...]:
+    """Normalised CIDRs of a list-of-networks setting, the bad entry named."""
+    _check_type(name, value, tuple)
+    networks: list[str] = []
+    for entry in value:  # type: ignore[attr-defined]
+        _check_type(name, entry, str)
+        try:
+            networks.append(str(ipaddress.ip_network(entry.strip(), strict=True)))
+        except ValueError as exc:
+            raise ConfigError(
+                name, f"{entry!r} is not an IP address or CIDR network: {exc}") from None
+    return tuple(networks)
+
+
 def _validate(s: Settings) -> None:
     _check_type("host", s.host, str)
     if not _HOST_RE.fullmatch(s.host):
@@ -405,6 +445,12 @@ def _validate(s: Settings) -> None:
                 "trusted_proxies", f"{entry!r} is not an IP address or CIDR network: {exc}"
             ) from None
     _set(s, "trusted_proxies", tuple(networks))
+    _set(s, "metrics_networks", _networks_setting("metrics_networks", s.metrics_networks))
+    _check_type("metrics_token", s.metrics_token, str)
+    if s.metrics_token and (len(s.metrics_token) < 32 or not s.metrics_token.isascii()
+                            or any(c.isspace() for c in s.metrics_token)):
+        raise ConfigError("metrics_token",
+                          "must be empty or at least 32 printable ASCII characters")
 
     _check_type("platform_allow_networks", s.platform_allow_networks, tuple)
     allowed: list[str] = []

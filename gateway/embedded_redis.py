@@ -106,8 +106,9 @@ def _quote_conf(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_config(paths: _Paths) -> str:
-    """The redis.conf text of the embedded server (Redis 6.2 directives only)."""
+def render_config(paths: _Paths, maxmemory_bytes: int = 0) -> str:
+    """The redis.conf text of the embedded server (Redis 6.2 directives only).
+    ``maxmemory_bytes`` 0: no memory cap."""
     lines = [
         "# Written by ClassGuard on every start; edits are overwritten.",
         "port 0",  # no TCP listener at all
@@ -126,6 +127,10 @@ def render_config(paths: _Paths) -> str:
         "appendfsync always",
         'save ""',
         "databases 16",
+        # NOTE: never evict: class state and audit records are not a cache. A full
+        # server refuses writes (OOM errors) and the gateway answers 503 (fail closed).
+        f"maxmemory {int(maxmemory_bytes)}",
+        "maxmemory-policy noeviction",
         "",
     ]
     return "\n".join(lines)
@@ -220,7 +225,7 @@ def _lock_owner(paths: _Paths) -> int:
     return fd
 
 
-def _prepare_start(paths: _Paths) -> tuple[int, int | None, int]:
+def _prepare_start(paths: _Paths, maxmemory_bytes: int = 0) -> tuple[int, int | None, int]:
     """Lock the dir, find a leftover server, write the config, open the log.
 
     Returns (lock fd, pid of a leftover server of ours or None, log fd).
@@ -235,7 +240,7 @@ def _prepare_start(paths: _Paths) -> tuple[int, int | None, int]:
         leftover = _read_pid(paths.pid)
         if leftover is not None and not (_pid_alive(leftover) and _is_our_server(leftover, paths)):
             leftover = None
-        paths.conf.write_text(render_config(paths))
+        paths.conf.write_text(render_config(paths, maxmemory_bytes))
         os.chmod(paths.conf, 0o600)
         log_fd = os.open(paths.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
     except BaseException:
@@ -335,8 +340,10 @@ class EmbeddedRedis:
         binary: str | None = None,
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
+        maxmemory_bytes: int = 0,
     ) -> None:
         self._paths = _Paths.under(Path(data_dir).absolute())
+        self._maxmemory = maxmemory_bytes
         self._binary = binary
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -377,7 +384,8 @@ class EmbeddedRedis:
         if binary is None:
             binary = await asyncio.to_thread(find_redis_server)
         paths = self._paths
-        lock_fd, leftover, log_fd = await asyncio.to_thread(_prepare_start, paths)
+        lock_fd, leftover, log_fd = await asyncio.to_thread(_prepare_start, paths,
+                                                           self._maxmemory)
         self._lock_fd = lock_fd
         try:
             await self._recover(leftover)

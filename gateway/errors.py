@@ -237,11 +237,33 @@ async def _handle(request: web.Request, handler: Handler,
         return error_response(
             503, "dependency_unavailable", i18n.t(lang, "error.redis_down")
         )
+    except redis.exceptions.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            return _unhandled(request, exc)
+        # NOTE: fail closed. Redis is at its maxmemory (noeviction) and refuses writes:
+        # nothing was half-written by a script (Redis refuses it before its first write).
+        log.error("Redis is full (maxmemory) on %s: writes refused", _route_name(request))
+        on_dependency_error()
+        lang = i18n.request_lang(request)
+        return error_response(503, "storage_full", i18n.t(lang, "error.storage_full"))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a stack trace
-        mapped = _from_platform_error(request, exc) or _from_package_error(exc)
-        if mapped is not None:
-            return mapped
-        if _raised_by_body_parser(exc):
-            return error_response(400, "invalid_body", "the request body cannot be parsed")
-        log.exception("unhandled error on %s %s", request.method, _route_name(request))
-        return error_response(500, "internal_error", "internal error")
+        return _unhandled(request, exc)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A Redis refusal because the server reached its maxmemory (directly or from
+    inside a script)."""
+    return isinstance(exc, redis.exceptions.OutOfMemoryError) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and "command not allowed when used memory" in str(exc))
+
+
+def _unhandled(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """Called inside the ``except`` block, so ``log.exception`` has the traceback."""
+    mapped = _from_platform_error(request, exc) or _from_package_error(exc)
+    if mapped is not None:
+        return mapped
+    if _raised_by_body_parser(exc):
+        return error_response(400, "invalid_body", "the request body cannot be parsed")
+    log.exception("unhandled error on %s %s", request.method, _route_name(request))
+    return error_response(500, "internal_error", "internal error")

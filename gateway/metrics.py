@@ -87,6 +87,8 @@ class Metrics:
     audit_checkpoint_time: Gauge
     audit_pending: Gauge
     audit_leader: Gauge
+    redis_memory_ratio: Gauge
+    connections_closed: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -164,6 +166,18 @@ class Metrics:
             audit_leader=Gauge(
                 "classguard_audit_sequencer_leader",
                 "1 on the process holding the audit sequencer lease, else 0",
+                registry=reg,
+            ),
+            # NaN when Redis has no maxmemory (an external server managed elsewhere).
+            redis_memory_ratio=Gauge(
+                "classguard_redis_memory_used_ratio",
+                "Redis used_memory / maxmemory; at 1 Redis refuses writes (gateway 503)",
+                registry=reg,
+            ),
+            connections_closed=Counter(
+                "classguard_connections_closed",
+                "Client connections closed by the connection guard, by reason",
+                ["reason"],
                 registry=reg,
             ),
         )

@@ -24,7 +24,13 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
-from redis.exceptions import AuthenticationError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,7 +41,8 @@ CONNECT_TIMEOUT_S = 5.0
 # Commands in flight before new ones are refused outright (memory bound under a stall).
 MAX_IN_FLIGHT = 20_000
 
-_ERRORS: dict[str, type[ResponseError]] = {"NOSCRIPT": NoScriptError, "READONLY": ReadOnlyError}
+_ERRORS: dict[str, type[ResponseError]] = {"NOSCRIPT": NoScriptError, "READONLY": ReadOnlyError,
+                                           "OOM": OutOfMemoryError}
 
 
 def _error(reply: ResponseError) -> ResponseError:

@@ -91,6 +91,24 @@ def _bracket_depth(body: bytes) -> int:
     return depth
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, or 413 once it passes ``limit`` bytes.
+
+    NOTE: one ``content.read(n)`` returns what has arrived so far, which is part of
+    the body when it comes in several TCP segments (a phone on a slow network); read
+    until the end."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"request body larger than {limit} bytes")
+
+
 async def read_json(request: web.Request, *, max_bytes: int | None = None) -> Any:
     """The JSON body, or a precise 4xx: 413 too large, 400 malformed/too deep/wrong type."""
     ctype = request.content_type
@@ -99,9 +117,7 @@ async def read_json(request: web.Request, *, max_bytes: int | None = None) -> An
     limit = max_bytes or request.app._client_max_size  # noqa: SLF001 - the app's own cap
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "too_large", f"request body larger than {limit} bytes")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise ApiError(413, "too_large", f"request body larger than {limit} bytes")
+    body = await read_limited(request, limit)
     try:
         return loads_bounded(body)
     except JsonTooDeep as exc:

@@ -21,6 +21,7 @@ from audit import AuditError, AuditQuery
 from ..app import Services, services
 from ..auth import Principal
 from ..errors import ApiError
+from .audit import parse_query, record_read
 from .pages import DEFAULT_TZ, page_response, staff_page
 
 FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
@@ -101,13 +102,15 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         cursor = None
     events: list[dict[str, Any]] = []
     next_cursor = None
+    q = None
     if error is None:
         try:
+            q = parse_query(params)
             events, next_cursor = await visible_events(svc, p, params, limit, cursor)
         except ApiError:
             error = "audit.bad_query"
-    await svc.auditor.record("audit.read", actor=p.actor, org=p.org,
-                             facts={**params, "returned": len(events), "via": "page"})
+    await record_read(svc, p, q if error is None else None, returned=len(events),
+                      via="page")
     last, _ = await visible_events(svc, p, {"type": "audit.verify"}, 1, None)
     base = {k: v for k, v in form.items() if v}
     if limit != 50:

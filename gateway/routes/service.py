@@ -3,12 +3,51 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
+import logging
 import time
+from functools import lru_cache
 
 from aiohttp import web
 
-from ..app import services
+from ..app import Services, services
+from ..errors import ApiError
+from ..web_util import client_ip
+
+log = logging.getLogger("classguard.service")
+
+MEMORY_WARNING_EVERY_S = 60.0
+REDIS_FULL_RATIO = 0.99
+
+
+async def redis_memory(svc: Services) -> tuple[int, int] | None:
+    """(used_memory, maxmemory) of the Redis server; maxmemory 0 means no cap. None
+    when INFO is refused (a managed server)."""
+    try:
+        info = await asyncio.wait_for(svc.r.info("memory"), 2.0)
+    except Exception:  # noqa: BLE001 - reported as unknown; the ping check reports outages
+        return None
+    try:
+        return int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _memory_ratio(svc: Services, memory: tuple[int, int] | None) -> float | None:
+    """used/max, logging a warning (at most once a minute) above the alert level."""
+    if memory is None or memory[1] <= 0:
+        return None
+    ratio = memory[0] / memory[1]
+    if ratio * 100 >= svc.settings.redis_memory_alert_percent:
+        now = time.monotonic()
+        if now - svc.memory_warned_at >= MEMORY_WARNING_EVERY_S:
+            svc.memory_warned_at = now
+            log.warning("Redis uses %.0f%% of its maxmemory (%d of %d bytes); at 100%% it "
+                        "refuses writes and the gateway answers 503", ratio * 100,
+                        memory[0], memory[1])
+    return ratio
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -42,6 +81,20 @@ async def readyz(request: web.Request) -> web.Response:
         "leader": bool(svc.sequencer is not None and svc.sequencer.is_leader),
     }
     ok = ok and seq_ok
+    if components["redis"]["ok"]:
+        memory = await redis_memory(svc)
+        ratio = _memory_ratio(svc, memory)
+        if ratio is not None and memory is not None:
+            # NOTE: "full" from 99% on: a refused write frees its own bytes at once,
+            # so a Redis refusing writes hovers just below 100%.
+            full = ratio >= REDIS_FULL_RATIO
+            mem: dict[str, object] = {"ok": not full, "used_ratio": round(ratio, 4),
+                                      "used_bytes": memory[0], "max_bytes": memory[1]}
+            if ratio * 100 >= svc.settings.redis_memory_alert_percent:
+                mem["warning"] = ("Redis is near its maxmemory: raise it or archive the "
+                                  "audit log before writes are refused")
+            components["redis_memory"] = mem
+            ok = ok and not full
     body = {"status": "ready" if ok else "not_ready", "components": components}
     if not ok:
         failing = [k for k, v in components.items() if not v.get("ok")]
@@ -52,8 +105,35 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ok else 503)
 
 
+@lru_cache(maxsize=16)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                               ...]:
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+def _may_scrape(request: web.Request, svc: Services) -> bool:
+    """From a configured network, or with the metrics bearer token.
+
+    NOTE: the client address is the one ``client_ip`` believes (forwarded only by a
+    trusted proxy), so a public request relayed by our own proxy is not "loopback"."""
+    token = svc.settings.metrics_token
+    header = request.headers.get("Authorization", "")
+    if token and header.startswith("Bearer ") and hmac.compare_digest(
+            header[len("Bearer "):].strip().encode(), token.encode()):
+        return True
+    try:
+        addr = ipaddress.ip_address(client_ip(request, svc.settings.trusted_proxies))
+    except ValueError:
+        return False
+    return any(addr in net for net in _networks(svc.settings.metrics_networks))
+
+
 async def metrics(request: web.Request) -> web.Response:
     svc = services(request)
+    if not _may_scrape(request, svc):
+        raise ApiError(403, "forbidden", "metrics are readable from the configured "
+                       "networks or with the metrics token only",
+                       headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     status = None
     if svc.audit_log is not None:
         try:
@@ -61,6 +141,8 @@ async def metrics(request: web.Request) -> web.Response:
         except Exception:  # noqa: BLE001 - a scrape must answer even with Redis down
             svc.metrics.redis_errors.inc()
     svc.metrics.set_audit(status, leader=bool(svc.sequencer and svc.sequencer.is_leader))
+    ratio = _memory_ratio(svc, await redis_memory(svc))
+    svc.metrics.redis_memory_ratio.set(float("nan") if ratio is None else ratio)
     return svc.metrics.render()
 
 

@@ -112,6 +112,8 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
         "CLASSGUARD_COOKIE_SECURE": "false",
         "CLASSGUARD_LOG_LEVEL": "warning",
     })
+    # A module may set more (a short timeout, say) in a SERVE_ENV dict of its own.
+    env.update(getattr(request.module, "SERVE_ENV", {}))
     env.pop("REDIS_URL", None)
     log = tmp / "serve.log"
     try:
@@ -122,7 +124,8 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
             try:
                 _wait_ready(proc, port, log)
                 yield Deployment(base=f"http://127.0.0.1:{port}", data_dir=tmp / "data",
-                                 accounts=accounts, log=log)
+                                 accounts=accounts, log=log, redis_url=redis_url,
+                                 redis_prefix=prefix)
             finally:
                 if proc.poll() is None:
                     proc.terminate()

@@ -51,11 +51,15 @@ class Deployment:
     """A running ``classguard serve`` (see conftest) and the addresses to attack it from."""
 
     def __init__(self, *, base: str, data_dir: Path, accounts: dict[str, StaffAccount],
-                 log: Path) -> None:
+                 log: Path, redis_url: str = "", redis_prefix: str = "") -> None:
         self.base = base
         self.data_dir = data_dir
         self.accounts = accounts
         self.log = log
+        # Where its state lives (for attacks that fill Redis directly, as a long flood
+        # would have)
+        self.redis_url = redis_url
+        self.redis_prefix = redis_prefix
         self._nets = count()
 
     def new_ip(self) -> str:
