@@ -26,8 +26,11 @@ from .kit import Deployment, StaffAccount
 CLI = [sys.executable, "-m", "gateway.cli"]
 PASSWORD = "attack suite password, long enough"
 
-# username -> (role, org). Everyone is in one root org, so the administrator also sees
-# events that belong to no class (refused forgeries, failed code lookups).
+# The deployment root org (made by ``classguard init``, as the README does). Everyone
+# below is in it, so the administrator is the deployment's and also sees events that
+# belong to no class (refused forgeries, failed code lookups, failed sign-ins).
+ROOT_ORG = "truong-a"
+# username -> (role, org).
 ACCOUNTS = {
     "co.lan": ("teacher", "truong-a"),
     "thay.minh": ("teacher", "truong-a"),
@@ -50,6 +53,7 @@ def _cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> str:
 
 
 def _add_accounts(env: dict[str, str]) -> dict[str, StaffAccount]:
+    _cli(["init", "--org", ROOT_ORG, "--admin", "root.admin"], env)
     procs = []
     for name, (role, org) in ACCOUNTS.items():
         p = subprocess.Popen(CLI + ["user", "add", name, "--role", role, "--org", org,
@@ -122,7 +126,7 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
             try:
                 _wait_ready(proc, port, log)
                 yield Deployment(base=f"http://127.0.0.1:{port}", data_dir=tmp / "data",
-                                 accounts=accounts, log=log)
+                                 accounts=accounts, log=log, env=env)
             finally:
                 if proc.poll() is None:
                     proc.terminate()

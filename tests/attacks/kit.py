@@ -51,11 +51,12 @@ class Deployment:
     """A running ``classguard serve`` (see conftest) and the addresses to attack it from."""
 
     def __init__(self, *, base: str, data_dir: Path, accounts: dict[str, StaffAccount],
-                 log: Path) -> None:
+                 log: Path, env: dict[str, str] | None = None) -> None:
         self.base = base
         self.data_dir = data_dir
         self.accounts = accounts
         self.log = log
+        self.env = dict(env or {})  # what the `classguard` command needs to reach it
         self._nets = count()
 
     def new_ip(self) -> str:

@@ -32,7 +32,7 @@ DATA = ("Toán 10A1", "Người lạ vào bằng link của Nguyễn Văn An", "
 async def school(gw: Gateway) -> dict[str, Any]:
     staff = gw.svc.staff
     assert staff is not None
-    await staff.ensure_org("so-gd", name="Sở Giáo dục và Đào tạo")
+    await staff.init_root("so-gd", name="Sở Giáo dục và Đào tạo")
     await staff.ensure_org("thpt-a", name="Trường THPT A", parent="so-gd")
     teacher = await gw.staff_user("co.lan", "teacher", org="thpt-a", parent="so-gd")
     it = await gw.staff_user("anh.it", "it", org="so-gd")

@@ -26,7 +26,7 @@ async def status_of(page: Page, gw: Gateway, path: str) -> int:
 async def test_each_role_reaches_its_pages_and_no_other(browser: Browser, gateway: Gateway,
                                                        artifacts: Path) -> None:
     gw = gateway
-    await gw.svc.staff.ensure_org("so-gd", name="Sở GD&ĐT")  # type: ignore[union-attr]
+    await gw.svc.staff.init_root("so-gd", name="Sở GD&ĐT")  # type: ignore[union-attr]
     teacher = await gw.staff_user("co.lan", "teacher", org="thpt-a", parent="so-gd")
     await gw.staff_user("anh.it", "it", org="so-gd")
     await gw.staff_user("chi.admin", "admin", org="so-gd")
