@@ -63,10 +63,14 @@ def _add_accounts(env: dict[str, str]) -> dict[str, StaffAccount]:
     for name, p in procs:
         out, err = p.communicate(PASSWORD + "\n", timeout=60)
         assert p.returncode == 0, f"user add {name}: {out}\n{err}"
+    tokens = {name: subprocess.Popen(CLI + ["user", "token", name], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for name in ACCOUNTS}
     accounts = {}
     for name, (role, org) in ACCOUNTS.items():
-        token = _cli(["user", "token", name], env).split()[-1]
-        accounts[name] = StaffAccount(name, role, org, token, PASSWORD)
+        out, err = tokens[name].communicate(timeout=60)
+        assert tokens[name].returncode == 0, f"user token {name}: {out}\n{err}"
+        accounts[name] = StaffAccount(name, role, org, out.split()[-1], PASSWORD)
     return accounts
 
 
