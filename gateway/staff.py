@@ -59,7 +59,7 @@ import redis.asyncio as aioredis
 
 from . import staff_secrets as sec
 from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
-from .passwords import MIN_LENGTH, password_problem
+from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
 
 log = logging.getLogger("classguard.staff")
@@ -544,10 +544,12 @@ class StaffStore:
 
     # -- users -----------------------------------------------------------------------------
 
-    def _check_password(self, password: str, username: str) -> None:
+    async def _check_password(self, password: str, username: str) -> None:
         """``weak_password`` with a ``problem`` (see ``gateway.passwords``) unless usable."""
         if not isinstance(password, str):
             raise StaffError("weak_password", "password must be a string", "password")
+        # The list is read and decompressed once per process (~0.1-0.2 s): off the loop.
+        await asyncio.to_thread(common_passwords)
         problem = password_problem(password, username, min_length=self._min_password)
         if problem is not None:
             text = {
@@ -590,7 +592,7 @@ class StaffStore:
         if password is None:
             one_time = password = sec.generate_one_time_password()
         else:
-            self._check_password(password, name)
+            await self._check_password(password, name)
         if await self._r.exists(self._user_key(name)):
             raise StaffError("user_exists", f"user {name!r} already exists", "username")
         if await self.get_org(org) is None:
@@ -652,7 +654,7 @@ class StaffStore:
     ) -> None:
         """Replace the password and end every session of the account."""
         name = normalize_username(username)
-        self._check_password(password, name)
+        await self._check_password(password, name)
         await self._store_password(name, password, must_change=must_change)
 
     async def _store_password(self, name: str, password: str, *, must_change: bool) -> None:
@@ -675,7 +677,7 @@ class StaffStore:
         (``regulated`` with ``retry_after``), so a stolen session cannot be used to guess
         the password."""
         name = normalize_username(username)
-        self._check_password(new, name)
+        await self._check_password(new, name)
         attempt = await self._regulator.begin(account=name, ip=ip)
         if attempt.retry_after:
             err = StaffError("regulated", "too many wrong passwords; try again later",
