@@ -49,7 +49,9 @@ async def _change(request: web.Request, p: Principal, current: object,
 def _api_error(exc: StaffError) -> ApiError:
     if exc.code == "regulated":
         return rate_limited(exc.retry_after or 1)
-    return ApiError(exc.status, exc.code, exc.message, field=exc.field)
+    # The store names its own fields; the request's are current_password and new_password.
+    field = "new_password" if exc.field == "password" else exc.field
+    return ApiError(exc.status, exc.code, exc.message, field=field)
 
 
 async def api_change_password(request: web.Request) -> web.Response:

@@ -175,6 +175,7 @@ async def test_one_time_passwords_must_be_changed(deployment: Deployment) -> Non
             r = await d.post("/api/v1/account/password", headers=csrf,
                              json={"current_password": otp, "new_password": weak})
             assert r.status == 400 and r.body["error"]["code"] == "weak_password", (weak, r)
+            assert r.body["error"]["field"] == "new_password"
         r = await d.post("/api/v1/account/password", headers=csrf,
                          json={"current_password": "not it at all", "new_password":
                                GOOD_NEW_PASSWORD})
