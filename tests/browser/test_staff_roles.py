@@ -156,6 +156,15 @@ async def test_admin_creates_an_account_and_rotates_keys(browser: Browser,
             await expect(opage.locator("#pw-error")).to_have_text(t(VI, "account.pw_common"))
     assert opage.url.endswith("/classes"), opage.url
     owatch.assert_clean("new account's first sign-in")
+    # The administrator resets it: a new one-time password, the teacher's session ends.
+    await page.goto(gw.url("/admin/staff"))
+    page.once("dialog", lambda d: d.accept())
+    await page.get_by_role("button", name=f"{t(VI, 'staff.reset')}: thay.minh").click()
+    await expect(page.locator("#otp-text")).to_have_text(
+        t(VI, "staff.reset_done", name="thay.minh"))
+    assert len((await page.locator("#otp-value").inner_text()).strip()) >= 12
+    await opage.goto(gw.url("/classes"))
+    assert "/login" in opage.url, opage.url
     await other.close()
     # Rotate the join-token keys: the old key is kept, retired.
     await page.goto(gw.url("/admin/keys"))
