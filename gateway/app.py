@@ -264,6 +264,8 @@ def make_staff(redis: aioredis.Redis, s: Settings, clock: Clock) -> StaffStore:
         prefix=s.redis_prefix,
         clock=clock,
         login_max_failures=s.login_max_failures,
+        login_account_max_failures=s.login_account_max_failures,
+        login_account_slow_s=s.login_account_slow_s,
         login_window_s=s.login_window_s,
         login_ban_s=s.login_ban_s,
         login_ban_max_s=s.login_ban_max_s,

@@ -28,6 +28,10 @@ class Principal:
     via: str  # bearer | session
     session_id: str | None = None
     csrf_token: str | None = None
+    must_change_password: bool = False
+    # Failed sign-ins at the account before this session began (shown to the owner).
+    failed_logins: int = 0
+    failed_recent: tuple[tuple[float, str], ...] = ()
 
     @property
     def actor(self) -> str:
@@ -38,7 +42,19 @@ class Principal:
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
 
 
-async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal | None:
+def password_change_required() -> ApiError:
+    return ApiError(403, "password_change_required",
+                    "choose a new password first: POST /api/v1/account/password")
+
+
+async def authenticate(request: web.Request, *, csrf: bool = True,
+                       allow_must_change: bool = False) -> Principal | None:
+    """Who is calling, or None. A session of an account that must change its password is
+    refused (403 ``password_change_required``) unless ``allow_must_change``: only the
+    password change itself, sign-out and the pages that lead there allow it.
+
+    NOTE: bearer tokens are not held back by the flag: they are issued by the operator
+    on the command line, separately from the password, expire and can be revoked."""
     svc = services(request)
     assert svc.staff is not None
     auth = request.headers.get("Authorization", "")
@@ -65,6 +81,9 @@ async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal 
         "session",
         session_id=session.sid_hash,
         csrf_token=session.csrf_token,
+        must_change_password=session.must_change_password,
+        failed_logins=session.failed_logins,
+        failed_recent=session.failed_recent,
     )
     request[PRINCIPAL] = p
     if csrf and request.method not in SAFE_METHODS:
@@ -74,11 +93,14 @@ async def authenticate(request: web.Request, *, csrf: bool = True) -> Principal 
             header = str(form.get("csrf_token", ""))
         if not check_csrf(session, header):
             raise ApiError(403, "csrf_failed", "missing or wrong CSRF token")
+    if p.must_change_password and not allow_must_change:
+        raise password_change_required()
     return p
 
 
-async def require_user(request: web.Request, *, csrf: bool = True) -> Principal:
-    p = await authenticate(request, csrf=csrf)
+async def require_user(request: web.Request, *, csrf: bool = True,
+                       allow_must_change: bool = False) -> Principal:
+    p = await authenticate(request, csrf=csrf, allow_must_change=allow_must_change)
     if p is None:
         raise ApiError(401, "unauthenticated", "sign in first")
     return p

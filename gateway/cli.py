@@ -24,6 +24,9 @@ import redis.asyncio as aioredis
 from .config import ConfigError, Settings, load_settings
 
 AUDIT_FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
+# Lifetimes of API bearer tokens, in days (gateway/staff.py holds them in seconds).
+TOKEN_DEFAULT_DAYS = 90
+TOKEN_MAX_DAYS = 365
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int)
     demo.add_argument("--public-url", dest="public_url")
 
-    init = sub.add_parser("init", help="create the data dir, keys and the first administrator")
+    init = sub.add_parser("init", help="create the data dir, keys, the deployment root org "
+                                       "and its first administrator")
     _common(init)
     init.add_argument("--admin", default="admin", help="administrator username (default admin)")
-    init.add_argument("--org", default="root", help="top organisation slug (default root)")
+    init.add_argument("--org", default="root",
+                      help="deployment root org slug (default root); set once")
+    init.add_argument("--org-name", dest="org_name", help="display name of the root org")
 
     user = sub.add_parser("user", help="staff accounts")
     usub = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
@@ -65,11 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     _common(add)
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=["teacher", "it", "admin"])
-    add.add_argument("--org", required=True)
+    add.add_argument("--org", required=True,
+                     help="an existing org, or a new one when --parent is given")
+    add.add_argument("--parent", help="create --org under this existing org (e.g. root)")
+    add.add_argument("--org-name", dest="org_name", help="display name of a new --org")
     add.add_argument("--password-stdin", action="store_true", dest="password_stdin")
-    tok = usub.add_parser("token", help="print a new API bearer token (last word of output)")
+    tok = usub.add_parser(
+        "token", help="print a new API bearer token (last word of output); --list, --revoke")
     _common(tok)
     tok.add_argument("name")
+    tok.add_argument("--expires-days", dest="expires_days", type=int,
+                     help=f"lifetime in days (default {TOKEN_DEFAULT_DAYS}, "
+                          f"at most {TOKEN_MAX_DAYS})")
+    tok.add_argument("--label", help="what the token is for (shown by --list)")
+    mode = tok.add_mutually_exclusive_group()
+    mode.add_argument("--list", action="store_true", help="list the account's live tokens")
+    mode.add_argument("--revoke", metavar="TOKEN_ID", help="revoke one token (id or token)")
+    reset = usub.add_parser("reset", help="give an account a new one-time password that "
+                                          "must be changed at its next sign-in")
+    _common(reset)
+    reset.add_argument("name")
 
     keys = sub.add_parser("keys", help="join-token and audit keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
@@ -204,45 +225,167 @@ async def _cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from audit import AuditSigningKey
 
     AuditSigningKey.load_or_create(keys_dir / "audit.key", settings.audit_origin)
-    async with open_redis(settings) as r:
-        staff = _staff(r, settings)
-        await staff.ensure_org(args.org)
+    from .staff import StaffError
+
+    async with _cli_services(settings) as (staff, auditor):
+        try:
+            root = await staff.init_root(args.org, name=args.org_name)
+        except StaffError as exc:
+            print(f"classguard: error: {exc.message}", file=sys.stderr)
+            return 2
         if await staff.get_user(args.admin) is not None:
-            print(f"data dir {data} is ready; administrator {args.admin!r} already exists")
+            print(f"data dir {data} is ready (deployment root org {root.slug}); "
+                  f"administrator {args.admin!r} already exists")
             return 0
-        user, otp = await staff.create_user(args.admin, role="admin", org=args.org, password=None)
+        user, otp = await staff.create_user(args.admin, role="admin", org=root.slug,
+                                            password=None)
+        await auditor.record("staff.user_created", actor=_actor(), org=user.org,
+                             subject=f"user:{user.username}",
+                             facts={"role": user.role, "via": "cli"})
     print(f"data dir: {data}")
+    print(f"deployment root org: {root.slug}")
     print(f"administrator: {user.username} (org {user.org})")
     print(f"one-time password: {otp}")
     return 0
 
 
+def _actor() -> str:
+    from .audit_cli import cli_actor
+
+    return cli_actor()
+
+
+@contextlib.asynccontextmanager
+async def _cli_services(settings: Settings) -> AsyncIterator[tuple[Any, Any]]:
+    """(staff store, auditor) on the configured Redis, for commands that change accounts:
+    every change is an audit event, from the command line too. The records are durable
+    in the log's stream at once; a running gateway's sequencer indexes them."""
+    from audit import AuditLog
+
+    from .auditing import Auditor
+
+    async with redis_url(settings) as url:
+        r = aioredis.Redis.from_url(url, decode_responses=True)
+        rb = aioredis.Redis.from_url(url, decode_responses=False)
+        try:
+            log = AuditLog(rb, prefix=settings.redis_prefix, node_id=settings.node_id,
+                           clock=lambda: int(__import__("time").time() * 1000))
+            yield _staff(r, settings), Auditor(log)
+        finally:
+            await r.aclose()
+            await rb.aclose()
+
+
 async def _cmd_user(args: argparse.Namespace, settings: Settings) -> int:
     from .staff import StaffError
 
-    async with open_redis(settings) as r:
-        staff = _staff(r, settings)
+    async with _cli_services(settings) as (staff, auditor):
         try:
             if args.user_command == "add":
-                password = None
-                if args.password_stdin:
-                    password = sys.stdin.readline().rstrip("\n")
-                    if not password:
-                        print("classguard: error: empty password on stdin", file=sys.stderr)
-                        return 2
-                await staff.ensure_org(args.org)
-                user, otp = await staff.create_user(args.name, role=args.role, org=args.org,
-                                                    password=password)
-                print(f"user {user.username} ({user.role}, org {user.org}) created")
-                if otp:
-                    print(f"one-time password: {otp}")
+                return await _user_add(args, staff, auditor)
+            if args.user_command == "reset":
+                user, otp = await staff.reset_password(args.name)
+                await auditor.record("staff.password_reset", actor=_actor(), org=user.org,
+                                     subject=f"user:{user.username}", facts={"via": "cli"})
+                print(f"password of {user.username} reset; all their sessions ended")
+                print(f"one-time password: {otp}")
                 return 0
-            token = await staff.create_api_token(args.name)
-            print(f"API token for {args.name}: {token}")
-            return 0
+            return await _user_token(args, staff, auditor)
         except StaffError as exc:
             print(f"classguard: error: {exc.message}", file=sys.stderr)
             return 2
+
+
+async def _user_add(args: argparse.Namespace, staff: Any, auditor: Any) -> int:
+    from .staff import validate_slug
+
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            print("classguard: error: empty password on stdin", file=sys.stderr)
+            return 2
+    validate_slug(args.org)
+    org = await staff.get_org(args.org)
+    if args.parent is not None:
+        if await staff.get_org(args.parent) is None:
+            print(f"classguard: error: parent org {args.parent!r} does not exist",
+                  file=sys.stderr)
+            return 2
+        if org is None:
+            org = await staff.ensure_org(args.org, name=args.org_name, parent=args.parent)
+            await auditor.record("staff.org_created", actor=_actor(), org=org.slug,
+                                 facts={"parent": args.parent, "via": "cli"})
+        elif org.parent != args.parent:
+            print(f"classguard: error: org {args.org!r} already exists under "
+                  f"{org.parent or 'no parent'!s}", file=sys.stderr)
+            return 2
+    elif org is None:
+        root = await staff.deployment_root()
+        hint = f" --parent {root}" if root else " --parent <org> (run `classguard init` first)"
+        print(f"classguard: error: org {args.org!r} does not exist; create it under an "
+              f"existing one with{hint}", file=sys.stderr)
+        return 2
+    user, otp = await staff.create_user(args.name, role=args.role, org=args.org,
+                                        password=password)
+    await auditor.record("staff.user_created", actor=_actor(), org=user.org,
+                         subject=f"user:{user.username}", facts={"role": user.role, "via": "cli"})
+    print(f"user {user.username} ({user.role}, org {user.org}) created")
+    if otp:
+        print(f"one-time password: {otp}")
+    return 0
+
+
+async def _user_token(args: argparse.Namespace, staff: Any, auditor: Any) -> int:
+    import time
+    from datetime import UTC, datetime
+
+    from .staff_secrets import is_token_id, parse_api_token
+
+    def token_id_of(token: str) -> str:
+        parsed = parse_api_token(token)
+        assert parsed is not None
+        return parsed[0]
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+    user = await staff.get_user(args.name)
+    if user is None:
+        print(f"classguard: error: user {args.name!r} not found", file=sys.stderr)
+        return 2
+    if args.list:
+        for tok in await staff.list_api_tokens(user.username):
+            print(f"{tok.token_id}  created {when(tok.created)}  expires {when(tok.expires)}"
+                  f"  {tok.label or ''}".rstrip())
+        return 0
+    if args.revoke is not None:
+        parsed = parse_api_token(args.revoke.strip())
+        token_id = parsed[0] if parsed else args.revoke.strip()
+        if not is_token_id(token_id) \
+                or not await staff.revoke_api_token(token_id, username=user.username):
+            print(f"classguard: error: {user.username} has no live token {token_id[:40]!r}",
+                  file=sys.stderr)
+            return 2
+        await auditor.record("staff.token_revoked", actor=_actor(), org=user.org,
+                             subject=f"user:{user.username}",
+                             facts={"token": token_id, "via": "cli"})
+        print(f"token {token_id} of {user.username} revoked")
+        return 0
+    days = TOKEN_DEFAULT_DAYS if args.expires_days is None else args.expires_days
+    if not 1 <= days <= TOKEN_MAX_DAYS:
+        print(f"classguard: error: --expires-days must be 1-{TOKEN_MAX_DAYS}", file=sys.stderr)
+        return 2
+    token = await staff.create_api_token(user.username, label=args.label,
+                                         expires_in_s=days * 86400)
+    token_id = token_id_of(token)
+    await auditor.record("staff.token_issued", actor=_actor(), org=user.org,
+                         subject=f"user:{user.username}",
+                         facts={"token": token_id, "days": days, "via": "cli"})
+    print(f"expires {when(time.time() + days * 86400)} (id {token_id}; revoke with "
+          f"`classguard user token {user.username} --revoke={token_id}`)", file=sys.stderr)
+    print(f"API token for {user.username}: {token}")
+    return 0
 
 
 def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:

@@ -127,7 +127,12 @@ class Settings:
     platform_allow_networks: tuple[str, ...] = ()
     platform_allow_hosts: tuple[str, ...] = ()
 
+    # Sign-in regulation (gateway/staff_regulation.py): failures per account and source,
+    # per account from all sources before it is slowed, one attempt per
+    # login_account_slow_s from new sources while it is.
     login_max_failures: int = 3
+    login_account_max_failures: int = 10
+    login_account_slow_s: int = 10
     login_window_s: int = 120
     login_ban_s: int = 300
     login_ban_max_s: int = _DAY
@@ -246,6 +251,8 @@ _TYPE_WORD: Final[dict[type, str]] = {
 _INT_RANGES: Final[Mapping[str, tuple[int, int | None]]] = {
     "port": (1, 65535),
     "login_max_failures": (1, 1000),
+    "login_account_max_failures": (1, 100000),
+    "login_account_slow_s": (1, 3600),
     "login_window_s": (1, 7 * _DAY),
     "login_ban_s": (1, 365 * _DAY),
     "login_ban_max_s": (1, 365 * _DAY),

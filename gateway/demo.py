@@ -26,6 +26,7 @@ from .state import new_id
 
 log = logging.getLogger("classguard.demo")
 
+DEMO_ROOT = "root"
 DEMO_ORG = "demo-school"
 DEMO_TEACHER = "teacher"
 DEMO_STUDENTS = [
@@ -128,8 +129,14 @@ async def _setup_demo(app: web.Application) -> None:
     svc = app[SERVICES]
     assert svc.staff is not None and svc.store is not None and svc.secretbox is not None
     s = svc.settings
-    await svc.staff.ensure_org(DEMO_ORG, name="Trường THCS Demo")
-    password = secrets.token_urlsafe(9)
+    # The demo school lies under the deployment root (made here on a fresh data dir), as
+    # every school does: its teacher and administrators get no deployment-wide rights.
+    root = await svc.staff.deployment_root()
+    if root is None:
+        root = (await svc.staff.init_root(DEMO_ROOT, name="Sở GD&ĐT (demo)")).slug
+    if await svc.staff.get_org(DEMO_ORG) is None:
+        await svc.staff.ensure_org(DEMO_ORG, name="Trường THCS Demo", parent=root)
+    password = secrets.token_urlsafe(12)
     if await svc.staff.get_user(DEMO_TEACHER) is None:
         await svc.staff.create_user(DEMO_TEACHER, role="teacher", org=DEMO_ORG, password=password)
     else:

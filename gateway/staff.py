@@ -8,6 +8,7 @@ Redis keys (``P`` = prefix)::
     P staff:{org}:all                 set     every org slug
     P staff:{org}:o:<slug>            hash    v, slug, name, parent ("" for a root), created
     P staff:{org}:c:<slug>            set     slugs of the direct children
+    P staff:{org}:root                string  slug of the deployment root org (set once)
     P staff:users                     set     every username
     P staff:user:<username>           hash    v, username, role, org, pw, must_change_password,
                                               disabled, created
@@ -15,9 +16,16 @@ Redis keys (``P`` = prefix)::
     P staff:session:<sha256(sid) hex> string  "v1." + b64url(nonce || AES-GCM) (TTL)
     P staff:user_tokens:<username>    set     API token ids
     P staff:apitoken:<token_id>       hash    v, username, label, secret_sha256, created,
-                                              expires ("" = never)           (TTL if expiring)
-    P staff:{login}:a|i:<hash>:f      zset    login attempts in the window    (TTL)
-    P staff:{login}:a|i:<hash>:b      hash    until, level (ban and backoff)  (TTL)
+                                              expires ("" = created + the longest lifetime,
+                                              for tokens issued before expiry existed) (TTL)
+    P staff:user_failed:<username>    list    JSON {t, ip, why} of failed sign-ins since the
+                                              last successful one (newest first, 20 kept)
+    P staff:user_failed_n:<username>  string  how many there were                  (TTL)
+    P staff:{login}:p|i:<hash>:f      zset    login attempts of a pair (account, source) or
+                                              of a source, in the window       (TTL)
+    P staff:{login}:p|i:<hash>:b      hash    until, level (ban and backoff)  (TTL)
+    P staff:{login}:a:<hash>:f|g|t    zset, string, hash: an account's attempts from all
+                                      sources, its slow-down gate, its trusted sources
 
 Revocations are announced on the channel ``P revoke`` as JSON:
 ``{"kind": "staff_session", "sid_hash": "<hex>"}`` for a session and
@@ -27,6 +35,12 @@ close the matching WebSockets at once.
 The org tree (province department -> district office -> school) only grows downwards:
 an org names its parent when it is created, the parent must already exist, and the
 parent never changes afterwards, so a cycle cannot be built.
+
+One org is the *deployment root* (``classguard init`` makes it and records it once).
+Deployment-wide actions (join-token keys, events that belong to no org such as failed
+sign-ins) need an administrator of that org: :meth:`StaffStore.is_root_admin`. Every
+other org is created under an existing one; an administrator of a school is an
+administrator of that school's subtree and nothing more.
 """
 
 from __future__ import annotations
@@ -38,12 +52,14 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast, get_args
 
 import redis.asyncio as aioredis
 
 from . import staff_secrets as sec
+from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
+from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
 
 log = logging.getLogger("classguard.staff")
@@ -55,17 +71,24 @@ LoginCode = Literal["ok", "invalid_credentials", "regulated"]
 _USERNAME_RE = re.compile(r"[a-z0-9._-]{2,64}")
 _SLUG_RE = re.compile(r"[a-z0-9-]{1,64}")
 _MAX_ORG_DEPTH = 32
-_MAX_PASSWORD_CHARS = 1024
 _MAX_NAME_CHARS = 200
 _MAX_LABEL_CHARS = 200
 _MAX_UA_CHARS = 512
 _RECORD_VERSION = "1"
+_FAILURES_KEPT = 20
+_FAILURES_TTL_S = 90 * 86400
+# API bearer tokens: lifetime when none is asked for, and the longest one allowed.
+TOKEN_DEFAULT_LIFETIME_S = 90 * 86400
+TOKEN_MAX_LIFETIME_S = 365 * 86400
 
 _STATUS = {
     "user_exists": 409,
     "org_conflict": 409,
     "user_disabled": 409,
     "not_found": 404,
+    "unknown_org": 404,
+    "wrong_password": 403,
+    "regulated": 429,
 }
 
 
@@ -78,6 +101,8 @@ class StaffError(Exception):
         self.message = message
         self.field = field
         self.status = _STATUS.get(code, 400)
+        self.problem: str | None = None  # for weak_password: why (gateway.passwords)
+        self.retry_after: int | None = None  # for regulated: seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +133,20 @@ class Session:
     expires: float
     ip: str
     user_agent: str
+    # The account must choose a new password before doing anything else.
+    must_change_password: bool = False
+    # Failed sign-ins at the account between the previous successful one and this
+    # session's: how many, and the newest (unix time, address) pairs.
+    failed_logins: int = 0
+    failed_recent: tuple[tuple[float, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FailedLogins:
+    """Failed sign-ins at an account since its last successful one (shown to the owner)."""
+
+    count: int = 0
+    recent: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +158,7 @@ class LoginResult:
     # For the audit record only, never for the client: "unknown_user", "wrong_password",
     # "disabled" or "regulated". The client sees "invalid_credentials" for the first three.
     audit_reason: str | None = None
+    failures: FailedLogins = FailedLogins()  # only with code "ok"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +167,7 @@ class ApiToken:
     username: str
     label: str | None
     created: float
-    expires: float | None
+    expires: float
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -226,6 +266,12 @@ def can_export_evidence(user: User, org_ancestors: Iterable[str]) -> bool:
     return not user.disabled and user.role == "admin" and user.org in _chain(None, org_ancestors)
 
 
+def is_deployment_admin(role: str, org: str, root: str | None, *, disabled: bool = False) -> bool:
+    """An administrator of the deployment root org (see the module docstring). With no
+    root recorded nobody is: deployment-wide actions then stay with the CLI."""
+    return not disabled and role == "admin" and root is not None and org == root
+
+
 def check_csrf(session: Session, header_value: str | None) -> bool:
     """Constant-time check of the ``X-CSRF-Token`` header against the session's token."""
     return sec.tokens_equal(session.csrf_token, header_value)
@@ -271,9 +317,11 @@ class StaffStore:
         scrypt_r: int = 8,
         scrypt_p: int = 1,
         kdf_concurrency: int = 4,
-        min_password_length: int = 8,
+        min_password_length: int = MIN_LENGTH,
         login_max_failures: int = 3,
         login_ip_max_failures: int | None = None,
+        login_account_max_failures: int = 10,
+        login_account_slow_s: float = 10,
         login_window_s: float = 120,
         login_ban_s: float = 300,
         login_ban_max_s: float = 86400,
@@ -281,8 +329,11 @@ class StaffStore:
         session_ttl_s: float = 12 * 3600,
     ) -> None:
         """
-        ``login_ip_max_failures`` defaults to ``login_max_failures``; raise it where many
-        teachers share one school NAT address.
+        ``login_max_failures`` is per account and source, ``login_ip_max_failures`` per
+        source across accounts (defaults to ``login_max_failures``; raise it where many
+        teachers share one school NAT address), ``login_account_max_failures`` per
+        account across sources, after which it is slowed to one attempt per
+        ``login_account_slow_s`` (see ``staff_regulation``).
 
         NOTE: scrypt below n=2**14 is refused; tests use 2**14 for speed, production the
         default 2**15 (32 MiB per hash). ``kdf_concurrency`` bounds how many hashes run at
@@ -310,6 +361,8 @@ class StaffStore:
             ban_s=login_ban_s,
             ban_max_s=login_ban_max_s,
             decay_s=login_ban_decay_s,
+            account_max_failures=login_account_max_failures,
+            account_slow_s=login_account_slow_s,
         )
         self._create_org = redis.register_script(_CREATE_ORG)
         self._create_user = redis.register_script(_CREATE_USER)
@@ -349,6 +402,48 @@ class StaffStore:
 
     def _user_tokens_key(self, username: str) -> str:
         return f"{self._p}staff:user_tokens:{username}"
+
+    def _failed_key(self, username: str) -> str:
+        return f"{self._p}staff:user_failed:{username}"
+
+    def _failed_n_key(self, username: str) -> str:
+        return f"{self._p}staff:user_failed_n:{username}"
+
+    def _root_key(self) -> str:
+        return f"{self._p}staff:{{org}}:root"
+
+    # -- the deployment root ---------------------------------------------------------------
+
+    async def deployment_root(self) -> str | None:
+        """The slug of the deployment root org, or None before ``classguard init``."""
+        return cast(str | None, await self._r.get(self._root_key()))
+
+    async def init_root(self, slug: str, *, name: str | None = None) -> Org:
+        """Make ``slug`` the deployment root: created without a parent when missing, and
+        recorded once. Naming another root later, or an org that has a parent, is
+        ``org_conflict``; naming the same one again is a no-op."""
+        validate_slug(slug)
+        current = await self.deployment_root()
+        if current is not None and current != slug:
+            raise StaffError("org_conflict",
+                             f"the deployment root is already {current!r}", "org")
+        existing = await self.get_org(slug)
+        if existing is not None and existing.parent is not None:
+            raise StaffError("org_conflict",
+                             f"org {slug!r} lies under {existing.parent!r}: a root has no "
+                             "parent", "org")
+        org = await self.ensure_org(slug, name=name)
+        if not await self._r.set(self._root_key(), slug, nx=True):
+            current = await self.deployment_root()
+            if current != slug:
+                raise StaffError("org_conflict",
+                                 f"the deployment root is already {current!r}", "org")
+        return org
+
+    async def is_root_admin(self, role: str, org: str) -> bool:
+        """May this role of this org act for the whole deployment? (Key rotation, events
+        that belong to no org, every school's failed sign-ins.)"""
+        return is_deployment_admin(role, org, await self.deployment_root())
 
     # -- orgs ------------------------------------------------------------------------------
 
@@ -449,17 +544,24 @@ class StaffStore:
 
     # -- users -----------------------------------------------------------------------------
 
-    def _check_password(self, password: str, username: str) -> None:
-        if not isinstance(password, str) or not (
-            self._min_password <= len(password) <= _MAX_PASSWORD_CHARS
-        ):
-            raise StaffError(
-                "weak_password",
-                f"password must be {self._min_password}-{_MAX_PASSWORD_CHARS} characters",
-                "password",
-            )
-        if password.strip().lower() == username:
-            raise StaffError("weak_password", "password must differ from the username", "password")
+    async def _check_password(self, password: str, username: str) -> None:
+        """``weak_password`` with a ``problem`` (see ``gateway.passwords``) unless usable."""
+        if not isinstance(password, str):
+            raise StaffError("weak_password", "password must be a string", "password")
+        # The list is read and decompressed once per process (~0.1-0.2 s): off the loop.
+        await asyncio.to_thread(common_passwords)
+        problem = password_problem(password, username, min_length=self._min_password)
+        if problem is not None:
+            text = {
+                "too_short": f"password must be at least {self._min_password} characters",
+                "too_long": f"password must be at most {_MAX_PASSWORD_CHARS} characters",
+                "contains_username": "password must not contain the username",
+                "common": "password is on the list of common, breached passwords",
+                "repetitive": "password is a repetition or a run of characters",
+            }.get(problem, "password is too weak")
+            err = StaffError("weak_password", text, "password")
+            err.problem = problem
+            raise err
 
     async def _hash(self, password: str) -> str:
         async with self._kdf_slots:
@@ -476,7 +578,8 @@ class StaffStore:
     async def create_user(
         self, username: str, *, role: str, org: str, password: str | None = None
     ) -> tuple[User, str | None]:
-        """Create an account; its org is created (as a root) when missing.
+        """Create an account in an existing org (``unknown_org`` otherwise: orgs are made
+        with :meth:`ensure_org` under a parent, or as the root by :meth:`init_root`).
 
         Without ``password`` a one-time password is generated, returned and flagged
         ``must_change_password``. Errors: invalid_username, invalid_role, invalid_org,
@@ -489,10 +592,11 @@ class StaffStore:
         if password is None:
             one_time = password = sec.generate_one_time_password()
         else:
-            self._check_password(password, name)
+            await self._check_password(password, name)
         if await self._r.exists(self._user_key(name)):
             raise StaffError("user_exists", f"user {name!r} already exists", "username")
-        await self.ensure_org(org)
+        if await self.get_org(org) is None:
+            raise StaffError("unknown_org", f"org {org!r} does not exist", "org")
         encoded = await self._hash(password)
         user = User(name, checked_role, org, one_time is not None, False, self._clock())
         # The index goes first: an index entry without a record is skipped when listing,
@@ -550,7 +654,10 @@ class StaffStore:
     ) -> None:
         """Replace the password and end every session of the account."""
         name = normalize_username(username)
-        self._check_password(password, name)
+        await self._check_password(password, name)
+        await self._store_password(name, password, must_change=must_change)
+
+    async def _store_password(self, name: str, password: str, *, must_change: bool) -> None:
         if await self.get_user(name) is None:
             raise StaffError("not_found", f"user {name!r} not found", "username")
         encoded = await self._hash(password)
@@ -559,6 +666,56 @@ class StaffStore:
             mapping={"pw": encoded, "must_change_password": int(must_change)},
         )
         await self.revoke_user_sessions(name)
+
+    async def change_password(self, username: str, current: str, new: str, *, ip: str) -> User:
+        """The owner's change: ``current`` must be the password in force
+        (``wrong_password`` otherwise), ``new`` must pass the checks and differ from it.
+        Clears ``must_change_password`` and ends every session of the account (the caller
+        opens a fresh one).
+
+        NOTE: checking ``current`` is a sign-in attempt: regulated and counted like one
+        (``regulated`` with ``retry_after``), so a stolen session cannot be used to guess
+        the password."""
+        name = normalize_username(username)
+        await self._check_password(new, name)
+        attempt = await self._regulator.begin(account=name, ip=ip)
+        if attempt.retry_after:
+            err = StaffError("regulated", "too many wrong passwords; try again later",
+                             "current_password")
+            err.retry_after = attempt.retry_after
+            raise err
+        record = await self._user_record(name)
+        if record is None or record[0].disabled:
+            await self._regulator.failed(attempt)
+            raise StaffError("not_found", f"user {name!r} not found", "username")
+        if not isinstance(current, str) or len(current) > _MAX_PASSWORD_CHARS \
+                or not await self._verify(current, record[1]):
+            await self._regulator.failed(attempt)
+            await self._note_failure(name, ip, "wrong_password")
+            raise StaffError("wrong_password", "the current password is wrong",
+                             "current_password")
+        await self._regulator.succeeded(attempt)
+        if new == current:
+            raise StaffError("weak_password", "the new password must differ from the old one",
+                             "password")
+        await self._store_password(name, new, must_change=False)
+        user = await self.get_user(name)
+        assert user is not None
+        return user
+
+    async def reset_password(self, username: str) -> tuple[User, str]:
+        """An administrator's reset: a new one-time password (returned, shown once) that
+        must be changed at the next sign-in; every session of the account ends, and its
+        sign-in regulation is lifted so the owner can use the new password at once."""
+        name = normalize_username(username)
+        if await self.get_user(name) is None:
+            raise StaffError("not_found", f"user {name!r} not found", "username")
+        one_time = sec.generate_one_time_password()
+        await self._store_password(name, one_time, must_change=True)
+        await self._regulator.reset(account=name)
+        user = await self.get_user(name)
+        assert user is not None
+        return user, one_time
 
     async def _set_disabled(self, username: str, disabled: bool) -> User:
         name = normalize_username(username)
@@ -596,6 +753,7 @@ class StaffStore:
         # Bound the regulation key for junk input; valid names are far shorter.
         attempt = await self._regulator.begin(account=name[:256], ip=ip)
         if attempt.retry_after:
+            await self.note_regulated(name[:64], ip)
             return LoginResult(
                 False, "regulated", retry_after=attempt.retry_after, audit_reason="regulated"
             )
@@ -617,12 +775,53 @@ class StaffStore:
             reason = "disabled"
         if reason is not None:
             await self._regulator.failed(attempt)
+            if record is not None:
+                await self._note_failure(name, ip, reason)
             return LoginResult(False, "invalid_credentials", audit_reason=reason)
         assert record is not None
         await self._regulator.succeeded(attempt)
         if sec.needs_rehash(record[1], self._scrypt):
             await self._r.hset(self._user_key(name), "pw", await self._hash(password))
-        return LoginResult(True, "ok", user=record[0])
+        return LoginResult(True, "ok", user=record[0], failures=await self._take_failures(name))
+
+    async def _note_failure(self, name: str, ip: str, why: str) -> None:
+        """Remember a failed sign-in at an existing account, for its owner to see.
+
+        NOTE: only for accounts that exist, and at most ``_FAILURES_KEPT`` entries plus a
+        counter per account, so guessing cannot grow Redis; the addresses kept here are
+        the owner's to see, the audit log has them for IT anyway."""
+        entry = json.dumps({"t": round(self._clock(), 3), "ip": ip[:64], "why": why})
+        key, n_key = self._failed_key(name), self._failed_n_key(name)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, entry)
+            pipe.ltrim(key, 0, _FAILURES_KEPT - 1)
+            pipe.expire(key, _FAILURES_TTL_S)
+            pipe.incr(n_key)
+            pipe.expire(n_key, _FAILURES_TTL_S)
+            await pipe.execute()
+
+    async def _take_failures(self, name: str) -> FailedLogins:
+        """The failures since the last successful sign-in, forgotten as they are read."""
+        key, n_key = self._failed_key(name), self._failed_n_key(name)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.lrange(key, 0, 4)
+            pipe.get(n_key)
+            pipe.delete(key, n_key)
+            rows, count, _ = await pipe.execute()
+        recent = []
+        for row in rows:
+            try:
+                item = json.loads(row)
+                recent.append((float(item["t"]), str(item["ip"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return FailedLogins(int(count or 0), tuple(recent))
+
+    async def note_regulated(self, username: str, ip: str) -> None:
+        """A refused (regulated) attempt at an existing account counts for its owner too."""
+        name = normalize_username(username)
+        if _USERNAME_RE.fullmatch(name) and await self._r.exists(self._user_key(name)):
+            await self._note_failure(name, ip, "regulated")
 
     async def reset_login_regulation(
         self, *, username: str | None = None, ip: str | None = None
@@ -636,10 +835,15 @@ class StaffStore:
     # -- sessions --------------------------------------------------------------------------
 
     async def create_session(
-        self, user: User, *, ip: str, user_agent: str
+        self, user: User, *, ip: str, user_agent: str, failures: FailedLogins | None = None
     ) -> tuple[str, str, Session]:
         """(cookie value, CSRF token, session). Redis keeps only the encrypted record,
-        under the SHA-256 of the sid; the secret that decrypts it is only in the cookie."""
+        under the SHA-256 of the sid; the secret that decrypts it is only in the cookie.
+
+        The session carries the account's ``must_change_password`` (every change of it
+        ends the account's sessions, so it cannot go stale) and the failed sign-ins its
+        owner is to be shown (``failures``)."""
+        failures = failures or FailedLogins()
         if user.disabled:
             raise StaffError("user_disabled", "account is disabled", "username")
         sid, secret = sec.new_session_ids()
@@ -655,8 +859,11 @@ class StaffStore:
             expires=now + self._session_ttl,
             ip=ip,
             user_agent=user_agent[:_MAX_UA_CHARS],
+            must_change_password=user.must_change_password,
+            failed_logins=failures.count,
+            failed_recent=failures.recent,
         )
-        body = {
+        body: dict[str, Any] = {
             "v": 1,
             "username": session.username,
             "role": session.role,
@@ -666,6 +873,9 @@ class StaffStore:
             "expires": session.expires,
             "ip": session.ip,
             "ua": session.user_agent,
+            "mc": int(session.must_change_password),
+            "fl": session.failed_logins,
+            "fr": [list(item) for item in session.failed_recent],
         }
         record = sec.seal_session(sid, secret, json.dumps(body).encode("utf-8"))
         ttl_ms = max(1, int(self._session_ttl * 1000))
@@ -710,11 +920,20 @@ class StaffStore:
                 expires=float(body["expires"]),
                 ip=str(body["ip"]),
                 user_agent=str(body["ua"]),
+                must_change_password=body.get("mc", 1) != 0,
+                failed_logins=int(body.get("fl", 0)),
+                failed_recent=tuple((float(t), str(a)) for t, a in body.get("fr", [])),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         if session.expires <= self._clock():
             return None
+        if "mc" not in body:
+            # A session opened before the flag was kept: ask the account record.
+            user = await self.get_user(session.username)
+            if user is None:
+                return None
+            session = replace(session, must_change_password=user.must_change_password)
         return session
 
     check_csrf = staticmethod(check_csrf)
@@ -764,7 +983,9 @@ class StaffStore:
         self, username: str, *, label: str | None = None, expires_in_s: float | None = None
     ) -> str:
         """A new bearer token ``cgk_<id>_<secret>``; it is shown once, Redis keeps only
-        the SHA-256 of the secret."""
+        the SHA-256 of the secret. Every token expires: after ``expires_in_s`` (default
+        ``TOKEN_DEFAULT_LIFETIME_S``, at most ``TOKEN_MAX_LIFETIME_S``), and it can be
+        revoked before (:meth:`revoke_api_token`)."""
         name = normalize_username(username)
         user = await self.get_user(name)
         if user is None:
@@ -772,11 +993,17 @@ class StaffStore:
         if user.disabled:
             raise StaffError("user_disabled", "account is disabled", "username")
         clean_label = _clean_text(label, _MAX_LABEL_CHARS, "label") if label is not None else ""
-        if expires_in_s is not None and expires_in_s <= 0:
-            raise StaffError("invalid_expiry", "expiry must be in the future", "expires_in_s")
+        if expires_in_s is None:
+            expires_in_s = TOKEN_DEFAULT_LIFETIME_S
+        if not 0 < expires_in_s <= TOKEN_MAX_LIFETIME_S:
+            raise StaffError(
+                "invalid_expiry",
+                f"expiry must be 1 s to {TOKEN_MAX_LIFETIME_S // 86400} days",
+                "expires_in_s",
+            )
         token, token_id, digest = sec.new_api_token()
         now = self._clock()
-        expires = "" if expires_in_s is None else str(now + expires_in_s)
+        expires = str(now + expires_in_s)
         key = self._token_key(token_id)
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.sadd(self._user_tokens_key(name), token_id)
@@ -791,8 +1018,7 @@ class StaffStore:
                     "expires": expires,
                 },
             )
-            if expires_in_s is not None:
-                pipe.pexpire(key, max(1, int(expires_in_s * 1000)))
+            pipe.pexpire(key, max(1, int(expires_in_s * 1000)))
             await pipe.execute()
         return token
 
@@ -811,23 +1037,26 @@ class StaffStore:
         stored = data.get("secret_sha256")
         if not stored or not sec.api_secret_matches(secret, stored):
             return None
-        expires = data.get("expires")
-        if expires and float(expires) <= self._clock():
+        if _token_expiry(data) <= self._clock():
             return None
         user = await self.get_user(data.get("username", ""))
         if user is None or user.disabled:
             return None
         return user
 
-    async def revoke_api_token(self, token_id: str) -> bool:
-        """Delete a token (by id, or the full token). Announces ``api_token``."""
+    async def revoke_api_token(self, token_id: str, *, username: str | None = None) -> bool:
+        """Delete a token (by id, or the full token). Announces ``api_token``. With
+        ``username``, only a token of that account (False for anyone else's)."""
         parsed = sec.parse_api_token(token_id)
         if parsed is not None:
             token_id = parsed[0]
         if not sec.is_token_id(token_id):
             return False
         key = self._token_key(token_id)
-        username = await self._hget(key, "username")
+        owner = await self._hget(key, "username")
+        if username is not None and owner != normalize_username(username):
+            return False
+        username = owner
         deleted = await self._r.delete(key)
         if username:
             await self._r.srem(self._user_tokens_key(username), token_id)
@@ -846,18 +1075,18 @@ class StaffStore:
             rows: list[dict[str, str]] = await pipe.execute()
         tokens = []
         gone = []
+        now = self._clock()
         for token_id, row in zip(ordered, rows, strict=True):
-            if not row:
-                gone.append(token_id)  # expired through its TTL
+            if not row or _token_expiry(row) <= now:
+                gone.append(token_id)  # expired (through its TTL, or by the clock)
                 continue
-            expires = row.get("expires") or None
             tokens.append(
                 ApiToken(
                     token_id=token_id,
                     username=row.get("username", name),
                     label=row.get("label") or None,
                     created=float(row.get("created", 0)),
-                    expires=float(expires) if expires else None,
+                    expires=_token_expiry(row),
                 )
             )
         if gone:
@@ -866,6 +1095,19 @@ class StaffStore:
 
 
 # -- record decoding -----------------------------------------------------------------------
+
+
+def _token_expiry(row: dict[str, str]) -> float:
+    """When a stored token stops working. Tokens issued before every token had an expiry
+    (``expires`` empty) live ``TOKEN_MAX_LIFETIME_S`` from their creation; an unreadable
+    record is already expired (fail closed)."""
+    try:
+        raw = row.get("expires") or ""
+        if raw:
+            return float(raw)
+        return float(row["created"]) + TOKEN_MAX_LIFETIME_S
+    except (KeyError, ValueError):
+        return 0.0
 
 
 def _org_from_hash(data: dict[str, str]) -> Org | None:

@@ -1,21 +1,39 @@
 """Login regulation shared by every gateway process (Redis + Lua).
 
-Per account and per client IP, a sliding window of attempts (a sorted set scored by the
-injected clock, in ms) and a ban record (a hash: ``until``, ``level``):
+Three subjects, each a sliding window of attempts (a sorted set scored by the injected
+clock, in ms), the first two with a ban record (a hash: ``until``, ``level``):
 
-* ``begin`` (atomic): refuse when either subject is banned, or when its window already
-  holds ``max_failures`` attempts; otherwise record this attempt in both windows *before*
-  the password is checked. Counting up front is what keeps concurrent guesses within the
-  limit: of 20 simultaneous attempts at most ``max_failures`` reach the KDF.
-* ``failed`` (atomic): the attempt stays counted; when the window is full the subject is
-  banned for ``ban_s * 2**level`` (capped at ``ban_max_s``) and the window is cleared. The
-  level returns to 0 once a ban has been over for ``decay_s``.
-* ``succeeded`` (atomic): the account's window and ban record are cleared; from the IP's
-  window only the attempts at this same account are taken back.
+* the *pair* (account, source): ``max_failures`` failures from one source at one account
+  ban that source from that account, with backoff. This is what one guesser meets;
+* the *source* (client IP, IPv6 per /64): ``ip_max_failures`` failures at any accounts
+  ban the source, with backoff;
+* the *account* across all sources: once its window holds ``account_max_failures``
+  attempts (a distributed attack), the account is *slowed*, never locked: from sources
+  that have not signed in to it before, one attempt per ``account_slow_s`` goes ahead
+  (a gate key with that TTL), the others are answered ``regulated`` with the gate's
+  remaining time. Sources the owner signed in from within ``trusted_source_s`` pass the
+  gate (they still meet their pair and source limits).
 
-NOTE: banning per account lets anyone who knows a username lock that person out for up
-to ``ban_max_s``. That is the accepted price of stopping online guessing at one account
-from many addresses. An administrator can lift a ban at once (``reset``).
+Steps:
+
+* ``begin`` (atomic): refuse when the pair or the source is banned or its window is full,
+  or when the slowed account's gate is taken; otherwise record this attempt in all three
+  windows *before* the password is checked. Counting up front is what keeps concurrent
+  guesses within the limits.
+* ``failed`` (atomic): the attempt stays counted; a full pair or source window bans that
+  subject for ``ban_s * 2**level`` (capped at ``ban_max_s``) and is cleared. The level
+  returns to 0 once a ban has been over for ``decay_s``.
+* ``succeeded`` (atomic): the pair is cleared, the source is remembered as one the owner
+  uses; from the source's window only the attempts at this account are taken back, and
+  from the account's window only this attempt.
+
+NOTE: this is the model of Authelia and Mailu: anyone who knows a username can no longer
+lock its owner out. Three wrong passwords from anywhere used to ban the account itself for
+five minutes and more; now they ban only the guessing source from that account. The price:
+an attacker with many addresses gets ``max_failures`` guesses per address until the account
+is slowed, then one guess per ``account_slow_s`` for the whole account (about 8,640 a day
+at the default 10 s, against 10^5 and more guesses for a password that passed the
+breached-password check). Owners see the failed attempts when they next sign in.
 
 All keys share the hash tag ``{login}`` so the scripts also run on Redis Cluster. Key TTLs
 are garbage collection only; decisions use the timestamps the scripts are given.
@@ -33,6 +51,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+# KEYS: 1 pair window, 2 pair ban, 3 source window, 4 source ban, 5 account window,
+#       6 account gate, 7 account's trusted sources
+# ARGV: 1 now, 2 member, 3 window, 4 pair limit, 5 source limit, 6 account limit,
+#       7 gate (ms), 8 source digest
 _BEGIN = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[3])
@@ -54,14 +76,24 @@ end
 if wait > 0 then
   return wait
 end
-for i = 0, 1 do
-  local z = KEYS[i * 2 + 1]
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window)
+if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6])
+    and redis.call('HEXISTS', KEYS[7], ARGV[8]) == 0 then
+  -- the account is under attack from many sources: slowed, one attempt per gate
+  local held_until = tonumber(redis.call('GET', KEYS[6]) or 0)
+  if held_until > now then
+    return held_until - now
+  end
+  redis.call('SET', KEYS[6], now + tonumber(ARGV[7]), 'PX', ARGV[7])
+end
+for _, z in ipairs({KEYS[1], KEYS[3], KEYS[5]}) do
   redis.call('ZADD', z, now, ARGV[2])
   redis.call('PEXPIRE', z, window)
 end
 return 0
 """
 
+# KEYS: 1 pair window, 2 pair ban, 3 source window, 4 source ban
 _FAILED = """
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[3])
@@ -93,6 +125,9 @@ end
 return longest
 """
 
+# KEYS: 1 pair window, 2 pair ban, 3 source window, 4 account window,
+#       5 account's trusted sources
+# ARGV: 1 account tag, 2 member, 3 now, 4 source digest, 5 trust (ms)
 _SUCCEEDED = """
 redis.call('DEL', KEYS[1], KEYS[2])
 local tag = ARGV[1]
@@ -101,6 +136,9 @@ for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
     redis.call('ZREM', KEYS[3], member)
   end
 end
+redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[5], ARGV[5])
 return 0
 """
 
@@ -130,8 +168,9 @@ def ip_bucket(ip: str) -> str:
 class Attempt:
     """One login attempt that ``begin`` let through (``retry_after == 0``) or refused."""
 
-    keys: tuple[str, str, str, str]
+    keys: tuple[str, ...]  # pair f/b, source f/b, account f/gate/trusted
     member: str
+    source: str  # digest of the source's bucket (the trusted-source field)
     retry_after: int  # whole seconds; 0 when the attempt may go ahead
 
 
@@ -148,16 +187,23 @@ class LoginRegulator:
         ban_s: float,
         ban_max_s: float,
         decay_s: float,
+        account_max_failures: int = 10,
+        account_slow_s: float = 10,
+        trusted_source_s: float = 30 * 86400,
     ) -> None:
-        if min(max_failures, ip_max_failures) < 1:
+        if min(max_failures, ip_max_failures, account_max_failures) < 1:
             raise ValueError("login failure limits must be at least 1")
-        if min(window_s, ban_s, decay_s) <= 0 or ban_max_s < ban_s:
+        if min(window_s, ban_s, decay_s, account_slow_s, trusted_source_s) <= 0 \
+                or ban_max_s < ban_s:
             raise ValueError("login window/ban/decay must be positive and ban_max_s >= ban_s")
         self._redis = redis
         self._prefix = prefix
         self._clock = clock
         self._max = max_failures
         self._ip_max = ip_max_failures
+        self._account_max = account_max_failures
+        self._slow_ms = math.ceil(account_slow_s * 1000)
+        self._trust_ms = math.ceil(trusted_source_s * 1000)
         self._window_ms = math.ceil(window_s * 1000)
         self._ban_ms = math.ceil(ban_s * 1000)
         self._ban_max_ms = math.ceil(ban_max_s * 1000)
@@ -171,30 +217,38 @@ class LoginRegulator:
         # Hashed so attacker-chosen usernames and client IPs never appear in key names.
         return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()[:32]
 
+    def _base(self, kind: str, value: str) -> str:
+        return f"{self._prefix}staff:{{login}}:{kind}:{self._digest(kind, value)}"
+
     def _subject(self, kind: str, value: str) -> tuple[str, str]:
-        base = f"{self._prefix}staff:{{login}}:{kind}:{self._digest(kind, value)}"
+        base = self._base(kind, value)
         return f"{base}:f", f"{base}:b"
 
-    def _keys(self, account: str, ip: str) -> tuple[str, str, str, str]:
-        return (*self._subject("a", account), *self._subject("i", ip_bucket(ip)))
+    def _keys(self, account: str, ip: str) -> tuple[str, ...]:
+        bucket = ip_bucket(ip)
+        acct = self._base("a", account)
+        return (*self._subject("p", f"{account}\0{bucket}"), *self._subject("i", bucket),
+                f"{acct}:f", f"{acct}:g", f"{acct}:t")
 
     def _now_ms(self) -> int:
         return math.floor(self._clock() * 1000)
 
     async def begin(self, *, account: str, ip: str) -> Attempt:
         keys = self._keys(account, ip)
+        source = self._digest("i", ip_bucket(ip))
         # The account tag lets a success take back this account's attempts from the IP.
         member = f"{self._digest('a', account)[:16]}:{secrets.token_hex(8)}"
         wait_ms: Any = await self._begin(
             keys=list(keys),
-            args=[self._now_ms(), member, self._window_ms, self._max, self._ip_max],
+            args=[self._now_ms(), member, self._window_ms, self._max, self._ip_max,
+                  self._account_max, self._slow_ms, source],
         )
-        return Attempt(keys, member, math.ceil(int(wait_ms) / 1000))
+        return Attempt(keys, member, source, math.ceil(int(wait_ms) / 1000))
 
     async def failed(self, attempt: Attempt) -> int:
         """Keep the attempt counted; returns the ban (seconds) this failure started, or 0."""
         banned_ms: Any = await self._failed(
-            keys=list(attempt.keys),
+            keys=list(attempt.keys[:4]),
             args=[
                 self._now_ms(),
                 attempt.member,
@@ -209,19 +263,28 @@ class LoginRegulator:
         return math.ceil(int(banned_ms) / 1000)
 
     async def succeeded(self, attempt: Attempt) -> None:
-        # NOTE: a success clears the account completely but takes back from the IP's
-        # window only the attempts at this account, so an attacker cannot reset the
-        # per-IP counter by logging in to an account of their own between guesses at
-        # other people's; a teacher's own typos behind a shared NAT are forgiven.
+        # NOTE: a success clears the pair completely but takes back from the IP's window
+        # only the attempts at this account, so an attacker cannot reset the per-IP
+        # counter by logging in to an account of their own between guesses at other
+        # people's; a teacher's own typos behind a shared NAT are forgiven. The account's
+        # window keeps the other sources' failures: the owner signing in does not lift
+        # the slow-down a distributed attack earned.
         tag = attempt.member.partition(":")[0] + ":"
-        await self._succeeded(keys=list(attempt.keys[:3]), args=[tag])
+        k = attempt.keys
+        await self._succeeded(keys=[k[0], k[1], k[2], k[4], k[6]],
+                              args=[tag, attempt.member, self._now_ms(), attempt.source,
+                                    self._trust_ms])
 
     async def reset(self, *, account: str | None = None, ip: str | None = None) -> None:
-        """Lift a ban and forget the failures (an administrator's unlock)."""
+        """Lift a ban and forget the failures (an administrator's unlock): of the account
+        (its slow-down), of the source, and of the pair when both are named."""
         keys: list[str] = []
         if account is not None:
-            keys.extend(self._subject("a", account))
+            acct = self._base("a", account)
+            keys.extend((f"{acct}:f", f"{acct}:g"))
         if ip is not None:
             keys.extend(self._subject("i", ip_bucket(ip)))
+        if account is not None and ip is not None:
+            keys.extend(self._subject("p", f"{account}\0{ip_bucket(ip)}"))
         if keys:
             await self._redis.delete(*keys)

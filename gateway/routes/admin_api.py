@@ -1,8 +1,9 @@
 """Small JSON endpoints the administrator and IT pages need.
 
-* Staff accounts and orgs of the administrator's subtree (list, create, disable/enable).
-* Join-token keys (list, rotate): administrators of a root org only, since the keyring
-  serves every school.
+* Staff accounts and orgs of the administrator's subtree (list, create, disable/enable,
+  reset a password to a new one-time password).
+* Join-token keys (list, rotate): administrators of the deployment root org only
+  (``StaffStore.is_root_admin``), since the keyring serves every school.
 * Setting or clearing the expiry of an existing ban (org bans for IT staff and
   administrators, class bans for the class's host).
 
@@ -82,6 +83,25 @@ async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
     return web.json_response({"user": _user_json(user)})
 
 
+async def reset_password(request: web.Request) -> web.Response:
+    """A new one-time password for an account of the administrator's subtree, to be
+    changed at its next sign-in; the account's sessions end (its API tokens stay)."""
+    svc, p = await _admin(request)
+    assert svc.staff is not None and svc.auditor is not None
+    target = await svc.staff.get_user(request.match_info["username"])
+    if target is None or target.org not in await svc.staff.org_subtree(p.org):
+        raise ApiError(404, "not_found", "user not found")
+    if target.username == p.username:
+        raise ApiError(409, "self", "change your own password instead of resetting it")
+    try:
+        user, one_time = await svc.staff.reset_password(target.username)
+    except StaffError as exc:
+        raise _staff_error(exc) from exc
+    await svc.auditor.record("staff.password_reset", actor=p.actor, org=user.org,
+                             subject=f"user:{user.username}", facts={"via": "api"})
+    return web.json_response({"user": _user_json(user), "one_time_password": one_time})
+
+
 async def disable_user(request: web.Request) -> web.Response:
     return await _set_disabled(request, True)
 
@@ -126,8 +146,9 @@ async def create_org(request: web.Request) -> web.Response:
 async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
     svc, p = await _admin(request)
     assert svc.staff is not None
-    if len(await svc.staff.org_ancestors(p.org)) > 1:
-        raise ApiError(403, "forbidden", "only administrators of the top org manage keys")
+    if not await svc.staff.is_root_admin(p.role, p.org):
+        raise ApiError(403, "forbidden",
+                       "only administrators of the deployment root org manage keys")
     return svc, p
 
 
@@ -213,6 +234,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/v1/admin/users", create_user)
     r.add_post("/api/v1/admin/users/{username}/disable", disable_user)
     r.add_post("/api/v1/admin/users/{username}/enable", enable_user)
+    r.add_post("/api/v1/admin/users/{username}/password-reset", reset_password)
     r.add_get("/api/v1/admin/orgs", list_orgs)
     r.add_post("/api/v1/admin/orgs", create_org)
     r.add_get("/api/v1/admin/keys", list_keys)

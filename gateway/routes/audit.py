@@ -61,12 +61,13 @@ async def events(request: web.Request) -> web.Response:
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    # Events with no org (failed sign-ins of unknown visitors) belong to the top org.
-    is_root = len(await svc.staff.org_ancestors(p.org)) <= 1
+    # Events with no org (failed sign-ins, refused forgeries) belong to the deployment:
+    # only an administrator of its root org sees them.
+    is_root = await svc.staff.is_root_admin(p.role, p.org)
     visible: list[dict[str, Any]] = []
     for ev in found:
         org = ev.record.get("org")
-        if (org in subtree) or (org is None and p.role == "admin" and is_root):
+        if (org in subtree) or (org is None and is_root):
             visible.append(ev.to_json())
     await record_read(svc, p, q, returned=len(visible), limit=min(limit, 500))
     return web.json_response({"events": visible, "next_cursor": cursor})

@@ -68,7 +68,7 @@ def safe_next(value: str | None) -> str:
 
 def nav_items(p: Principal | None) -> list[tuple[str, str]]:
     """(path, catalogue key) of the sections this role may use."""
-    if p is None:
+    if p is None or p.must_change_password:
         return []
     items: list[tuple[str, str]] = []
     if p.role in ("teacher", "admin"):
@@ -136,9 +136,11 @@ def staff_page(roles: Iterable[str]) -> Callable[[PageHandler], Callable[
     def wrap(fn: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             lang = page_lang(request)
-            p = await authenticate(request, csrf=False)
+            p = await authenticate(request, csrf=False, allow_must_change=True)
             if p is None:
                 raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe=""))
+            if p.must_change_password:
+                raise web.HTTPSeeOther(change_password_url(request.path_qs))
             if p.role not in allowed:
                 return page_response(request, "error.html", lang, status=403, user=p,
                                      message=i18n.t(lang, "error.forbidden"))
@@ -176,9 +178,14 @@ def _login_form(request: web.Request, lang: str, *, status: int = 200, error: st
     return resp
 
 
+def change_password_url(nxt: str) -> str:
+    """The forced password change, then on to ``nxt``."""
+    return "/account/password?next=" + quote(safe_next(nxt), safe="")
+
+
 async def login_page(request: web.Request) -> web.StreamResponse:
     lang = page_lang(request)
-    p = await authenticate(request, csrf=False)
+    p = await authenticate(request, csrf=False, allow_must_change=True)
     if p is not None:
         raise web.HTTPSeeOther(home_of(p))
     return _login_form(request, lang, error=None, username="",
@@ -186,7 +193,8 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 def home_of(p: Principal) -> str:
-    return "/classes" if p.role in ("teacher", "admin") else "/audit"
+    home = "/classes" if p.role in ("teacher", "admin") else "/audit"
+    return change_password_url(home) if p.must_change_password else home
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
@@ -216,6 +224,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         return resp
     if nxt == "/classes" and user.get("role") == "it":
         nxt = "/audit"
+    if user.get("must_change_password"):
+        nxt = change_password_url(nxt)
     resp = web.HTTPSeeOther(nxt)
     set_session_cookie(request, resp, cookie)
     resp.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
@@ -229,7 +239,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     if cookie:
         # authenticate() checks the form's csrf_token: nobody can sign a teacher out
         # from another site.
-        p = await authenticate(request)
+        p = await authenticate(request, allow_must_change=True)
         if p is not None:
             await svc.staff.revoke_session(cookie)
     resp = web.HTTPSeeOther("/login")
@@ -274,7 +284,7 @@ async def favicon(request: web.Request) -> web.StreamResponse:
 
 
 async def root(request: web.Request) -> web.StreamResponse:
-    p = await authenticate(request, csrf=False)
+    p = await authenticate(request, csrf=False, allow_must_change=True)
     raise web.HTTPSeeOther(home_of(p) if p else "/login")
 
 
@@ -299,7 +309,7 @@ def install_filters(svc: Services) -> None:
 
 def setup(app: web.Application) -> None:
     from ..app import SERVICES
-    from . import admin_api, pages_admin, pages_incidents, pages_it, pages_teacher
+    from . import account, admin_api, pages_admin, pages_incidents, pages_it, pages_teacher
 
     install_filters(app[SERVICES])
     app.on_response_prepare.append(remember_lang)
@@ -311,5 +321,5 @@ def setup(app: web.Application) -> None:
     r.add_post("/logout", logout)
     r.add_get("/lang/{lang}", set_lang)
     r.add_get("/classes", classes_page)
-    for module in (pages_teacher, pages_it, pages_admin, pages_incidents, admin_api):
+    for module in (pages_teacher, pages_it, pages_admin, pages_incidents, admin_api, account):
         module.setup(app)

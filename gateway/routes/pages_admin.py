@@ -31,7 +31,7 @@ async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> 
 async def keys_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.staff is not None and svc.keyring is not None and svc.audit_key is not None
-    top = len(await svc.staff.org_ancestors(p.org)) <= 1
+    top = await svc.staff.is_root_admin(p.role, p.org)
     return page_response(request, "admin_keys.html", lang, user=p, top=top,
                          keys=svc.keyring.list() if top else [],
                          read_only=svc.keyring.read_only,

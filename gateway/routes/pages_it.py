@@ -2,8 +2,8 @@
 and the bans of their org subtree.
 
 The explorer reads the log like ``GET /api/v1/audit/events`` does, with the same
-visibility rule (events of the viewer's org subtree; org-less events only for a root
-administrator), and, like every read of the log, is itself recorded.
+visibility rule (events of the viewer's org subtree; org-less events only for an
+administrator of the deployment root org), and, like every read of the log, is itself recorded.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ async def visible_events(svc: Services, p: Principal, params: dict[str, str], li
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    is_root = len(await svc.staff.org_ancestors(p.org)) <= 1
+    is_root = await svc.staff.is_root_admin(p.role, p.org)
     out = []
     for ev in found:
         org = ev.record.get("org")
-        if (org in subtree) or (org is None and p.role == "admin" and is_root):
+        if (org in subtree) or (org is None and is_root):
             out.append(ev.to_json())
     return out, next_cursor
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from ..app import services
@@ -53,7 +55,7 @@ async def _audit_refused(request: web.Request, ip: str, code: str, username: str
     )
 
 
-async def login_user(request: web.Request, username: str, password: str) -> tuple[str, str, dict[str, str]]:
+async def login_user(request: web.Request, username: str, password: str) -> tuple[str, str, dict[str, Any]]:
     """Shared by the API and the sign-in page: (cookie, csrf, user json) or ApiError."""
     svc = services(request)
     assert svc.staff is not None and svc.auditor is not None
@@ -76,12 +78,23 @@ async def login_user(request: web.Request, username: str, password: str) -> tupl
         raise ApiError(401, "invalid_credentials", "wrong username or password")
     assert res.user is not None
     cookie, csrf, _session = await svc.staff.create_session(
-        res.user, ip=ip, user_agent=request.headers.get("User-Agent", "")
+        res.user, ip=ip, user_agent=request.headers.get("User-Agent", ""), failures=res.failures
     )
     await svc.auditor.record("staff.login", actor=f"user:{res.user.username}", org=res.user.org,
                              ip=ip, user_agent=request.headers.get("User-Agent", ""))
-    user = {"username": res.user.username, "role": res.user.role, "org": res.user.org}
+    user = {"username": res.user.username, "role": res.user.role, "org": res.user.org,
+            **account_notices(res.user.must_change_password, res.failures.count,
+                              res.failures.recent)}
     return cookie, csrf, user
+
+
+def account_notices(must_change: bool, failed: int,
+                    recent: tuple[tuple[float, str], ...]) -> dict[str, Any]:
+    """What the owner must know at sign-in: a password to change, and the failed sign-ins
+    at the account since the last successful one (newest first)."""
+    return {"must_change_password": must_change,
+            "failed_logins": {"count": failed,
+                              "recent": [{"at": t, "ip": ip} for t, ip in recent]}}
 
 
 async def post_session(request: web.Request) -> web.Response:
@@ -95,7 +108,7 @@ async def post_session(request: web.Request) -> web.Response:
 async def delete_session(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.staff is not None
-    p = await authenticate(request)
+    p = await authenticate(request, allow_must_change=True)
     cookie = request.cookies.get(SESSION_COOKIE)
     if p is not None and cookie:
         await svc.staff.revoke_session(cookie)

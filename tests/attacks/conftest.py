@@ -26,8 +26,11 @@ from .kit import Deployment, StaffAccount
 CLI = [sys.executable, "-m", "gateway.cli"]
 PASSWORD = "attack suite password, long enough"
 
-# username -> (role, org). Everyone is in one root org, so the administrator also sees
-# events that belong to no class (refused forgeries, failed code lookups).
+# The deployment root org (made by ``classguard init``, as the README does). Everyone
+# below is in it, so the administrator is the deployment's and also sees events that
+# belong to no class (refused forgeries, failed code lookups, failed sign-ins).
+ROOT_ORG = "truong-a"
+# username -> (role, org).
 ACCOUNTS = {
     "co.lan": ("teacher", "truong-a"),
     "thay.minh": ("teacher", "truong-a"),
@@ -50,6 +53,7 @@ def _cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> str:
 
 
 def _add_accounts(env: dict[str, str]) -> dict[str, StaffAccount]:
+    _cli(["init", "--org", ROOT_ORG, "--admin", "root.admin"], env)
     procs = []
     for name, (role, org) in ACCOUNTS.items():
         p = subprocess.Popen(CLI + ["user", "add", name, "--role", role, "--org", org,
@@ -59,10 +63,14 @@ def _add_accounts(env: dict[str, str]) -> dict[str, StaffAccount]:
     for name, p in procs:
         out, err = p.communicate(PASSWORD + "\n", timeout=60)
         assert p.returncode == 0, f"user add {name}: {out}\n{err}"
+    tokens = {name: subprocess.Popen(CLI + ["user", "token", name], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for name in ACCOUNTS}
     accounts = {}
     for name, (role, org) in ACCOUNTS.items():
-        token = _cli(["user", "token", name], env).split()[-1]
-        accounts[name] = StaffAccount(name, role, org, token, PASSWORD)
+        out, err = tokens[name].communicate(timeout=60)
+        assert tokens[name].returncode == 0, f"user token {name}: {out}\n{err}"
+        accounts[name] = StaffAccount(name, role, org, out.split()[-1], PASSWORD)
     return accounts
 
 
@@ -125,7 +133,7 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
                 _wait_ready(proc, port, log)
                 yield Deployment(base=f"http://127.0.0.1:{port}", data_dir=tmp / "data",
                                  accounts=accounts, log=log, redis_url=redis_url,
-                                 redis_prefix=prefix)
+                                 redis_prefix=prefix, env=env)
             finally:
                 if proc.poll() is None:
                     proc.terminate()

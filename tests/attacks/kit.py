@@ -51,7 +51,8 @@ class Deployment:
     """A running ``classguard serve`` (see conftest) and the addresses to attack it from."""
 
     def __init__(self, *, base: str, data_dir: Path, accounts: dict[str, StaffAccount],
-                 log: Path, redis_url: str = "", redis_prefix: str = "") -> None:
+                 log: Path, redis_url: str = "", redis_prefix: str = "",
+                 env: dict[str, str] | None = None) -> None:
         self.base = base
         self.data_dir = data_dir
         self.accounts = accounts
@@ -60,6 +61,7 @@ class Deployment:
         # would have)
         self.redis_url = redis_url
         self.redis_prefix = redis_prefix
+        self.env = dict(env or {})  # what the `classguard` command needs to reach it
         self._nets = count()
 
     def new_ip(self) -> str:

@@ -32,7 +32,7 @@ DATA = ("Toán 10A1", "Người lạ vào bằng link của Nguyễn Văn An", "
 async def school(gw: Gateway) -> dict[str, Any]:
     staff = gw.svc.staff
     assert staff is not None
-    await staff.ensure_org("so-gd", name="Sở Giáo dục và Đào tạo")
+    await staff.init_root("so-gd", name="Sở Giáo dục và Đào tạo")
     await staff.ensure_org("thpt-a", name="Trường THPT A", parent="so-gd")
     teacher = await gw.staff_user("co.lan", "teacher", org="thpt-a", parent="so-gd")
     it = await gw.staff_user("anh.it", "it", org="so-gd")
@@ -50,7 +50,12 @@ async def school(gw: Gateway) -> dict[str, Any]:
         "description": "Một người lạ vào lớp.", "student_ids": [links[0]["student_id"]],
         "since": (now - timedelta(minutes=30)).isoformat(), "until": now.isoformat()})
     assert r.status == 201, await r.text()
-    return {"cid": cid, "links": links, "incident": (await r.json())["id"]}
+    incident = (await r.json())["id"]
+    # A wrong password at the teacher's account: her pages then show the banner.
+    r = await gw.client().post("/api/v1/session", json={"username": "co.lan",
+                                                        "password": "not her password"})
+    assert r.status == 401, await r.text()
+    return {"cid": cid, "links": links, "incident": incident}
 
 
 def staff_pages(cid: str, incident: str) -> dict[str, list[tuple[str, str]]]:
@@ -61,7 +66,7 @@ def staff_pages(cid: str, incident: str) -> dict[str, list[tuple[str, str]]]:
         "co.lan": [("classes", "/classes"), ("class-new", "/classes/new"),
                    ("class", f"/classes/{cid}"), ("roster", f"/classes/{cid}/roster"),
                    ("links", f"/classes/{cid}/links"), ("control", f"/classes/{cid}/control"),
-                   *report],
+                   ("account-password", "/account/password"), *report],
         "anh.it": [("audit", "/audit"), ("bans", "/bans")],
         "chi.admin": [("admin-staff", "/admin/staff"), ("admin-keys", "/admin/keys"),
                       *incidents],

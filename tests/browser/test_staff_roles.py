@@ -26,7 +26,7 @@ async def status_of(page: Page, gw: Gateway, path: str) -> int:
 async def test_each_role_reaches_its_pages_and_no_other(browser: Browser, gateway: Gateway,
                                                        artifacts: Path) -> None:
     gw = gateway
-    await gw.svc.staff.ensure_org("so-gd", name="Sở GD&ĐT")  # type: ignore[union-attr]
+    await gw.svc.staff.init_root("so-gd", name="Sở GD&ĐT")  # type: ignore[union-attr]
     teacher = await gw.staff_user("co.lan", "teacher", org="thpt-a", parent="so-gd")
     await gw.staff_user("anh.it", "it", org="so-gd")
     await gw.staff_user("chi.admin", "admin", org="so-gd")
@@ -122,6 +122,7 @@ async def test_it_staff_search_verify_and_ban(browser: Browser, gateway: Gateway
 async def test_admin_creates_an_account_and_rotates_keys(browser: Browser,
                                                          gateway: Gateway) -> None:
     gw = gateway
+    await gw.svc.staff.init_root("so-gd")  # type: ignore[union-attr]
     await gw.staff_user("chi.admin", "admin", org="so-gd")
     ctx, watch = await new_context(browser)
     page = await ctx.new_page()
@@ -135,13 +136,35 @@ async def test_admin_creates_an_account_and_rotates_keys(browser: Browser,
     await expect(page.locator("#otp-text")).to_have_text(
         t(VI, "staff.created", name="thay.minh"))
     password = (await page.locator("#otp-value").inner_text()).strip()
-    assert len(password) >= 8
-    # The new teacher signs in with the one-time password.
+    assert len(password) >= 12
+    # The new teacher signs in with the one-time password and must choose a new one
+    # before anything else; a common one is refused.
     other, owatch = await new_context(browser)
     opage = await other.new_page()
     await sign_in(opage, gw, "thay.minh", password=password)
-    assert "/login" not in opage.url, opage.url
+    assert "/account/password" in opage.url, opage.url
+    await expect(opage.locator("#pw-forced")).to_be_visible()
+    await check_page(opage, owatch, lang=VI, where="forced password change")
+    owatch.allow(r"status of 400")  # the refused password's page
+    for new in ("password1234", "một câu rất dài làm mật khẩu mới"):
+        await opage.get_by_label(t(VI, "account.pw_current"), exact=True).fill(password)
+        await opage.get_by_label(t(VI, "account.pw_new"), exact=True).fill(new)
+        await opage.get_by_label(t(VI, "account.pw_again"), exact=True).fill(new)
+        async with opage.expect_navigation():
+            await opage.get_by_role("button", name=t(VI, "account.pw_submit")).click()
+        if new == "password1234":
+            await expect(opage.locator("#pw-error")).to_have_text(t(VI, "account.pw_common"))
+    assert opage.url.endswith("/classes"), opage.url
     owatch.assert_clean("new account's first sign-in")
+    # The administrator resets it: a new one-time password, the teacher's session ends.
+    await page.goto(gw.url("/admin/staff"))
+    page.once("dialog", lambda d: d.accept())
+    await page.get_by_role("button", name=f"{t(VI, 'staff.reset')}: thay.minh").click()
+    await expect(page.locator("#otp-text")).to_have_text(
+        t(VI, "staff.reset_done", name="thay.minh"))
+    assert len((await page.locator("#otp-value").inner_text()).strip()) >= 12
+    await opage.goto(gw.url("/classes"))
+    assert "/login" in opage.url, opage.url
     await other.close()
     # Rotate the join-token keys: the old key is kept, retired.
     await page.goto(gw.url("/admin/keys"))

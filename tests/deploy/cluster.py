@@ -173,8 +173,10 @@ def share_keys(src_data: Path, dst_data: Path) -> None:
 
 
 def make_teacher(env: Mapping[str, str], name: str = "co.lan", org: str = "school-a") -> str:
-    """A teacher account; returns its API bearer token."""
-    run_cli(["user", "add", name, "--role", "teacher", "--org", org, "--password-stdin"],
+    """A teacher account in ``org`` (made under the deployment root ``classguard init``
+    made, when missing); returns its API bearer token."""
+    run_cli(["user", "add", name, "--role", "teacher", "--org", org, "--parent", "root",
+             "--password-stdin"],
             env, stdin="a long enough password for tests\n")
     return run_cli(["user", "token", name], env).split()[-1]
 

@@ -136,8 +136,10 @@ async def _flow(base: str, token: str) -> None:
 
 
 def _make_teacher(env: dict[str, str], extra: list[str]) -> str:
+    run_cli(["init", *extra], env)
     out = run_cli(["user", "add", "co.lan", "--role", "teacher", "--org", "school-a",
-                   "--password-stdin", *extra], env, stdin="a long enough password\n")
+                   "--parent", "root", "--password-stdin", *extra], env,
+                  stdin="a long enough password\n")
     assert "co.lan" in out
     return run_cli(["user", "token", "co.lan", *extra], env).split()[-1]
 

@@ -260,7 +260,9 @@ async def test_it_staff_and_other_teacher_cannot_act(tmp_path: Path, redis_url: 
 async def test_rate_limited_refusals_are_aggregated_in_the_audit_log(
         tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
     async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        await gw.svc.staff.init_root("school-a")  # type: ignore[union-attr]
         api = gw.api(await gw.staff_user("co.lan"))
+        # the deployment's administrator: the refusals name no class, so no school
         admin = gw.api(await gw.staff_user("qt.hoa", role="admin"))
         cid, links = await make_class(gw, api)
         phone = gw.client()

@@ -121,7 +121,7 @@ async def sign_in(gw: Gateway, username: str, lang: str = "vi") -> aiohttp.Clien
 async def setup_school(gw: Gateway) -> dict[str, Any]:
     staff = gw.svc.staff
     assert staff is not None
-    await staff.ensure_org("so-gd", name="Sở GD&ĐT")
+    await staff.init_root("so-gd", name="Sở GD&ĐT")
     teacher_token = await gw.staff_user("co.lan", "teacher", org="thpt-a", parent="so-gd")
     await gw.staff_user("anh.it", "it", org="so-gd")
     await gw.staff_user("chi.admin", "admin", org="so-gd")

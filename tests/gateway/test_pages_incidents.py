@@ -84,7 +84,7 @@ def test_human_size() -> None:
 async def school(gw: Gateway) -> dict[str, Any]:
     staff = gw.svc.staff
     assert staff is not None
-    await staff.ensure_org("so-gd", name="Sở GD&ĐT")
+    await staff.init_root("so-gd", name="Sở GD&ĐT")
     lan = gw.api(await gw.staff_user("co.lan", "teacher", org="thpt-a", parent="so-gd"))
     hoa = gw.api(await gw.staff_user("co.hoa", "teacher", org="thpt-a"))
     await gw.staff_user("anh.it", "it", org="so-gd")

@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 
 from gateway import staff_secrets as sec
 from gateway.staff import (
+    TOKEN_DEFAULT_LIFETIME_S,
+    TOKEN_MAX_LIFETIME_S,
     Session,
     StaffError,
     StaffStore,
@@ -162,6 +164,7 @@ async def test_concurrent_ensure_org_creates_once(store: StaffStore) -> None:
 
 
 async def test_create_user_with_password(store: StaffStore, redis: aioredis.Redis) -> None:
+    await store.ensure_org("thpt-a")
     user, otp = await store.create_user(
         "Ｌan.Nguyen", role="teacher", org="thpt-a", password=PASSWORD
     )
@@ -169,7 +172,6 @@ async def test_create_user_with_password(store: StaffStore, redis: aioredis.Redi
     assert user.username == "lan.nguyen"  # NFKC + lowercase
     assert user.role == "teacher" and user.org == "thpt-a"
     assert not user.must_change_password and not user.disabled
-    assert await store.get_org("thpt-a") is not None  # created on demand
     assert await store.get_user("LAN.NGUYEN") == user
 
     stored: dict[str, str] = await redis.hgetall(store._user_key("lan.nguyen"))  # type: ignore[assignment]
@@ -178,7 +180,35 @@ async def test_create_user_with_password(store: StaffStore, redis: aioredis.Redi
     assert parts[:4] == ["scrypt", str(FAST_N), "8", "1"] and len(parts) == 6
 
 
+async def test_create_user_needs_an_existing_org(store: StaffStore) -> None:
+    """An account never creates its org: a school made by accident as a top-level org
+    was how a school's administrator became the deployment's."""
+    with pytest.raises(StaffError) as exc:
+        await store.create_user("lan", role="admin", org="new-school", password=PASSWORD)
+    assert (exc.value.code, exc.value.field, exc.value.status) == ("unknown_org", "org", 404)
+    assert await store.list_orgs() == [] and await store.list_users() == []
+
+
+async def test_deployment_root_is_set_once(store: StaffStore) -> None:
+    assert await store.deployment_root() is None
+    assert not await store.is_root_admin("admin", "so-gd")  # no root: nobody is
+    await store.init_root("so-gd", name="Sở GD&ĐT")
+    await store.init_root("so-gd")  # the same again: a no-op
+    await store.ensure_org("thpt-a", parent="so-gd")
+    await store.ensure_org("hanoi")  # a top-level org that is not the root
+    for other in ("thpt-a", "hanoi", "new-root"):
+        with pytest.raises(StaffError) as exc:
+            await store.init_root(other)
+        assert exc.value.code == "org_conflict"
+    assert await store.deployment_root() == "so-gd"
+    assert await store.is_root_admin("admin", "so-gd")
+    assert not await store.is_root_admin("it", "so-gd")
+    assert not await store.is_root_admin("admin", "thpt-a")
+    assert not await store.is_root_admin("admin", "hanoi")
+
+
 async def test_create_user_generates_one_time_password(store: StaffStore) -> None:
+    await store.ensure_org("hcm")
     user, otp = await store.create_user("admin", role="admin", org="hcm", password=None)
     assert otp is not None and len(otp) == 23
     assert user.must_change_password
@@ -194,6 +224,7 @@ async def test_create_user_generates_one_time_password(store: StaffStore) -> Non
 
 
 async def test_duplicate_user(store: StaffStore) -> None:
+    await store.ensure_org("s1")
     await store.create_user("lan", role="teacher", org="s1", password=PASSWORD)
     with pytest.raises(StaffError) as exc:
         await store.create_user("LAN", role="admin", org="s1", password=PASSWORD)
@@ -201,6 +232,7 @@ async def test_duplicate_user(store: StaffStore) -> None:
 
 
 async def test_concurrent_create_user_only_one_wins(store: StaffStore) -> None:
+    await store.ensure_org("s1")
     results = await asyncio.gather(
         *(store.create_user("lan", role="teacher", org="s1", password=PASSWORD) for _ in range(5)),
         return_exceptions=True,
@@ -226,6 +258,10 @@ async def test_concurrent_create_user_only_one_wins(store: StaffStore) -> None:
         ({"password": "short"}, "weak_password", "password"),
         ({"password": "x" * 2000}, "weak_password", "password"),
         ({"password": "Lan.Nguyen"}, "weak_password", "password"),
+        ({"password": "12345678"}, "weak_password", "password"),
+        ({"password": "Password2024!"}, "weak_password", "password"),
+        ({"password": "123456789012"}, "weak_password", "password"),
+        ({"org": "missing"}, "unknown_org", "org"),
     ],
 )
 async def test_create_user_validation(
@@ -278,7 +314,9 @@ async def test_login_ok_wrong_and_unknown_look_the_same(store: StaffStore, teach
 async def test_unknown_user_costs_a_full_kdf(
     redis: aioredis.Redis, redis_prefix: str, clock: FakeClock
 ) -> None:
-    store = make_store(redis, redis_prefix, clock, login_max_failures=1000)
+    store = make_store(redis, redis_prefix, clock, login_max_failures=1000,
+                       login_account_max_failures=1000)
+    await store.ensure_org("s1")
     await store.create_user("lan.nguyen", role="teacher", org="s1", password=PASSWORD)
 
     async def timed(username: str) -> float:
@@ -317,20 +355,67 @@ async def fail(store: StaffStore, username: str = "lan.nguyen", ip: str = IP) ->
     return (await store.login(username, "wrong password", ip=ip)).code
 
 
-async def test_three_failures_regulate_the_account(
+async def test_three_failures_regulate_the_source_not_the_account(
     store: StaffStore, teacher: User, clock: FakeClock
 ) -> None:
-    assert [await fail(store, ip=f"198.51.100.{i}") for i in range(3)] == [
+    assert [await fail(store, ip="198.51.100.1") for _ in range(3)] == [
         "invalid_credentials"
     ] * 3
     clock.advance(10)
-    # the right password from a fresh IP is not even checked
-    result = await store.login("lan.nguyen", PASSWORD, ip="192.0.2.50")
+    # the right password from the guessing source is not even checked
+    result = await store.login("lan.nguyen", PASSWORD, ip="198.51.100.1")
     assert (result.ok, result.code, result.retry_after) == (False, "regulated", 290)
     assert result.user is None
+    # the owner, from a source with no failures, is not locked out
+    assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.50")).ok
 
     clock.advance(290)
-    assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.50")).ok
+    assert (await store.login("lan.nguyen", PASSWORD, ip="198.51.100.1")).ok
+
+
+async def test_distributed_attack_slows_the_account_down(
+    store: StaffStore, teacher: User, clock: FakeClock
+) -> None:
+    """Many sources, a few guesses each: past 10 failures at the account, sources the
+    owner never signed in from get one attempt per 10 s between them all; the owner's
+    own source passes, and so does a fresh one once the gate is free."""
+    assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.7")).ok  # the owner's
+    codes = [await fail(store, ip=f"198.51.100.{i}") for i in range(12)]
+    assert codes[:10] == ["invalid_credentials"] * 10
+    assert codes[10:] == ["invalid_credentials", "regulated"]  # through the gate, then held
+    held = await store.login("lan.nguyen", PASSWORD, ip="203.0.113.99")
+    assert held.code == "regulated" and 1 <= (held.retry_after or 0) <= 10
+    assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.7")).ok
+    clock.advance(10)
+    assert (await store.login("lan.nguyen", PASSWORD, ip="203.0.113.99")).ok
+    # the owner's sign-in did not lift the slow-down the attack earned
+    assert await fail(store, ip="198.51.100.200") == "regulated"
+    clock.advance(10)
+    assert await fail(store, ip="198.51.100.200") == "invalid_credentials"
+    assert await fail(store, ip="198.51.100.201") == "regulated"
+
+
+async def test_owner_sees_failures_since_last_sign_in(
+    store: StaffStore, teacher: User, clock: FakeClock
+) -> None:
+    assert (await store.login("lan.nguyen", PASSWORD, ip=IP)).failures.count == 0
+    for i in range(4):
+        clock.advance(1)
+        await fail(store, ip=f"198.51.100.{i}")
+    await fail(store, username="nobody.here")  # no record kept for unknown names
+    for _ in range(3):
+        await fail(store, ip="198.51.100.0")  # the 3rd is refused: it counts too
+    ok = await store.login("lan.nguyen", PASSWORD, ip=IP)
+    assert ok.ok and ok.failures.count == 7
+    assert [ip for _, ip in ok.failures.recent][:2] == ["198.51.100.0"] * 2
+    assert len(ok.failures.recent) == 5
+    cookie, _, _ = await store.create_session(teacher, ip=IP, user_agent="UA",
+                                              failures=ok.failures)
+    session = await store.load_session(cookie)
+    assert session is not None and session.failed_logins == 7
+    assert session.failed_recent == ok.failures.recent
+    # shown once: the next sign-in starts from zero
+    assert (await store.login("lan.nguyen", PASSWORD, ip=IP)).failures.count == 0
 
 
 async def test_failures_outside_the_window_do_not_count(
@@ -369,9 +454,9 @@ async def test_ban_backoff_doubles_and_decays(
     store: StaffStore, teacher: User, clock: FakeClock
 ) -> None:
     async def ban_length() -> int | None:
-        for i in range(3):
-            assert await fail(store, ip=f"198.51.100.{i}") == "invalid_credentials"
-        return (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.1")).retry_after
+        for _ in range(3):
+            assert await fail(store, ip="198.51.100.1") == "invalid_credentials"
+        return (await store.login("lan.nguyen", PASSWORD, ip="198.51.100.1")).retry_after
 
     assert await ban_length() == 300
     clock.advance(300)
@@ -390,7 +475,7 @@ async def test_backoff_is_capped(
     for _ in range(4):
         for _ in range(3):
             await fail(store, ip="198.51.100.1")
-        retry = (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.1")).retry_after
+        retry = (await store.login("lan.nguyen", PASSWORD, ip="198.51.100.1")).retry_after
         assert retry is not None
         lengths.append(retry)
         clock.advance(retry)
@@ -409,6 +494,7 @@ async def test_success_clears_failures(store: StaffStore, teacher: User) -> None
 async def test_success_on_own_account_does_not_reset_ip_counter(
     store: StaffStore, teacher: User
 ) -> None:
+    await store.ensure_org("s9")
     await store.create_user("mallory", role="teacher", org="s9", password=PASSWORD)
     assert await fail(store, username="victim1") == "invalid_credentials"
     assert await fail(store, username="victim2") == "invalid_credentials"
@@ -433,14 +519,24 @@ async def test_regulation_is_shared_between_processes(
         await other_client.aclose()
 
 
-async def test_concurrent_failures_never_exceed_the_limit(store: StaffStore, teacher: User) -> None:
+async def test_concurrent_failures_never_exceed_the_limit(
+    store: StaffStore, teacher: User, clock: FakeClock
+) -> None:
     results = await asyncio.gather(
         *(store.login("lan.nguyen", f"guess {i}", ip=f"198.51.100.{i}") for i in range(20))
     )
     codes = [r.code for r in results]
-    assert codes.count("invalid_credentials") == 3  # only three passwords were checked
-    assert codes.count("regulated") == 17
+    # ten fill the account's window, one passes the slow-down gate; no more were checked
+    assert codes.count("invalid_credentials") == 11
+    assert codes.count("regulated") == 9
     assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.1")).code == "regulated"
+    clock.advance(10)
+    assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.1")).ok
+
+    same_source = await asyncio.gather(
+        *(store.login("lan.nguyen", f"guess {i}", ip="203.0.113.1") for i in range(20))
+    )
+    assert [r.code for r in same_source].count("invalid_credentials") <= 3
 
 
 async def test_admin_can_lift_a_ban(store: StaffStore, teacher: User) -> None:
@@ -629,7 +725,13 @@ async def test_api_token_lifecycle(
     assert token not in json.dumps(stored) and sec.b64url(secret) not in json.dumps(stored)
 
     listed = await store.list_api_tokens("lan.nguyen")
-    assert [(t.token_id, t.label, t.expires) for t in listed] == [(token_id, "roster sync", None)]
+    assert [(t.token_id, t.label, t.expires) for t in listed] == [
+        (token_id, "roster sync", teacher.created + TOKEN_DEFAULT_LIFETIME_S)]
+    assert stored["secret_sha256"] and 0 < await redis.pttl(
+        f"{redis_prefix}staff:apitoken:{token_id}") <= TOKEN_DEFAULT_LIFETIME_S * 1000
+
+    assert not await store.revoke_api_token(token_id, username="someone.else")
+    assert await store.resolve_bearer(token) == teacher
 
     assert await store.revoke_api_token(token_id)
     assert await next_message(revocations) == {"kind": "api_token", "token_id": token_id}
@@ -676,6 +778,85 @@ async def test_bearer_of_disabled_user_or_expired(
     with pytest.raises(StaffError) as exc:
         await store.create_api_token("nobody")
     assert exc.value.code == "not_found"
+
+
+async def test_every_token_expires(
+    store: StaffStore, teacher: User, clock: FakeClock, redis: aioredis.Redis,
+    redis_prefix: str
+) -> None:
+    for bad in (0, -1, TOKEN_MAX_LIFETIME_S + 1):
+        with pytest.raises(StaffError) as exc:
+            await store.create_api_token("lan.nguyen", expires_in_s=bad)
+        assert exc.value.code == "invalid_expiry"
+    default = await store.create_api_token("lan.nguyen")
+    clock.advance(TOKEN_DEFAULT_LIFETIME_S - 1)
+    assert await store.resolve_bearer(default) == teacher
+    clock.advance(1)
+    assert await store.resolve_bearer(default) is None
+    assert await store.list_api_tokens("lan.nguyen") == []
+    # a token stored before expiry existed lives the longest lifetime from its creation
+    legacy = await store.create_api_token("lan.nguyen")
+    legacy_id = (sec.parse_api_token(legacy) or ("", b""))[0]
+    key = f"{redis_prefix}staff:apitoken:{legacy_id}"
+    await redis.hset(key, "expires", "")
+    await redis.persist(key)
+    clock.advance(TOKEN_MAX_LIFETIME_S - 1)
+    assert await store.resolve_bearer(legacy) == teacher
+    clock.advance(1)
+    assert await store.resolve_bearer(legacy) is None
+
+
+# -- passwords -----------------------------------------------------------------------------
+
+
+async def test_change_password(store: StaffStore, teacher: User) -> None:
+    cookie, _, _ = await store.create_session(teacher, ip=IP, user_agent="UA")
+    for current, new, code in (
+        ("wrong password", "a brand new passphrase", "wrong_password"),
+        (PASSWORD, "short", "weak_password"),
+        (PASSWORD, "iloveyou2024!", "weak_password"),
+        (PASSWORD, PASSWORD, "weak_password"),
+    ):
+        with pytest.raises(StaffError) as exc:
+            await store.change_password("lan.nguyen", current, new, ip=IP)
+        assert exc.value.code == code
+    assert await store.load_session(cookie) is not None  # nothing changed yet
+    user = await store.change_password("lan.nguyen", PASSWORD, "a brand new passphrase", ip=IP)
+    assert not user.must_change_password
+    assert await store.load_session(cookie) is None
+    assert (await store.login("lan.nguyen", "a brand new passphrase", ip=IP)).ok
+
+
+async def test_guessing_through_change_password_is_regulated(
+    store: StaffStore, teacher: User
+) -> None:
+    for _ in range(3):
+        with pytest.raises(StaffError):
+            await store.change_password("lan.nguyen", "guess", "a brand new passphrase", ip=IP)
+    with pytest.raises(StaffError) as exc:
+        await store.change_password("lan.nguyen", PASSWORD, "a brand new passphrase", ip=IP)
+    assert exc.value.code == "regulated" and exc.value.status == 429
+    assert (exc.value.retry_after or 0) > 0
+
+
+async def test_reset_password_forces_a_change(store: StaffStore, teacher: User) -> None:
+    cookie, _, _ = await store.create_session(teacher, ip=IP, user_agent="UA")
+    for _ in range(3):
+        await fail(store)
+    user, otp = await store.reset_password("lan.nguyen")
+    assert user.must_change_password and len(otp) >= 12
+    assert await store.load_session(cookie) is None
+    assert (await store.login("lan.nguyen", PASSWORD, ip="192.0.2.9")).code == (
+        "invalid_credentials")
+    # the guessing source stays banned from the account; the owner, elsewhere, gets in
+    assert (await store.login("lan.nguyen", otp, ip=IP)).code == "regulated"
+    result = await store.login("lan.nguyen", otp, ip="192.0.2.10")
+    assert result.ok and result.user is not None and result.user.must_change_password
+    cookie, _, _ = await store.create_session(result.user, ip=IP, user_agent="UA")
+    session = await store.load_session(cookie)
+    assert session is not None and session.must_change_password
+    with pytest.raises(StaffError):
+        await store.reset_password("nobody")
 
 
 def test_token_formats_parse_by_length() -> None:
