@@ -16,6 +16,7 @@ from audit.errors import (
     SignatureError,
     UnsupportedVersionError,
 )
+from audit.holds import LegalHold, LegalHoldError
 from audit.log import (
     AuditEvent,
     AuditLog,
@@ -53,6 +54,8 @@ __all__ = [
     "InclusionProof",
     "InvalidEventError",
     "KeyFileError",
+    "LegalHold",
+    "LegalHoldError",
     "LogStatus",
     "NotDurableError",
     "NotFoundError",

@@ -268,6 +268,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     from .auth import refusal_middleware
     from .routes import (
         audit,
+        audit_admin,
         classes,
         control,
         incidents,
@@ -289,7 +290,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     app[SERVICES] = svc
     app.cleanup_ctx.append(_resources)
     for module in (service, session, classes, control, join, pages, audit, orgs,
-                   platform_hooks, incidents):
+                   platform_hooks, incidents, audit_admin):
         module.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)

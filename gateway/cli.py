@@ -88,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     for name in ("verify", "tail", "checkpoint"):
         _common(asub.add_parser(name))
+    erase = asub.add_parser("erase", help="carry out an erasure order: remove the personal "
+                            "part of audit records (refused under legal hold)")
+    _common(erase)
+    erase.add_argument("--student", help="every record naming this student id")
+    erase.add_argument("--index", type=int, action="append", default=[], dest="indexes",
+                       help="an audit index (repeatable)")
+    erase.add_argument("--reason", required=True,
+                       help="the order's reference or reason (kept in the erasure record)")
 
     evidence = sub.add_parser("evidence", help="incident evidence bundles")
     esub = evidence.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
@@ -270,6 +278,22 @@ async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 async def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from .audit_cli import run_audit_command
 
+    if args.audit_command == "erase":
+        from .audit_cli import run_erase
+
+        if not args.student and not args.indexes:
+            print("classguard: error: name --student or at least one --index", file=sys.stderr)
+            return 2
+        if any(i < 0 for i in args.indexes):
+            print("classguard: error: --index must be a non-negative audit index",
+                  file=sys.stderr)
+            return 2
+        if not args.reason.strip():
+            print("classguard: error: --reason must not be empty", file=sys.stderr)
+            return 2
+        async with redis_url(settings) as url:
+            return await run_erase(settings, url, student=args.student,
+                                   indexes=args.indexes, reason=args.reason.strip()[:1000])
     async with redis_url(settings) as url:
         return await run_audit_command(args.audit_command, settings, url)
 

@@ -16,8 +16,17 @@ Keys (hash tag ``{i:<id>}`` keeps an incident's keys on one Cluster slot)::
     <p>{i:<id>}:meta          hash: the incident (JSON members where structured)
     <p>{i:<id>}:att           hash: attachment id -> metadata JSON
     <p>{i:<id>}:att:<att id>  list: sealed chunks
+    <p>{i:<id>}:rev           list: revisions, append-only (JSON, oldest first)
     <p>incidents:org:<org>    zset: incident ids by creation time
     <p>incidents:class:<cid>  zset: incident ids by creation time
+    <p>incidents:held         zset: ids of incidents not closed (legal holds)
+
+Revisions: creation is revision 0; every later change of title, description or status
+appends one revision with who, when, why and each field's old and new value, in the same
+script that applies the change. Nothing ever rewrites or trims the list.
+
+Legal hold: an incident that is not closed holds the personal data of the audit records
+it covers (``audit.holds``); :func:`legal_holds` lists them for erasure and retention.
 """
 
 from __future__ import annotations
@@ -28,20 +37,25 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
+
+from audit.holds import LegalHold
 
 from .secretbox import SecretBox
 
 Status = Literal["open", "exported", "closed"]
 STATUSES: tuple[Status, ...] = ("open", "exported", "closed")
-#: Allowed status changes. Exporting again an exported incident keeps it ``exported``.
+#: Allowed status changes. Exporting again an exported incident keeps it ``exported``;
+#: an administrator may reopen a closed incident (the route enforces who).
 TRANSITIONS: Mapping[str, frozenset[str]] = {
     "open": frozenset({"exported", "closed"}),
     "exported": frozenset({"closed"}),
-    "closed": frozenset(),
+    "closed": frozenset({"open"}),
 }
+#: Fields whose every change is kept as a revision.
+REVISED_FIELDS = ("title", "description", "status")
 RECORD_VERSION = 1
 CHUNK_BYTES = 1 << 20
 MAX_ATTACHMENTS = 20
@@ -160,6 +174,36 @@ class Incident:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """One change of an incident: ``changes`` maps a field to ``(old, new)``."""
+
+    n: int
+    at: float
+    by: str
+    reason: str | None
+    changes: Mapping[str, tuple[str | None, str | None]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "at": self.at, "by": self.by, "reason": self.reason,
+                "changes": {k: {"old": o, "new": n} for k, (o, n) in self.changes.items()}}
+
+
+def _revision_from_json(d: Mapping[str, Any]) -> Revision:
+    raw = d.get("changes")
+    changes = {str(k): (_opt(v[0]), _opt(v[1])) for k, v in
+               (raw.items() if isinstance(raw, dict) else ())
+               if isinstance(v, list) and len(v) == 2}
+    reason = d.get("reason")
+    return Revision(n=int(d["n"]), at=float(d["at"]), by=str(d["by"]),
+                    reason=str(reason) if isinstance(reason, str) and reason else None,
+                    changes=changes)
+
+
+def _opt(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
 # --- content sniffing (pure) ---
 
 _MAGIC: Sequence[tuple[int, bytes, str, str]] = (
@@ -204,16 +248,54 @@ def sniff(head: bytes) -> tuple[str, str]:
 
 # --- the store ---
 
-_SET_STATUS = """
+# Apply a change and append its revision in one step. ARGV: 1 the new values (JSON
+# object, only the fields given), 2 by, 3 at, 4 reason, 5 the transitions (JSON),
+# 6 "1" when setting the current status again is allowed, 7 the incident id.
+# Returns {-1} not found, {0, cur} transition refused, {2, cur} closed (no edits),
+# {1, cur} applied (or nothing changed).
+_REVISE = """
 local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return -1 end
-local allowed = cjson.decode(ARGV[3])
-local ok = false
-for _, s in ipairs(allowed[cur] or {}) do if s == ARGV[1] then ok = true end end
-if cur == ARGV[1] and ARGV[4] == '1' then ok = true end
-if not ok then return cur end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
-return 1
+if not cur then return {-1, ''} end
+local ch = cjson.decode(ARGV[1])
+local new = ch['status']
+if new then
+  local ok = false
+  local allowed = cjson.decode(ARGV[5])
+  for _, s in ipairs(allowed[cur] or {}) do if s == new then ok = true end end
+  if new == cur and ARGV[6] == '1' then ok = true end
+  if not ok then return {0, cur} end
+end
+local after = new or cur
+if (ch['title'] or ch['description']) and after == 'closed' then return {2, cur} end
+local changes = {}
+local fields = {}
+local any = false
+for _, f in ipairs({'title', 'description', 'status'}) do
+  local v = ch[f]
+  if v then
+    local old = redis.call('HGET', KEYS[1], f)
+    if old ~= v then
+      changes[f] = {old or cjson.null, v}
+      table.insert(fields, f)
+      table.insert(fields, v)
+      any = true
+    end
+  end
+end
+if not any then return {1, cur} end
+table.insert(fields, 'updated_at')
+table.insert(fields, ARGV[3])
+redis.call('HSET', KEYS[1], unpack(fields))
+local reason = cjson.null
+if ARGV[4] ~= '' then reason = ARGV[4] end
+redis.call('RPUSH', KEYS[2], cjson.encode({v=1, n=redis.call('LLEN', KEYS[2]),
+  at=tonumber(ARGV[3]), by=ARGV[2], reason=reason, changes=changes}))
+if after == 'closed' then
+  redis.call('ZREM', KEYS[3], ARGV[7])
+elseif cur == 'closed' then
+  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
+end
+return {1, cur}
 """
 
 
@@ -226,7 +308,7 @@ class IncidentStore:
         self.p = prefix
         self.clock = clock
         self.box = secretbox
-        self._set_status = redis.register_script(_SET_STATUS)
+        self._revise = redis.register_script(_REVISE)
 
     def _k(self, iid: str, suffix: str) -> str:
         return f"{self.p}{{i:{iid}}}:{suffix}"
@@ -236,6 +318,10 @@ class IncidentStore:
 
     def _class_key(self, cid: str) -> str:
         return f"{self.p}incidents:class:{cid}"
+
+    @property
+    def _held_key(self) -> str:
+        return held_key(self.p)
 
     async def create(
         self, *, org: str, class_id: str, title: str, description: str, since_ms: int,
@@ -265,8 +351,13 @@ class IncidentStore:
                 "created_at": repr(now),
                 "updated_at": repr(now),
             })
+            p.rpush(self._k(iid, "rev"), json.dumps({
+                "v": 1, "n": 0, "at": now, "by": created_by, "reason": None,
+                "changes": {"title": [None, title], "description": [None, description],
+                            "status": [None, "open"]}}, ensure_ascii=False))
             p.zadd(self._org_key(org), {iid: now})
             p.zadd(self._class_key(class_id), {iid: now})
+            p.zadd(self._held_key, {iid: now})
             await p.execute()
         return inc
 
@@ -315,31 +406,51 @@ class IncidentStore:
                 found[str(member)] = float(score)
         return [i for i, _ in sorted(found.items(), key=lambda kv: -kv[1])[:limit]]
 
-    async def set_status(self, iid: str, status: str, *, allow_same: bool = False) -> None:
-        """Move the incident to ``status`` if the transition is allowed (atomically)."""
-        if status not in STATUSES:
+    async def set_status(self, iid: str, status: str, *, by: str, reason: str | None = None,
+                         allow_same: bool = False) -> str:
+        """Move the incident to ``status`` if the transition is allowed (atomically, with
+        its revision). Returns the status it had."""
+        return await self.revise(iid, by=by, status=status, reason=reason,
+                                 allow_same=allow_same)
+
+    async def revise(self, iid: str, *, by: str, title: str | None = None,
+                     description: str | None = None, status: str | None = None,
+                     reason: str | None = None, allow_same: bool = False) -> str:
+        """Apply a change and append its revision in one step; returns the old status.
+
+        Raises ``invalid_transition`` (409) for a status change the table refuses and
+        ``incident_closed`` (409) for an edit of a closed incident."""
+        if status is not None and status not in STATUSES:
             raise IncidentError("invalid_field", f"status must be one of {', '.join(STATUSES)}",
                                 field="status")
-        res = await self._set_status(
-            keys=[self._k(iid, "meta")],
-            args=[status, repr(self.clock()),
+        ch = {k: v for k, v in (("title", title), ("description", description),
+                                ("status", status)) if v is not None}
+        res = await self._revise(
+            keys=[self._k(iid, "meta"), self._k(iid, "rev"), self._held_key],
+            args=[json.dumps(ch, ensure_ascii=False), by, repr(self.clock()), reason or "",
                   json.dumps({k: sorted(v) for k, v in TRANSITIONS.items()}),
-                  "1" if allow_same else "0"],
+                  "1" if allow_same else "0", iid],
         )
-        if res == -1:
+        code = int(res[0])
+        cur = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
+        if code == -1:
             raise IncidentError("not_found", "incident not found", status=404)
-        if res != 1:
-            cur = res.decode() if isinstance(res, bytes) else str(res)
+        if code == 0:
             raise IncidentError("invalid_transition",
                                 f"expected a status reachable from {cur!r}, found {status!r}",
                                 status=409, field="status")
+        if code == 2:
+            raise IncidentError("incident_closed", "a closed incident cannot be edited",
+                                status=409)
+        return cur
 
-    async def update_text(self, iid: str, *, title: str | None, description: str | None) -> None:
-        mapping: dict[str | bytes, str] = {
-            k: v for k, v in (("title", title), ("description", description)) if v is not None}
-        if mapping:
-            mapping["updated_at"] = repr(self.clock())
-            await self.r.hset(self._k(iid, "meta"), mapping=cast(Any, mapping))
+    async def history(self, iid: str) -> list[Revision]:
+        """Every revision, oldest first (creation is revision 0)."""
+        raw: list[Any] = await self.r.lrange(self._k(iid, "rev"), 0, -1)
+        return [_revision_from_json(json.loads(x)) for x in raw]
+
+    async def legal_holds(self) -> list[LegalHold]:
+        return await legal_holds(self.r, self.p)
 
     # --- attachments ---
 
@@ -389,6 +500,35 @@ class IncidentStore:
                                 f"attachment {att.id}: expected SHA-256 {att.sha256}, "
                                 f"found {found}", status=500)
         return data
+
+
+def held_key(prefix: str) -> str:
+    return f"{prefix}incidents:held"
+
+
+async def legal_holds(redis: aioredis.Redis, prefix: str) -> list[LegalHold]:
+    """The holds of every incident that is not closed, from Redis (text or bytes client).
+
+    Needs no SecretBox, so the command line can check holds without the gateway's keys."""
+    ids: list[Any] = await redis.zrange(held_key(prefix), 0, -1)
+    out: list[LegalHold] = []
+    for raw in ids:
+        iid = raw.decode() if isinstance(raw, bytes) else str(raw)
+        if not valid_incident_id(iid):
+            continue
+        meta: dict[Any, Any] = await redis.hgetall(f"{prefix}{{i:{iid}}}:meta")
+        m = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
+                                                           else v) for k, v in meta.items()}
+        if not m or m.get("status") == "closed":
+            continue
+        visitors = [Visitor(**v) for v in json.loads(m["visitors"])]
+        out.append(LegalHold(
+            name=iid, class_id=m["class_id"], since_ms=int(m["since_ms"]),
+            until_ms=int(m["until_ms"]), students=frozenset(json.loads(m["student_ids"])),
+            ips=frozenset(v.ip for v in visitors if v.ip),
+            devices=frozenset(v.device for v in visitors if v.device),
+            indexes=frozenset(int(x) for x in json.loads(m["indexes"]))))
+    return out
 
 
 def _attachment_to_json(a: Attachment) -> dict[str, Any]:

@@ -107,11 +107,18 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
         assert r.status == 400
         r = await admin.get(f"/api/v1/incidents/{iid}/evidence.zip")
         assert r.status == 200, await r.text()
-        r = await teacher.patch(f"/api/v1/incidents/{iid}",
-                                json={"status": "closed", "title": "Quấy rối (đã xử lý)"})
+        # the reporter edits; only an administrator closes, with a reason
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"title": "Quấy rối (đã xử lý)"})
+        assert r.status == 200
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"status": "closed"})
+        assert r.status == 403
+        r = await admin.patch(f"/api/v1/incidents/{iid}", json={"status": "closed"})
+        assert r.status == 400 and (await r.json())["error"]["field"] == "reason"
+        r = await admin.patch(f"/api/v1/incidents/{iid}",
+                              json={"status": "closed", "reason": "đã xử lý"})
         assert r.status == 200 and (await r.json())["status"] == "closed"
         r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"status": "open"})
-        assert r.status == 409 and (await r.json())["error"]["code"] == "invalid_transition"
+        assert r.status == 403
         r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"title": "x"})
         assert r.status == 409
         form = aiohttp.FormData()
@@ -130,4 +137,4 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
             import asyncio
             await asyncio.sleep(0.05)
         assert {"incident.create", "incident.view", "incident.attach", "incident.export",
-                "incident.update"} <= set(types)
+                "incident.update", "incident.hold"} <= set(types)
