@@ -518,6 +518,15 @@ def render_pdf(m: ReportModel) -> bytes:
         h2(t("evidence.description"))
         para(m.incident["description"])
 
+    h2(t("evidence.history"))
+    para(t("evidence.history_note"))
+    table([t("evidence.col_revision"), t("evidence.col_time") + " (UTC+7)", "UTC",
+           t("evidence.col_by"), t("evidence.col_field"), t("evidence.col_old"),
+           t("evidence.col_new"), t("evidence.col_reason")],
+          [[str(r["n"]), r["local"], r["utc"], r["by"], r["field"], r["old"], r["new"],
+            r["reason"]] for r in m.revisions],
+          (12, 30, 30, 30, 25, 70, 70, 45))
+
     h2(t("evidence.people"))
     if m.students:
         table([t("evidence.col_name"), t("evidence.col_student_id"), t("evidence.col_ips"),
@@ -563,15 +572,6 @@ def render_pdf(m: ReportModel) -> bytes:
               (55, 50, 30, 20, 122))
     else:
         para(t("evidence.none"))
-
-    h2(t("evidence.history"))
-    para(t("evidence.history_note"))
-    table([t("evidence.col_revision"), t("evidence.col_time") + " (UTC+7)", "UTC",
-           t("evidence.col_by"), t("evidence.col_field"), t("evidence.col_old"),
-           t("evidence.col_new"), t("evidence.col_reason")],
-          [[str(r["n"]), r["local"], r["utc"], r["by"], r["field"], r["old"], r["new"],
-            r["reason"]] for r in m.revisions],
-          (12, 30, 30, 30, 25, 70, 70, 45))
 
     h2(t("evidence.custody"))
     table([t("evidence.col_time") + " (UTC+7)", "UTC", t("evidence.col_action"),
