@@ -32,6 +32,7 @@ from .errors import make_error_middleware
 from .keys import JoinKeyring
 from .metrics import Metrics
 from .redis_mux import Multiplexed
+from .roster_worker import RosterParser
 from .secretbox import SecretBox
 from .staff import StaffStore
 from .state import ClassStore
@@ -72,6 +73,8 @@ class Services:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # process-local registry of open sockets (connections, not state)
     sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)
+    # roster files are parsed off the event loop, a few child processes at a time
+    roster_parser: RosterParser = field(default_factory=RosterParser)
 
     # Typed accessors: a handler never sees a half-started app.
     @property
