@@ -8,8 +8,14 @@ incident takes no more edits or attachments.
 Attachments (screenshots, chat exports, recordings) are sealed at rest with the gateway's
 SecretBox in chunks of 1 MiB, each bound by its associated data to the incident, the
 attachment, its position and the chunk count, so chunks cannot be swapped, reordered,
-dropped or moved to another incident without failing to open. They live in Redis, not on
-a local disk, so every gateway process behind the load balancer can export them.
+dropped or moved to another incident without failing to open. The sealed file lives on
+disk under ``<data_dir>/attachments/`` (``attachments_dir``), content-addressed by the
+SHA-256 of its sealed bytes, written atomically (temporary file, fsync, rename) with mode
+0600; Redis keeps only the metadata and both hashes. Every gateway process that exports
+must see the same directory (one host, or a shared volume). Each org (the incident's
+school) has a storage quota, ``attachment_org_quota_bytes``, counted in Redis.
+
+Attachments stored by earlier versions (sealed chunks in a Redis list) still open.
 
 Keys (hash tag ``{i:<id>}`` keeps an incident's keys on one Cluster slot)::
 
@@ -20,6 +26,7 @@ Keys (hash tag ``{i:<id>}`` keeps an incident's keys on one Cluster slot)::
     <p>incidents:org:<org>    zset: incident ids by creation time
     <p>incidents:class:<cid>  zset: incident ids by creation time
     <p>incidents:held         zset: ids of incidents not closed (legal holds)
+    <p>incidents:usage:<org>  string: bytes of attachments the org stores (its quota)
 
 Revisions: creation is revision 0; every later change of title, description or status
 appends one revision with who, when, why and each field's old and new value, in the same
@@ -31,12 +38,15 @@ it covers (``audit.holds``); :func:`legal_holds` lists them for erasure and rete
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -61,6 +71,7 @@ CHUNK_BYTES = 1 << 20
 MAX_ATTACHMENTS = 20
 _ID_RE = re.compile(r"i[a-z0-9]{12}")
 _ATT_RE = re.compile(r"a[a-z0-9]{10}")
+_BLOB_RE = re.compile(r"[0-9a-f]{64}")
 _ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 
 
@@ -110,6 +121,8 @@ class Attachment:
     uploaded_by: str
     uploaded_at: float
     chunks: int
+    # SHA-256 of the sealed file on disk (its name); None for one kept in Redis
+    blob: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -303,11 +316,12 @@ class IncidentStore:
     """Incidents and their sealed attachments; every method is one or a few round trips."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, *, clock: Callable[[], float],
-                 secretbox: SecretBox) -> None:
+                 secretbox: SecretBox, blob_dir: Path | None = None) -> None:
         self.r = redis
         self.p = prefix
         self.clock = clock
         self.box = secretbox
+        self.blob_dir = blob_dir
         self._revise = redis.register_script(_REVISE)
 
     def _k(self, iid: str, suffix: str) -> str:
@@ -457,35 +471,82 @@ class IncidentStore:
     def _aad(self, iid: str, aid: str, i: int, n: int) -> bytes:
         return f"incident-attachment:{iid}:{aid}:{i}:{n}".encode()
 
+    def _usage_key(self, org: str) -> str:
+        return f"{self.p}incidents:usage:{org}"
+
+    async def usage(self, org: str) -> int:
+        """Bytes of attachments the org stores (what its quota counts)."""
+        raw = await self.r.get(self._usage_key(org))
+        return int(raw or 0)
+
+    def blob_path(self, blob: str) -> Path:
+        if self.blob_dir is None or not _BLOB_RE.fullmatch(blob):
+            raise IncidentError("attachment_damaged", f"no attachment file {blob!r}",
+                                status=500)
+        return self.blob_dir / blob[:2] / f"{blob}.sealed"
+
     async def add_attachment(self, inc: Incident, *, filename: str, data: bytes,
-                             uploaded_by: str) -> Attachment:
-        """Seal and store ``data``; the caller enforces size limits and logs the upload."""
+                             uploaded_by: str, quota: int | None = None) -> Attachment:
+        """Seal ``data``, write it to disk and record it; the caller enforces the per-file
+        size limit and logs the upload. ``quota`` is the org's storage budget in bytes:
+        over it, ``quota_exceeded`` (413) and nothing is stored."""
         if len(inc.attachments) >= MAX_ATTACHMENTS:
             raise IncidentError("too_many_attachments",
                                 f"an incident holds at most {MAX_ATTACHMENTS} attachments",
                                 status=409)
+        if self.blob_dir is None:
+            raise IncidentError("no_storage", "no attachment directory is configured",
+                                status=500)
         aid = _new_attachment_id()
         ctype, ext = sniff(data[:512])
         n = max(1, -(-len(data) // CHUNK_BYTES))
-        att = Attachment(aid, filename, ctype, ext, len(data), hashlib.sha256(data).hexdigest(),
-                         uploaded_by, self.clock(), n)
-        sealed = [
+        sealed = "\n".join(
             self.box.encrypt(data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
                              aad=self._aad(inc.id, aid, i, n))
             for i in range(n)
-        ]
-        async with self.r.pipeline(transaction=True) as p:
-            p.rpush(self._k(inc.id, f"att:{aid}"), *sealed)
-            p.hset(self._k(inc.id, "att"), aid, json.dumps(_attachment_to_json(att)))
-            p.hset(self._k(inc.id, "meta"), "updated_at", repr(self.clock()))
-            await p.execute()
+        ).encode("ascii")
+        blob = hashlib.sha256(sealed).hexdigest()
+        att = Attachment(aid, filename, ctype, ext, len(data), hashlib.sha256(data).hexdigest(),
+                         uploaded_by, self.clock(), n, blob)
+        # Reserve the bytes first (atomic): two uploads racing for the last of a quota
+        # cannot both pass.
+        usage_key = self._usage_key(inc.org)
+        used = int(await self.r.incrby(usage_key, len(data)))
+        if quota is not None and used > quota:
+            await self.r.decrby(usage_key, len(data))
+            raise QuotaExceeded(used - len(data), quota)
+        try:
+            await asyncio.to_thread(write_blob, self.blob_path(blob), sealed)
+            async with self.r.pipeline(transaction=True) as p:
+                p.hset(self._k(inc.id, "att"), aid, json.dumps(_attachment_to_json(att)))
+                p.hset(self._k(inc.id, "meta"), "updated_at", repr(self.clock()))
+                await p.execute()
+        except BaseException:
+            await self.r.decrby(usage_key, len(data))
+            raise
         return att
 
     async def attachment_bytes(self, iid: str, att: Attachment) -> bytes:
-        """Open every chunk and check the SHA-256 recorded at upload."""
+        """Open every chunk and check the SHA-256s recorded at upload (of the sealed file
+        and of the plaintext)."""
         if not _ATT_RE.fullmatch(att.id):
             raise IncidentError("not_found", "attachment not found", status=404)
-        chunks = await self.r.lrange(self._k(iid, f"att:{att.id}"), 0, -1)
+        if att.blob is not None:
+            path = self.blob_path(att.blob)
+            try:
+                sealed = await asyncio.to_thread(path.read_bytes)
+            except OSError as exc:
+                raise IncidentError("attachment_damaged",
+                                    f"attachment {att.id}: expected the file {path.name}, "
+                                    f"found none ({exc.strerror})", status=500) from exc
+            found_blob = hashlib.sha256(sealed).hexdigest()
+            if found_blob != att.blob:
+                raise IncidentError("attachment_damaged",
+                                    f"attachment {att.id}: expected sealed SHA-256 {att.blob}, "
+                                    f"found {found_blob}", status=500)
+            chunks: list[Any] = sealed.decode("ascii").split("\n")
+        else:
+            chunks = await self.r.lrange(self._k(iid, f"att:{att.id}"), 0, -1)
         if len(chunks) != att.chunks:
             raise IncidentError("attachment_damaged",
                                 f"attachment {att.id}: expected {att.chunks} sealed chunks, "
@@ -500,6 +561,41 @@ class IncidentStore:
                                 f"attachment {att.id}: expected SHA-256 {att.sha256}, "
                                 f"found {found}", status=500)
         return data
+
+
+class QuotaExceeded(IncidentError):  # noqa: N818 - an IncidentError with its figures
+    def __init__(self, used: int, quota: int) -> None:
+        super().__init__("quota_exceeded",
+                         f"your organisation stores {used} bytes of incident attachments; "
+                         f"its quota is {quota} bytes (attachment_org_quota_bytes)",
+                         status=413, field="file")
+        self.used = used
+        self.quota = quota
+
+
+def write_blob(path: Path, data: bytes) -> None:
+    """Write ``data`` at ``path`` atomically, mode 0600: a temporary file in the same
+    directory, fsync, rename, fsync of the directory. An existing file with the same
+    name already holds the same bytes (the name is their hash) and is kept."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        return
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def held_key(prefix: str) -> str:
@@ -532,7 +628,10 @@ async def legal_holds(redis: aioredis.Redis, prefix: str) -> list[LegalHold]:
 
 
 def _attachment_to_json(a: Attachment) -> dict[str, Any]:
-    return {**a.to_json(), "extension": a.extension, "chunks": a.chunks}
+    out = {**a.to_json(), "extension": a.extension, "chunks": a.chunks}
+    if a.blob is not None:
+        out["blob"] = a.blob
+    return out
 
 
 def _attachment_from_json(d: Mapping[str, Any]) -> Attachment:
@@ -540,5 +639,5 @@ def _attachment_from_json(d: Mapping[str, Any]) -> Attachment:
         id=str(d["id"]), filename=str(d["filename"]), content_type=str(d["content_type"]),
         extension=str(d["extension"]), size=int(d["size"]), sha256=str(d["sha256"]),
         uploaded_by=str(d["uploaded_by"]), uploaded_at=float(d["uploaded_at"]),
-        chunks=int(d["chunks"]),
+        chunks=int(d["chunks"]), blob=str(d["blob"]) if d.get("blob") else None,
     )

@@ -15,6 +15,7 @@ import re
 import unicodedata
 import urllib.parse
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -25,7 +26,7 @@ from ..auth import Principal, require_user
 from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
 from ..hostctl import can_view
-from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, Visitor
+from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
 from ..state import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
@@ -42,7 +43,8 @@ _CONTROL = {"Cc", "Cf", "Zl", "Zp"}
 def incident_store(svc: Services) -> IncidentStore:
     assert svc.secretbox is not None
     return IncidentStore(svc.r, svc.settings.redis_prefix, clock=svc.clock,
-                         secretbox=svc.secretbox)
+                         secretbox=svc.secretbox,
+                         blob_dir=Path(svc.settings.data_dir) / "attachments")
 
 
 def _text(value: Any, field: str, *, max_len: int, multiline: bool = False) -> str:
@@ -316,6 +318,13 @@ def _filename(raw: str | None) -> str:
     return name[:200] or "attachment"
 
 
+def _over_quota(used: int, quota: int) -> ApiError:
+    return ApiError(413, "quota_exceeded",
+                    f"your organisation stores {used} bytes of incident attachments and may "
+                    f"store {quota} (attachment_org_quota_bytes)", field="file",
+                    extra={"used_bytes": used, "quota_bytes": quota})
+
+
 async def attach(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.auditor is not None
@@ -326,7 +335,9 @@ async def attach(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(415, "unsupported_media_type", "expected multipart/form-data")
     limit = svc.settings.attachment_max_bytes
+    quota = svc.settings.attachment_org_quota_bytes
     store = incident_store(svc)
+    used = await store.usage(inc.org)
     reader = await request.multipart()
     added: list[dict[str, Any]] = []
     while True:
@@ -350,13 +361,20 @@ async def attach(request: web.Request) -> web.Response:
             if size > limit:
                 raise ApiError(413, "too_large", f"an attachment may be at most {limit} bytes",
                                field="file")
+            if used + size > quota:  # early: the store checks again atomically
+                raise _over_quota(used, quota)
             chunks.append(chunk)
         if size == 0:
             raise ApiError(400, "empty", "the file is empty", field="file")
         fresh = await store.get(inc.id)
         assert fresh is not None
-        att = await store.add_attachment(fresh, filename=_filename(part.filename),
-                                         data=b"".join(chunks), uploaded_by=p.username)
+        try:
+            att = await store.add_attachment(fresh, filename=_filename(part.filename),
+                                             data=b"".join(chunks), uploaded_by=p.username,
+                                             quota=quota)
+        except QuotaExceeded as exc:
+            raise _over_quota(exc.used, quota) from exc
+        used += att.size
         # NOTE: the file name is the uploader's words: it goes in the erasable personal part.
         await svc.auditor.record(
             "incident.attach", actor=p.actor, org=info.org, class_id=info.id,

@@ -54,7 +54,8 @@ SEQUENCE_WAIT_S = 2.0
 CUSTODY_SHOWN = 500
 CUSTODY_SCAN = 100_000
 _DEVICE_RE = re.compile(r"[0-9a-f]{64}")
-_UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty")
+_UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty",
+                  "quota_exceeded")
 
 
 # --- formatting (pure) --------------------------------------------------------------------
@@ -296,7 +297,10 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
     # API refuses the same (routes/incidents.py ``update``).
     moves = sorted(s for s in TRANSITIONS.get(inc.status, frozenset()) if s != "exported"
                    and p.role == "admin" and not (s == "closed" and info.owner == p.username))
-    revisions = revision_rows(lang, await incident_store(svc).history(inc.id))
+    store = incident_store(svc)
+    revisions = revision_rows(lang, await store.history(inc.id))
+    quota = svc.settings.attachment_org_quota_bytes
+    used = await store.usage(inc.org)
     return page_response(
         request, "incident.html", lang, user=p, inc=inc, info=info, students=students,
         visitors=visitors, description_lines=inc.description.split("\n")
@@ -304,7 +308,8 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         attachments=[{**a.to_json(), "human": human_size(a.size, lang)}
                      for a in inc.attachments],
         history=history, history_complete=complete, indexed=indexed, moves=moves,
-        revisions=revisions,
+        revisions=revisions, quota_human=human_size(quota, lang),
+        used_human=human_size(used, lang),
         can_attach=can_attach,
         can_export=p.role == "admin", can_proof=p.role in ("it", "admin"),
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),
