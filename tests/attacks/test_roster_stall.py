@@ -53,6 +53,8 @@ async def test_hostile_roster_does_not_stall_other_requests(
         finally:
             done.set()
             await prober
+        print(f"{fixture}: refused in {took:.3f} s; {len(lags)} probes meanwhile, slowest "
+              f"{max(lags or [0]):.3f} s")
         assert r.status == 413 and r.body["error"]["code"] == code, r
         assert took < 5.0, f"the hostile upload took {took:.1f} s to refuse"
         assert lags and max(lags) < PROBE_MAX_S, \
