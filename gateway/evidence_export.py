@@ -356,7 +356,7 @@ def revision_rows(lang: str, revisions: Sequence[Revision]) -> list[dict[str, An
             if name == "status":
                 old = _label(lang, "incident.status", old) if old else old
                 new = _label(lang, "incident.status", new) if new else new
-            rows.append({"n": rev.n, "local": local, "utc": utc, "by": rev.by,
+            rows.append({"n": rev.n, "at": rev.at, "local": local, "utc": utc, "by": rev.by,
                          "field": i18n.t(lang, f"evidence.field.{name}"),
                          "old": old if old is not None else "—",
                          "new": new if new is not None else "—",
