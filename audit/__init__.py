@@ -17,6 +17,7 @@ from audit.errors import (
     SignatureError,
     UnsupportedVersionError,
 )
+from audit.holds import LegalHold, LegalHoldError
 from audit.log import (
     AuditEvent,
     AuditLog,
@@ -55,6 +56,8 @@ __all__ = [
     "InclusionProof",
     "InvalidEventError",
     "KeyFileError",
+    "LegalHold",
+    "LegalHoldError",
     "LogStatus",
     "NotDurableError",
     "NotFoundError",

@@ -23,6 +23,7 @@ from audit.errors import (
     ProofError,
     QueryError,
 )
+from audit.holds import LegalHold, LegalHoldError, holding
 from audit.proofs import TlogProof
 from audit.records import (
     SALT_SIZE,
@@ -368,13 +369,21 @@ class AuditLog:
         return [int(cast(bytes, m)) for m in members]
 
     async def erase_personal(
-        self, indexes: Iterable[int] = (), *, subject: str | None = None
+        self, indexes: Iterable[int] = (), *, subject: str | None = None,
+        holds: Sequence[LegalHold] = (),
     ) -> int:
         """Delete ``P`` and its salt (and their index entries) for the given records.
 
         ``subject`` adds every record indexed under that student. Records, leaves and
         checkpoints are untouched, so every proof stays valid. Returns how many records
         had personal data removed.
+
+        Raises :class:`LegalHoldError` naming the holds (open incidents) that cover any of
+        the records, before anything is erased: an order reaching held evidence is refused
+        as a whole, never carried out in part.
+
+        NOTE: the holds are checked, then the data erased, in separate round trips: an
+        incident opened in between is not seen. Callers pass the holds read just before.
 
         NOTE: Redis keeps the old bytes in its append-only file until the next rewrite;
         operators erasing on an order should run ``BGREWRITEAOF`` afterwards (see
@@ -383,8 +392,26 @@ class AuditLog:
         wanted = set(indexes)
         if subject is not None:
             wanted.update(await self.indexes_of_student(subject))
-        erased = 0
         ordered = sorted(wanted)
+        if holds:
+            held: dict[str, int] = {}
+            for i in range(0, len(ordered), 500):
+                chunk = [str(x) for x in ordered[i : i + 500]]
+                records = await cast(
+                    Awaitable[list[bytes | None]], self._redis.hmget(self.keys.records, chunk)
+                )
+                blobs = await cast(
+                    Awaitable[list[bytes | None]], self._redis.hmget(self.keys.personal, chunk)
+                )
+                for idx, rec, blob in zip(chunk, records, blobs, strict=True):
+                    if rec is None or blob is None:
+                        continue  # archived or nothing personal left: nothing to hold
+                    h = holding(holds, int(idx), decode_record(rec), decode_personal(blob)[0])
+                    if h is not None:
+                        held[h.name] = held.get(h.name, 0) + 1
+            if held:
+                raise LegalHoldError(held)
+        erased = 0
         for i in range(0, len(ordered), 500):
             chunk = [str(x) for x in ordered[i : i + 500]]
             records = await cast(

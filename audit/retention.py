@@ -23,7 +23,7 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from audit import merkle
 from audit.checkpoint import Checkpoint, open_checkpoint
 from audit.errors import AuditError, FormatError, NotFoundError
+from audit.holds import LegalHold, holding
 from audit.note import AuditSigningKey, AuditVerifierKey
 from audit.records import decode_personal, decode_record
 from audit.store import (
@@ -112,12 +113,18 @@ async def archive_before(
     cutoff_ms: int,
     out_dir: Path,
     signer: AuditSigningKey,
+    *,
+    holds: Sequence[LegalHold] = (),
 ) -> ArchiveResult | None:
     """Archive the oldest records with ``ts < cutoff_ms`` (a contiguous run from the start).
 
     Only records covered by the latest checkpoint are archived, and only after their
     leaf hashes were re-checked. Their personal data is erased, not archived: retention
     has ended for it. Returns None when nothing is due.
+
+    The run stops before the first record a legal hold in ``holds`` covers: held records
+    keep their personal data and stay in Redis (so does everything after them, the
+    archive being a prefix) until the incident is closed.
     """
     ensure_bytes_client(redis)
     keys = AuditKeys(prefix)
@@ -137,12 +144,23 @@ async def archive_before(
             Awaitable[list[bytes | None]],
             redis.hmget(keys.records, [str(i) for i in range(end, upto)]),
         )
+        pds: list[bytes | None] = [None] * len(raws)
+        if holds:
+            pds = await cast(
+                Awaitable[list[bytes | None]],
+                redis.hmget(keys.personal, [str(i) for i in range(end, upto)]),
+            )
         stop = False
-        for i, raw in zip(range(end, upto), raws, strict=True):
+        for i, raw, pd in zip(range(end, upto), raws, pds, strict=True):
             if raw is None:
                 raise AuditError(f"record {i} is missing; run verify", code="audit_corrupt")
-            ts = decode_record(raw).get("ts")
+            rec = decode_record(raw)
+            ts = rec.get("ts")
             if not isinstance(ts, int) or ts >= cutoff_ms:
+                stop = True
+                break
+            personal = decode_personal(pd)[0] if pd is not None else None
+            if holds and holding(holds, i, rec, personal) is not None:
                 stop = True
                 break
             records.append(raw)

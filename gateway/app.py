@@ -32,6 +32,7 @@ from .errors import make_error_middleware
 from .keys import JoinKeyring
 from .metrics import Metrics
 from .redis_mux import Multiplexed
+from .roster_worker import RosterParser
 from .secretbox import SecretBox
 from .staff import StaffStore
 from .state import ClassStore
@@ -74,6 +75,8 @@ class Services:
     memory_warned_at: float = 0.0
     # process-local registry of open sockets (connections, not state)
     sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)
+    # roster files are parsed off the event loop, a few child processes at a time
+    roster_parser: RosterParser = field(default_factory=RosterParser)
 
     # Typed accessors: a handler never sees a half-started app.
     @property
@@ -277,6 +280,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     from .auth import refusal_middleware
     from .routes import (
         audit,
+        audit_admin,
         classes,
         control,
         incidents,
@@ -299,7 +303,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     app[SERVICES] = svc
     app.cleanup_ctx.append(_resources)
     for module in (service, session, classes, control, join, pages, audit, orgs,
-                   platform_hooks, incidents):
+                   platform_hooks, incidents, audit_admin):
         module.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)

@@ -1,4 +1,4 @@
-"""``classguard audit verify|tail|checkpoint|search``."""
+"""``classguard audit verify|tail|checkpoint|search|erase``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from audit import AuditLog, AuditQuery, AuditSigningKey, QueryError, verify_log
+from audit import AuditLog, AuditQuery, AuditSigningKey, LegalHoldError, QueryError, verify_log
 
 from .auditing import Auditor
 from .config import Settings
@@ -107,5 +107,29 @@ async def run_audit_command(command: str, settings: Settings, url: str, *,
             return 0
         print(f"classguard: error: unknown audit command {command}", file=sys.stderr)
         return 2
+    finally:
+        await client.aclose()
+
+
+async def run_erase(settings: Settings, url: str, *, student: str | None,
+                    indexes: list[int], reason: str) -> int:
+    """``classguard audit erase``: an erasure order from the operator's shell, recorded
+    like the API's; refused (exit 1, naming the incidents) under legal hold."""
+    from .erasure import erase_order
+
+    client = aioredis.Redis.from_url(url, decode_responses=False)
+    try:
+        log = AuditLog(client, prefix=settings.redis_prefix, node_id=settings.node_id,
+                       clock=lambda: int(time.time() * 1000))
+        try:
+            res = await erase_order(log, Auditor(log), client, settings.redis_prefix,
+                                    actor=cli_actor(), org=None, student=student,
+                                    indexes=indexes, reason=reason)
+        except LegalHoldError as exc:
+            print(f"classguard: error: refused: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"erased the personal data of {res.erased} of {res.asked} records; run "
+              "BGREWRITEAOF on Redis so the old bytes leave its append-only file too")
+        return 0
     finally:
         await client.aclose()

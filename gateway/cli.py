@@ -118,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
         search.add_argument(f"--{name}", dest=f"filter_{name}")
     search.add_argument("--limit", type=int, default=50, help="events to print (1-1000)")
     search.add_argument("--cursor", help="next_cursor of the previous page")
+    erase = asub.add_parser("erase", help="carry out an erasure order: remove the personal "
+                            "part of audit records (refused under legal hold)")
+    _common(erase)
+    erase.add_argument("--student", help="every record naming this student id")
+    erase.add_argument("--index", type=int, action="append", default=[], dest="indexes",
+                       help="an audit index (repeatable)")
+    erase.add_argument("--reason", required=True,
+                       help="the order's reference or reason (kept in the erasure record)")
 
     evidence = sub.add_parser("evidence", help="incident evidence bundles")
     esub = evidence.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
@@ -450,6 +458,22 @@ async def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         search = {name: getattr(args, f"filter_{name}") for name in AUDIT_FILTERS
                   if getattr(args, f"filter_{name}") is not None}
         search |= {"limit": args.limit, "cursor": args.cursor}
+    if args.audit_command == "erase":
+        from .audit_cli import run_erase
+
+        if not args.student and not args.indexes:
+            print("classguard: error: name --student or at least one --index", file=sys.stderr)
+            return 2
+        if any(i < 0 for i in args.indexes):
+            print("classguard: error: --index must be a non-negative audit index",
+                  file=sys.stderr)
+            return 2
+        if not args.reason.strip():
+            print("classguard: error: --reason must not be empty", file=sys.stderr)
+            return 2
+        async with redis_url(settings) as url:
+            return await run_erase(settings, url, student=args.student,
+                                   indexes=args.indexes, reason=args.reason.strip()[:1000])
     async with redis_url(settings) as url:
         return await run_audit_command(args.audit_command, settings, url, search=search)
 

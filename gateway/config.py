@@ -140,6 +140,9 @@ class Settings:
     max_body_bytes: int = 1 * _MIB
     roster_max_bytes: int = 5 * _MIB
     attachment_max_bytes: int = 50 * _MIB
+    # Bytes of incident attachments each org (the incident's school) may store, on disk
+    # under data_dir/attachments; an upload that would pass it is refused (413).
+    attachment_org_quota_bytes: int = 2048 * _MIB
 
     # Lifetime of a join token when the class has no term end.
     join_token_default_lifetime_s: int = 180 * _DAY
@@ -259,6 +262,7 @@ _INT_RANGES: Final[Mapping[str, tuple[int, int | None]]] = {
     "max_body_bytes": (1024, None),
     "roster_max_bytes": (1024, None),
     "attachment_max_bytes": (1024, None),
+    "attachment_org_quota_bytes": (0, None),
     "join_token_default_lifetime_s": (60, 10 * 365 * _DAY),
     "go_nonce_ttl_s": (1, 300),
     "session_ttl_s": (60, 30 * _DAY),

@@ -108,7 +108,8 @@ async def export_command(incident_id: str, output: Path, lang: str, settings: Se
                                      node_id=settings.node_id, clock=ms)
             svc.auditor = Auditor(svc.audit_log)
             store = IncidentStore(r, settings.redis_prefix, clock=time.time,
-                                  secretbox=svc.secretbox)
+                                  secretbox=svc.secretbox,
+                                  blob_dir=Path(settings.data_dir) / "attachments")
             inc = await store.get(incident_id)
             if inc is None:
                 print(f"classguard: error: no incident {incident_id}", file=sys.stderr)

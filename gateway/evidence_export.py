@@ -49,7 +49,7 @@ from audit.store import student_ids
 
 from . import i18n
 from .app import Services, make_templates
-from .incidents import Incident, IncidentError, IncidentStore
+from .incidents import Incident, IncidentError, IncidentStore, Revision
 
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 ALERT_TYPES = ("presence.",)
@@ -282,6 +282,7 @@ class ReportModel:
     attachments: list[dict[str, Any]]
     custody: list[dict[str, Any]]
     withheld: int
+    revisions: list[dict[str, Any]]
     exporter: str
     exported_at: dict[str, str]
     checkpoint_size: int
@@ -346,9 +347,27 @@ def _row(lang: str, ev: BundleEvent, names: Mapping[str, str], inc: Incident
     }
 
 
+def revision_rows(lang: str, revisions: Sequence[Revision]) -> list[dict[str, Any]]:
+    """The incident's history for the report: one row per changed field."""
+    rows: list[dict[str, Any]] = []
+    for rev in revisions:
+        local, utc = _when(int(rev.at * 1000))
+        for name, (old, new) in rev.changes.items():
+            if name == "status":
+                old = _label(lang, "incident.status", old) if old else old
+                new = _label(lang, "incident.status", new) if new else new
+            rows.append({"n": rev.n, "at": rev.at, "local": local, "utc": utc, "by": rev.by,
+                         "field": i18n.t(lang, f"evidence.field.{name}"),
+                         "old": old if old is not None else "—",
+                         "new": new if new is not None else "—",
+                         "reason": rev.reason or ""})
+    return rows
+
+
 async def build_report_model(
     svc: Services, inc: Incident, got: Gathered, *, lang: str, exporter: str,
     exported_at_ms: int, checkpoint_note: str, attachments: Sequence[dict[str, Any]],
+    revisions: Sequence[Revision] = (),
 ) -> ReportModel:
     store, staff, key = svc.store, svc.staff, svc.audit_key
     assert store is not None and staff is not None and key is not None
@@ -418,6 +437,7 @@ async def build_report_model(
         timeline=timeline, students=students, visitors=visitors,
         host_actions=[r for r in timeline if r["type_code"].startswith("host.")],
         attachments=list(attachments), custody=custody, withheld=got.withheld,
+        revisions=revision_rows(lang, revisions),
         exporter=exporter, exported_at={"local": exp_l, "utc": exp_u},
         checkpoint_size=_checkpoint_size(checkpoint_note), origin=svc.settings.audit_origin,
         verifier_key=vkey.encode(), fingerprint=key_fingerprint(vkey),
@@ -497,6 +517,15 @@ def render_pdf(m: ReportModel) -> bytes:
     if m.incident["description"]:
         h2(t("evidence.description"))
         para(m.incident["description"])
+
+    h2(t("evidence.history"))
+    para(t("evidence.history_note"))
+    table([t("evidence.col_revision"), t("evidence.col_time") + " (UTC+7)", "UTC",
+           t("evidence.col_by"), t("evidence.col_field"), t("evidence.col_old"),
+           t("evidence.col_new"), t("evidence.col_reason")],
+          [[str(r["n"]), r["local"], r["utc"], r["by"], r["field"], r["old"], r["new"],
+            r["reason"]] for r in m.revisions],
+          (12, 30, 30, 30, 25, 70, 70, 45))
 
     h2(t("evidence.people"))
     if m.students:
@@ -655,7 +684,7 @@ def verify_txt(lang: str, m: ReportModel) -> bytes:
 
 
 def custody_json(inc: Incident, got: Gathered, *, exporter: str, exported_at_ms: int,
-                 export_id: str) -> bytes:
+                 export_id: str, revisions: Sequence[Revision] = ()) -> bytes:
     entries: list[dict[str, Any]] = []
     for ev in got.custody:
         rec = ev.record
@@ -677,6 +706,8 @@ def custody_json(inc: Incident, got: Gathered, *, exporter: str, exported_at_ms:
         "format": "classguard-custody v1",
         "incident": inc.id,
         "entries": entries,
+        # every version of the title, description and status, oldest first
+        "revisions": [{**r.to_json(), "at": _iso(int(r.at * 1000))} for r in revisions],
         "this_export": {
             "export_id": export_id,
             "exporter": exporter,
@@ -749,11 +780,12 @@ async def export_incident(
         att_rows.append({"path": f"attachments/{name}", "filename": att.filename,
                          "content_type": att.content_type, "size": att.size,
                          "sha256": att.sha256, "uploaded_by": att.uploaded_by})
+    revisions = await store.history(inc.id)
     exported_at_ms = int(svc.clock() * 1000)
     export_id = base64.b32encode(os.urandom(10)).decode().lower().rstrip("=")
     model = await build_report_model(svc, inc, got, lang=lang, exporter=exporter,
                                      exported_at_ms=exported_at_ms, checkpoint_note=note,
-                                     attachments=att_rows)
+                                     attachments=att_rows, revisions=revisions)
     html = render_html(model)
     pdf = await asyncio.to_thread(render_pdf, model)
     timings["rendered"] = time.perf_counter() - t0
@@ -765,7 +797,8 @@ async def export_incident(
             "report.html": html,
             "report.pdf": pdf,
             "custody.json": custody_json(inc, got, exporter=exporter,
-                                         exported_at_ms=exported_at_ms, export_id=export_id),
+                                         exported_at_ms=exported_at_ms, export_id=export_id,
+                                         revisions=revisions),
             "VERIFY.txt": verify_txt(lang, model),
         },
         extra_manifest={"export_id": export_id, "language": lang,
@@ -789,7 +822,8 @@ async def export_incident(
         personal=exporter_personal,
     )
     if inc.status == "open":
-        await store.set_status(inc.id, "exported")
+        await store.set_status(inc.id, "exported", by=exporter.split(":", 1)[-1],
+                               reason=f"evidence exported ({export_id})", allow_same=True)
     timings["total"] = time.perf_counter() - t0
     return ExportResult(bundle, export_id, len(got.events), got.withheld, size, timings)
 

@@ -15,8 +15,9 @@ hand, or crafted. The parser therefore
 Rejection codes (per line): ``formula``, ``invalid_characters``, ``invalid_name``,
 ``too_long``, ``missing_name``, ``duplicate``, ``blank_line``, ``invalid_item``,
 ``unknown_field``, ``duplicate_field``. File codes (``RosterError``): ``encoding``,
-``format``, ``empty``, ``too_many_rows``, ``too_large``. Messages are English; the HTTP
-layer translates by code.
+``format``, ``empty``, ``too_many_rows``, ``too_many_cells``, ``too_large`` (and, from
+``roster_worker``, ``too_complex`` and ``busy``). Messages are English; the HTTP layer
+turns them into statuses with :func:`http_status`.
 
 Decisions:
 
@@ -51,8 +52,17 @@ MAX_NAME_CHARS: Final = 100
 MAX_ID_CHARS: Final = 64
 # Beyond this many lines (blank ones included) after the allowed rows we stop reading.
 _EXTRA_LINES: Final = 10_000
-# A roster spreadsheet is a few hundred KiB uncompressed; this bounds a zip bomb.
-MAX_XLSX_UNCOMPRESSED: Final = 50 * 1024 * 1024
+# A roster spreadsheet is a few hundred KiB uncompressed (2,000 rows of a few cells, the
+# styles and theme of a school export); this bounds a zip bomb, checked on the sizes the
+# zip declares before anything is unpacked.
+MAX_XLSX_UNCOMPRESSED: Final = 16 * 1024 * 1024
+# Cells in all worksheets (``<c`` elements), counted on the raw XML before openpyxl
+# builds one object per cell: 2,000 students with 32 columns is 64,000.
+MAX_XLSX_CELLS: Final = 200_000
+# How a cell element opens, with or without a namespace prefix ("<c ", "<x:c "); "<col",
+# "<cfRule" and the like are not cells. A ":c " in text counts too: over-counting fails
+# closed, and bytes.count is fast where a regex over 16 MiB is not.
+_CELL_TAGS: Final = (b"<c ", b"<c>", b"<c/>", b":c ", b":c>", b":c/>")
 _MAX_XLSX_MEMBERS: Final = 1000
 _MAX_XLSX_COLS: Final = 32
 
@@ -369,17 +379,48 @@ def _parse_csv(body: bytes, max_rows: int) -> RosterParse:
 # -- xlsx -----------------------------------------------------------------------------
 
 
-def _check_xlsx_container(body: bytes) -> None:
-    """Before openpyxl sees it: a real zip, no macros, no zip bomb, no DTD (entity
-    expansion) in any XML part."""
+def http_status(code: str) -> int:
+    """The HTTP status of a file-level ``RosterError`` code."""
+    return {"too_many_rows": 413, "too_many_cells": 413, "too_large": 413,
+            "too_complex": 422, "busy": 503}.get(code, 400)
+
+
+def looks_like_xlsx(body: bytes) -> bool:
+    return body.startswith(_ZIP_MAGIC)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def check_xlsx_declared_size(body: bytes) -> None:
+    """Refuse a workbook whose zip declares too many parts or too many bytes unpacked.
+
+    Reads only the zip's central directory (no decompression): cheap enough for the event
+    loop, and it turns a zip bomb away before any worker unpacks a byte. The sizes are
+    declared, not trusted: zipfile stops reading a member at its declared size and checks
+    its CRC, so a lying member fails later instead of growing."""
     try:
         with zipfile.ZipFile(io.BytesIO(body)) as zf:
             infos = zf.infolist()
-            if len(infos) > _MAX_XLSX_MEMBERS:
-                raise RosterError("format", "the workbook has too many parts")
-            total = sum(i.file_size for i in infos)
-            if total > MAX_XLSX_UNCOMPRESSED:
-                raise RosterError("too_large", "the workbook is too large once uncompressed")
+    except Exception as exc:  # noqa: BLE001 - any damage: a clean RosterError
+        raise RosterError("format", "the .xlsx file is damaged") from exc
+    if len(infos) > _MAX_XLSX_MEMBERS:
+        raise RosterError("format", "the workbook has too many parts")
+    total = sum(i.file_size for i in infos)
+    if total > MAX_XLSX_UNCOMPRESSED:
+        raise RosterError("too_large", f"the workbook unpacks to {_mib(total)}; a class list "
+                          f"may unpack to at most {_mib(MAX_XLSX_UNCOMPRESSED)}")
+
+
+def _check_xlsx_container(body: bytes) -> None:
+    """Before openpyxl sees it: a real zip, no macros, no zip bomb, no DTD (entity
+    expansion) in any XML part, not too many cells."""
+    check_xlsx_declared_size(body)
+    cells = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as zf:
+            infos = zf.infolist()
             names = {i.filename.lower() for i in infos}
             if any(n.endswith("vbaproject.bin") for n in names):
                 raise RosterError("format", "macro-enabled workbooks are not accepted")
@@ -393,6 +434,12 @@ def _check_xlsx_container(body: bytes) -> None:
                 data = zf.read(info)
                 if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
                     raise RosterError("format", "the workbook contains a DTD")
+                if info.filename.lower().startswith("xl/worksheets/"):
+                    cells += sum(data.count(tag) for tag in _CELL_TAGS)
+                    if cells > MAX_XLSX_CELLS:
+                        raise RosterError("too_many_cells", f"the workbook has more than "
+                                          f"{MAX_XLSX_CELLS} cells; a class list needs far "
+                                          "fewer")
                 if b"macroEnabled" in data and info.filename == "[Content_Types].xml":
                     raise RosterError("format", "macro-enabled workbooks are not accepted")
     except RosterError:
@@ -424,6 +471,14 @@ def _xlsx_cell(value: object) -> str | None:
 def _parse_xlsx(body: bytes, max_rows: int) -> RosterParse:
     _check_xlsx_container(body)
     import openpyxl  # imported here: CSV-only deployments never load it
+    from openpyxl import xml as openpyxl_xml
+
+    # NOTE: the byte scan for a DTD above misses XML parts encoded as UTF-16; openpyxl
+    # parsing through defusedxml is what refuses entity expansion there. Fail closed
+    # when it is missing (it is a declared dependency, pyproject.toml).
+    if not getattr(openpyxl_xml, "DEFUSEDXML", False):
+        raise RosterError("format", ".xlsx import needs the defusedxml package; ask the "
+                          "operator to install it")
 
     max_lines = max_rows + _EXTRA_LINES
     try:

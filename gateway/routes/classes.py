@@ -21,7 +21,7 @@ from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, can_view, is_host
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
-from ..roster import RosterError, parse_roster
+from ..roster import RosterError, http_status
 from ..state import ClassInfo, LinkRecord, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
@@ -201,10 +201,11 @@ async def put_roster(request: web.Request) -> web.Response:
     ctype = request.content_type
     filename = request.headers.get("X-Filename")
     try:
-        parsed = parse_roster(body, content_type=ctype, filename=filename)
+        # NOTE: never on the event loop: a crafted workbook costs seconds of CPU
+        # (gateway/roster_worker.py).
+        parsed = await svc.roster_parser.parse(body, content_type=ctype, filename=filename)
     except RosterError as exc:
-        status = 413 if exc.code == "too_many_rows" else 400
-        raise ApiError(status, f"roster_{exc.code}", exc.message) from exc
+        raise ApiError(http_status(exc.code), f"roster_{exc.code}", exc.message) from exc
     if not parsed.students:
         raise ApiError(400, "roster_empty", "no usable student in the file",
                        extra={"rejected": [_rej(r) for r in parsed.rejected]})

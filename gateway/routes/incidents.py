@@ -1,9 +1,11 @@
 """Incidents: report, list, view, edit, attach files, export the evidence bundle.
 
 Every view, edit, attachment and export is a custody event in the audit log
-(``incident.create|view|update|attach|export``, ``facts.incident`` = the incident id).
-Teachers see the incidents of their own classes, IT staff and administrators those of
-their org subtree; only administrators export evidence.
+(``incident.create|view|update|attach|export|hold``, ``facts.incident`` = the incident
+id). Teachers see the incidents of their own classes, IT staff and administrators those
+of their org subtree; only administrators export evidence. Only the reporter and
+administrators edit; only administrators close and reopen, with a reason, and not an
+incident about a class they own. Every change is kept as a revision.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 import unicodedata
 import urllib.parse
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import BodyPartReader, web
@@ -20,10 +23,10 @@ from aiohttp import BodyPartReader, web
 from .. import i18n
 from ..app import Services, services
 from ..auth import Principal, require_user
-from ..errors import ApiError
+from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
 from ..hostctl import can_view
-from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, Visitor
+from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
 from ..state import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
@@ -32,6 +35,7 @@ MAX_STUDENTS = 100
 MAX_VISITORS = 20
 MAX_INDEXES = 1000
 MAX_FILES_PER_UPLOAD = 10
+MAX_REASON = 1000
 _DEVICE_RE = re.compile(r"[0-9a-f]{64}")
 _CONTROL = {"Cc", "Cf", "Zl", "Zp"}
 
@@ -39,7 +43,8 @@ _CONTROL = {"Cc", "Cf", "Zl", "Zp"}
 def incident_store(svc: Services) -> IncidentStore:
     assert svc.secretbox is not None
     return IncidentStore(svc.r, svc.settings.redis_prefix, clock=svc.clock,
-                         secretbox=svc.secretbox)
+                         secretbox=svc.secretbox,
+                         blob_dir=Path(svc.settings.data_dir) / "attachments")
 
 
 def _text(value: Any, field: str, *, max_len: int, multiline: bool = False) -> str:
@@ -216,7 +221,8 @@ async def create(request: web.Request) -> web.Response:
     await svc.auditor.record(
         "incident.create", actor=p.actor, org=info.org, class_id=info.id,
         facts={"incident": inc.id, "since": since, "until": until, "student_ids": students,
-               "visitors": len(visitors) or None, "indexes": len(indexes) or None},
+               "visitors": len(visitors) or None, "indexes": len(indexes) or None,
+               "hold": "placed"},
         personal={**_custody_personal(request),
                   **({"visitors": [v.to_json() for v in visitors]} if visitors else {})},
     )
@@ -239,35 +245,69 @@ async def detail(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
+    """``PATCH``: edit the title or description (the reporter and administrators), close
+    or reopen (administrators, with a reason, never about a class of their own). Every
+    change is kept as a revision (``GET .../history``); nothing is overwritten unseen."""
     svc = services(request)
     assert svc.auditor is not None
     p = await require_user(request)
     inc, info = await load_incident(request, p)
     d = require_fields(await read_json(request), required=(),
-                       optional=("status", "title", "description"))
-    if not d:
+                       optional=("status", "title", "description", "reason"))
+    if not any(k in d for k in ("status", "title", "description")):
         raise ApiError(400, "missing_field", "nothing to change", field="status")
     store = incident_store(svc)
     title = _text(d["title"], "title", max_len=200) if "title" in d else None
     description = (_text(d["description"], "description", max_len=5000, multiline=True)
                    if "description" in d else None)
-    if (title is not None or description is not None) and inc.status == "closed":
-        raise ApiError(409, "incident_closed", "a closed incident cannot be edited")
+    reason = (_text(d["reason"], "reason", max_len=MAX_REASON, multiline=True) or None
+              if d.get("reason") is not None else None)
     status = d.get("status")
-    if status is not None:
+    if status is not None and not isinstance(status, str):
+        raise ApiError(400, "invalid_field", "status must be a string", field="status")
+    if (title is not None or description is not None) and \
+            p.role != "admin" and p.username != inc.created_by:
+        raise Refusal(403, "forbidden", "only the reporter and administrators edit an "
+                      "incident", class_id=info.id, org=info.org)
+    if status is not None and status != inc.status:
         if status == "exported":
             raise ApiError(400, "invalid_field", "an incident becomes exported by exporting it",
                            field="status")
-        await store.set_status(inc.id, str(status))
-    await store.update_text(inc.id, title=title, description=description)
+        if p.role != "admin":
+            raise Refusal(403, "forbidden", "only administrators close or reopen an incident",
+                          class_id=info.id, org=info.org)
+        if status == "closed" and info.owner == p.username:
+            raise Refusal(403, "own_class", "an incident about a class of your own is closed "
+                          "by another administrator", class_id=info.id, org=info.org)
+        if reason is None:
+            raise ApiError(400, "missing_field", "closing or reopening needs a reason",
+                           field="reason")
+    before = await store.revise(inc.id, by=p.username, title=title, description=description,
+                                status=status, reason=reason)
+    fresh = await store.get(inc.id)
+    assert fresh is not None
+    # NOTE: the reason is the person's own words: it goes in the erasable personal part.
     await svc.auditor.record(
         "incident.update", actor=p.actor, org=info.org, class_id=info.id,
         facts={"incident": inc.id, "status": status,
-               "changed": sorted(k for k in d if k != "status") or None},
-        personal=_custody_personal(request))
-    fresh = await store.get(inc.id)
-    assert fresh is not None
+               "changed": sorted(k for k in d if k in ("title", "description")) or None},
+        personal={**_custody_personal(request), **({"reason": reason} if reason else {})})
+    if before != fresh.status and "closed" in (before, fresh.status):
+        await svc.auditor.record(
+            "incident.hold", actor=p.actor, org=info.org, class_id=info.id,
+            facts={"incident": inc.id,
+                   "hold": "released" if fresh.status == "closed" else "placed"})
     return web.json_response(fresh.to_json())
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET .../history``: every revision, oldest first (a custody view, logged)."""
+    svc = services(request)
+    p = await require_user(request)
+    inc, info = await load_incident(request, p)
+    revisions = await incident_store(svc).history(inc.id)
+    await record_view(request, p, inc, info, via="history")
+    return web.json_response({"revisions": [r.to_json() for r in revisions]})
 
 
 def _filename(raw: str | None) -> str:
@@ -276,6 +316,13 @@ def _filename(raw: str | None) -> str:
     name = unicodedata.normalize("NFC", text).replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch) not in _CONTROL).strip()
     return name[:200] or "attachment"
+
+
+def _over_quota(used: int, quota: int) -> ApiError:
+    return ApiError(413, "quota_exceeded",
+                    f"your organisation stores {used} bytes of incident attachments and may "
+                    f"store {quota} (attachment_org_quota_bytes)", field="file",
+                    extra={"used_bytes": used, "quota_bytes": quota})
 
 
 async def attach(request: web.Request) -> web.Response:
@@ -288,7 +335,9 @@ async def attach(request: web.Request) -> web.Response:
     if not request.content_type.startswith("multipart/"):
         raise ApiError(415, "unsupported_media_type", "expected multipart/form-data")
     limit = svc.settings.attachment_max_bytes
+    quota = svc.settings.attachment_org_quota_bytes
     store = incident_store(svc)
+    used = await store.usage(inc.org)
     reader = await request.multipart()
     added: list[dict[str, Any]] = []
     while True:
@@ -312,13 +361,20 @@ async def attach(request: web.Request) -> web.Response:
             if size > limit:
                 raise ApiError(413, "too_large", f"an attachment may be at most {limit} bytes",
                                field="file")
+            if used + size > quota:  # early: the store checks again atomically
+                raise _over_quota(used, quota)
             chunks.append(chunk)
         if size == 0:
             raise ApiError(400, "empty", "the file is empty", field="file")
         fresh = await store.get(inc.id)
         assert fresh is not None
-        att = await store.add_attachment(fresh, filename=_filename(part.filename),
-                                         data=b"".join(chunks), uploaded_by=p.username)
+        try:
+            att = await store.add_attachment(fresh, filename=_filename(part.filename),
+                                             data=b"".join(chunks), uploaded_by=p.username,
+                                             quota=quota)
+        except QuotaExceeded as exc:
+            raise _over_quota(exc.used, quota) from exc
+        used += att.size
         # NOTE: the file name is the uploader's words: it goes in the erasable personal part.
         await svc.auditor.record(
             "incident.attach", actor=p.actor, org=info.org, class_id=info.id,
@@ -362,5 +418,6 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/v1/incidents", list_incidents)
     r.add_get("/api/v1/incidents/{incident_id}", detail)
     r.add_patch("/api/v1/incidents/{incident_id}", update)
+    r.add_get("/api/v1/incidents/{incident_id}/history", history)
     r.add_post("/api/v1/incidents/{incident_id}/attachments", attach)
     r.add_get("/api/v1/incidents/{incident_id}/evidence.zip", evidence)

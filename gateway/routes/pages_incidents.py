@@ -27,7 +27,7 @@ from policies.schedule import current_window_utc
 
 from ..app import Services, services
 from ..auth import Principal
-from ..evidence_export import is_custody
+from ..evidence_export import is_custody, revision_rows
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..state import ClassInfo, Student, valid_class_id
 from .incidents import (
@@ -35,6 +35,7 @@ from .incidents import (
     MAX_VISITORS,
     MAX_WINDOW_MS,
     class_for,
+    incident_store,
     load_incident,
     record_view,
     visible_incidents,
@@ -53,7 +54,8 @@ SEQUENCE_WAIT_S = 2.0
 CUSTODY_SHOWN = 500
 CUSTODY_SCAN = 100_000
 _DEVICE_RE = re.compile(r"[0-9a-f]{64}")
-_UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty")
+_UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty",
+                  "quota_exceeded")
 
 
 # --- formatting (pure) --------------------------------------------------------------------
@@ -291,7 +293,14 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
                  "hint": hints.get(v.device or "", "")} for v in inc.visitors]
     limit = svc.settings.attachment_max_bytes
     can_attach = inc.status != "closed" and len(inc.attachments) < MAX_ATTACHMENTS
-    moves = sorted(s for s in TRANSITIONS.get(inc.status, frozenset()) if s != "exported")
+    # Only administrators close and reopen, and never about a class of their own; the
+    # API refuses the same (routes/incidents.py ``update``).
+    moves = sorted(s for s in TRANSITIONS.get(inc.status, frozenset()) if s != "exported"
+                   and p.role == "admin" and not (s == "closed" and info.owner == p.username))
+    store = incident_store(svc)
+    revisions = revision_rows(lang, await store.history(inc.id))
+    quota = svc.settings.attachment_org_quota_bytes
+    used = await store.usage(inc.org)
     return page_response(
         request, "incident.html", lang, user=p, inc=inc, info=info, students=students,
         visitors=visitors, description_lines=inc.description.split("\n")
@@ -299,6 +308,8 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         attachments=[{**a.to_json(), "human": human_size(a.size, lang)}
                      for a in inc.attachments],
         history=history, history_complete=complete, indexed=indexed, moves=moves,
+        revisions=revisions, quota_human=human_size(quota, lang),
+        used_human=human_size(used, lang),
         can_attach=can_attach,
         can_export=p.role == "admin", can_proof=p.role in ("it", "admin"),
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),

@@ -26,7 +26,7 @@ from ..app import services
 from ..auth import Principal, require_user
 from ..errors import ApiError
 from ..hostctl import is_host
-from ..roster import RosterError, parse_roster
+from ..roster import RosterError, http_status
 from .classes import current_links, load_class, org_ancestors
 from .pages import DEFAULT_TZ, page_response, staff_page
 
@@ -168,11 +168,10 @@ async def roster_preview(request: web.Request) -> web.Response:
     if len(body) > limit:
         raise ApiError(413, "too_large", f"roster file larger than {limit} bytes")
     try:
-        parsed = await asyncio.to_thread(parse_roster, body, content_type=request.content_type,
-                                         filename=request.headers.get("X-Filename"))
+        parsed = await svc.roster_parser.parse(body, content_type=request.content_type,
+                                               filename=request.headers.get("X-Filename"))
     except RosterError as exc:
-        status = 413 if exc.code == "too_many_rows" else 400
-        raise ApiError(status, f"roster_{exc.code}", exc.message) from exc
+        raise ApiError(http_status(exc.code), f"roster_{exc.code}", exc.message) from exc
     return web.json_response({
         "students": [{"line": s.line, "name": s.name, "external_id": s.external_id}
                      for s in parsed.students],

@@ -97,11 +97,18 @@
   root.querySelectorAll("button[data-status]").forEach(function (b) {
     b.addEventListener("click", function () {
       var status = b.dataset.status;
+      var reasonBox = document.getElementById("status-reason");
+      var reason = reasonBox ? reasonBox.value.trim() : "";
+      if (!reason) {
+        statusError.textContent = d.msgReason;
+        if (reasonBox) { reasonBox.focus(); }
+        return;
+      }
       var confirmText = d[msgKey("msgConfirm", status)];
       if (confirmText && !window.confirm(confirmText)) { return; }
       b.disabled = true;
       statusError.textContent = "";
-      call("PATCH", base, { status: status }, d.csrf).then(function (res) {
+      call("PATCH", base, { status: status, reason: reason }, d.csrf).then(function (res) {
         b.disabled = false;
         if (res.ok) { location.reload(); return; }
         statusError.textContent = withDetail(d.msgFailed, apiError(res));

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -91,13 +92,15 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
         assert att["content_type"] == "image/png" and att["filename"] == "ảnh.PNG.exe"
         r = await teacher.post(f"/api/v1/incidents/{iid}/attachments", json={"x": 1})
         assert r.status == 415
-        # attachments are sealed at rest: the bytes are not in Redis in the clear
+        # attachments are sealed at rest, on disk: content-addressed, mode 0600, the
+        # bytes nowhere in the clear; Redis holds only metadata and hashes
         keys = [k async for k in redis.scan_iter(match=f"{redis_prefix}{{i:{iid}}}:att:*")]
-        assert keys
-        raw_client = gw.svc.redis_bytes
-        assert raw_client is not None
-        sealed = await raw_client.lrange(keys[0], 0, -1)
-        assert b"IHDR" not in b"".join(sealed)
+        assert keys == []
+        files = list((tmp_path / "data" / "attachments").glob("*/*.sealed"))
+        assert len(files) == 1
+        sealed = files[0].read_bytes()
+        assert b"IHDR" not in sealed and files[0].stat().st_mode & 0o777 == 0o600
+        assert files[0].name == hashlib.sha256(sealed).hexdigest() + ".sealed"
         # only administrators export
         assert (await teacher.get(f"/api/v1/incidents/{iid}/evidence.zip")).status == 403
         assert (await it.get(f"/api/v1/incidents/{iid}/evidence.zip")).status == 403
@@ -107,11 +110,18 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
         assert r.status == 400
         r = await admin.get(f"/api/v1/incidents/{iid}/evidence.zip")
         assert r.status == 200, await r.text()
-        r = await teacher.patch(f"/api/v1/incidents/{iid}",
-                                json={"status": "closed", "title": "Quấy rối (đã xử lý)"})
+        # the reporter edits; only an administrator closes, with a reason
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"title": "Quấy rối (đã xử lý)"})
+        assert r.status == 200
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"status": "closed"})
+        assert r.status == 403
+        r = await admin.patch(f"/api/v1/incidents/{iid}", json={"status": "closed"})
+        assert r.status == 400 and (await r.json())["error"]["field"] == "reason"
+        r = await admin.patch(f"/api/v1/incidents/{iid}",
+                              json={"status": "closed", "reason": "đã xử lý"})
         assert r.status == 200 and (await r.json())["status"] == "closed"
         r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"status": "open"})
-        assert r.status == 409 and (await r.json())["error"]["code"] == "invalid_transition"
+        assert r.status == 403
         r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"title": "x"})
         assert r.status == 409
         form = aiohttp.FormData()
@@ -130,4 +140,4 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
             import asyncio
             await asyncio.sleep(0.05)
         assert {"incident.create", "incident.view", "incident.attach", "incident.export",
-                "incident.update"} <= set(types)
+                "incident.update", "incident.hold"} <= set(types)

@@ -204,7 +204,10 @@ async def test_list_per_role_filter_and_escaping(tmp_path: Path, redis_url: str,
         assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
         assert "<svg" not in html and "&lt;svg onload=alert(2)&gt;.txt" in html
         # filter by status
-        r = await sc["lan"].patch(f"/api/v1/incidents/{mine}", json={"status": "closed"})
+        assert gw.svc.staff is not None
+        admin_api = gw.api(str(await gw.svc.staff.create_api_token("chi.admin")))
+        r = await admin_api.patch(f"/api/v1/incidents/{mine}",
+                                  json={"status": "closed", "reason": "đã xử lý"})
         assert r.status == 200
         html = await page(lan, "/incidents?status=closed")
         assert mine in html
@@ -318,15 +321,20 @@ async def test_report_form_detail_custody_attachments_export(
         assert "incident.export" in custody_types(html) and bundle_sha in html
         assert "Đã xuất bằng chứng" in html
 
-        # closing: through the PATCH the Close button sends; then no more uploads
+        # closing: only an administrator sees the buttons, and sends a reason
         html = await page(lan, f"/incidents/{iid}")
+        assert 'data-status=' not in html and 'id="status-reason"' not in html
+        html = await page(admin, f"/incidents/{iid}")
         assert 'data-status="closed"' in html and 'data-status="open"' not in html
-        r = await lan.patch(f"/api/v1/incidents/{iid}", json={"status": "closed"},
-                            headers={"X-CSRF-Token": csrf_of(html)})
+        assert 'id="status-reason"' in html
+        r = await admin.patch(f"/api/v1/incidents/{iid}",
+                              json={"status": "closed", "reason": "đã bàn giao công an"},
+                              headers={"X-CSRF-Token": csrf_of(html)})
         assert r.status == 200, await r.text()
-        html = await page(lan, f"/incidents/{iid}")
-        assert 'id="upload-form"' not in html and 'data-status=' not in html
+        html = await page(admin, f"/incidents/{iid}")
+        assert 'id="upload-form"' not in html and 'data-status="open"' in html
         assert "incident.update" in custody_types(html)
+        assert "đã bàn giao công an" in html  # the reason, in the history
 
 
 @pytest.mark.asyncio
