@@ -112,6 +112,8 @@ def deployment(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
         "CLASSGUARD_COOKIE_SECURE": "false",
         "CLASSGUARD_LOG_LEVEL": "warning",
     })
+    # A module may set more of the gateway's settings (``SERVE_ENV``), e.g. a trusted proxy.
+    env.update(getattr(request.module, "SERVE_ENV", {}))
     env.pop("REDIS_URL", None)
     log = tmp / "serve.log"
     try:
