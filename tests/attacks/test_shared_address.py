@@ -107,7 +107,7 @@ class Proxy:
     def __init__(self, dep: Deployment) -> None:
         self.session = aiohttp.ClientSession(
             base_url=dep.base, cookie_jar=aiohttp.DummyCookieJar(),
-            connector=aiohttp.TCPConnector(local_addr=(PROXY, 0), limit=256),
+            connector=aiohttp.TCPConnector(local_addr=(PROXY, 0), limit=0),
             timeout=aiohttp.ClientTimeout(total=60))
 
     def phone(self, address: str) -> Phone:
@@ -308,5 +308,32 @@ async def test_correct_codes_from_one_address_wrong_codes_throttled(
             # links from that address are unaffected
             a = await proxy.phone(school).open(k.token(40))
             assert a.status == 200 and a.body["status"] == "waiting", a
+        finally:
+            await proxy.close()
+
+
+async def test_a_school_waiting_behind_one_address_keeps_its_sockets(
+        deployment: Deployment) -> None:
+    """Five classes of 60 behind one school address wait for their teachers: all 300
+    waiting-room sockets open and stay open (the per-address cap is 5,000 per process;
+    it was 200, and the handshakes were charged to the address: 30, then 5/s)."""
+    school = "192.0.2.99"
+    async with scene(deployment) as s:
+        proxy = Proxy(deployment)
+        try:
+            classes = await _classes(s, 5, 60, "standard")
+            phones = [(proxy.phone(school), k.token(i)) for k in classes for i in range(60)]
+            answers = await asyncio.gather(*(p.open(t) for p, t in phones))
+            assert {(a.status, a.body.get("status")) for a in answers} == {(200, "waiting")}
+            sockets = await asyncio.gather(*(p.ws(a.body["ws"])
+                                             for (p, _), a in zip(phones, answers, strict=True)))
+            firsts = await asyncio.gather(*(next_message(ws, wait_s=20) for ws in sockets))
+            assert {m["type"] for m in firsts} == {"waiting"}
+            for ws in sockets:
+                await ws.send_str("ping")
+            pongs = await asyncio.gather(*(ws.receive(timeout=20) for ws in sockets))
+            assert {m.data for m in pongs} == {"pong"}
+            for ws in sockets:
+                await ws.close()
         finally:
             await proxy.close()
