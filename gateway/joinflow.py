@@ -200,9 +200,10 @@ class JoinFlow:
         students share one address behind a carrier's or a school's NAT. Everything
         that fails (not shaped like our tokens, a bad signature, an unknown or revoked
         link, a banned source) is charged to the source's failure budgets, and once
-        those are drained it is refused as rate-limited, unaudited one by one. Claims
-        that cannot name a live link are refused as failures before any signature work;
-        the decision is then taken on the verified claims only."""
+        those are drained it is refused as rate-limited, audited in aggregate. Claims
+        that cannot name a live link are charged before any signature work (and refused
+        without it when the source is drained); the decision is always taken on the
+        verified claims only."""
         svc = self.svc
         store = svc.store
         assert svc.keyring is not None and store is not None
