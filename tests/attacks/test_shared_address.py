@@ -337,3 +337,31 @@ async def test_a_school_waiting_behind_one_address_keeps_its_sockets(
                 await ws.close()
         finally:
             await proxy.close()
+
+
+async def test_made_up_go_nonces_are_throttled_but_not_the_students_own(
+        deployment: Deployment) -> None:
+    """Someone behind a school's address tries made-up ``/go`` nonces: 20 answers, then
+    429 (audited in aggregate, not one event each); a student behind the same address
+    still enters with the nonce they were handed."""
+    school = "203.0.113.150"
+    async with scene(deployment) as s:
+        proxy = Proxy(deployment)
+        try:
+            (k,) = await _classes(s, 1, 2, "standard")
+            (ctl,) = await _host_present(s, [k])
+            prober = proxy.phone(school)
+            prober.cookie = secrets.token_urlsafe(16)
+            began = time.monotonic()
+            tried = await asyncio.gather(*(prober.go(f"/go/{k.id}.{secrets.token_urlsafe(24)}")
+                                           for _ in range(40)))
+            took = time.monotonic() - began
+            statuses = [a.status for a in tried]
+            assert set(statuses) == {404, 429}, statuses
+            # the address's failure budget: a burst of 20, then 5 a second
+            assert 20 <= statuses.count(404) <= 20 + 5 * took + 1, (statuses, took)
+            assert all(int(a.headers["Retry-After"]) >= 1 for a in tried if a.status == 429)
+            assert _entered(await _enter(proxy.phone(school), k.token(0)))
+            await ctl.close()
+        finally:
+            await proxy.close()
