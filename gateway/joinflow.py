@@ -125,12 +125,16 @@ def link_limit(jti: str) -> Limit:
 CODE_LINK_LIMIT = Limit("jti:", per_second=1, burst=10)
 
 
+@lru_cache(maxsize=8192)
 def code_limits(ip: str) -> tuple[Limit, ...]:
     """The budgets a wrong short code is charged, and checked before any lookup.
 
     NOTE: the short-code space is guessable only by brute force; limit per source, per
-    network and across the whole code space so a distributed attack is slow too."""
-    return (*failure_limits(ip), Limit(f"code:ip:{ip}", per_second=0.2, burst=10),
+    network and across the whole code space so a distributed attack is slow too. These
+    are budgets of their own, not ``failure_limits``: a flood of garbage links from a
+    school's address must not shut its students out of code entry as well."""
+    return (Limit(f"code:ip:{ip}", per_second=0.2, burst=10),
+            Limit(f"code:net:{network_of(ip)}", per_second=2, burst=100),
             Limit("code:space", per_second=20, burst=200))
 
 

@@ -732,7 +732,8 @@ class Limit:
     @property
     def bucket(self) -> str:
         """The kind of budget, without the address, link or class it is for
-        (``ip``, ``net``, ``jti``, ``code:ip``, ``code:space``, ``class``, ...)."""
+        (``ip``, ``net``, ``jti``, ``code:ip``, ``code:net``, ``code:space``, ``class``,
+        ...)."""
         for prefix in _VALUED_BUCKETS:
             if self.key.startswith(prefix + ":"):
                 return prefix
@@ -740,7 +741,7 @@ class Limit:
 
 
 # Limit keys of the form "<bucket>:<value>"; others ("global", "code:space") are whole.
-_VALUED_BUCKETS = ("code:ip", "ws:ticket", "ip", "net", "jti", "class")
+_VALUED_BUCKETS = ("code:ip", "code:net", "ws:ticket", "ip", "net", "jti", "class")
 
 
 class ClassStore:

@@ -118,9 +118,8 @@ class Proxy:
 
 
 async def _classes(s: Scene, n: int, size: int, preset: str) -> list[Klass]:
-    return list(await asyncio.gather(*(
-        s.new_class(preset, roster=_roster(size, f"{c:02d}"), title=f"Lớp {c:02d}")
-        for c in range(n))))
+    return [await s.new_class(preset, roster=_roster(size, f"{c:02d}"), title=f"Lớp {c:02d}")
+            for c in range(n)]
 
 
 async def _host_present(s: Scene, classes: list[Klass]) -> list[aiohttp.ClientWebSocketResponse]:
@@ -133,11 +132,20 @@ async def _host_present(s: Scene, classes: list[Klass]) -> list[aiohttp.ClientWe
 
 
 async def _enter(phone: Phone, token: str) -> tuple[Answer, Answer | None]:
-    """Open the link; when admitted, follow ``/go`` into the meeting."""
-    a = await phone.open(token)
-    if a.status == 200 and isinstance(a.body, dict) and a.body.get("redirect"):
-        return a, await phone.go(a.body["redirect"])
-    return a, None
+    """Open the link; when admitted, follow ``/go`` into the meeting.
+
+    A 503 (Redis overdue: the gateway fails closed when the machine is saturated, as
+    the shared test machine sometimes is) is answered the way the student's page
+    does, by opening the link again; any 4xx is final."""
+    for _ in range(3):
+        a = await phone.open(token)
+        g = None
+        if a.status == 200 and isinstance(a.body, dict) and a.body.get("redirect"):
+            g = await phone.go(a.body["redirect"])
+        if a.status != 503 and (g is None or g.status != 503):
+            break
+        await asyncio.sleep(1.0)
+    return a, g
 
 
 def _entered(result: tuple[Answer, Answer | None]) -> bool:
@@ -159,17 +167,26 @@ async def test_a_thousand_students_behind_four_addresses(deployment: Deployment)
             due = [(classes[i % 20], i // 20, ADDRESSES[i % 4]) for i in range(1000)]
             start = time.monotonic() + 0.2
 
+            every: list[Answer] = []
+
             async def student(n: int, k: Klass, i: int, address: str
                               ) -> tuple[Answer, Answer | None]:
                 await asyncio.sleep(max(0.0, start + n * 0.01 - time.monotonic()))
-                return await _enter(proxy.phone(address), k.token(i))
+                phone = proxy.phone(address)
+                try:
+                    return await _enter(phone, k.token(i))
+                finally:
+                    every.extend(phone.answers)
 
             results = await asyncio.gather(*(student(n, k, i, a)
                                              for n, (k, i, a) in enumerate(due)))
             elapsed = time.monotonic() - start
-            refused = [(r[0].status, r[0].body) for r in results if not _entered(r)]
+            refused = [(r[0].status, r[0].body, r[1] and (r[1].status, r[1].body))
+                       for r in results if not _entered(r)]
             assert refused == [], (f"{len(refused)} of 1000 not admitted "
                                    f"({elapsed:.1f} s): {refused[:3]}")
+            # nobody was ever refused on the way (a retried 503 is not a refusal)
+            assert not {403, 404, 429} & {a.status for a in every}
             st = await s.teacher.state(classes[7].id)
             assert len(st["admitted"]) == 50
             for ctl in controls:
@@ -236,9 +253,8 @@ async def test_an_attacker_behind_the_students_address_throttles_only_themself(
             assert 429 in link_statuses and 429 in code_statuses
             # answered at most what the address's failure budget holds (burst 20, then
             # 5/s) and the wrong codes what its code budget holds (10, then 1 per 5 s)
-            answered = len([a for a in links + codes if a.status != 429])
-            assert answered <= 20 + 5 * flooded_s + 2, (answered, len(links + codes),
-                                                         flooded_s)
+            assert link_statuses.count(403) <= 20 + 5 * flooded_s + 1, (
+                link_statuses, flooded_s)
             assert code_statuses.count(404) <= 10 + 0.2 * flooded_s + 1, code_statuses
             assert not any(isinstance(a.body, dict) and a.body.get("redirect")
                            for a in attacker.answers)
@@ -288,12 +304,17 @@ async def test_correct_codes_from_one_address_wrong_codes_throttled(
     (a correct code is charged to its link, not the address). Wrong codes from that
     address are still charged to it (10, then 429) and, while its budget is drained,
     every code from it is refused before it is looked up, a correct one included: the
-    answer must not tell a guesser which guess was right."""
+    answer must not tell a guesser which guess was right. Garbage links from the same
+    address do not shut code entry: they draw on other budgets."""
     school = "100.64.200.1"
     async with scene(deployment) as s:
         proxy = Proxy(deployment)
         try:
             (k,) = await _classes(s, 1, 41, "strict")
+            noise = proxy.phone(school)
+            garbage = await asyncio.gather(*(noise.open(secrets.token_urlsafe(30))
+                                             for _ in range(40)))
+            assert 429 in {a.status for a in garbage}  # the address's failure budget
             phones = [proxy.phone(school) for _ in range(40)]
             answers = await asyncio.gather(*(p.enter_code(k.links[i]["code"])
                                              for i, p in enumerate(phones)))
