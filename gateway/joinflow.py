@@ -101,13 +101,50 @@ def network_of(ip: str) -> str:
 
 
 @lru_cache(maxsize=8192)
-def _source_limits(ip: str) -> tuple[Limit, ...]:
-    """The budgets every link open from ``ip`` is charged (Limit is frozen)."""
+def failure_limits(ip: str) -> tuple[Limit, ...]:
+    """The budgets an attempt from ``ip`` is charged when it fails (Limit is frozen).
+
+    NOTE: never charged by a credential that proves itself (a verified current link of
+    a roster student, a correct short code, a ticket on its own device, a live /go
+    nonce): a school or a carrier puts thousands of students behind one address, and a
+    flood from that address must cost the attacker, not them."""
     return (
         Limit(f"ip:{ip}", per_second=5, burst=20),
         Limit(f"net:{network_of(ip)}", per_second=50, burst=200),
         Limit("global", per_second=5000, burst=20000),
     )
+
+
+@lru_cache(maxsize=65536)
+def link_limit(jti: str) -> Limit:
+    """The budget of one link, whoever opens it and from wherever."""
+    return Limit(f"jti:{jti}", per_second=1, burst=10)
+
+
+# The link budget of a correct short code: ``link_limit`` with the jti appended in Redis.
+CODE_LINK_LIMIT = Limit("jti:", per_second=1, burst=10)
+
+
+@lru_cache(maxsize=8192)
+def code_limits(ip: str) -> tuple[Limit, ...]:
+    """The budgets a wrong short code is charged, and checked before any lookup.
+
+    NOTE: the short-code space is guessable only by brute force; limit per source, per
+    network and across the whole code space so a distributed attack is slow too. These
+    are budgets of their own, not ``failure_limits``: a flood of garbage links from a
+    school's address must not shut its students out of code entry as well."""
+    return (Limit(f"code:ip:{ip}", per_second=0.2, burst=10),
+            Limit(f"code:net:{network_of(ip)}", per_second=2, burst=100),
+            Limit("code:space", per_second=20, burst=200))
+
+
+def _proves_a_live_link(snap: Snapshot) -> bool:
+    """Whether the claims read before any signature check name the current link of a
+    roster student of a class that has not ended (what a verified link must be to be
+    charged to its own budgets rather than its source's)."""
+    st = snap.state
+    return (snap.info is not None and st is not None and snap.link is not None
+            and not st.revoked and st.on_roster and not st.ended)
 
 
 class JoinFlow:
@@ -118,15 +155,15 @@ class JoinFlow:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.svc.clock(), UTC)
 
-    async def rate_limit(self, ip: str, extra: list[Limit] | None = None, *,
-                         via: str = "link", user_agent: str = "") -> float:
-        """Charge the source's budgets (and ``extra``); seconds to wait when refused,
-        the refusal then counted into the aggregated audit event."""
+    async def charge_failure(self, ip: str, *, via: str = "link", user_agent: str = "",
+                             metric: str = "join") -> float:
+        """Charge a failed attempt to its source's budgets (``failure_limits``); seconds
+        to wait when they are drained (the attempt is then refused as rate-limited, and
+        the refusal counted into the aggregated audit event), else 0.0."""
         assert self.svc.store is not None
-        wait, limit = await self.svc.store.rate_limit_check(
-            self._limits(ip, None) + (extra or []))
+        wait, limit = await self.svc.store.rate_limit_check(failure_limits(ip))
         if wait > 0:
-            self.svc.metrics.rate_limited.labels("join").inc()
+            self.svc.metrics.rate_limited.labels(metric).inc()
             await self.audit_rate_limited(ip, limit, via=via, user_agent=user_agent)
         return wait
 
@@ -155,19 +192,22 @@ class JoinFlow:
                    "first_at": int(first * 1000)},
         )
 
-    def _limits(self, ip: str, jti: str | None) -> list[Limit]:
-        limits = list(_source_limits(ip))
-        if jti:
-            limits.append(Limit(f"jti:{jti}", per_second=1, burst=10))
-        return limits
-
     async def with_token(
         self, token: str, *, ip: str, device_cookie: str | None, user_agent: str
     ) -> JoinOutcome:
-        """A link opened. Round trip 1 (rate limits + the class snapshot, keyed by the
-        token's claims read unverified) comes before any signature check, so floods and
-        banned sources are refused cheaply; the decision is then taken on the verified
-        claims only."""
+        """A link opened. Round trip 1 (the link's own budget and the class snapshot,
+        keyed by the token's claims read unverified) comes before any signature check.
+
+        NOTE: what the attempt is charged depends on what it proves. A verified current
+        link of a roster student of a class that has not ended is charged to its link
+        (here) and its class (on entry), never to its address or network: thousands of
+        students share one address behind a carrier's or a school's NAT. Everything
+        that fails (not shaped like our tokens, a bad signature, an unknown or revoked
+        link, a banned source) is charged to the source's failure budgets, and once
+        those are drained it is refused as rate-limited, audited in aggregate. Claims
+        that cannot name a live link are charged before any signature work (and refused
+        without it when the source is drained); the decision is always taken on the
+        verified claims only."""
         svc = self.svc
         store = svc.store
         assert svc.keyring is not None and store is not None
@@ -182,9 +222,8 @@ class JoinFlow:
         dev = device_hash(device_cookie)
         peek = peek_claims(token)
         if peek is None:
-            # Shaped like a token but not like ours (a forged header, say): charge the
-            # source, then refuse; recorded one by one.
-            wait = await self.rate_limit(ip, user_agent=user_agent)
+            # Shaped like a token but not like ours (a forged header, say): a failure.
+            wait = await self.charge_failure(ip, user_agent=user_agent)
             if wait > 0:
                 return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
             facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
@@ -194,7 +233,7 @@ class JoinFlow:
         claimed = TokenFacts(failure=None, student_id=StudentId(sub), class_id=ClassId(cls),
                              jti=Jti(jti))
         snap = await store.snapshot(cls, claimed, device=dev, ip=ip,
-                                    limits=self._limits(ip, jti))
+                                    limits=(link_limit(jti),))
         wait = float(snap.extra.get("wait", 0.0))
         if wait > 0:
             self.svc.metrics.rate_limited.labels("join").inc()
@@ -204,11 +243,20 @@ class JoinFlow:
             return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
         if snap.state is not None and (snap.state.banned_device or snap.state.banned_ip):
             # NOTE: a banned source is refused before the signature is even checked.
+            wait = await self.charge_failure(ip, user_agent=user_agent)
+            if wait > 0:
+                return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
             reason = Reason.BANNED_DEVICE if snap.state.banned_device else Reason.BANNED_IP
             decision = Decision(Action.DENY, reason, "bans",
                                 {"ban_reason": snap.state.ban_reason, "verified": False})
             return await self._finish_deny(decision, snap, claimed, ip=ip, dev=dev,
                                            fresh_cookie=fresh_cookie, user_agent=user_agent)
+        live = _proves_a_live_link(snap)
+        if not live:
+            # Fails whatever the signature says: charged before any signature work.
+            wait = await self.charge_failure(ip, user_agent=user_agent)
+            if wait > 0:
+                return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
         facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
         if facts.failure == "unknown_kid" and svc.keyring.reload_if_changed():
             # Another process may just have rotated keys.
@@ -216,6 +264,11 @@ class JoinFlow:
         if facts.failure is None and (facts.class_id, facts.student_id, facts.jti) != (
                 cls, sub, jti):
             facts = TokenFacts(failure="bad_claims")  # cannot happen with a valid signature
+        if live and facts.failure is not None:
+            # A live link's claims under a signature that does not verify: a forgery.
+            wait = await self.charge_failure(ip, user_agent=user_agent)
+            if wait > 0:
+                return self._refused(Reason.RATE_LIMITED, wait, fresh_cookie)
         return await self._decide(facts, snap if facts.failure is None else None, ip=ip,
                                   dev=dev, fresh_cookie=fresh_cookie, user_agent=user_agent,
                                   via="link")
@@ -234,7 +287,7 @@ class JoinFlow:
         svc = self.svc
         assert svc.store is not None and svc.auditor is not None and svc.keyring is not None
         wait, limit, n, first = await svc.store.charge_and_count(
-            self._limits(ip, None), f"malformed:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
+            failure_limits(ip), f"malformed:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
         if wait > 0:
             svc.metrics.rate_limited.labels("join").inc()
             await self.audit_rate_limited(ip, limit, via="link", user_agent=user_agent)
@@ -330,18 +383,35 @@ class JoinFlow:
         return admitted
 
     async def with_code(
-        self, code_hash: str, *, ip: str, device_cookie: str | None, user_agent: str
+        self, code_hash: str | None, *, ip: str, device_cookie: str | None, user_agent: str
     ) -> JoinOutcome | None:
-        """None when the code is unknown (the caller answers without revealing more)."""
-        store = self.svc.store
+        """A short code typed (``code_hash`` None: not even well-formed). None when the
+        code is unknown (the caller answers without revealing more); an outcome with
+        ``retry_after`` when refused by a rate limit.
+
+        NOTE: a correct code is a credential like a link: charged to its link, never to
+        its address. A wrong one is charged to the address, its network and the whole
+        code space, and while any of those is drained every code from there is refused
+        before it is looked up, right or wrong (see ClassStore.code_attempt)."""
+        svc = self.svc
+        store = svc.store
         assert store is not None
-        found = await store.resolve_code(code_hash)
+        status, wait, limit, found = await store.code_attempt(
+            code_hash, code_limits(ip), CODE_LINK_LIMIT)
+        if status in ("limited", "link_limited"):
+            svc.metrics.rate_limited.labels("code").inc()
+            bucket = limit if limit is not None else CODE_LINK_LIMIT
+            await self.audit_rate_limited(ip, bucket, via="code", user_agent=user_agent)
+            return self._refused(Reason.RATE_LIMITED, wait, None)
         if found is None:
             return None
-        cid, jti = found
+        cid, jti = found.split("|", 1)
         rec = await store.link_record(cid, jti)
         if rec is None:
-            return None
+            # A code left behind by a link that is gone: a failure like a wrong code.
+            wait = await self.charge_failure(ip, via="code", user_agent=user_agent,
+                                             metric="code")
+            return self._refused(Reason.RATE_LIMITED, wait, None) if wait > 0 else None
         facts = TokenFacts(
             failure=None,
             student_id=rec.student_id,

@@ -565,6 +565,47 @@ local r = gcra(#KEYS - 1)
 return {r[1], r[2], r[3] or 0, c[1], c[2]}
 """
 
+# A short code typed: refused unseen while any of the failure budgets is drained (the
+# answer must not depend on the code, or a throttled guesser would still learn which
+# guess was right); otherwise looked up, and then a correct code is charged to its link
+# only, a wrong one to every failure budget. KEYS: the n failure budgets, then the code.
+# ARGV: now_ms, (interval_ms, burst) per budget, lookup (1/0: 0 for a code not even
+# well-formed), link budget key prefix, link interval_ms, link burst.
+# Returns {'limited', wait ms, index of the budget} | {'wrong', 0, 0} |
+#         {'found', 0, "cid|jti"} | {'link_limited', wait ms, "cid|jti"}
+_CODE_ATTEMPT = """
+local n = #KEYS - 1
+local now = tonumber(ARGV[1])
+local worst, which = 0, 0
+local new = {}
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local wait = tat - now - interval * (tonumber(ARGV[2 * i + 1]) - 1)
+  if wait > worst then worst, which = wait, i end
+  new[i] = tat + interval
+end
+if worst > 0 then return {'limited', worst, which} end
+local found = false
+if ARGV[2 * n + 2] == '1' then found = redis.call('GET', KEYS[n + 1]) end
+if found and string.find(found, '|', 1, true) then
+  local jti = string.sub(found, string.find(found, '|', 1, true) + 1)
+  local key = ARGV[2 * n + 3] .. jti
+  local interval = tonumber(ARGV[2 * n + 4])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local wait = tat - now - interval * (tonumber(ARGV[2 * n + 5]) - 1)
+  if wait > 0 then return {'link_limited', wait, found} end
+  redis.call('SET', key, tat + interval, 'PX', math.ceil(tat + interval - now) + 1000)
+  return {'found', 0, found}
+end
+for i = 1, n do
+  redis.call('SET', KEYS[i], new[i], 'PX', math.ceil(new[i] - now) + 1000)
+end
+return {'wrong', 0, 0}
+"""
+
 # Everything one join attempt needs from the class, in one call.
 # KEYS: meta, links, revoked, roster, bind, rebinds, admitted, removed, denied, bans, hosts, jtis,
 #       released
@@ -691,7 +732,8 @@ class Limit:
     @property
     def bucket(self) -> str:
         """The kind of budget, without the address, link or class it is for
-        (``ip``, ``net``, ``jti``, ``code:ip``, ``code:space``, ``class``, ...)."""
+        (``ip``, ``net``, ``jti``, ``code:ip``, ``code:net``, ``code:space``, ``class``,
+        ...)."""
         for prefix in _VALUED_BUCKETS:
             if self.key.startswith(prefix + ":"):
                 return prefix
@@ -699,7 +741,7 @@ class Limit:
 
 
 # Limit keys of the form "<bucket>:<value>"; others ("global", "code:space") are whole.
-_VALUED_BUCKETS = ("code:ip", "ws:ticket", "ws:ip", "ip", "net", "jti", "class")
+_VALUED_BUCKETS = ("code:ip", "code:net", "ws:ticket", "ip", "net", "jti", "class")
 
 
 class ClassStore:
@@ -728,6 +770,7 @@ class ClassStore:
         self._count_many = redis.register_script(_COUNT_MANY)
         self._add_alert = redis.register_script(_ADD_ALERT)
         self._socket_open = redis.register_script(_SOCKET_OPEN)
+        self._code_attempt = redis.register_script(_CODE_ATTEMPT)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._apply = redis.register_script(_APPLY)
         # A class's org chain never changes after creation: a read-through cache of
@@ -1468,6 +1511,34 @@ class ClassStore:
             [*_gcra_args(limits, self.clock()), window_s, repr(self.clock())])
         wait, limit = _gcra_result(res[:3], limits)
         return wait, limit, int(res[3]), float(res[4])
+
+    async def code_attempt(self, code_hash: str | None, failure: Sequence[Limit],
+                           link: Limit) -> tuple[str, float, Limit | None, str | None]:
+        """A short code typed, checked against ``failure`` (the budgets wrong codes are
+        charged to) and looked up in one atomic step; ``link`` is the budget a correct
+        code is charged to (its key without the jti, e.g. ``"jti:"``).
+
+        Returns (status, wait s, the failure budget that refused, ``"cid|jti"``):
+        ``limited`` (refused before the lookup: nothing was charged and the answer says
+        nothing about the code), ``wrong`` (charged to every failure budget),
+        ``found`` (charged to the link only) or ``link_limited`` (a correct code whose
+        link's budget refused it). ``code_hash`` None: a code not even well-formed,
+        charged as a wrong one."""
+        interval, burst = link.gcra
+        res = await self._script(
+            self._code_attempt,
+            [*(self.k.ratelimit(lim.key) for lim in failure),
+             self.k.code(code_hash or "-")],
+            [*_gcra_args(failure, self.clock()), "1" if code_hash else "0",
+             self.k.ratelimit(link.key), interval, burst])
+        status = str(res[0])
+        wait = float(res[1]) / 1000.0
+        if status == "limited":
+            which = int(res[2]) - 1
+            return status, wait, failure[which] if 0 <= which < len(failure) else None, None
+        if status in ("found", "link_limited"):
+            return status, wait, None, str(res[2])
+        return status, 0.0, None, None
 
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,

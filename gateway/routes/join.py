@@ -29,12 +29,14 @@ log = logging.getLogger("classguard.join")
 DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest lifetime browsers accept
 
 # Waiting-room sockets. NOTE: a page needs one socket (two tabs are fine); the newest
-# wins so a reload never locks a student out. Handshakes are rate-limited per ticket
-# (a reconnecting page backs off to 15 s) and per address, and this process holds at
-# most WAIT_SOCKETS_PER_ADDRESS sockets for one address (generous: a school behind NAT
-# is one address).
+# wins so a reload never locks a student out. Handshakes on a genuine ticket from its
+# own device are rate-limited per ticket (a reconnecting page backs off to 15 s); only
+# failed handshakes are charged to the address. This process holds at most
+# WAIT_SOCKETS_PER_ADDRESS sockets for one address: a whole school behind one NAT
+# address (2,500 students with two tabs each), while every socket needs a ticket of
+# its own, so one address cannot hold more sockets than it has genuine tickets.
 WAIT_SOCKETS_PER_TICKET = 2
-WAIT_SOCKETS_PER_ADDRESS = 200
+WAIT_SOCKETS_PER_ADDRESS = 5000
 CLOSE_REPLACED = 4009  # closed because a newer socket opened on the same ticket
 
 
@@ -129,21 +131,7 @@ async def join_code(request: web.Request) -> web.StreamResponse:
     lang = i18n.request_lang(request, svc.settings.default_lang)
     ip = client_ip(request, svc.settings.trusted_proxies)
     flow = JoinFlow(svc)
-    # NOTE: the short-code space is guessable only by brute force; limit per source,
-    # per network and across the whole code space so a distributed attack is slow too.
-    wait = await flow.rate_limit(ip, [Limit(f"code:ip:{ip}", per_second=0.2, burst=10),
-                                      Limit("code:space", per_second=20, burst=200)],
-                                 via="code",
-                                 user_agent=request.headers.get("User-Agent", "")[:512])
-    if wait > 0:
-        svc.metrics.rate_limited.labels("code").inc()
-        if _wants_json(request):
-            raise ApiError(429, "rate_limited", "too many attempts",
-                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
-        resp = render(svc, "join.html", lang, status=429, code="",
-                      error=i18n.t(lang, "error.rate_limited", seconds=max(1, int(wait + 0.999))))
-        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
-        return resp
+    ua = request.headers.get("User-Agent", "")[:512]
     raw: Any
     if request.content_type == "application/json":
         data = await read_json(request)
@@ -152,12 +140,19 @@ async def join_code(request: web.Request) -> web.StreamResponse:
         form = await read_form(request)
         raw = form.get("code")
     code = normalize_code(raw) if isinstance(raw, str) and len(raw) <= 64 else None
-    out = None
-    if code is not None:
-        out = await flow.with_code(
-            code_lookup_key(code), ip=ip, device_cookie=_device_cookie(request),
-            user_agent=request.headers.get("User-Agent", "")[:512],
-        )
+    # The rate limits are in with_code: a wrong code is charged to the address, its
+    # network and the code space; a correct one to its link only.
+    out = await flow.with_code(code_lookup_key(code) if code is not None else None, ip=ip,
+                               device_cookie=_device_cookie(request), user_agent=ua)
+    if out is not None and out.retry_after > 0 and out.class_id is None:
+        wait = out.retry_after
+        if _wants_json(request):
+            raise ApiError(429, "rate_limited", "too many attempts",
+                           headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+        resp = render(svc, "join.html", lang, status=429, code="",
+                      error=i18n.t(lang, "error.rate_limited", seconds=max(1, int(wait + 0.999))))
+        resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return resp
     if out is None:
         assert svc.auditor is not None
         await svc.auditor.record("join.code_failed", actor="visitor", reason="token_invalid",
@@ -205,6 +200,18 @@ async def _socket_limited(request: web.Request, svc: Services, flow: JoinFlow, i
                    headers={"Retry-After": str(max(1, int(wait + 0.999)))})
 
 
+async def _socket_refused(request: web.Request, flow: JoinFlow, ip: str,
+                          error: ApiError) -> ApiError:
+    """A handshake that fails (no such ticket, another device's ticket): charged to the
+    source's failure budgets; ``error``, or 429 once those are drained."""
+    wait = await flow.charge_failure(ip, via="wait_socket", metric="socket",
+                                     user_agent=request.headers.get("User-Agent", "")[:512])
+    if wait > 0:
+        return ApiError(429, "rate_limited", "too many connections, retry later",
+                        headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+    return error
+
+
 async def _socket_gone(svc: Services, t: Ticket, socket_id: str) -> None:
     """Unregister a closed waiting-room socket; the host is told the student left only
     when their last socket is gone and they were still waiting."""
@@ -227,13 +234,16 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", "no such ticket")
     ip = client_ip(request, svc.settings.trusted_proxies)
     flow = JoinFlow(svc)
-    await _socket_limited(request, svc, flow, ip, [Limit(f"ws:ip:{ip}", per_second=5, burst=30)])
+    # NOTE: a socket on a genuine ticket from its own device is charged to the ticket,
+    # never to the address (a school waits behind one); failures to the address.
     t = await svc.store.ticket(ticket_id)
     if t is None:
-        raise ApiError(404, "not_found", "no such ticket")
+        raise await _socket_refused(request, flow, ip,
+                                    ApiError(404, "not_found", "no such ticket"))
     cookie = _device_cookie(request)
     if cookie is None or device_hash(cookie) != t.device:
-        raise ApiError(403, "device_mismatch", "this waiting room belongs to another device")
+        raise await _socket_refused(request, flow, ip, ApiError(
+            403, "device_mismatch", "this waiting room belongs to another device"))
     # Charged only now: a leaked ticket must not let others drain its owner's budget.
     await _socket_limited(request, svc, flow, ip,
                           [Limit(f"ws:ticket:{t.id}", per_second=0.1, burst=4)])
@@ -357,6 +367,20 @@ async def go(request: web.Request) -> web.StreamResponse:
     if cookie is not None and split_ticket(nonce) is not None:
         status, data = await svc.store.consume_nonce(nonce, device_hash(cookie))
     if status != "ok" or data is None:
+        # NOTE: a live nonce on its own device is never charged; a failed one is
+        # charged to the source, and once its failure budgets are drained refused as
+        # rate-limited (audited in aggregate, not one event each).
+        wait = await JoinFlow(svc).charge_failure(
+            ip, via="go", user_agent=request.headers.get("User-Agent", "")[:512])
+        if wait > 0:
+            retry = str(max(1, int(wait + 0.999)))
+            if _wants_json(request):
+                raise ApiError(429, "rate_limited", "too many requests",
+                               headers={"Retry-After": retry})
+            resp = render(svc, "denied.html", lang, status=429, reason="rate_limited",
+                          class_title=None)
+            resp.headers["Retry-After"] = retry
+            return resp
         code = {"unknown": 404, "wrong_device": 403, "not_admitted": 403}.get(status, 404)
         wait = await _go_refused(request, svc, ip, status, cookie)
         if wait > 0:

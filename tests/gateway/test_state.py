@@ -29,3 +29,32 @@ async def test_snapshot_survives_a_flushed_script_cache(
             assert await r.script_exists(store._snapshot.sha, store._gcra.sha) == [True, True]
         finally:
             await r.aclose()
+
+
+async def test_code_attempt_charges_wrong_codes_only_and_refuses_unseen(
+        redis: aioredis.Redis, redis_prefix: str) -> None:
+    """``ClassStore.code_attempt``: a correct code is charged to its link only, a wrong
+    (or malformed) one to every failure budget; once one of those is drained every code
+    is refused before the lookup, so the answer says nothing about the code."""
+    from gateway.joinflow import CODE_LINK_LIMIT
+    from gateway.state import ClassStore, Limit
+
+    now = [1_000_000.0]
+    store = ClassStore(redis, redis_prefix, clock=lambda: now[0])
+    await redis.set(store.k.code("right"), "c1|j1")
+    budgets = (Limit("ip:203.0.113.9", per_second=1, burst=3), Limit("code:space", 10, 100))
+    for _ in range(20):  # correct codes never touch the failure budgets
+        status, _, _, found = await store.code_attempt("right", budgets, CODE_LINK_LIMIT)
+        if status == "link_limited":
+            break
+        assert (status, found) == ("found", "c1|j1")
+    assert status == "link_limited"  # the link's own budget: burst 10
+    assert await redis.get(store.k.ratelimit("ip:203.0.113.9")) is None
+    assert await redis.get(store.k.ratelimit("code:space")) is None
+    assert [(await store.code_attempt(h, budgets, CODE_LINK_LIMIT))[0]
+            for h in ("wrong1", None, "wrong2")] == ["wrong"] * 3
+    status, wait, limit, found = await store.code_attempt("right", budgets, CODE_LINK_LIMIT)
+    assert (status, limit, found) == ("limited", budgets[0], None) and wait > 0
+    now[0] += 1.0  # one more failure allowed: a wrong code takes it, the right one waits
+    assert (await store.code_attempt("wrong3", budgets, CODE_LINK_LIMIT))[0] == "wrong"
+    assert (await store.code_attempt("right", budgets, CODE_LINK_LIMIT))[0] == "limited"
