@@ -327,25 +327,15 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-# Refused /go requests per address: a student whose entry expired retries a few times;
-# a script requesting /go/<anything> is refused with 429 after the burst. Only refusals
-# are charged, so a school's students entering from one NAT address never are.
-GO_REFUSALS_PER_S = 1.0
-GO_REFUSALS_BURST = 60
-
-
 async def _go_refused(request: web.Request, svc: Services, ip: str, status: str,
-                      cookie: str | None) -> float:
-    """Charge the source's refusal budget and count the refusal; seconds to wait when
-    the budget is spent.
+                      cookie: str | None) -> None:
+    """Count a refused ``/go`` (its source was already charged by ``charge_failure``).
 
     NOTE: refusals are audited per source, reason and window in aggregate, like
     garbage at /j/: the first in full, then the 10th, 100th, ... with the count so far
     (an unauthenticated flood must not fill the log, and must not vanish from it)."""
     assert svc.store is not None and svc.auditor is not None
-    wait, _limit, n, first = await svc.store.charge_and_count(
-        [Limit(f"go:ip:{ip}", per_second=GO_REFUSALS_PER_S, burst=GO_REFUSALS_BURST)],
-        f"go:{status}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
+    n, first = await svc.store.count_refusals(f"go:{status}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
     if milestone(n):
         await svc.auditor.record(
             "go.refused", actor="visitor", reason=status, ip=ip,
@@ -353,7 +343,6 @@ async def _go_refused(request: web.Request, svc: Services, ip: str, status: str,
             user_agent=request.headers.get("User-Agent", ""),
             facts={"count": n, "window_s": RATE_LIMIT_AUDIT_WINDOW_S,
                    "first_at": int(first * 1000)})
-    return wait
 
 
 async def go(request: web.Request) -> web.StreamResponse:
@@ -382,17 +371,7 @@ async def go(request: web.Request) -> web.StreamResponse:
             resp.headers["Retry-After"] = retry
             return resp
         code = {"unknown": 404, "wrong_device": 403, "not_admitted": 403}.get(status, 404)
-        wait = await _go_refused(request, svc, ip, status, cookie)
-        if wait > 0:
-            svc.metrics.rate_limited.labels("go").inc()
-            retry = str(max(1, int(wait + 0.999)))
-            if _wants_json(request):
-                raise ApiError(429, "rate_limited", "too many requests",
-                               headers={"Retry-After": retry})
-            resp = render(svc, "denied.html", lang, status=429, reason="rate_limited",
-                          class_title=None)
-            resp.headers["Retry-After"] = retry
-            return resp
+        await _go_refused(request, svc, ip, status, cookie)
         if _wants_json(request):
             raise ApiError(code, f"go_{status}", "this entry link is used, expired or not yours")
         return render(svc, "denied.html", lang, status=code, reason="go_" + status,
