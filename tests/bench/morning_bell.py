@@ -437,10 +437,10 @@ def report(r: dict[str, Any]) -> None:
 
 
 def wrk_bell(args: argparse.Namespace) -> int:
+    import signal
+
     from tests.bench.join import Hosts, start_group
     from tests.bench.wrkdrive import run_wrk, write_links, write_script
-
-    import signal
 
     # SIGTERM (a timeout, kill): clean up the servers started here as on Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
