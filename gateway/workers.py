@@ -35,7 +35,8 @@ Decisions:
 * **Children never outlive the supervisor**: each gets ``PR_SET_PDEATHSIG`` (SIGTERM),
   so a supervisor killed with -9 takes its workers along, as it does its Redis.
 * **Metrics**: prometheus-client's multiprocess mode. The supervisor makes a fresh
-  directory per start (``PROMETHEUS_MULTIPROC_DIR``), marks each dead child's files
+  directory per start (``PROMETHEUS_MULTIPROC_DIR``, under ``<data_dir>/run/``), marks
+  each dead child's files
   (``mark_process_dead``) and removes the directory at the end; see gateway/metrics.py
   for how each metric is aggregated.
 
@@ -225,7 +226,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         embedded = None
-        self.metrics_dir = Path(tempfile.mkdtemp(prefix="classguard-metrics-"))
+        self.metrics_dir = await asyncio.to_thread(fresh_metrics_dir, Path(s.data_dir))
         try:
             env = dict(self._env)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
@@ -387,6 +388,31 @@ def _status(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"status {code}"
+
+
+def fresh_metrics_dir(data_dir: Path) -> Path:
+    """A new, empty ``<data_dir>/run/metrics-<pid>-*`` for this supervisor's group,
+    after removing those of supervisors that are gone (killed with -9). In the data
+    dir, not /tmp: it is the one place the gateway may always write (a read-only root
+    filesystem in a container, PrivateTmp under systemd)."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root = data_dir / "run"
+    root.mkdir(mode=0o700, exist_ok=True)
+    for old in root.glob("metrics-*"):
+        pid_text = old.name.split("-")[1]
+        if pid_text.isdigit() and not _alive(int(pid_text)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"metrics-{os.getpid()}-", dir=root))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def prepare_data_dir(s: Settings) -> None:
