@@ -55,8 +55,10 @@ import ctypes
 import logging
 import math
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -391,18 +393,21 @@ def _status(code: int) -> str:
 
 
 def fresh_metrics_dir(data_dir: Path) -> Path:
-    """A new, empty ``<data_dir>/run/metrics-<pid>-*`` for this supervisor's group,
-    after removing those of supervisors that are gone (killed with -9). In the data
-    dir, not /tmp: it is the one place the gateway may always write (a read-only root
-    filesystem in a container, PrivateTmp under systemd)."""
+    """A new, empty ``<data_dir>/run/metrics-<host>-<pid>-*`` for this supervisor's
+    group, after removing this host's that belong to supervisors that are gone (killed
+    with -9). In the data dir, not /tmp: it is the one place the gateway may always
+    write (a read-only root filesystem in a container, PrivateTmp under systemd).
+    NOTE: the host name keeps containers that share a data volume (and may reuse pids
+    in their own namespaces) off each other's directories."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     root = data_dir / "run"
     root.mkdir(mode=0o700, exist_ok=True)
-    for old in root.glob("metrics-*"):
-        pid_text = old.name.split("-")[1]
+    for old in root.glob(f"metrics-{host}-*"):
+        pid_text = old.name[len(f"metrics-{host}-"):].split("-")[0]
         if pid_text.isdigit() and not _alive(int(pid_text)):
             shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"metrics-{os.getpid()}-", dir=root))
+    return Path(tempfile.mkdtemp(prefix=f"metrics-{host}-{os.getpid()}-", dir=root))
 
 
 def _alive(pid: int) -> bool:
