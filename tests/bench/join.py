@@ -530,8 +530,12 @@ def serve_baseline(port: int, jwks_file: str, issuer: str) -> None:
             return web.Response(status=403, text="forbidden")
         raise web.HTTPFound("https://meet.example.org/room")
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})  # wrk's idle connections (wrkdrive.py)
+
     app = web.Application()
     app.router.add_get("/j/{token}", join)
+    app.router.add_get("/healthz", healthz)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

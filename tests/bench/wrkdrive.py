@@ -100,8 +100,10 @@ local function xff(k)
 end
 
 function delay()
-  -- Out of links: this connection idles; the thread stops once every link is answered.
-  if pos >= #links then return 600000 end
+  -- Out of links: this connection idles (a /healthz every second, so the thread notices
+  -- when every link is answered, or that the last answers are not coming: a request
+  -- that timed out or whose connection broke gets no response() call).
+  if pos >= #links then return 1000 end
   if rate <= 0 then return 0 end
   local now = now_us()
   if start_us == 0 then start_us = now end
@@ -136,16 +138,23 @@ function request()
   return wrk.format("GET", path, h)
 end
 
-local answered = 0
+local answered, last_real_us = 0, 0
 function response(status, headers, body)
-  cg_last_us = now_us()
-  answered = answered + 1
-  if pos >= #links and answered >= #links and not exhausted then
+  local now = now_us()
+  local spare = status == 200 and body:find('"ok"', 1, true)
+  if not spare then
+    cg_last_us = now
+    last_real_us = now
+    answered = answered + 1
+  end
+  if pos >= #links and not exhausted and
+     (answered >= #links or now - last_real_us > 12000000) then
     exhausted = true
     local f = io.open(marker, "a"); f:write(t .. "\n"); f:close()
     wrk.thread:stop()
   end
   local c = cg_counts
+  if spare then c.spare = c.spare + 1; return end
   if status == 200 then
     if body:find('"admitted"', 1, true) then c.admitted = c.admitted + 1
     elseif body:find('"waiting"', 1, true) then c.waiting = c.waiting + 1
@@ -274,18 +283,23 @@ def run_wrk(name: str, url: str, links_file: Path, script: Path, *, threads: int
     t0 = time.monotonic()
     c0 = os.times()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Every thread out of links: stop wrk now rather than at the end of -d (SIGINT ends
-    # its wait early and it still prints its figures).
-    while proc.poll() is None:
-        try:
-            n = len(marker.read_text().split())
-        except OSError:
-            n = 0
-        if n >= threads:
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.2)
-    stdout, stderr = proc.communicate(timeout=duration_s + 120)
+    try:
+        # Every thread out of links: stop wrk now rather than at the end of -d (SIGINT
+        # ends its wait early and it still prints its figures).
+        while proc.poll() is None:
+            try:
+                n = len(marker.read_text().split())
+            except OSError:
+                n = 0
+            if n >= threads:
+                proc.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate(timeout=duration_s + 120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     wall = time.monotonic() - t0
     c1 = os.times()
     after = _cpu(watch)
