@@ -100,10 +100,10 @@ local function xff(k)
 end
 
 function delay()
-  -- Out of links: this connection idles (a /healthz every second, so the thread notices
+  -- Out of links: this connection idles (a /healthz every 3 s, so the thread notices
   -- when every link is answered, or that the last answers are not coming: a request
   -- that timed out or whose connection broke gets no response() call).
-  if pos >= #links then return 1000 end
+  if pos >= #links then return 3000 end
   if rate <= 0 then return 0 end
   local now = now_us()
   if start_us == 0 then start_us = now end
