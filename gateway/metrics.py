@@ -322,7 +322,7 @@ class Metrics:
 
             GC_PAUSES.publish()
             reg = CollectorRegistry()
-            MultiProcessCollector(reg, path=self.shared_dir)
+            MultiProcessCollector(reg, path=self.shared_dir)  # type: ignore[no-untyped-call]
             reg.register(_GroupProcesses())
             body = generate_latest(reg)
         resp = web.Response(body=body)

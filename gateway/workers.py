@@ -163,7 +163,7 @@ def backoff_s(failures: int) -> float:
     """Delay before restarting a slot that failed ``failures`` times in a row."""
     if failures <= 0:
         return 0.0
-    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
+    return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** (failures - 1)))
 
 
 # --- the supervisor -------------------------------------------------------------------
@@ -347,7 +347,7 @@ class Supervisor:
 
         # Removes the dead process's live* gauge files; its counters and histograms
         # stay (what it counted happened).
-        multiprocess.mark_process_dead(pid, str(self.metrics_dir))
+        multiprocess.mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
 
     def _give_up(self, why: str) -> None:
         if self._failed is None:
