@@ -241,8 +241,9 @@ async def _kill_one_under_load(g: Group, token: str, students: int) -> dict[str,
         killed["pid"] = before["worker 0"]
         killed["others"] = {k: v for k, v in before.items() if k != "worker 0"}
         killed["log_at"] = len(g.text())
-        killed["metrics_before"] = await (await http.get("/metrics")).text()
+        # Every join acknowledged so far was counted before it was answered.
         killed["acked_before"] = len(acked)
+        killed["metrics_before"] = await (await http.get("/metrics")).text()
         os.kill(killed["pid"], signal.SIGKILL)
         killed["at"] = time.monotonic()
         m = await asyncio.to_thread(
