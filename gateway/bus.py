@@ -96,7 +96,7 @@ class Bus:
         self._revoke_listeners.add(listener)
         return lambda: self._revoke_listeners.discard(listener)
 
-    async def wait_ready(self, timeout: float = 5.0) -> None:
+    async def wait_ready(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - seconds
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def run(self) -> None:

@@ -37,7 +37,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="classguard", description="ClassGuard: a safety gateway for online classes")
+    parser = _Parser(prog="classguard",
+                     description="ClassGuard: a safety gateway for online classes")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the gateway")
@@ -167,7 +168,7 @@ async def _cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from .secretbox import SecretBox
 
     data = Path(settings.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
     os.chmod(data, 0o700)
     keys_dir = data / "keys"
     JoinKeyring.load_or_create(keys_dir / "join", clock=__import__("time").time)
