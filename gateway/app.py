@@ -70,6 +70,9 @@ class Services:
     reconciler: Any = None  # gateway.presence.Reconciler, set in _resources
     sequencer: Sequencer | None = None
     sequencer_task: asyncio.Task[None] | None = None
+    # A worker of a supervised group: the group's sequencer process runs the sequencer
+    # (gateway/workers.py), this process none.
+    sequencer_elsewhere: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     # when this process last logged that Redis is near its maxmemory (loop time)
     memory_warned_at: float = 0.0
@@ -189,10 +192,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
     svc.adapter_pools = {"janus": JanusPool(egress), "zoom": ZoomTokens()}
     svc.reconciler = Reconciler(svc)
-    svc.sequencer = sequencer
     bus_task = asyncio.create_task(svc.bus.run())
-    svc.sequencer_task = asyncio.create_task(sequencer.run())
-    for task in (bus_task, svc.sequencer_task, asyncio.create_task(svc.reconciler.run())):
+    background = [bus_task, asyncio.create_task(svc.reconciler.run())]
+    if not svc.sequencer_elsewhere:
+        svc.sequencer = sequencer
+        svc.sequencer_task = asyncio.create_task(sequencer.run())
+        background.append(svc.sequencer_task)
+    for task in background:
         svc.tasks.add(task)
         task.add_done_callback(_log_task_end)
     with contextlib.suppress(TimeoutError):
@@ -276,7 +282,10 @@ def make_staff(redis: aioredis.Redis, s: Settings, clock: Clock) -> StaffStore:
     )
 
 
-def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Application:
+def create_app(settings: Settings, *, clock: Clock = time.time,
+               sequencer: bool = True) -> web.Application:
+    """The gateway. ``sequencer=False``: a worker of a supervised group, whose
+    sequencer process runs the audit sequencer (gateway/workers.py)."""
     from .auth import refusal_middleware
     from .routes import (
         audit,
@@ -293,7 +302,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time) -> web.Applicati
     )
 
     metrics = Metrics.create()
-    svc = Services(settings=settings, clock=clock, metrics=metrics, templates=make_templates())
+    svc = Services(settings=settings, clock=clock, metrics=metrics, templates=make_templates(),
+                   sequencer_elsewhere=not sequencer)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[security_headers, metrics.middleware(),

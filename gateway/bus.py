@@ -29,6 +29,10 @@ class Bus:
         self.channel = channel
         self.revoke_channel = revoke_channel
         self._class_listeners: dict[str, set[Listener]] = defaultdict(set)
+        # A waiting student's socket hears only what concerns them (see listen_student):
+        # class id -> "t:<ticket>" / "s:<student id>" -> listeners, and class id -> all.
+        self._student_index: dict[str, dict[str, set[Listener]]] = {}
+        self._students: dict[str, set[Listener]] = {}
         self._revoke_listeners: set[Listener] = set()
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -54,11 +58,45 @@ class Bus:
 
         return _off
 
+    def listen_student(self, class_id: str, ticket: str, student_id: str,
+                       listener: Listener) -> Callable[[], None]:
+        """Events of the class that name this ticket or this student, and those that
+        name neither (the class ended, ...).
+
+        NOTE: a waiting-room socket used to hear every event of its class and drop
+        what was not its own: each knock and each admission of a class woke every
+        socket waiting in it (60 waiting, 60 knocking: 3,600 deliveries). Routed here,
+        an event reaches the one or two sockets it concerns."""
+        index = self._student_index.setdefault(class_id, {})
+        keys = (f"t:{ticket}", f"s:{student_id}")
+        for k in keys:
+            index.setdefault(k, set()).add(listener)
+        self._students.setdefault(class_id, set()).add(listener)
+
+        def _off() -> None:
+            idx = self._student_index.get(class_id)
+            if idx is not None:
+                for k in keys:
+                    group = idx.get(k)
+                    if group is not None:
+                        group.discard(listener)
+                        if not group:
+                            del idx[k]
+                if not idx:
+                    self._student_index.pop(class_id, None)
+            everyone = self._students.get(class_id)
+            if everyone is not None:
+                everyone.discard(listener)
+                if not everyone:
+                    self._students.pop(class_id, None)
+
+        return _off
+
     def listen_revocations(self, listener: Listener) -> Callable[[], None]:
         self._revoke_listeners.add(listener)
         return lambda: self._revoke_listeners.discard(listener)
 
-    async def wait_ready(self, timeout: float = 5.0) -> None:
+    async def wait_ready(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - seconds
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     async def run(self) -> None:
@@ -99,7 +137,18 @@ class Bus:
         if channel == self.revoke_channel:
             targets = list(self._revoke_listeners)
         else:
-            targets = list(self._class_listeners.get(str(msg.get("class_id")), ()))
+            cid = str(msg.get("class_id"))
+            targets = list(self._class_listeners.get(cid, ()))
+            index = self._student_index.get(cid)
+            if index is not None:
+                ticket, student = msg.get("ticket"), msg.get("student_id")
+                if ticket is None and student is None:
+                    targets += self._students.get(cid, ())
+                else:
+                    chosen = set(index.get(f"t:{ticket}", ())) if ticket is not None else set()
+                    if student is not None:
+                        chosen |= index.get(f"s:{student}", set())
+                    targets += chosen
         # NOTE: every delivery runs in a task of its own. Awaited here, one teacher's
         # stalled socket (a phone in a tunnel: its send waits for the buffer to drain)
         # held up every event of the process, every class's admissions included.

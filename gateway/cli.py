@@ -42,20 +42,24 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="classguard", description="ClassGuard: a safety gateway for online classes")
+    parser = _Parser(prog="classguard",
+                     description="ClassGuard: a safety gateway for online classes")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    _common(serve)
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--public-url", dest="public_url")
-
     demo = sub.add_parser("demo", help="serve with a demo school, teacher and class of five")
-    _common(demo)
-    demo.add_argument("--host")
-    demo.add_argument("--port", type=int)
-    demo.add_argument("--public-url", dest="public_url")
+    for p in (serve, demo):
+        _common(p)
+        p.add_argument("--host")
+        p.add_argument("--port", type=int)
+        p.add_argument("--public-url", dest="public_url")
+        p.add_argument("--workers", metavar="N|auto",
+                       help="serving processes on the port (default 1, or "
+                            "CLASSGUARD_WORKERS); auto: one per usable CPU")
+        # A process of a supervised group (gateway/workers.py); never typed by hand.
+        p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+        p.add_argument("--sequencer-only", action="store_true", dest="sequencer_only",
+                       help=argparse.SUPPRESS)
 
     init = sub.add_parser("init", help="create the data dir, keys, the deployment root org "
                                        "and its first administrator")
@@ -225,7 +229,7 @@ async def _cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     from .secretbox import SecretBox
 
     data = Path(settings.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
     os.chmod(data, 0o700)
     keys_dir = data / "keys"
     JoinKeyring.load_or_create(keys_dir / "join", clock=__import__("time").time)
@@ -501,19 +505,63 @@ def _settle_heap() -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
+    from .workers import WorkersError, parse_workers
+
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.sequencer_only:
+        from .workers import run_sequencer_process
+
+        return asyncio.run(run_sequencer_process(settings))
+    if args.worker is not None:
+        # One worker of a supervised group: the port is shared, the sequencer is not ours.
+        return _serve_one(settings, demo=demo and args.worker == 0, demo_routes=demo,
+                          worker=args.worker)
+    try:
+        n = parse_workers(args.workers if args.workers is not None
+                          else os.environ.get("CLASSGUARD_WORKERS"))
+    except WorkersError as exc:
+        sys.stderr.write(f"classguard: error: {exc}\n")
+        return 2
+    if n == 1:
+        return _serve_one(settings, demo=demo, demo_routes=demo, worker=None)
+    return _supervise(args, settings, n, demo=demo)
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    """The user's serve flags, for the group's processes."""
+    out: list[str] = []
+    for flag, name in (("--config", "config"), ("--data-dir", "data_dir"),
+                       ("--redis-url", "redis_url"), ("--host", "host"), ("--port", "port"),
+                       ("--public-url", "public_url")):
+        value = getattr(args, name, None)
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def _supervise(args: argparse.Namespace, settings: Settings, n: int, *, demo: bool) -> int:
+    from .workers import Supervisor
+
+    base = [sys.executable, "-m", "gateway.cli", "demo" if demo else "serve", *_forwarded(args)]
+    sup = Supervisor(settings, n, worker_argv=base,
+                     sequencer_argv=[*base, "--sequencer-only"], env=dict(os.environ))
+    return asyncio.run(sup.run())
+
+
+def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int | None) -> int:
     from aiohttp import web
 
     from . import i18n
     from .app import SERVICES, create_app
     from .conn_guard import ConnectionGuard, GuardedTCPSite
+    from .workers import report_ready
 
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
-    if demo:
+    app = create_app(settings, sequencer=worker is None)
+    if demo_routes:
         from .demo import add_demo
 
-        add_demo(app)
+        add_demo(app, setup=demo)
 
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -527,14 +575,25 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
             max_per_address=settings.max_connections_per_address,
             refusal_text=i18n.t(settings.default_lang, "error.too_many_connections"),
             on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
+        # NOTE: SO_REUSEPORT only in a group: a lone gateway must fail on a port in use.
         site = GuardedTCPSite(runner, settings.host, settings.port, guard=guard,
-                              access_log=None)
-        await site.start()
+                              reuse_port=worker is not None, access_log=None)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise _ListenError(f"cannot listen on {settings.host}:{settings.port}: "
+                               f"{exc.strerror or exc}") from exc
         # NOTE: after listening, not before: what set-up printed (the demo's links) may
         # be opened at once, and a connection made meanwhile waits in the kernel's
         # backlog for the one collection below instead of being refused.
         _settle_heap()
-        print(f"ClassGuard listening on {settings.public_url}", flush=True)
+        if worker is None:
+            print(f"ClassGuard listening on {settings.public_url}", flush=True)
+        else:
+            logging.getLogger("classguard").info("worker %d (pid %d) listening on %s",
+                                                 worker, os.getpid(), settings.public_url)
+        report_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -542,8 +601,16 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
         await stop.wait()
         await runner.cleanup()
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    except _ListenError as exc:
+        sys.stderr.write(f"classguard: error: {exc}\n")
+        return 1
     return 0
+
+
+class _ListenError(Exception):
+    """The port could not be bound (in use, not allowed)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -199,8 +199,8 @@ class GuardedTCPSite(web.TCPSite):
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *,
                  guard: ConnectionGuard, ssl_context: ssl.SSLContext | None = None,
-                 **handler_args: Any) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context)
+                 reuse_port: bool | None = None, **handler_args: Any) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port)
         self._guard = guard
         self._handler_args = handler_args
 

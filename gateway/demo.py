@@ -85,6 +85,7 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
         return None
     app[DEMO_JANUS].process = proc
     app[DEMO_JANUS].ws_url = cfg.ws_url
+    await svc.r.set(_janus_ws_key(s.redis_prefix), cfg.ws_url)
     return validate_platform({
         "kind": "janus", "ws_url": cfg.ws_url, "admin_key": cfg.admin_key,
         "client_url": f"{base}/demo/janus?room={{room}}&id={{id}}&token={{token}}"
@@ -108,8 +109,16 @@ _JANUS_PAGE = """<!doctype html>
 """
 
 
+def _janus_ws_key(prefix: str) -> str:
+    return f"{prefix}demo:janus_ws"
+
+
 async def _janus_page(request: web.Request) -> web.Response:
     ws = request.app[DEMO_JANUS].ws_url
+    if not ws:
+        # Another worker of the group started the demo's Janus (worker 0 sets up).
+        svc = request.app[SERVICES]
+        ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
     if not ws:
         raise web.HTTPNotFound()
     resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
@@ -176,7 +185,9 @@ async def _setup_demo(app: web.Application) -> None:
     print("\n".join(lines), flush=True)
 
 
-def add_demo(app: web.Application) -> None:
+def add_demo(app: web.Application, *, setup: bool = True) -> None:
+    """The demo's pages; with ``setup``, also its school, class and Janus (one process
+    of a group sets them up, every process serves the pages)."""
     svc = app[SERVICES]
     # NOTE: the demo starts its own Janus on 127.0.0.1; that address alone joins the
     # platform allow list, and only in the demo (before start-up builds the HTTP session).
@@ -186,5 +197,6 @@ def add_demo(app: web.Application) -> None:
     app[DEMO_JANUS] = _DemoJanus()
     app.router.add_get("/demo/meeting", _meeting_page)
     app.router.add_get("/demo/janus", _janus_page)
-    app.on_startup.append(_setup_demo)
-    app.on_cleanup.append(_stop_janus)
+    if setup:
+        app.on_startup.append(_setup_demo)
+        app.on_cleanup.append(_stop_janus)

@@ -284,7 +284,7 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
             await ws.send_json({"type": "denied", "reason": "class_ended"})
             await ws.close(code=4002)
 
-    off = svc.bus.listen_class(t.class_id, on_event)
+    off = svc.bus.listen_student(t.class_id, t.id, t.student_id, on_event)
     try:
         replaced = await store.socket_opened(t.id, socket_id, keep=WAIT_SOCKETS_PER_TICKET)
         if replaced:

@@ -74,12 +74,16 @@ async def readyz(request: web.Request) -> web.Response:
     ok = ok and bus_ok
     # Any process's sequencer takes over the log when the leader dies, so this process
     # is ready while its own sequencer runs, leading or standing by.
+    # A worker of a supervised group has none: the group's sequencer process runs it,
+    # and the supervisor starts it again if it dies.
     seq_task = svc.sequencer_task
-    seq_ok = seq_task is not None and not seq_task.done()
+    seq_ok = svc.sequencer_elsewhere or (seq_task is not None and not seq_task.done())
     components["sequencer"] = {
         "ok": seq_ok,
         "leader": bool(svc.sequencer is not None and svc.sequencer.is_leader),
     }
+    if svc.sequencer_elsewhere:
+        components["sequencer"]["process"] = "separate"
     ok = ok and seq_ok
     if components["redis"]["ok"]:
         memory = await redis_memory(svc)

@@ -1,12 +1,28 @@
-"""Join-link benchmark: one ``classguard serve`` against a bare EdDSA-verify handler.
+"""Join-link benchmark: ``classguard serve`` against a bare EdDSA-verify handler.
 
-    python tests/bench/join.py                       # defaults: about 2 minutes
+    python tests/bench/join.py                       # wrk: 1 worker, 2 workers, open loop
+    python tests/bench/join.py --valid 8000 --paced-seconds 8    # quicker
+    python tests/bench/join.py --driver python       # the phases below, Python client
+    python tests/bench/join.py --driver python --valid 4000 --garbage 8000 --sockets 2000
     python tests/bench/join.py --valid 4000 --garbage 8000 --sockets 2000   # quicker
     python tests/bench/join.py --py-spy /tmp/join.svg   # also profile the first joins
     python tests/bench/join.py --py-spy /tmp/g.txt --py-spy-phase "garbage token"
     python tests/bench/join.py --paced-load 0.3      # the open-loop phase at 30 %
 
-All on loopback, in one run, in this order:
+``--driver wrk`` (the default; tests/bench/wrkdrive.py says how the Lua script works):
+load from ``wrk``, every request a link not opened before, ``X-Forwarded-For`` from a
+pool of ``--xff-pool`` addresses (each in its own /24) that the gateway trusts from
+127.0.0.1, ``standard`` classes with their teachers' control sockets open. In one run:
+the baseline (below) closed loop; first joins against ``serve --workers 1``; the
+baseline again (the better of the two is the reference); open loop at 50 % and 80 % of
+the first-join rate just measured (``--paced-seconds`` each, fresh links); then the
+gateway restarted with ``--workers 2`` on the same Redis and first joins again. CPU
+seconds per part (gateway with all its processes, Redis, baseline, hosts, wrk) and CPU
+per join are printed with each phase.
+
+``--driver python``: the earlier client, for the phases wrk cannot do (garbage, forged
+and banned sources from many real source addresses, waiting sockets). All on
+loopback, in one run, in this order:
 
 1. ``baseline``: a bare aiohttp handler (a separate process started from this script)
    that verifies the same join tokens with pyjwt (EdDSA, the gateway's key from
@@ -66,6 +82,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
 import multiprocessing as mp
@@ -513,8 +530,12 @@ def serve_baseline(port: int, jwks_file: str, issuer: str) -> None:
             return web.Response(status=403, text="forbidden")
         raise web.HTTPFound("https://meet.example.org/room")
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})  # wrk's idle connections (wrkdrive.py)
+
     app = web.Application()
     app.router.add_get("/j/{token}", join)
+    app.router.add_get("/healthz", healthz)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
@@ -692,6 +713,20 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--baseline-server", nargs=3, metavar=("PORT", "JWKS", "ISSUER"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--driver", choices=["wrk", "python"], default="wrk",
+                   help="load generator (default wrk)")
+    p.add_argument("--paced-seconds", type=float, default=10.0,
+                   help="wrk: length of each open-loop phase")
+    p.add_argument("--connections", type=int, default=CONNECTIONS,
+                   help="wrk: connections of the closed-loop phases")
+    p.add_argument("--paced-connections", type=int, default=256,
+                   help="wrk: connections of the open-loop phases (enough to keep the "
+                        "schedule: rate x latency in flight)")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads")
+    p.add_argument("--xff-pool", type=int, default=65536,
+                   help="wrk: X-Forwarded-For addresses, each in its own /24")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                   help="wrk: worker counts to measure first joins with, in order")
     args = p.parse_args()
     if args.baseline_server:
         port_s, jwks_file, issuer = args.baseline_server
@@ -699,6 +734,8 @@ def main() -> int:
         return 0
     if not 1 <= args.per_class <= 2000:
         p.error("--per-class must be 1..2000 (the roster limit)")
+    if args.driver == "wrk":
+        return wrk_main(args)
 
     nofile = raise_nofile(2 * args.sockets + 4096)
     run_id = uuid.uuid4().hex[:8]
@@ -909,6 +946,168 @@ def main() -> int:
                         "outcomes": dict(ph.outcomes), "cpu": ph.cpu} for ph in phases],
             "sockets": mem, "control_messages": seen,
         }, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+# --- wrk ---------------------------------------------------------------------------------
+
+
+def start_group(env: dict[str, str], port: int, log: Path, workers: int) -> Any:
+    """``classguard serve --workers N`` on ``port``, once every process serves."""
+    from tests.deploy.cluster import Proc
+
+    fh = log.open("w")
+    popen = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--host",
+                              "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+                             env=env, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    proc = Proc(f"gateway x{workers}", popen, log, fh, port)
+    deadline = time.monotonic() + 300
+    while "ClassGuard listening on" not in proc.text():
+        if popen.poll() is not None or time.monotonic() > deadline:
+            proc.stop(kill=True)
+            raise RuntimeError(f"the gateway did not start:\n{proc.text()}")
+        time.sleep(0.2)
+    return proc
+
+
+def wrk_main(args: argparse.Namespace) -> int:
+    from tests.bench.wrkdrive import WrkResult, run_wrk, summary_json, write_links, write_script
+
+    # SIGTERM (a timeout, kill): clean up the servers started here as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    run_id = uuid.uuid4().hex[:8]
+    work = Path(tempfile.mkdtemp(prefix="cg-join-wrk-"))
+    print(f"join benchmark (wrk) {run_id}: {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}, {args.threads} wrk threads, "
+          f"{args.connections} connections closed loop, {args.paced_connections} open loop, "
+          f"X-Forwarded-For pool {args.xff_pool}", flush=True)
+    prefix = f"cgbench{run_id}:"
+    redis = start_redis(work / "redis", appendfsync=args.fsync)
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    baseline: subprocess.Popen[bytes] | None = None
+    gw = None
+    hosts: list[Hosts] = []
+    results: list[WrkResult] = []
+    script = write_script(work)
+    try:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = gateway_env(work / "gw", redis_url=redis_url, redis_prefix=prefix,
+                          public_url=base, node_id="bench-gw")
+        run_cli(["init"], env)
+        teacher = make_teacher(env, "bench.teacher", "bench-org")
+        first_workers = args.workers[0]
+        gw = start_group(env, port, work / "gateway-1.log", first_workers)
+        import urllib.request
+
+        with urllib.request.urlopen(f"{base}/.well-known/jwks.json", timeout=10) as r:  # noqa: S310
+            (work / "jwks.json").write_bytes(r.read())
+        bport = free_port()
+        baseline = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(bport),
+                                     str(work / "jwks.json"), base])
+        deadline = time.monotonic() + 30
+        while not port_open(bport):
+            if time.monotonic() > deadline or baseline.poll() is not None:
+                raise RuntimeError("the baseline server did not start")
+            time.sleep(0.05)
+
+        t = time.monotonic()
+        sets = [asyncio.run(create_classes(base, teacher, "standard", args.warmup,
+                                           args.per_class))]
+        for _ in args.workers:
+            sets.append(asyncio.run(create_classes(base, teacher, "standard", args.valid,
+                                                   args.per_class)))
+        print(f"setup: {sum(len(x) for x in sets)} classes, "
+              f"{args.warmup + args.valid * len(args.workers)} links in "
+              f"{time.monotonic() - t:.1f} s", flush=True)
+
+        def links(name: str, tokens: list[str]) -> Path:
+            return write_links(work / f"{name}.txt", [f"/j/{tok}" for tok in tokens])
+
+        def watch() -> dict[str, list[int]]:
+            w = {"gateway": [gw.pid], "redis": [redis.pid], "baseline": [baseline.pid],
+                 "hosts": [h.proc.pid or 0 for h in hosts]}
+            return w
+
+        def phase(name: str, target_port: int, f: Path, *, rate: float = 0.0,
+                  quiet: bool = False) -> WrkResult:
+            res = run_wrk(name, f"http://127.0.0.1:{target_port}", f, script,
+                          threads=args.threads,
+                          connections=args.paced_connections if rate else args.connections,
+                          duration_s=600, rate=rate, pool=args.xff_pool, watch=watch())
+            if not quiet:
+                results.append(res)
+                print("  " + res.line(), flush=True)
+            return res
+
+        hosts.append(Hosts(base, teacher, [cid for cid, _ in sets[0] + sets[1]]))
+        warm = links("warm", interleave(sets[0]))
+        phase("warm-up", bport, warm, quiet=True)
+        phase("warm-up", port, warm, quiet=True)
+        first_tokens = interleave(sets[1])
+        base1 = phase("baseline: verify + 302", bport, links("base1", first_tokens))
+        firsts = [phase(f"first joins, --workers {first_workers}", port,
+                        links("first-1", first_tokens))]
+        base2 = phase("baseline again", bport, links("base2", first_tokens))
+        capacity = firsts[0].rate()
+        paced: list[WrkResult] = []
+        for share in (0.5, 0.8):
+            rate = share * capacity
+            n = int(rate * args.paced_seconds)
+            cls = asyncio.run(create_classes(base, teacher, "standard", n, args.per_class))
+            hosts.append(Hosts(base, teacher, [cid for cid, _ in cls]))
+            paced.append(phase(f"open loop at {share:.0%} ({rate:.0f}/s), --workers "
+                               f"{first_workers}", port, links(f"paced-{share}",
+                                                              interleave(cls)), rate=rate))
+        for i, w in enumerate(args.workers[1:], start=2):
+            for h in hosts:
+                h.stop()
+            hosts.clear()
+            gw.stop()
+            gw = start_group(env, port, work / f"gateway-{i}.log", w)
+            hosts.append(Hosts(base, teacher, [cid for cid, _ in sets[i]]))
+            firsts.append(phase(f"first joins, --workers {w}", port,
+                                links(f"first-{i}", interleave(sets[i]))))
+        gc_seen = gc_pauses(base)
+        gw_log = gw.text()
+    finally:
+        for h in hosts:
+            with contextlib.suppress(Exception):
+                h.stop()
+        if baseline is not None and baseline.poll() is None:
+            baseline.terminate()
+            baseline.wait(timeout=20)
+        if gw is not None:
+            gw.stop()
+        redis.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+    best = max(base1.rate("302"), base2.rate("302"))
+    print("\nsummary (wrk)")
+    print(f"  baseline 302/s: {base1.rate('302'):.0f} before, {base2.rate('302'):.0f} after; "
+          f"the higher is the reference")
+    for f in firsts:
+        per_join = f.cpu.get("gateway", 0.0) / max(1, f.counts["admitted"]) * 1e3
+        print(f"  {f.name}: {f.rate():.0f} admitted/s, ratio to the baseline "
+              f"{f.rate() / best:.2f} (target >= 0.65 for one worker); p50 {f.p50_ms:.1f} ms "
+              f"p99 {f.p99_ms:.1f} ms; gateway CPU {per_join:.2f} ms per join; refused "
+              f"{f.counts['429'] + f.counts['403']}")
+    if len(firsts) > 1:
+        print(f"  --workers {args.workers[1]} / --workers {args.workers[0]}: "
+              f"{firsts[1].rate() / firsts[0].rate():.2f}")
+    for pr in paced:
+        print(f"  {pr.name}: {pr.rate():.0f} admitted/s; latency p50 {pr.p50_ms:.1f} ms, "
+              f"p99 {pr.p99_ms:.1f} ms, max {pr.max_ms:.1f} ms; schedule slip p99 "
+              f"{pr.slip_p99_ms:.1f} ms (target p99 <= 300 ms at 80 %)")
+    print(f"  gateway garbage collector: {gc_seen}")
+    if "Traceback" in gw_log:
+        print(f"\ngateway log ends with:\n{gw_log[-2000:]}")
+    if args.json:
+        args.json.write_text(json.dumps(summary_json(results), indent=2) + "\n")
     return 0
 
 

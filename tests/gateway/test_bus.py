@@ -57,3 +57,52 @@ async def test_a_stalled_socket_does_not_hold_up_other_classes(
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_a_waiting_socket_hears_only_its_own_events(
+        redis: aioredis.Redis, redis_prefix: str) -> None:
+    """A waiting student's listener gets the events that name its ticket or its student
+    and those that name neither; the teacher's gets everything. Another student's
+    knock or admission does not wake it."""
+    bus = Bus(redis, f"{redis_prefix}bus", f"{redis_prefix}revoke")
+    runner = asyncio.create_task(bus.run())
+    heard: dict[str, list[str]] = {"a": [], "b": [], "teacher": [], "other class": []}
+
+    def recorder(name: str) -> Any:
+        async def listen(msg: dict[str, Any]) -> None:
+            heard[name].append(msg["type"])
+        return listen
+
+    try:
+        await bus.wait_ready(5)
+        bus.listen_student("c1", "c1.ta", "sa", recorder("a"))
+        off_b = bus.listen_student("c1", "c1.tb", "sb", recorder("b"))
+        bus.listen_class("c1", recorder("teacher"))
+        bus.listen_student("c2", "c2.tx", "sa", recorder("other class"))
+        await bus.publish("c1", {"type": "knock", "student_id": "sb", "ticket": "c1.tb"})
+        await bus.publish("c1", {"type": "admitted", "student_id": "sa", "ticket": "c1.old"})
+        await bus.publish("c1", {"type": "socket_replaced", "ticket": "c1.ta",
+                                 "sockets": ["x"]})
+        await bus.publish("c1", {"type": "ended"})
+        for _ in range(200):
+            if len(heard["teacher"]) == 4 and len(heard["b"]) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert heard["teacher"] == ["knock", "admitted", "socket_replaced", "ended"]
+        # a: its student's admission (another ticket of theirs), its ticket, the class end
+        assert heard["a"] == ["admitted", "socket_replaced", "ended"]
+        assert heard["b"] == ["knock", "ended"]
+        assert heard["other class"] == []
+        off_b()
+        await bus.publish("c1", {"type": "ended"})
+        for _ in range(200):
+            if len(heard["teacher"]) == 5:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        assert heard["b"] == ["knock", "ended"]  # unsubscribed
+        assert heard["a"][-1] == "ended" and len(heard["a"]) == 4
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
