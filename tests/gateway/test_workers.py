@@ -332,8 +332,10 @@ def test_kill_9_one_worker_under_load(env: dict[str, str], tmp_path: Path,
     g = Group(env, free_port(), tmp_path / "group.log", "--workers", "2")
     try:
         g.wait_for(r"^ClassGuard listening on .*\(2 workers and a sequencer")
+        run_cli(["init"], env)
         run_cli(["user", "add", "co.lan", "--role", "teacher", "--org", "school-a",
-                 "--password-stdin"], env, stdin="a long enough password\n")
+                 "--parent", "root", "--password-stdin"], env,
+                stdin="a long enough password\n")
         token = run_cli(["user", "token", "co.lan"], env).split()[-1]
         out = asyncio.run(_kill_one_under_load(g, token, students=1500))
 
