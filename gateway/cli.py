@@ -509,6 +509,8 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # fontTools (under fpdf2) narrates every font subset at INFO: noise to an operator.
+    logging.getLogger("fontTools").setLevel(max(logging.WARNING, logging.root.level))
     if args.sequencer_only:
         from .workers import run_sequencer_process
 
