@@ -111,10 +111,16 @@ def test_demo_prints_teacher_and_five_links(tmp_path: Path) -> None:
                     for path in (f"/classes/{cid}", f"/classes/{cid}/roster",
                                  f"/classes/{cid}/links", f"/classes/{cid}/control", "/classes"):
                         page = await s.get(base + path, headers={"Accept": "text/html"})
+                        assert page.url.path == path, page.url  # not sent elsewhere
                         codes.append(page.status)
+                    # the printable cards: a PDF whose font subsetting once filled the log
+                    pdf = await s.get(f"{base}/api/v1/classes/{cid}/links.pdf")
+                    codes.append(pdf.status)
+                    assert (await pdf.read()).startswith(b"%PDF")
                     return codes
 
-            assert asyncio.run(teacher_pages()) == [200] * 5
+            assert asyncio.run(teacher_pages()) == [200] * 6
+            assert "fontTools" not in log.read_text()
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
