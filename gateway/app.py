@@ -150,7 +150,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     def ms_clock() -> int:
         return int(clock() * 1000)
 
-    svc.store = ClassStore(svc.redis, s.redis_prefix, clock=svc.clock, fast=svc.redis_fast)
+    svc.store = ClassStore(svc.redis, s.redis_prefix, clock=svc.clock, fast=svc.redis_fast,
+                           audit_replicas=s.audit_durability_replicas)
     svc.staff = make_staff(svc.redis, s, svc.clock)
     svc.audit_log = AuditLog(
         svc.redis_bytes,
@@ -160,7 +161,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         durability_replicas=s.audit_durability_replicas,
         fast=svc.redis_fast_bytes,
     )
-    svc.auditor = Auditor(BatchingAppender(svc.audit_log))
+    svc.auditor = Auditor(BatchingAppender(svc.audit_log), node=s.node_id, clock_ms=ms_clock)
     svc.bus = Bus(svc.redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke")
     svc.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     sequencer = Sequencer(
