@@ -183,7 +183,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     svc.sequencer = sequencer
     bus_task = asyncio.create_task(svc.bus.run())
     svc.sequencer_task = asyncio.create_task(sequencer.run())
-    for task in (bus_task, svc.sequencer_task, asyncio.create_task(svc.reconciler.run())):
+    for task in (bus_task, svc.sequencer_task, asyncio.create_task(svc.reconciler.run()),
+                 asyncio.create_task(svc.metrics.watch_loop_lag())):
         svc.tasks.add(task)
         task.add_done_callback(_log_task_end)
     with contextlib.suppress(TimeoutError):

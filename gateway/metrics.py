@@ -3,6 +3,7 @@ and several apps in one process never collide)."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import gc
 import time
@@ -87,6 +88,7 @@ class Metrics:
     audit_checkpoint_time: Gauge
     audit_pending: Gauge
     audit_leader: Gauge
+    loop_lag: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -166,7 +168,27 @@ class Metrics:
                 "1 on the process holding the audit sequencer lease, else 0",
                 registry=reg,
             ),
+            loop_lag=Gauge(
+                "classguard_event_loop_lag_seconds",
+                "Largest delay of a timer past its deadline in the last 10 s (event loop lag)",
+                registry=reg,
+            ),
         )
+
+    async def watch_loop_lag(self, tick_s: float = 0.1, window_s: float = 10.0) -> None:
+        """Measure how late the event loop runs a timer, for ``loop_lag`` (the worst of
+        the current and the previous window); never returns."""
+        loop = asyncio.get_running_loop()
+        worst = previous = 0.0
+        window_start = loop.time()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(tick_s)
+            now = loop.time()
+            worst = max(worst, now - start - tick_s)
+            self.loop_lag.set(max(worst, previous))
+            if now - window_start >= window_s:
+                previous, worst, window_start = worst, 0.0, now
 
     def set_audit(self, status: LogStatus | None, *, leader: bool) -> None:
         """``status`` None: the log could not be read (Redis down, which has its own
