@@ -70,7 +70,8 @@ def class_body(i: int, preset: str) -> dict[str, Any]:
         "schedule": {"starts_at": (now - timedelta(minutes=5)).isoformat(),
                      "ends_at": (now + timedelta(hours=12)).isoformat(),
                      "term_ends_at": (now + timedelta(days=60)).isoformat()},
-        "policy": {"preset": preset},
+        # late join stays open for the whole run (the standard preset closes it at 15 min)
+        "policy": {"preset": preset, "late_join_cutoff_minutes": None},
     }
 
 

@@ -269,8 +269,10 @@ async def _burst(s: Served, token: str, classes: list[tuple[str, list[dict[str, 
                     out.answers.append((link["student_id"], r.status,
                                         await r.json(content_type=None)))
 
-        await asyncio.gather(*(student(ci, si, link) for ci, (_, links) in enumerate(classes)
-                               for si, link in enumerate(links)))
+        # the two classes' students arrive interleaved
+        plan = sorted(((si, ci, link) for ci, (_, links) in enumerate(classes)
+                       for si, link in enumerate(links)), key=lambda x: (x[0], x[1]))
+        await asyncio.gather(*(student(ci, si, link) for si, ci, link in plan))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(killed.wait(), 10)
         await asyncio.gather(*tasks, return_exceptions=True)
