@@ -264,10 +264,15 @@ class Sequencer:
         taken); in between only those marked dirty. The dirty mark is cleared before
         the outbox is read, so an entry written meanwhile marks it again."""
         now = asyncio.get_running_loop().time() * 1000
-        if self._swept_at is None or now - self._swept_at >= self._sweep_ms:
+        fresh = self._swept_at is None
+        if fresh or now - self._swept_at >= self._sweep_ms:  # type: ignore[operator]
             self._swept_at = now
             await self._redis.delete(self.keys.outbox_dirty)
             names = await cast(Awaitable[set[bytes]], self._redis.smembers(self.keys.outboxes))
+            if fresh:
+                # A leader that died between moving entries and deleting them left them
+                # behind (already in the log, at or before the cursor): delete them now.
+                await self._trim_drained(names)
         else:
             names = await self._take_dirty()
         moved = 0
@@ -287,6 +292,18 @@ class Sequencer:
         if isinstance(names, Exception):
             raise names
         return set(names)
+
+    async def _trim_drained(self, names: set[bytes]) -> None:
+        if not names:
+            return
+        ordered = sorted(names)
+        cursors = await cast(Awaitable[list[bytes | None]],
+                             self._redis.hmget(self.keys.outbox_cursors, ordered))
+        for name, cursor in zip(ordered, cursors, strict=True):
+            if cursor:
+                # entries below the cursor, then the cursor's own entry
+                await self._redis.xtrim(name, minid=cursor.decode(), approximate=False)
+                await self._redis.xdel(name, cursor)
 
     async def _drain_one(self, name: bytes) -> int:
         moved = 0

@@ -31,13 +31,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.deploy.cluster import (
+    CLI,
+    REPO,
     Proc,
     free_port,
     gateway_env,
     make_teacher,
     port_open,
     run_cli,
-    start_gateway,
 )
 
 from .helpers import class_body, host_control, make_class, running_gateway, token_of
@@ -53,16 +54,32 @@ def roster(n: int, tag: str) -> list[dict[str, str]]:
             for i in range(n)]
 
 
+def start_gateway(env: dict[str, str], port: int, log: Path) -> Proc:
+    """``classguard serve`` as a subprocess. NOTE: a generous start-up allowance: on a
+    loaded machine, start-up after a kill (recovering the embedded Redis) took 30 s."""
+    fh = log.open("w")
+    popen = subprocess.Popen([*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                             env=env, stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    p = Proc("gateway", popen, log, fh, port)
+    deadline = time.monotonic() + 120
+    while not port_open(port):
+        if not p.alive or time.monotonic() > deadline:
+            p.stop(kill=True)
+            raise AssertionError(f"gateway did not start:\n{p.text()}")
+        time.sleep(0.1)
+    return p
+
+
 def start_redis(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     """A redis-server of the test's own: AOF with fsync on every write."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not on PATH")
     workdir.mkdir(parents=True, exist_ok=True)
-    p = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "yes", "--appendfsync", "always",
-                          "--dir", str(workdir)],
-                         stdout=(workdir / "redis.log").open("ab"), stderr=subprocess.STDOUT)
+    with (workdir / "redis.log").open("ab") as log:
+        p = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "yes", "--appendfsync", "always",
+                              "--dir", str(workdir)], stdout=log, stderr=subprocess.STDOUT)
     for _ in range(200):
         if port_open(port):
             return p
@@ -227,10 +244,21 @@ async def _burst(s: Served, token: str, classes: list[tuple[str, list[dict[str, 
         controls = [await host_control(api, cid) for cid, _ in classes]
         strict_cid = classes[1][0]
 
+        def maybe_kill() -> None:
+            # mid-burst: once the teachers were shown enough admissions, some of them
+            # made by the host's own actions
+            if len(out.pushed) >= kill_after_pushed and out.actions >= 3 \
+                    and not killed.is_set():
+                killed.set()
+                assert s.proc is not None
+                s.proc.popen.send_signal(signal.SIGKILL)
+
         async def act(body: dict[str, Any]) -> None:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-                await api.post(f"/api/v1/classes/{strict_cid}/actions", json=body)
-                out.actions += 1
+                r = await api.post(f"/api/v1/classes/{strict_cid}/actions", json=body)
+                if r.status == 200:
+                    out.actions += 1
+                    maybe_kill()
 
         tasks: set[asyncio.Task[None]] = set()
 
@@ -241,10 +269,7 @@ async def _burst(s: Served, token: str, classes: list[tuple[str, list[dict[str, 
                 m = json.loads(msg.data)
                 if m.get("type") == "admitted" and m.get("ticket"):
                     out.pushed.add(str(m["ticket"]))
-                    if len(out.pushed) >= kill_after_pushed and not killed.is_set():
-                        killed.set()
-                        assert s.proc is not None
-                        s.proc.popen.send_signal(signal.SIGKILL)
+                    maybe_kill()
                     if host and len(out.pushed) % 5 == 0 and m.get("student_id"):
                         t = asyncio.create_task(act({"action": "remove",
                                                      "student_id": m["student_id"]}))
