@@ -153,7 +153,8 @@ class Auditor:
     @asynccontextmanager
     async def intended(self, type_: str, *, actor: str, org: str | None = None,
                        class_id: str | None = None, subject: str | None = None,
-                       facts: Mapping[str, Any] | None = None) -> AsyncIterator[Outcome]:
+                       facts: Mapping[str, Any] | None = None,
+                       personal: Mapping[str, Any] | None = None) -> AsyncIterator[Outcome]:
         """Record an ``intent`` before an action's effects, then its outcome.
 
         The ``intent`` record (``facts.action``: ``type_``, ``facts.intent``: its id) is
@@ -165,8 +166,10 @@ class Auditor:
         """
         intent_id = secrets.token_hex(8)
         await self.record("intent", actor=actor, org=org, class_id=class_id, subject=subject,
-                          facts={"action": type_, "intent": intent_id, **(facts or {})})
-        out = Outcome(subject=subject)
+                          facts={"action": type_, "intent": intent_id, **(facts or {})},
+                          personal=personal)
+        out = Outcome(subject=subject, facts=dict(facts or {}),
+                      personal=dict(personal) if personal else None)
         try:
             yield out
         except BaseException as exc:
