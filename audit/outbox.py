@@ -64,9 +64,15 @@ def pack_entry(
     eid = event_id or secrets.token_hex(8)
     prepare_event(event, personal, ts_ms=ts_ms, node=node, event_id=eid,
                   salt=b"\0" * SALT_SIZE if personal else None)
+    return outbox_value(event, personal, ts_ms=ts_ms, node=node, event_id=eid)
+
+
+def outbox_value(event: Mapping[str, Any], personal: Mapping[str, Any] | None, *,
+                 ts_ms: int, node: str, event_id: str) -> str:
+    """The outbox value of an event already validated (prepare_event)."""
     return json.dumps({"v": OUTBOX_FORMAT, "e": dict(event),
                        "p": dict(personal) if personal else None,
-                       "ts": ts_ms, "id": eid, "node": node},
+                       "ts": ts_ms, "id": event_id, "node": node},
                       ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 

@@ -160,6 +160,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         clock=ms_clock,
         durability_replicas=s.audit_durability_replicas,
         fast=svc.redis_fast_bytes,
+        outbox_of=svc.store.k.outbox,
     )
     svc.auditor = Auditor(BatchingAppender(svc.audit_log), node=s.node_id, clock_ms=ms_clock)
     svc.bus = Bus(svc.redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke")
