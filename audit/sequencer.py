@@ -236,8 +236,7 @@ class Sequencer:
         state = self._state
         if state is None:
             raise NotLeaderError("not leading")
-        await self._drain_outboxes()
-        entries = await self._read(state.last_id)
+        entries = await self._read_with_outboxes(state.last_id)
         if not entries and block:
             # NOTE: polling instead of XREAD BLOCK: a blocked read that is cancelled (the
             # task stopping) can leave the client waiting on a reply that never comes, and
@@ -246,8 +245,7 @@ class Sequencer:
             if state.size > self._ckpt_size and self._last_ckpt_ms is not None:
                 wait_ms = min(wait_ms, self._last_ckpt_ms + self._ckpt_interval - self._clock())
             await asyncio.sleep(max(0.001, min(wait_ms, self._poll_ms) / 1000))
-            await self._drain_outboxes()
-            entries = await self._read(state.last_id)
+            entries = await self._read_with_outboxes(state.last_id)
         committed = 0
         if entries:
             committed = await self._commit_batch(state, entries)
@@ -256,6 +254,19 @@ class Sequencer:
         return committed
 
     # --- outboxes ---
+
+    async def _read_with_outboxes(self, last_id: bytes
+                                  ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next batch: the stream as it is, then whatever the outboxes held.
+
+        The stream is read before the outboxes are drained, so an outbox entry written
+        before a stream entry of this batch is in the batch too (it was written before
+        our read, hence before the drain); the batch is then committed in time order
+        (_commit_batch), which keeps cause before effect across the two paths."""
+        entries = await self._read(last_id)
+        if await self._drain_outboxes():
+            entries = await self._read(last_id)
+        return entries
 
     async def _drain_outboxes(self) -> int:
         """Move outbox entries into the stream; returns how many were moved.
@@ -376,6 +387,7 @@ class Sequencer:
         zadds: list[tuple[str, int]] = []
         buckets: dict[int, tuple[int, int]] = {}
         size = state.size
+        decoded: list[tuple[bytes, bytes | None, dict[str, Any], dict[str, Any] | None]] = []
         for stream_id, fields in entries:
             packed = fields.get(b"d")
             try:
@@ -390,6 +402,11 @@ class Sequencer:
                 # hand; it is dropped (and logged) rather than blocking the log forever.
                 log.error("audit: dropping malformed stream entry %r: %s", stream_id, exc)
                 continue
+            decoded.append((data, blob, rec, personal))
+        # In time order within the batch: a class's records drained from its outbox
+        # join the stream behind later events of other paths (_read_with_outboxes).
+        decoded.sort(key=lambda d: d[2]["ts"] if isinstance(d[2].get("ts"), int) else 0)
+        for data, blob, rec, personal in decoded:
             index = size + len(records)
             merkle.append_leaf(frontier, index, merkle.leaf_hash(data), new_nodes)
             records.append(data)
