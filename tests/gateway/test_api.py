@@ -329,7 +329,7 @@ async def test_links_pdf_and_pages_escape_names(tmp_path: Path, redis_url: str,
         pdf = await r.read()
         assert pdf.startswith(b"%PDF") and len(pdf) > 2000
         phone = gw.client()
-        name = next(l for l in links if l["name"].startswith("Đặng"))
+        name = next(x for x in links if x["name"].startswith("Đặng"))
         r = await phone.get(f"/j/{token_of(name)}", headers={"Accept": "text/html"})
         html = await r.text()
         assert "Đặng &#34;Bé&#34; &amp; Co&#39;" in html
