@@ -7,7 +7,7 @@ import base64
 import ipaddress
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, cast
@@ -24,6 +24,7 @@ from audit.errors import (
     QueryError,
 )
 from audit.holds import LegalHold, LegalHoldError, holding
+from audit.outbox import outbox_value
 from audit.proofs import TlogProof
 from audit.records import (
     SALT_SIZE,
@@ -244,8 +245,13 @@ class AuditLog:
         durability_replicas: int = 0,
         durability_timeout_ms: int = 1000,
         fast: CommandPipeline | None = None,
+        outbox_of: Callable[[str], str] | None = None,
     ) -> None:
         ensure_bytes_client(redis)
+        # ``outbox_of(class_id)``: the class's outbox (audit.outbox). Events of a class
+        # go there rather than to the stream, behind the records its scripts wrote, so
+        # the log keeps each class's records in the order they happened.
+        self._outbox_of = outbox_of
         self._redis = redis
         # Appends go through ``fast`` when given (the gateway's multiplexed connection,
         # replies as bytes): a redis-py pipeline per batch cost more than the batch.
@@ -259,12 +265,12 @@ class AuditLog:
     # --- appending ---
 
     def _prepare(
-        self, event: Mapping[str, Any], personal: Mapping[str, Any] | None
+        self, event: Mapping[str, Any], personal: Mapping[str, Any] | None, ts_ms: int
     ) -> PreparedEvent:
         return prepare_event(
             event,
             personal,
-            ts_ms=self._clock(),
+            ts_ms=ts_ms,
             node=self._node,
             event_id=secrets.token_hex(8),
             salt=secrets.token_bytes(SALT_SIZE) if personal else None,
@@ -281,17 +287,30 @@ class AuditLog:
         self, items: Iterable[tuple[Mapping[str, Any], Mapping[str, Any] | None]]
     ) -> list[str]:
         """Append several events in one round trip; returns their ids once all are durable."""
-        prepared = [self._prepare(e, p) for e, p in items]
+        given = list(items)
+        stamps = [self._clock() for _ in given]
+        prepared = [self._prepare(e, p, ts) for (e, p), ts in zip(given, stamps, strict=True)]
         if not prepared:
             return []
         commands: list[tuple[Any, ...]] = []
-        for item in prepared:
+        boxes: set[str] = set()
+        for (event, personal), ts, item in zip(given, stamps, prepared, strict=True):
+            cls = event.get("class")
+            if self._outbox_of is not None and isinstance(cls, str) and cls:
+                box = self._outbox_of(cls)
+                boxes.add(box)
+                commands.append(("XADD", box, "*", "d", outbox_value(
+                    event, personal, ts_ms=ts, node=self._node, event_id=item.event_id)))
+                continue
             # One field per entry keeps the sequencer's reads cheap. Canonical JSON never
             # holds a raw newline, so it separates the record from the personal blob.
             data = item.record
             if item.personal_blob is not None:
                 data += b"\n" + item.personal_blob
             commands.append(("XADD", self.keys.stream, "*", "d", data))
+        for box in sorted(boxes):
+            commands.append(("SADD", self.keys.outboxes, box))
+            commands.append(("SADD", self.keys.outbox_dirty, box))
         if self._replicas > 0:
             # WAIT runs on the connection of these writes, so it covers them (on the
             # shared connection, every write sent before them too).

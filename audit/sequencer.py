@@ -6,6 +6,9 @@ the last consumed id, hashes the records, and commits each batch with one Lua sc
 also checks it still holds the lease and that nobody else moved the log. A takeover
 therefore continues exactly where the last committed batch ended: no gap, no duplicate.
 
+Before each batch the leader drains the per-class outboxes (audit.outbox) into the
+stream: records written in the same atomic step as the change they report.
+
 Checkpoints are signed at most once per ``checkpoint_interval_ms`` while the log grows, and
 once more after the last append, so a quiet log always has a checkpoint for its full size.
 """
@@ -28,6 +31,7 @@ from audit.checkpoint import Checkpoint
 from audit.errors import AuditError, FormatError, NotLeaderError
 from audit.log import CommandPipeline
 from audit.note import AuditSigningKey
+from audit.outbox import DRAIN_OUTBOX, stream_value, unpack_entry
 from audit.records import decode_personal, decode_record
 from audit.store import (
     ACQUIRE_LEASE,
@@ -80,6 +84,7 @@ class Sequencer:
         release_on_stop: bool = True,
         poll_ms: int = 20,
         fast: CommandPipeline | None = None,
+        outbox_sweep_ms: int = 1000,
     ) -> None:
         ensure_bytes_client(redis)
         if lease_ms < 30:
@@ -109,6 +114,9 @@ class Sequencer:
         self._renew = redis.register_script(RENEW_LEASE)
         self._acquire = redis.register_script(ACQUIRE_LEASE)
         self._release = redis.register_script(RELEASE_LEASE)
+        self._drain = redis.register_script(DRAIN_OUTBOX)
+        self._sweep_ms = outbox_sweep_ms
+        self._swept_at: float | None = None  # loop time of the last full outbox sweep
 
     @property
     def is_leader(self) -> bool:
@@ -164,6 +172,7 @@ class Sequencer:
             frontier[level] = nodes[(level, idx)]
         self._ckpt_size = int(ck_b or 0)
         self._last_ckpt_ms = None
+        self._swept_at = None  # a new leader sweeps every outbox first
         return _State(size, last_b or b"0-0", tuple(frontier))
 
     async def release(self) -> None:
@@ -215,6 +224,7 @@ class Sequencer:
         """
         if not await self._hold_lease():
             raise NotLeaderError("another sequencer holds the audit lease")
+        self._swept_at = None
         while await self._step(block=False, checkpoint=False):
             await self._hold_lease()
         if checkpoint:
@@ -227,7 +237,7 @@ class Sequencer:
         state = self._state
         if state is None:
             raise NotLeaderError("not leading")
-        entries = await self._read(state.last_id)
+        entries = await self._read_with_outboxes(state.last_id)
         if not entries and block:
             # NOTE: polling instead of XREAD BLOCK: a blocked read that is cancelled (the
             # task stopping) can leave the client waiting on a reply that never comes, and
@@ -236,13 +246,105 @@ class Sequencer:
             if state.size > self._ckpt_size and self._last_ckpt_ms is not None:
                 wait_ms = min(wait_ms, self._last_ckpt_ms + self._ckpt_interval - self._clock())
             await asyncio.sleep(max(0.001, min(wait_ms, self._poll_ms) / 1000))
-            entries = await self._read(state.last_id)
+            entries = await self._read_with_outboxes(state.last_id)
         committed = 0
         if entries:
             committed = await self._commit_batch(state, entries)
         if checkpoint:
             await self._checkpoint(force=False)
         return committed
+
+    # --- outboxes ---
+
+    async def _read_with_outboxes(self, last_id: bytes
+                                  ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next batch: the stream as it is, then whatever the outboxes held.
+
+        The stream is read before the outboxes are drained, so an outbox entry written
+        before a stream entry of this batch is in the batch too (it was written before
+        our read, hence before the drain); the batch is then committed in time order
+        (_commit_batch), which keeps cause before effect across the two paths."""
+        entries = await self._read(last_id)
+        if await self._drain_outboxes():
+            entries = await self._read(last_id)
+        return entries
+
+    async def _drain_outboxes(self) -> int:
+        """Move outbox entries into the stream; returns how many were moved.
+
+        Every outbox is swept once per ``outbox_sweep_ms`` (and when leadership is
+        taken); in between only those marked dirty. The dirty mark is cleared before
+        the outbox is read, so an entry written meanwhile marks it again."""
+        now = asyncio.get_running_loop().time() * 1000
+        fresh = self._swept_at is None
+        if fresh or now - self._swept_at >= self._sweep_ms:  # type: ignore[operator]
+            self._swept_at = now
+            await self._redis.delete(self.keys.outbox_dirty)
+            names = await cast(Awaitable[set[bytes]], self._redis.smembers(self.keys.outboxes))
+            if fresh:
+                # A leader that died between moving entries and deleting them left them
+                # behind (already in the log, at or before the cursor): delete them now.
+                await self._trim_drained(names)
+        else:
+            names = await self._take_dirty()
+        moved = 0
+        for name in sorted(names):
+            moved += await self._drain_one(name)
+        return moved
+
+    async def _take_dirty(self) -> set[bytes]:
+        if self._fast is None:
+            async with self._redis.pipeline(transaction=True) as p:
+                p.smembers(self.keys.outbox_dirty)
+                p.delete(self.keys.outbox_dirty)
+                names, _ = await p.execute()
+            return set(names)
+        names, _ = await self._fast.pipeline([
+            ("SMEMBERS", self.keys.outbox_dirty), ("DEL", self.keys.outbox_dirty)])
+        if isinstance(names, Exception):
+            raise names
+        return set(names)
+
+    async def _trim_drained(self, names: set[bytes]) -> None:
+        if not names:
+            return
+        ordered = sorted(names)
+        cursors = await cast(Awaitable[list[bytes | None]],
+                             self._redis.hmget(self.keys.outbox_cursors, ordered))
+        for name, cursor in zip(ordered, cursors, strict=True):
+            if cursor:
+                # entries below the cursor, then the cursor's own entry
+                await self._redis.xtrim(name, minid=cursor.decode(), approximate=False)
+                await self._redis.xdel(name, cursor)
+
+    async def _drain_one(self, name: bytes) -> int:
+        moved = 0
+        while True:
+            cursor = await cast(Awaitable[bytes | None],
+                                self._redis.hget(self.keys.outbox_cursors, name))
+            start = b"(" + cursor if cursor else b"-"
+            entries = await self._redis.xrange(name, start, b"+", count=self._batch)
+            if not entries:
+                return moved
+            values: list[bytes] = []
+            for entry_id, fields in entries:
+                try:
+                    values.append(stream_value(unpack_entry(fields)))
+                except AuditError as exc:
+                    # NOTE: entries are validated when written; one that is not readable
+                    # here was written by hand and must not block the class's records.
+                    log.error("audit: dropping malformed outbox entry %r %r: %s",
+                              name, entry_id, exc)
+            last = entries[-1][0]
+            ok = await self._drain(
+                keys=[self.keys.lease, self.keys.outbox_cursors, self.keys.stream],
+                args=[self._token, name, cursor or b"", last, *values])
+            if not int(ok):
+                continue  # the cursor moved meanwhile: read again from where it is
+            await self._redis.xdel(name, *[eid for eid, _ in entries])
+            moved += len(values)
+            if len(entries) < self._batch:
+                return moved
 
     async def _read(self, last_id: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The next stream entries past ``last_id``, at most one batch."""
@@ -286,6 +388,7 @@ class Sequencer:
         zadds: list[tuple[str, int]] = []
         buckets: dict[int, tuple[int, int]] = {}
         size = state.size
+        decoded: list[tuple[bytes, bytes | None, dict[str, Any], dict[str, Any] | None]] = []
         for stream_id, fields in entries:
             packed = fields.get(b"d")
             try:
@@ -300,6 +403,11 @@ class Sequencer:
                 # hand; it is dropped (and logged) rather than blocking the log forever.
                 log.error("audit: dropping malformed stream entry %r: %s", stream_id, exc)
                 continue
+            decoded.append((data, blob, rec, personal))
+        # In time order within the batch: a class's records drained from its outbox
+        # join the stream behind later events of other paths (_read_with_outboxes).
+        decoded.sort(key=lambda d: d[2]["ts"] if isinstance(d[2].get("ts"), int) else 0)
+        for data, blob, rec, personal in decoded:
             index = size + len(records)
             merkle.append_leaf(frontier, index, merkle.leaf_hash(data), new_nodes)
             records.append(data)

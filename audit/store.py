@@ -26,6 +26,9 @@ key                            holds
 ``audit:ix:reason:<reason>``   zset of indexes per reason code (likewise)
 ``audit:ix:tb``                hash: bucket (index // 1024) -> "min_ts,max_ts"
 ``audit:archives``             list of signed archive notes (ranges moved to segments)
+``audit:outboxes``             set of outbox keys (per-class streams, see audit.outbox)
+``audit:outbox:dirty``         set of outbox keys written since the last drain
+``audit:outbox:cursor``        hash: outbox key -> last entry id drained into the stream
 =============================  ====================================================
 """
 
@@ -112,6 +115,21 @@ class AuditKeys:
     @property
     def archives(self) -> str:
         return self._k("archives")
+
+    @property
+    def outboxes(self) -> str:
+        """Set of every outbox key (audit.outbox), swept by the sequencer."""
+        return self._k("outboxes")
+
+    @property
+    def outbox_dirty(self) -> str:
+        """Set of outbox keys written since the sequencer last looked."""
+        return self._k("outbox:dirty")
+
+    @property
+    def outbox_cursors(self) -> str:
+        """Hash: outbox key -> id of its last entry moved into the stream."""
+        return self._k("outbox:cursor")
 
 
 def student_ids(record: Mapping[str, Any]) -> set[str]:

@@ -159,7 +159,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     def ms_clock() -> int:
         return int(clock() * 1000)
 
-    svc.store = ClassStore(svc.redis, s.redis_prefix, clock=svc.clock, fast=svc.redis_fast)
+    svc.store = ClassStore(svc.redis, s.redis_prefix, clock=svc.clock, fast=svc.redis_fast,
+                           audit_replicas=s.audit_durability_replicas)
     svc.staff = make_staff(svc.redis, s, svc.clock)
     svc.audit_log = AuditLog(
         svc.redis_bytes,
@@ -168,8 +169,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         clock=ms_clock,
         durability_replicas=s.audit_durability_replicas,
         fast=svc.redis_fast_bytes,
+        outbox_of=svc.store.k.outbox,
     )
-    svc.auditor = Auditor(BatchingAppender(svc.audit_log))
+    svc.auditor = Auditor(BatchingAppender(svc.audit_log), node=s.node_id, clock_ms=ms_clock)
     svc.bus = Bus(svc.redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke")
     from meeting_adapters.egress import guarded_session
 
@@ -193,7 +195,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     svc.adapter_pools = {"janus": JanusPool(egress), "zoom": ZoomTokens()}
     svc.reconciler = Reconciler(svc)
     bus_task = asyncio.create_task(svc.bus.run())
-    background = [bus_task, asyncio.create_task(svc.reconciler.run())]
+    background = [bus_task, asyncio.create_task(svc.reconciler.run()),
+                  asyncio.create_task(svc.metrics.watch_loop_lag())]
     if not svc.sequencer_elsewhere:
         svc.sequencer = sequencer
         svc.sequencer_task = asyncio.create_task(sequencer.run())

@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from audit.outbox import pack_entry
 
 log = logging.getLogger("classguard.audit")
 
@@ -81,9 +87,103 @@ class BatchingAppender:
                 fut.set_result(event_id)
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What an action that was announced by an intent turned out to be: filled in by
+    the action, recorded when it ends (see Auditor.intended)."""
+
+    subject: str | None = None
+    reason: str | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
+    personal: dict[str, Any] | None = None
+
+
+def event_of(
+    type_: str,
+    *,
+    actor: str,
+    org: str | None = None,
+    class_id: str | None = None,
+    subject: str | None = None,
+    reason: str | None = None,
+    ip: str | None = None,
+    device: str | None = None,
+    user_agent: str | None = None,
+    name: str | None = None,
+    facts: Mapping[str, Any] | None = None,
+    personal: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The event and its personal data, as the log records them."""
+    event: dict[str, Any] = {"type": type_, "actor": actor}
+    if reason is not None:
+        event["reason"] = reason
+    if org is not None:
+        event["org"] = org
+    if class_id is not None:
+        event["class"] = class_id
+    if subject is not None:
+        event["subject"] = subject
+    if facts:
+        event["facts"] = {k: v for k, v in facts.items() if v is not None}
+    p: dict[str, Any] = dict(personal or {})
+    if ip is not None:
+        p["ip"] = ip
+    if device is not None:
+        p["device"] = device
+    if user_agent:
+        p["ua"] = user_agent[:512]
+    if name is not None:
+        p["name"] = name
+    return event, p or None
+
+
 class Auditor:
-    def __init__(self, log_: AppendOnlyLog) -> None:
+    def __init__(self, log_: AppendOnlyLog, *, node: str = "gateway",
+                 clock_ms: Callable[[], int] | None = None) -> None:
         self._log = log_
+        self._node = node
+        self._clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+
+    def entry(self, type_: str, **kw: Any) -> str:
+        """The event as an outbox entry (audit.outbox), for a script that makes the
+        change and writes its record in one atomic step."""
+        event, personal = event_of(type_, **kw)
+        return pack_entry(event, personal, ts_ms=self._clock_ms(), node=self._node)
+
+    @asynccontextmanager
+    async def intended(self, type_: str, *, actor: str, org: str | None = None,
+                       class_id: str | None = None, subject: str | None = None,
+                       facts: Mapping[str, Any] | None = None,
+                       personal: Mapping[str, Any] | None = None) -> AsyncIterator[Outcome]:
+        """Record an ``intent`` before an action's effects, then its outcome.
+
+        The ``intent`` record (``facts.action``: ``type_``, ``facts.intent``: its id) is
+        durable before the body runs, so no effect of the action can be seen without a
+        record. When the body ends, ``type_`` is recorded with what it filled into the
+        :class:`Outcome` and ``facts.intent``; when it raises, ``intent.failed`` with
+        the error's code. An intent with neither (the process died meanwhile) tells the
+        reader the action may have been partly done; the class state shows how far.
+        """
+        intent_id = secrets.token_hex(8)
+        await self.record("intent", actor=actor, org=org, class_id=class_id, subject=subject,
+                          facts={"action": type_, "intent": intent_id, **(facts or {})},
+                          personal=personal)
+        out = Outcome(subject=subject, facts=dict(facts or {}),
+                      personal=dict(personal) if personal else None)
+        try:
+            yield out
+        except BaseException as exc:
+            code = getattr(exc, "code", None)
+            await asyncio.shield(self.record(
+                "intent.failed", actor=actor, org=org, class_id=class_id,
+                subject=out.subject,
+                reason=code if isinstance(code, str) else type(exc).__name__,
+                facts={"action": type_, "intent": intent_id,
+                       "status": getattr(exc, "status", None)}))
+            raise
+        await self.record(type_, actor=actor, org=org, class_id=class_id,
+                          subject=out.subject, reason=out.reason,
+                          facts={**out.facts, "intent": intent_id}, personal=out.personal)
 
     async def record(
         self,
@@ -102,24 +202,7 @@ class Auditor:
         personal: Mapping[str, Any] | None = None,
     ) -> str:
         """Append one event; returns once it is durable (the caller may rely on it)."""
-        event: dict[str, Any] = {"type": type_, "actor": actor}
-        if reason is not None:
-            event["reason"] = reason
-        if org is not None:
-            event["org"] = org
-        if class_id is not None:
-            event["class"] = class_id
-        if subject is not None:
-            event["subject"] = subject
-        if facts:
-            event["facts"] = {k: v for k, v in facts.items() if v is not None}
-        p: dict[str, Any] = dict(personal or {})
-        if ip is not None:
-            p["ip"] = ip
-        if device is not None:
-            p["device"] = device
-        if user_agent:
-            p["ua"] = user_agent[:512]
-        if name is not None:
-            p["name"] = name
-        return await self._log.append(event, p or None)
+        event, p = event_of(type_, actor=actor, org=org, class_id=class_id, subject=subject,
+                            reason=reason, ip=ip, device=device, user_agent=user_agent,
+                            name=name, facts=facts, personal=personal)
+        return await self._log.append(event, p)

@@ -164,5 +164,9 @@ class Bus:
     async def _deliver(listener: Listener, msg: dict[str, Any]) -> None:
         try:
             await listener(msg)
+        except ConnectionResetError:
+            # the socket closed while the event was on its way (a student leaving the
+            # waiting room as they are admitted): nothing to deliver to, not a fault
+            log.debug("bus listener's socket closed before delivery")
         except Exception:  # noqa: BLE001 - one broken socket must not stop the others
             log.exception("bus listener failed")

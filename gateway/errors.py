@@ -114,6 +114,7 @@ _CODE_STATUS = {
     "empty": 400,
     "too_many_rows": 413,
     "too_large": 413,
+    "audit_not_durable": 503,
 }
 
 
@@ -186,6 +187,27 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+RETRY_AFTER_S = 10
+# The student's pages: a person with a phone, not a client that reads JSON.
+_STUDENT_PATHS = ("/j/", "/join", "/go/")
+
+
+def _student_page(request: web.Request) -> bool:
+    return request.method == "GET" and request.path.startswith(_STUDENT_PATHS) and \
+        _wants_html(request)
+
+
+def _unavailable_page(request: web.Request, lang: str) -> web.Response:
+    """The student's page while Redis is unreachable: what happened, in their language,
+    and a script that opens the link again by itself (static/retry.js)."""
+    from .app import SERVICES
+
+    html = request.app[SERVICES].templates.get_template("denied.html").render(
+        lang=lang, reason="dependency_down", retry_s=RETRY_AFTER_S, class_title=None)
+    return web.Response(text=html, content_type="text/html", status=503,
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def _wants_html(request: web.Request) -> bool:
     accept = request.headers.get("Accept", "")
     return "text/html" in accept and not request.path.startswith("/api/")
@@ -228,14 +250,19 @@ async def _handle(request: web.Request, handler: Handler,
         if exc.status == 405:
             return error_response(405, "method_not_allowed", "method not allowed")
         return error_response(exc.status, f"http_{exc.status}", exc.reason or "error")
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-        # NOTE: fail closed. Any dependency outage is a 503; nobody is admitted.
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            redis.exceptions.ReadOnlyError) as exc:
+        # NOTE: fail closed. Any dependency outage is a 503; nobody is admitted. A
+        # replica answering READONLY is a master that was demoted by a failover.
         # NOTE: never log the path itself: /j/<token> is a personal credential.
         log.warning("dependency unavailable on %s: %s", _route_name(request), exc)
         on_dependency_error()
         lang = i18n.request_lang(request)
+        if _student_page(request):
+            return _unavailable_page(request, lang)
         return error_response(
-            503, "dependency_unavailable", i18n.t(lang, "error.redis_down")
+            503, "dependency_unavailable", i18n.t(lang, "error.redis_down"),
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     except redis.exceptions.ResponseError as exc:
         if not is_out_of_memory(exc):
@@ -260,6 +287,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _unhandled(request: web.Request, exc: Exception) -> web.StreamResponse:
     """Called inside the ``except`` block, so ``log.exception`` has the traceback."""
+    if getattr(exc, "code", None) == "audit_not_durable" and _student_page(request):
+        log.warning("audit not durable on %s: %s", _route_name(request), exc)
+        return _unavailable_page(request, i18n.request_lang(request))
     mapped = _from_platform_error(request, exc) or _from_package_error(exc)
     if mapped is not None:
         return mapped

@@ -150,9 +150,39 @@ class HostControls:
         return await self._upstream(info, Capability.REMOVE, "remove", _participant(sid))
 
     async def perform(self, p: Principal, info: ClassInfo, req: ActionRequest) -> dict[str, Any]:
+        """Carry out a host action. Its ``intent`` is recorded before any effect and its
+        outcome (``host.<action>``) after (Auditor.intended)."""
         svc = self.svc
-        store, bus, auditor = svc.store, svc.bus, svc.auditor
-        assert store is not None and bus is not None and auditor is not None
+        assert svc.auditor is not None
+        a = req.action
+        subject = req.student_id
+        if a == "admit_all":
+            # the intent names who may be admitted, before anyone is
+            assert svc.store is not None
+            waiting = await svc.store.waiting(info.id)
+            subject = ",".join(sorted({str(w.get("student_id")) for w in waiting.values()}))
+        async with svc.auditor.intended(
+                f"host.{a}", actor=p.actor, org=info.org, class_id=info.id,
+                subject=subject[:2000] if subject else None,
+                facts={"ticket": req.ticket, "scope": req.scope, "via": p.via}) as outcome:
+            result, affected = await self._perform(p, info, req)
+            svc.metrics.host_actions.labels(a).inc()
+            outcome.subject = ",".join(affected)[:2000] if affected else None
+            outcome.reason = {"deny": "denied_by_host", "remove": "removed_by_host",
+                              "admit": "admitted_by_host",
+                              "admit_all": "admitted_by_host"}.get(a)
+            outcome.facts = {"ticket": req.ticket, "scope": req.scope, "via": p.via,
+                             "upstream": result.get("upstream"),
+                             "count": len(affected) or None,
+                             "address_banned_until": result.get("address_banned_until")}
+            outcome.personal = {"note": req.reason} if req.reason else None
+        return result
+
+    async def _perform(self, p: Principal, info: ClassInfo, req: ActionRequest
+                       ) -> tuple[dict[str, Any], list[str]]:
+        svc = self.svc
+        store, bus = svc.store, svc.bus
+        assert store is not None and bus is not None
         cid = info.id
         result: dict[str, Any] = {"ok": True, "action": req.action}
         affected: list[str] = []
@@ -265,21 +295,7 @@ class HostControls:
             affected.append(req.student_id)
             await bus.publish(cid, {"type": "state", "reset_device": req.student_id})
 
-        svc.metrics.host_actions.labels(a).inc()
-        await auditor.record(
-            f"host.{a}",
-            actor=p.actor,
-            org=info.org,
-            class_id=cid,
-            subject=",".join(affected)[:2000] if affected else None,
-            reason={"deny": "denied_by_host", "remove": "removed_by_host",
-                    "admit": "admitted_by_host", "admit_all": "admitted_by_host"}.get(a),
-            facts={"ticket": req.ticket, "scope": req.scope, "via": p.via,
-                   "upstream": result.get("upstream"), "count": len(affected) or None,
-                   "address_banned_until": result.get("address_banned_until")},
-            personal={"note": req.reason} if req.reason else None,
-        )
-        return result
+        return result, affected
 
     # --- helpers -------------------------------------------------------------------
 

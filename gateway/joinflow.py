@@ -370,16 +370,17 @@ class JoinFlow:
             decision = evaluate(attempt, snap.state, policy_of(snap.info), self._now)
             if decision.action is not Action.ADMIT:
                 continue
-            if await store.admit_ticket(ticket_id, by="policy") is None:
+            # the record is written by the same script as the admission (audit.outbox)
+            record = svc.auditor.entry("join.admitted_on_host_arrival", actor="system",
+                                       org=snap.info.org, class_id=cid,
+                                       subject=t.student_id, reason=decision.reason.value,
+                                       facts={"rule": decision.rule, "ticket": ticket_id})
+            if await store.admit_ticket(ticket_id, by="policy", record=record) is None:
                 continue
             admitted += 1
             await svc.bus.publish(cid, {"type": "admitted", "ticket": ticket_id,
                                         "student_id": t.student_id, "by": "policy",
                                         "name": snap.student.name if snap.student else None})
-            await svc.auditor.record("join.admitted_on_host_arrival", actor="system",
-                                     org=snap.info.org, class_id=cid, subject=t.student_id,
-                                     reason=decision.reason.value,
-                                     facts={"rule": decision.rule, "ticket": ticket_id})
         return admitted
 
     async def with_code(
@@ -485,9 +486,10 @@ class JoinFlow:
                                                user_agent=user_agent)
             outcome.decision = decision
             status = await self._enter(outcome, snap, facts, policy, dev, ip, user_agent, via)
-        if status == "limited":
-            return outcome
-        await self._record(outcome.decision, snap, facts, ip, dev, user_agent, outcome.ticket)
+        if status == "ok":
+            # recorded by the script that admitted or seated the student (_enter)
+            svc.metrics.join_attempts.labels(outcome.decision.action.value,
+                                             outcome.decision.reason.value).inc()
         return outcome
 
     async def _enter(self, out: JoinOutcome, snap: Snapshot, facts: TokenFacts, policy: Policy,
@@ -522,12 +524,16 @@ class JoinFlow:
                          "reason": d.reason.value, "created": repr(now), "device_hint": hint,
                          "jti": facts.jti or "", "ip": ip}
         budget = Limit(f"class:{cid}", per_second=100, burst=500)
+        # NOTE: the record is written by the script that makes the change (audit.outbox):
+        # an admission the teacher is shown always has its record, whatever dies when.
+        record = svc.auditor.entry("join", **self._record_fields(d, snap, facts, ip, dev,
+                                                                   user_agent, None))
         result, ticket, nonce, _new, attempts = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
             entry=entry, event=event, budget=budget,
             bus_channel=f"{svc.settings.redis_prefix}bus",
             nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
-            attempts=("attempts", FLOOD_WINDOW_S),
+            attempts=("attempts", FLOOD_WINDOW_S), record=record,
         )
         await self._flood_check(cid, attempts)
         if result == "limited":
@@ -662,9 +668,22 @@ class JoinFlow:
         svc = self.svc
         assert svc.auditor is not None
         svc.metrics.join_attempts.labels(decision.action.value, decision.reason.value).inc()
+        await svc.auditor.record("join", **self._record_fields(
+            decision, snap, facts, ip, dev, ua, ticket, aggregate))
+
+    @staticmethod
+    def _record_fields(
+        decision: Decision,
+        snap: Snapshot | None,
+        facts: TokenFacts,
+        ip: str,
+        dev: str | None,
+        ua: str,
+        ticket: str | None,
+        aggregate: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         info = snap.info if snap else None
-        await svc.auditor.record(
-            "join",
+        return dict(
             actor=f"student:{facts.student_id}" if info and facts.student_id else "visitor",
             org=info.org if info else None,
             class_id=info.id if info else None,

@@ -21,6 +21,7 @@ multiprocess mode) and ``/metrics``, whichever worker answers it, reads them all
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import gc
 import os
@@ -217,6 +218,7 @@ class Metrics:
     audit_leader: Gauge
     redis_memory_ratio: Gauge
     connections_closed: Counter
+    loop_lag: Gauge
     shared_dir: str | None = None  # multiprocess mode: the directory every process writes
 
     @classmethod
@@ -321,7 +323,28 @@ class Metrics:
                 ["reason"],
                 registry=reg,
             ),
+            loop_lag=Gauge(
+                "classguard_event_loop_lag_seconds",
+                "Largest delay of a timer past its deadline in the last 10 s (event loop lag)",
+                multiprocess_mode="livemax",
+                registry=reg,
+            ),
         )
+
+    async def watch_loop_lag(self, tick_s: float = 0.1, window_s: float = 10.0) -> None:
+        """Measure how late the event loop runs a timer, for ``loop_lag`` (the worst of
+        the current and the previous window); never returns."""
+        loop = asyncio.get_running_loop()
+        worst = previous = 0.0
+        window_start = loop.time()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(tick_s)
+            now = loop.time()
+            worst = max(worst, now - start - tick_s)
+            self.loop_lag.set(max(worst, previous))
+            if now - window_start >= window_s:
+                previous, worst, window_start = worst, 0.0, now
 
     def set_audit(self, status: LogStatus | None, *, leader: bool) -> None:
         """``status`` None: the log could not be read (Redis down, which has its own

@@ -106,6 +106,11 @@ class _Protocol(asyncio.Protocol):
                 fut.set_exception(exc)
 
 
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Multiplexed:
     """Commands from every coroutine on one connection, replies matched in order."""
 
@@ -247,11 +252,18 @@ class Multiplexed:
         proto = await self._connected()
         futs = [self._send(proto, c) for c in commands]
         out: list[Any] = []
-        for fut in futs:
-            try:
-                out.append(await fut)
-            except ResponseError as exc:
-                out.append(exc)
+        try:
+            for fut in futs:
+                try:
+                    out.append(await fut)
+                except ResponseError as exc:
+                    out.append(exc)
+        except BaseException:
+            # The first failure is raised; the others (the same lost connection) are
+            # marked as seen, or asyncio reports each as never retrieved.
+            for fut in futs:
+                fut.add_done_callback(_retrieved)
+            raise
         return out
 
     async def aclose(self) -> None:

@@ -25,6 +25,8 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from audit.errors import NotDurableError
+from audit.store import AuditKeys
 from policies.model import ClassId, ClassState, Jti, Schedule, StudentId, TokenFacts
 
 from .bans import Ban, encode_ban, parse_bans
@@ -261,6 +263,9 @@ class Keys:
     def bus(self) -> str:
         return f"{self.p}bus"
 
+    def outbox(self, cid: str) -> str:  # audit records written with the change (audit.outbox)
+        return self.c(cid, "audit:outbox")
+
 
 # --- Lua scripts -----------------------------------------------------------------
 
@@ -322,8 +327,8 @@ redis.call('HSET', KEYS[4], ARGV[1], ARGV[5])
 return 1
 """
 
-# The host admits a waiting ticket. KEYS: waiting, admitted, removed, denied, ticket
-# ARGV: rand, now, by
+# The host admits a waiting ticket. KEYS: waiting, admitted, removed, denied, ticket,
+# audit outbox. ARGV: rand, now, by, audit entry ('' for none; see audit.outbox)
 _ADMIT_TICKET = """
 local w = redis.call('HGET', KEYS[1], ARGV[1])
 if not w then return false end
@@ -340,6 +345,7 @@ redis.call('HSET', KEYS[2], sid,
 redis.call('SREM', KEYS[3], sid)
 redis.call('SREM', KEYS[4], sid)
 redis.call('HSET', KEYS[5], 'status', 'admitted', 'reason', 'admitted_by_host')
+if ARGV[4] and ARGV[4] ~= '' then redis.call('XADD', KEYS[6], '*', 'd', ARGV[4]) end
 return w
 """
 
@@ -638,7 +644,9 @@ return {
 #       5 now_ms, 6 budget interval ms, 7 budget burst, 8 ticket random, 9 ticket json,
 #       10 entry json (admission or waiting), 11 ticket ttl s, 12 ip, 13 nonce random,
 #       14 nonce ttl s, 15 ticket key prefix, 16 bus channel, 17 event json, 18 class id,
-#       19 jti of the link used, 20 window s of the class's attempt counter (KEYS[12])
+#       19 jti of the link used, 20 window s of the class's attempt counter (KEYS[12]),
+#       21 audit entry (audit.outbox) written to KEYS[13], the class's outbox, with the
+#       ticket, whenever the admission or the knock is made
 # Returns {'ok', ticket random, new(0/1), attempts} | {'limited', wait ms, attempts} |
 # {'conflict', attempts}; attempts: the class's verified attempts in the current window
 _APPLY = """
@@ -714,6 +722,7 @@ if is_new == 1 then
   ev['ticket'] = ARGV[18] .. '.' .. rand
   redis.call('PUBLISH', ARGV[16], cjson.encode(ev))
 end
+redis.call('XADD', KEYS[13], '*', 'd', ARGV[21], 't', ARGV[18] .. '.' .. rand)
 return {'ok', rand, is_new, attempts}
 """
 
@@ -748,8 +757,15 @@ class ClassStore:
     """Classes, rosters, links and join state for every gateway process."""
 
     def __init__(self, redis: aioredis.Redis, prefix: str, *, clock: Clock = time.time,
-                 fast: Multiplexed | None = None) -> None:
+                 fast: Multiplexed | None = None, audit_replicas: int = 0,
+                 audit_wait_ms: int = 1000) -> None:
         self.r = redis
+        # Audit records written by the scripts themselves go to the class's outbox; the
+        # same round trip marks it for the sequencer and, with replicas, WAITs for them.
+        self.audit_keys = AuditKeys(prefix)
+        self.audit_replicas = audit_replicas
+        self.audit_wait_ms = audit_wait_ms
+        self._outboxes: set[str] = set()
         # The join path's scripts go through ``fast`` when there is one (a plain server):
         # see gateway.redis_mux. Everything else uses redis-py.
         self.fast = fast
@@ -1029,6 +1045,29 @@ class ClassStore:
                 raise r
         return list(res)
 
+    async def _with_record(self, cid: str, script: AsyncScript, keys: Sequence[str],
+                           args: Sequence[Any]) -> Any:
+        """Run a script that writes an audit record to the class's outbox, then mark the
+        outbox for the sequencer (and WAIT for the replicas) in the same round trip.
+
+        The outbox is listed (``audit:outboxes``) before this process first writes to
+        it, so a crash right after the script still leaves its records to be found."""
+        box = self.k.outbox(cid)
+        if box not in self._outboxes:
+            await self.r.sadd(self.audit_keys.outboxes, box)
+            if len(self._outboxes) >= 65536:
+                self._outboxes.clear()
+            self._outboxes.add(box)
+        commands: list[tuple[Any, ...]] = [("SADD", self.audit_keys.outbox_dirty, box)]
+        if self.audit_replicas > 0:
+            commands.append(("WAIT", self.audit_replicas, self.audit_wait_ms))
+        res = await self._pipelined_scripts([(script, keys, args)], commands)
+        if self.audit_replicas > 0 and int(res[-1]) < self.audit_replicas:
+            raise NotDurableError(
+                f"expected {self.audit_replicas} replicas to confirm the change and its "
+                f"record within {self.audit_wait_ms} ms, found {int(res[-1])}")
+        return res[0]
+
     async def _script(self, script: AsyncScript, keys: Sequence[str] = (),
                       args: Sequence[Any] = ()) -> Any:
         """One script call (EVALSHA, loading the script on NOSCRIPT)."""
@@ -1221,16 +1260,20 @@ class ClassStore:
         rand = await self.r.hget(self.k.tickets_by_student(cid), sid)
         return f"{cid}.{rand}" if rand else None
 
-    async def admit_ticket(self, ticket: str, *, by: str) -> dict[str, Any] | None:
+    async def admit_ticket(self, ticket: str, *, by: str,
+                           record: str | None = None) -> dict[str, Any] | None:
+        """Admit a waiting ticket; ``record`` (an outbox entry) is written with it."""
         parsed = split_ticket(ticket)
         if parsed is None:
             return None
         cid, rand = parsed
-        res = await self._admit_ticket(
-            keys=[self.k.waiting(cid), self.k.admitted(cid), self.k.removed(cid),
-                  self.k.denied(cid), self.k.ticket(cid, rand)],
-            args=[rand, repr(self.clock()), by],
-        )
+        keys = [self.k.waiting(cid), self.k.admitted(cid), self.k.removed(cid),
+                self.k.denied(cid), self.k.ticket(cid, rand), self.k.outbox(cid)]
+        args = [rand, repr(self.clock()), by, record or ""]
+        if record is not None:
+            res = await self._with_record(cid, self._admit_ticket, keys, args)
+        else:
+            res = await self._admit_ticket(keys=keys, args=args)
         return cast(dict[str, Any], json.loads(res)) if res else None
 
     async def deny_ticket(self, ticket: str) -> dict[str, Any] | None:
@@ -1545,28 +1588,31 @@ class ClassStore:
         ticket_fields: Mapping[str, Any], entry: Mapping[str, Any], event: Mapping[str, Any],
         budget: Limit, bus_channel: str, nonce_ttl_s: int, jti: str = "",
         ticket_ttl_s: int = 12 * 3600, attempts: tuple[str, int] = ("attempts", 10),
+        record: str,
     ) -> tuple[str, str | None, str | None, bool, int]:
         """Admit (``admit``/``readmit``) or knock (``wait``) in one atomic step.
 
         Returns (status, ticket, nonce, is_new, attempts): status ``ok``, ``limited``
         (ticket holds the wait in seconds) or ``conflict`` (another device bound the link
         first); ``attempts`` is the class's counter ``attempts`` (name, window s, as
-        ``count_recent``) after counting this attempt, whatever the status."""
+        ``count_recent``) after counting this attempt, whatever the status. ``record``
+        (an outbox entry, audit.outbox) is written in the same step when the status is
+        ``ok``, with the ticket in ``facts.ticket``."""
         rand = new_secret(16)
         nonce = new_secret(24)
         now_ms = int(self.clock() * 1000)
-        res = await self._script(
-            self._apply,
-            keys=[self.k.ratelimit(budget.key), self.k.bind(cid), self.k.rebinds(cid),
+        res = await self._with_record(
+            cid, self._apply,
+            [self.k.ratelimit(budget.key), self.k.bind(cid), self.k.rebinds(cid),
                   self.k.admitted(cid), self.k.removed(cid), self.k.denied(cid),
                   self.k.tickets_by_student(cid), self.k.waiting(cid), self.k.ticket(cid, rand),
                   self.k.c(cid, "last_ip"), self.k.nonce(cid, nonce),
-                  self.k.c(cid, f"n:{attempts[0]}")],
-            args=[mode, sid, device, bind, now_ms, max(1, int(1000 / budget.per_second)),
+                  self.k.c(cid, f"n:{attempts[0]}"), self.k.outbox(cid)],
+            [mode, sid, device, bind, now_ms, max(1, int(1000 / budget.per_second)),
                   max(1, budget.burst), rand, json.dumps(dict(ticket_fields)),
                   json.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
                   self.k.ticket(cid, ""), bus_channel, json.dumps(dict(event), ensure_ascii=False),
-                  cid, jti, attempts[1]],
+                  cid, jti, attempts[1], record],
         )
         status = str(res[0])
         counted = int(res[-1])

@@ -401,6 +401,7 @@ class _RoomRef:
     ws_url: str
     api_secret: str | None
     client_url: str
+    admin_key: str | None = None  # to create the room again after a Janus restart
 
     @classmethod
     def of(cls, room: Room) -> _RoomRef:
@@ -410,7 +411,7 @@ class _RoomRef:
         try:
             return cls(room=int(d["room"]), secret=str(d["secret"]), pid_key=str(d["pid_key"]),
                        ws_url=str(d["ws_url"]), api_secret=d.get("api_secret"),
-                       client_url=str(d["client_url"]))
+                       client_url=str(d["client_url"]), admin_key=d.get("admin_key"))
         except (KeyError, TypeError, ValueError):
             raise AdapterError("invalid_room", "stored janus room is incomplete") from None
 
@@ -492,6 +493,7 @@ class JanusAdapter:
             "ws_url": s["ws_url"],
             "api_secret": s.get("api_secret"),
             "client_url": s["client_url"],
+            "admin_key": s.get("admin_key"),
         })
 
     async def _allowed(self, c: JanusClient, r: _RoomRef, action: str,
@@ -513,7 +515,13 @@ class JanusAdapter:
         pid = participant_id(r.pid_key, participant.student_id)
         token = new_token(pid)
         async with self._client(r.ws_url, r.api_secret) as c:
-            allowed = await self._allowed(c, r, "add", [token])
+            try:
+                allowed = await self._allowed(c, r, "add", [token])
+            except JanusError as exc:
+                if exc.number != ERR_NO_SUCH_ROOM:
+                    raise
+                await self._recreate(c, r, room.class_id)
+                allowed = await self._allowed(c, r, "add", [token])
             stale = [t for t in tokens_of(allowed, pid) if t != token]
             if stale:  # one live token per student: the latest admission
                 await self._allowed(c, r, "remove", stale)
@@ -587,8 +595,25 @@ class JanusAdapter:
                 if exc.number != ERR_NO_SUCH_ROOM:
                     raise
 
+    async def _recreate(self, c: JanusClient, r: _RoomRef, class_id: str) -> None:
+        """Janus restarted and forgot the room: create it again under the same number
+        and secret, its access list on and empty (tokens are added one by one, as
+        before), so a class outlives a Janus restart."""
+        body: dict[str, Any] = {"request": "create", "room": r.room, "secret": r.secret,
+                                "description": f"ClassGuard {class_id}", "is_private": True,
+                                "allowed": [], "permanent": False}
+        if r.admin_key is not None:
+            body["admin_key"] = r.admin_key
+        await c.request(body)
+
     async def participants(self, room: Room) -> list[Present]:
         r = _RoomRef.of(room)
         async with self._client(r.ws_url, r.api_secret) as c:
-            data = await c.request({"request": "listparticipants", "room": r.room})
+            try:
+                data = await c.request({"request": "listparticipants", "room": r.room})
+            except JanusError as exc:
+                # A Janus that restarted forgot the room: nobody can be in it.
+                if exc.number != ERR_NO_SUCH_ROOM:
+                    raise
+                return []
         return parse_participants(data)

@@ -57,13 +57,15 @@ async def create_user(request: web.Request) -> web.Response:
     org = data["org"]
     if not isinstance(org, str) or org not in await svc.staff.org_subtree(p.org):
         raise ApiError(404, "not_found", "org not found in your subtree", field="org")
-    try:
-        user, one_time = await svc.staff.create_user(str(data["username"]),
-                                                     role=str(data["role"]), org=org)
-    except StaffError as exc:
-        raise _staff_error(exc) from exc
-    await svc.auditor.record("staff.user_created", actor=p.actor, org=org,
-                             subject=f"user:{user.username}", facts={"role": user.role})
+    # recorded as an intent before the account exists, then its outcome (docs/audit.md)
+    async with svc.auditor.intended("staff.user_created", actor=p.actor, org=org,
+                                    subject=f"user:{str(data['username'])[:64]}",
+                                    facts={"role": str(data["role"])[:32]}):
+        try:
+            user, one_time = await svc.staff.create_user(str(data["username"]),
+                                                         role=str(data["role"]), org=org)
+        except StaffError as exc:
+            raise _staff_error(exc) from exc
     return web.json_response({"user": _user_json(user), "one_time_password": one_time},
                              status=201)
 
@@ -77,9 +79,11 @@ async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
         raise ApiError(404, "not_found", "user not found")
     if target.username == p.username:
         raise ApiError(409, "self", "you cannot disable your own account")
-    user = await (svc.staff.disable_user(name) if disabled else svc.staff.enable_user(name))
-    await svc.auditor.record("staff.user_disabled" if disabled else "staff.user_enabled",
-                             actor=p.actor, org=user.org, subject=f"user:{user.username}")
+    async with svc.auditor.intended(
+            "staff.user_disabled" if disabled else "staff.user_enabled",
+            actor=p.actor, org=target.org, subject=f"user:{target.username}"):
+        user = await (svc.staff.disable_user(name) if disabled else
+                      svc.staff.enable_user(name))
     return web.json_response({"user": _user_json(user)})
 
 
@@ -133,12 +137,13 @@ async def create_org(request: web.Request) -> web.Response:
     if await svc.staff.get_org(slug) is not None:
         raise ApiError(409, "org_exists", "an org with this id already exists", field="slug")
     name = data.get("name")
-    try:
-        org = await svc.staff.ensure_org(slug, name=str(name) if name else None, parent=parent)
-    except StaffError as exc:
-        raise _staff_error(exc) from exc
-    await svc.auditor.record("staff.org_created", actor=p.actor, org=org.slug,
-                             facts={"parent": parent})
+    async with svc.auditor.intended("staff.org_created", actor=p.actor, org=slug[:64],
+                                    facts={"parent": parent}):
+        try:
+            org = await svc.staff.ensure_org(slug, name=str(name) if name else None,
+                                             parent=parent)
+        except StaffError as exc:
+            raise _staff_error(exc) from exc
     return web.json_response({"org": {"slug": org.slug, "name": org.name,
                                       "parent": org.parent}}, status=201)
 

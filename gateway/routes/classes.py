@@ -267,31 +267,36 @@ async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | N
     key = svc.keyring.signing_key()
     out = []
     reissued = ended = 0
-    for sid in targets:
-        jti = Jti(secrets.token_urlsafe(12))
-        code = new_code()
-        rec = LinkRecord(jti=jti, student_id=StudentId(sid), class_id=info.id,
-                         iat=now, nbf=now - 60, exp=exp, code=code)
-        # NOTE: a reissue retires everything the old link held in the same step: its
-        # waiting ticket, its admission and its device binding (a leaked link is the
-        # usual reason to reissue, so whoever opened it must not keep any of them).
-        retired = await svc.store.store_link(rec, code_lookup_key(code), exp - now)
-        if retired.jti is not None or retired.ticket is not None:
-            if retired.jti is not None:
-                reissued += 1
-            assert svc.bus is not None
-            await svc.bus.publish(info.id, {"type": "removed", "student_id": sid,
-                                            "ticket": retired.ticket,
-                                            "reason": "token_revoked"})
-        if retired.admission_ended:
-            ended += 1
-            await HostControls(svc).remove_upstream(info, sid)
-        token = issue_join_token(key, issuer=svc.settings.public_url, student_id=sid,
-                                 class_id=info.id, jti=jti, iat=now, nbf=now - 60, exp=exp)
-        out.append(_link_json(svc, rec, roster[sid].name, token))
-    await svc.auditor.record("links.issued", actor=actor, org=info.org, class_id=info.id,
-                             facts={"count": len(out), "reissued": reissued,
-                                    "admissions_ended": ended or None})
+    # A reissue retires links, admissions and bindings (and tells the teacher): its intent
+    # is recorded first, its outcome after (docs/audit.md).
+    async with svc.auditor.intended("links.issued", actor=actor, org=info.org,
+                                    class_id=info.id,
+                                    subject=",".join(targets)[:2000] if student_ids else None,
+                                    facts={"count": len(targets)}) as outcome:
+        for sid in targets:
+            jti = Jti(secrets.token_urlsafe(12))
+            code = new_code()
+            rec = LinkRecord(jti=jti, student_id=StudentId(sid), class_id=info.id,
+                             iat=now, nbf=now - 60, exp=exp, code=code)
+            # NOTE: a reissue retires everything the old link held in the same step: its
+            # waiting ticket, its admission and its device binding (a leaked link is the
+            # usual reason to reissue, so whoever opened it must not keep any of them).
+            retired = await svc.store.store_link(rec, code_lookup_key(code), exp - now)
+            if retired.jti is not None or retired.ticket is not None:
+                if retired.jti is not None:
+                    reissued += 1
+                assert svc.bus is not None
+                await svc.bus.publish(info.id, {"type": "removed", "student_id": sid,
+                                                "ticket": retired.ticket,
+                                                "reason": "token_revoked"})
+            if retired.admission_ended:
+                ended += 1
+                await HostControls(svc).remove_upstream(info, sid)
+            token = issue_join_token(key, issuer=svc.settings.public_url, student_id=sid,
+                                     class_id=info.id, jti=jti, iat=now, nbf=now - 60, exp=exp)
+            out.append(_link_json(svc, rec, roster[sid].name, token))
+        outcome.facts = {"count": len(out), "reissued": reissued,
+                         "admissions_ended": ended or None}
     return out
 
 

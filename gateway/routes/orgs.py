@@ -15,7 +15,8 @@ from ..policy_io import check_defaults, org_policy_key
 from ..web_util import read_json, require_fields
 
 
-async def _org_staff(request: web.Request, *, admin: bool = False) -> tuple[Services, Principal, str]:
+async def _org_staff(request: web.Request, *, admin: bool = False
+                     ) -> tuple[Services, Principal, str]:
     svc = services(request)
     assert svc.staff is not None
     p = await require_user(request)
@@ -49,12 +50,13 @@ async def add_ban(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_field", "expires_in_s must be 60 s to 366 days",
                        field="expires_in_s")
     until = svc.clock() + exp if exp else None
-    await svc.store.add_ban(class_id=None, org=org, key=key, reason=reason, by=p.username,
-                            until=until)
-    await svc.auditor.record("ban.added", actor=p.actor, org=org,
-                             facts={"kind": key.split(":", 1)[0], "scope": "org",
-                                    "until": until},
-                             personal={"ban": key, "reason": reason})
+    # recorded as an intent before the ban takes effect, then its outcome (docs/audit.md)
+    async with svc.auditor.intended("ban.added", actor=p.actor, org=org,
+                                    facts={"kind": key.split(":", 1)[0], "scope": "org",
+                                           "until": until},
+                                    personal={"ban": key, "reason": reason}):
+        await svc.store.add_ban(class_id=None, org=org, key=key, reason=reason,
+                                by=p.username, until=until)
     return web.json_response({"ok": True, "key": key}, status=201)
 
 
@@ -62,11 +64,11 @@ async def lift_ban(request: web.Request) -> web.Response:
     svc, p, org = await _org_staff(request)
     assert svc.store is not None and svc.auditor is not None
     key = unquote(request.match_info["key"])
-    if not await svc.store.lift_ban(key, org=org):
-        raise ApiError(404, "not_found", "no such ban")
-    await svc.auditor.record("ban.lifted", actor=p.actor, org=org,
-                             facts={"kind": key.split(":", 1)[0], "scope": "org"},
-                             personal={"ban": key})
+    async with svc.auditor.intended("ban.lifted", actor=p.actor, org=org,
+                                    facts={"kind": key.split(":", 1)[0], "scope": "org"},
+                                    personal={"ban": key}):
+        if not await svc.store.lift_ban(key, org=org):
+            raise ApiError(404, "not_found", "no such ban")
     return web.Response(status=204)
 
 
@@ -80,9 +82,9 @@ async def put_policy(request: web.Request) -> web.Response:
     svc, p, org = await _org_staff(request, admin=True)
     assert svc.auditor is not None
     defaults = check_defaults(await read_json(request))
-    await svc.r.set(org_policy_key(svc.settings.redis_prefix, org), json.dumps(defaults))
-    await svc.auditor.record("policy.org_defaults", actor=p.actor, org=org,
-                             facts={"fields": ",".join(sorted(defaults)) or None})
+    async with svc.auditor.intended("policy.org_defaults", actor=p.actor, org=org,
+                                    facts={"fields": ",".join(sorted(defaults)) or None}):
+        await svc.r.set(org_policy_key(svc.settings.redis_prefix, org), json.dumps(defaults))
     return web.json_response({"defaults": defaults})
 
 

@@ -290,7 +290,7 @@ async def root(request: web.Request) -> web.StreamResponse:
 
 # Student refusals after which trying the same link again can help.
 RETRY_REASONS = ("outside_schedule", "rate_limited", "class_locked", "capacity_reached",
-                 "platform_down", "go_unknown", "go_not_admitted")
+                 "platform_down", "go_unknown", "go_not_admitted", "dependency_down")
 
 
 def install_filters(svc: Services) -> None:

@@ -293,7 +293,13 @@ async def test_redis_down_fails_closed(tmp_path: Path, redis_prefix: str,
             assert r.status == 503
             assert (await r.json())["error"]["code"] == "dependency_unavailable"
             r = await phone.get(f"/j/{token_of(links[0])}", headers={"Accept": "text/html"})
-            assert r.status == 503
+            assert r.status == 503 and r.headers["Retry-After"] == "10"
+            page = await r.text()
+            # the student is told, in Vietnamese, and the page opens the link again itself
+            assert "Hệ thống đang tạm gián đoạn" in page and "chưa ai được vào lớp" in page
+            assert 'data-retry-s="10"' in page and '<script src="/static/retry.js">' in page
+            script = await (await phone.get("/static/retry.js")).text()
+            assert "location.reload()" in script
             r = await phone.get("/readyz")
             assert r.status == 503
             assert (await r.json())["components"]["redis"]["ok"] is False
@@ -323,7 +329,7 @@ async def test_links_pdf_and_pages_escape_names(tmp_path: Path, redis_url: str,
         pdf = await r.read()
         assert pdf.startswith(b"%PDF") and len(pdf) > 2000
         phone = gw.client()
-        name = next(l for l in links if l["name"].startswith("Đặng"))
+        name = next(x for x in links if x["name"].startswith("Đặng"))
         r = await phone.get(f"/j/{token_of(name)}", headers={"Accept": "text/html"})
         html = await r.text()
         assert "Đặng &#34;Bé&#34; &amp; Co&#39;" in html

@@ -1,0 +1,110 @@
+"""Audit outboxes: records written in the same atomic step as the change they report.
+
+A change to a class (an admission, a knock, a host admitting a waiting ticket) is made by
+one Lua script in the class's hash slot (``{c:<id>}``). On Redis Cluster that script
+cannot touch the audit log's keys, which live in another slot, so it appends the record to
+the class's *outbox*, a stream in the class's own slot: the change and its record become
+visible together or not at all, whatever process dies when.
+
+The sequencer's leader drains every outbox into the audit stream (``audit:stream``) with
+:data:`DRAIN_OUTBOX`, a script in the audit log's slot that checks the leader's lease and
+compare-and-sets a per-outbox cursor (the last drained entry id) in the same step as it
+appends. The drained entries are then deleted from the outbox (``XDEL``, which keeps the
+stream's last id, so new entries always sort after the cursor). A drain interrupted
+between the two steps is re-read from the cursor and skipped: each entry reaches the log
+exactly once.
+
+Outboxes are found through two sets in the audit slot: ``audit:outboxes`` (every outbox,
+added before a process first writes to it, so a crash right after a write still leaves it
+listed) swept every ``sweep_ms``, and ``audit:outbox:dirty`` (added in the same round trip
+as each write) read at every poll, so a record is sequenced within one poll in practice.
+
+Entry format (field ``d``, version 1): canonical JSON ``{"v": 1, "e": event, "p":
+personal or null, "ts": ms, "id": event id, "node": node}``; an optional field ``t`` is a
+ticket id the script chose, written into ``facts.ticket`` when the record is built.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from audit.errors import FormatError, UnsupportedVersionError
+from audit.records import SALT_SIZE, PreparedEvent, prepare_event
+
+OUTBOX_FORMAT = 1
+
+# KEYS: 1 lease, 2 cursors hash, 3 audit stream. ARGV: 1 token, 2 outbox key,
+# 3 expected cursor ('' when never drained), 4 new cursor, 5.. stream values ('d')
+# Returns 1 when appended, 0 when the cursor moved (another drain got there first).
+DRAIN_OUTBOX = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local cur = redis.call('HGET', KEYS[2], ARGV[2]) or ''
+if cur ~= ARGV[3] then return 0 end
+for i = 5, #ARGV do redis.call('XADD', KEYS[3], '*', 'd', ARGV[i]) end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
+
+def pack_entry(
+    event: Mapping[str, Any],
+    personal: Mapping[str, Any] | None,
+    *,
+    ts_ms: int,
+    node: str,
+    event_id: str | None = None,
+) -> str:
+    """The outbox value of one event (validated now: a bad event fails the request,
+    never the drain)."""
+    eid = event_id or secrets.token_hex(8)
+    prepare_event(event, personal, ts_ms=ts_ms, node=node, event_id=eid,
+                  salt=b"\0" * SALT_SIZE if personal else None)
+    return outbox_value(event, personal, ts_ms=ts_ms, node=node, event_id=eid)
+
+
+def outbox_value(event: Mapping[str, Any], personal: Mapping[str, Any] | None, *,
+                 ts_ms: int, node: str, event_id: str) -> str:
+    """The outbox value of an event already validated (prepare_event)."""
+    return json.dumps({"v": OUTBOX_FORMAT, "e": dict(event),
+                       "p": dict(personal) if personal else None,
+                       "ts": ts_ms, "id": event_id, "node": node},
+                      ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def unpack_entry(fields: Mapping[bytes, bytes]) -> PreparedEvent:
+    """The record of one outbox entry, with a fresh salt for its personal data."""
+    raw = fields.get(b"d")
+    if raw is None:
+        raise FormatError("outbox entry has no value")
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FormatError("outbox entry is not JSON") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("e"), dict):
+        raise FormatError("outbox entry has no event")
+    v = obj.get("v")
+    if v != OUTBOX_FORMAT:
+        raise UnsupportedVersionError(f"outbox entry format v{v} is not known here")
+    event: dict[str, Any] = obj["e"]
+    ticket = fields.get(b"t")
+    if ticket:
+        facts = dict(event.get("facts") or {})
+        facts["ticket"] = ticket.decode()
+        event["facts"] = facts
+    personal = obj.get("p") or None
+    return prepare_event(event, personal, ts_ms=int(obj["ts"]), node=str(obj["node"]),
+                         event_id=str(obj["id"]),
+                         salt=secrets.token_bytes(SALT_SIZE) if personal else None)
+
+
+def stream_value(item: PreparedEvent) -> bytes:
+    """What the audit stream holds for one record (as AuditLog.append_many writes it)."""
+    data = item.record
+    if item.personal_blob is not None:
+        data += b"\n" + item.personal_blob
+    return data
