@@ -139,7 +139,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(Path(s.data_dir).mkdir, parents=True, exist_ok=True)
     if s.embedded_redis:
         embedded = EmbeddedRedis(Path(s.data_dir),
-                                 maxmemory_bytes=s.embedded_redis_maxmemory_bytes)
+                                 maxmemory_bytes=s.embedded_redis_maxmemory_bytes,
+                                 on_restart=svc.metrics.embedded_redis_restarts.inc)
         url = await embedded.start()
         log.info("embedded Redis started at %s", url)
     svc.redis, svc.redis_bytes = redis_clients(s, url)

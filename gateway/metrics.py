@@ -219,6 +219,7 @@ class Metrics:
     redis_memory_ratio: Gauge
     connections_closed: Counter
     loop_lag: Gauge
+    embedded_redis_restarts: Counter
     shared_dir: str | None = None  # multiprocess mode: the directory every process writes
 
     @classmethod
@@ -277,6 +278,11 @@ class Metrics:
             ),
             redis_errors=Counter(
                 "classguard_redis_errors", "Failed Redis operations", registry=reg
+            ),
+            embedded_redis_restarts=Counter(
+                "classguard_embedded_redis_restarts",
+                "Restarts of the embedded Redis after it exited unexpectedly",
+                registry=reg,
             ),
             upstream_errors=Counter(
                 "classguard_upstream_errors",

@@ -268,3 +268,72 @@ def test_redis_child_dies_with_a_killed_gateway(redis_binary: str, data_dir: Pat
             gateway.stdout.close()
         if redis_pid is not None and alive(redis_pid):
             os.kill(redis_pid, signal.SIGKILL)  # do not leave an orphan behind a failure
+
+
+async def test_killed_server_is_restarted_on_the_same_socket_with_its_data(
+        redis_binary: str, data_dir: Path) -> None:
+    restarted: list[int] = []
+    er = EmbeddedRedis(data_dir, on_restart=lambda: restarted.append(1))
+    url = await er.start()
+    first = er.pid
+    assert first is not None
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        await client.set("cg:acked", "on disk")  # acknowledged: fsynced (appendfsync always)
+        os.kill(first, signal.SIGKILL)
+        assert await wait_dead(first)
+        deadline = time.monotonic() + 15
+        while not restarted:
+            assert time.monotonic() < deadline, "the embedded Redis was not restarted"
+            await asyncio.sleep(0.05)
+        second = er.pid
+        assert second is not None and second != first and alive(second)
+        assert er.restarts == 1
+        # the same URL works again, with the acknowledged write kept
+        assert await client.get("cg:acked") == "on disk"
+    finally:
+        await client.aclose()
+        await er.stop()
+    assert await wait_dead(second)
+    assert not (data_dir / "redis" / "redis.sock").exists()
+
+
+async def test_stopped_server_is_not_restarted(embedded: EmbeddedRedis) -> None:
+    pid = embedded.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)
+        assert embedded.pid == pid and embedded.restarts == 0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    client = aioredis.Redis.from_url(embedded.url, decode_responses=True)
+    try:
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_supervisor_gives_up_after_repeated_quick_deaths(
+        redis_binary: str, data_dir: Path, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A server binary that runs once and then can no longer start (a broken install,
+    # a full disk): restarts stop after a few tries with a clear log line.
+    broken = tmp_path / "broken"
+    wrapper = tmp_path / "redis-server-once"
+    wrapper.write_text(f'#!/bin/sh\n[ -e "{broken}" ] && exit 3\nexec "{redis_binary}" "$@"\n')
+    wrapper.chmod(0o755)
+    er = EmbeddedRedis(data_dir, binary=str(wrapper), start_timeout=5)
+    await er.start()
+    pid = er.pid
+    assert pid is not None
+    broken.touch()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        deadline = time.monotonic() + 30
+        while "giving up restarting it" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.1)
+        assert er.pid is None and er.restarts == 0
+    finally:
+        await er.stop()

@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -383,9 +383,11 @@ async def _class_running(tmp_path: Path, url: str
         await ws.close()
 
 
-async def _join(gw: Any, link: dict[str, Any], n: int, *, html: bool = False
-                ) -> tuple[int, Any, float]:
-    phone = gw.client()
+Join = Callable[[dict[str, Any], int, bool], Awaitable[tuple[int, Any, float]]]
+
+
+async def _join_on(phone: aiohttp.ClientSession, link: dict[str, Any], n: int, html: bool
+                   ) -> tuple[int, Any, float]:
     headers = {"Accept": "text/html" if html else "application/json",
                "X-Forwarded-For": f"10.8.0.{n % 250 + 1}"}
     try:
@@ -396,64 +398,97 @@ async def _join(gw: Any, link: dict[str, Any], n: int, *, html: bool = False
         return -1, repr(exc), time.monotonic()
 
 
+async def _join(gw: Any, link: dict[str, Any], n: int, *, html: bool = False
+                ) -> tuple[int, Any, float]:
+    return await _join_on(gw.client(), link, n, html)
+
+
+async def _through_outage(join: Join, links: list[dict[str, Any]], cid: str,
+                          r: aioredis.Redis, *, go_down: Callable[[], None],
+                          come_up: Callable[[float], Awaitable[float]],
+                          heals_itself: bool) -> None:
+    """Joins run while Redis goes down (``go_down``) and comes back (``come_up``, given
+    when it went down, returns when it was back): the requests answered while it is gone
+    are 503 (the page says so in Vietnamese and retries by itself), nobody is let in
+    meanwhile, every acknowledged join keeps its record, and joins work again once Redis
+    is back, with the same gateway process. ``heals_itself``: Redis comes back on its own
+    (the embedded one, restarted by its owner) at a moment the test only observes, so
+    answers before that may already be 200s."""
+    before = [asyncio.create_task(join(link, i, False)) for i, link in enumerate(links[:30])]
+    await asyncio.sleep(0.05)
+    go_down()
+    down_at = time.monotonic()
+    answers = await asyncio.gather(*before)
+    # while it is gone: more students try
+    during_tasks = [asyncio.create_task(join(link, 30 + i, False))
+                    for i, link in enumerate(links[30:40])]
+    page = await join(links[40], 40, True)
+    during = await asyncio.gather(*during_tasks)
+    up_at = await come_up(down_at)
+    for status, body, _at in [*answers, *during]:
+        # fail closed: an error is a 503, never a 500 or a half-admitted student
+        assert status in (200, 503, -1), (status, body)
+        if status == 503:
+            assert body["error"]["code"] == "dependency_unavailable"
+    for status, body, at in during:
+        if at < up_at and not heals_itself:
+            assert status == 503, (status, body)
+    status, html, at = page
+    if status == 503 or (at < up_at and not heals_itself):
+        assert status == 503
+        assert "Hệ thống đang tạm gián đoạn" in html and 'src="/static/retry.js"' in html
+    # service resumes, no restart of the gateway
+    deadline = time.monotonic() + 30
+    while True:
+        status, body, _ = await join(links[50], 50, False)
+        if status == 200:
+            break
+        assert time.monotonic() < deadline, (status, body)
+        await asyncio.sleep(0.2)
+    assert body["status"] == "admitted"
+    acknowledged = {links[i]["student_id"] for i, (st, b, _) in enumerate(answers)
+                    if st == 200 and b.get("status") == "admitted"}
+    acknowledged |= {links[30 + i]["student_id"] for i, (st, b, _) in enumerate(during)
+                     if st == 200}
+    acknowledged.add(links[50]["student_id"])
+    assert any(st == 503 for st, _, _ in [*answers, *during, page]), \
+        "no request met the outage"
+    records = await settled_records(r, PREFIX)
+    joined = {str(rec["subject"]) for rec in records
+              if rec["type"] == "join" and rec["facts"].get("action") == "admit"}
+    assert acknowledged <= joined, f"acknowledged joins lost: {acknowledged - joined}"
+    state = await class_state(r, PREFIX, cid)
+    assert_every_effect_recorded(records, state, cid, set())
+
+
 async def _outage(tmp_path: Path, own_redis: OwnRedis, *, stop: bool) -> None:
-    """Joins run while Redis is killed (-9) or stopped (SIGSTOP, 10 s): the requests
-    answered while it is gone are 503 (the page says so in Vietnamese and retries by
-    itself), nobody is let in meanwhile, every acknowledged join keeps its record, and
-    joins work again once Redis is back, with the same gateway process."""
+    """An external Redis of the test's own killed (-9, then started again by the test)
+    or stopped (SIGSTOP, 10 s) under a gateway served in this process."""
     async with _class_running(tmp_path, own_redis.url) as (gw, cid, links, _ws):
-        before = [asyncio.create_task(_join(gw, link, i)) for i, link in enumerate(links[:30])]
-        await asyncio.sleep(0.05)
-        if stop:
-            os.kill(own_redis.proc.pid, signal.SIGSTOP)
-        else:
-            own_redis.proc.send_signal(signal.SIGKILL)
-            own_redis.proc.wait()
-        down_at = time.monotonic()
-        answers = await asyncio.gather(*before)
-        # while it is gone: more students try
-        during = await asyncio.gather(*(_join(gw, link, 30 + i)
-                                        for i, link in enumerate(links[30:40])))
-        page = await _join(gw, links[40], 40, html=True)
-        if stop:
-            await asyncio.sleep(max(0.0, down_at + 10 - time.monotonic()))
-            up_at = time.monotonic()
-            os.kill(own_redis.proc.pid, signal.SIGCONT)
-        else:
-            up_at = time.monotonic()
-            await asyncio.to_thread(own_redis.restart)
-        for status, body, at in during:
-            if at < up_at:
-                assert status == 503, (status, body)
-                assert body["error"]["code"] == "dependency_unavailable"
-        status, html, at = page
-        if at < up_at:
-            assert status == 503
-            assert "Hệ thống đang tạm gián đoạn" in html and 'src="/static/retry.js"' in html
-        # service resumes, no restart of the gateway
-        deadline = time.monotonic() + 30
-        while True:
-            status, body, _ = await _join(gw, links[50], 50)
-            if status == 200:
-                break
-            assert time.monotonic() < deadline, (status, body)
-            await asyncio.sleep(0.2)
-        assert body["status"] == "admitted"
-        acknowledged = {links[i]["student_id"] for i, (st, b, _) in enumerate(answers)
-                        if st == 200 and b.get("status") == "admitted"}
-        acknowledged |= {links[30 + i]["student_id"] for i, (st, b, _) in enumerate(during)
-                         if st == 200}
-        acknowledged.add(links[50]["student_id"])
-        assert any(st == 503 for st, _, _ in [*answers, *during, page]), \
-            "no request met the outage"
+        def go_down() -> None:
+            if stop:
+                os.kill(own_redis.proc.pid, signal.SIGSTOP)
+            else:
+                own_redis.proc.send_signal(signal.SIGKILL)
+                own_redis.proc.wait()
+
+        async def come_up(down_at: float) -> float:
+            if stop:
+                await asyncio.sleep(max(0.0, down_at + 10 - time.monotonic()))
+                up_at = time.monotonic()
+                os.kill(own_redis.proc.pid, signal.SIGCONT)
+            else:
+                up_at = time.monotonic()
+                await asyncio.to_thread(own_redis.restart)
+            return up_at
+
+        async def join(link: dict[str, Any], n: int, html: bool) -> tuple[int, Any, float]:
+            return await _join(gw, link, n, html=html)
+
         r = aioredis.Redis.from_url(own_redis.url, decode_responses=True)
         try:
-            records = await settled_records(r, PREFIX)
-            joined = {str(rec["subject"]) for rec in records
-                      if rec["type"] == "join" and rec["facts"].get("action") == "admit"}
-            assert acknowledged <= joined, f"acknowledged joins lost: {acknowledged - joined}"
-            state = await class_state(r, PREFIX, cid)
-            assert_every_effect_recorded(records, state, cid, set())
+            await _through_outage(join, links, cid, r, go_down=go_down, come_up=come_up,
+                                  heals_itself=False)
         finally:
             await r.aclose()
 
@@ -464,3 +499,89 @@ async def test_redis_killed_mid_burst(tmp_path: Path, own_redis: OwnRedis) -> No
 
 async def test_redis_stopped_for_ten_seconds(tmp_path: Path, own_redis: OwnRedis) -> None:
     await _outage(tmp_path, own_redis, stop=True)
+
+
+# --- the embedded default: its redis-server killed or stopped --------------------------
+
+
+def _embedded_redis_pid(data_dir: Path, gateway_pid: int) -> int | None:
+    """The pid of the gateway's own redis-server: the pid file's, if that process is
+    a live child of the gateway (a killed server leaves its pid file behind)."""
+    try:
+        pid = int((data_dir / "redis" / "redis.pid").read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return pid if fields[0] != "Z" and int(fields[1]) == gateway_pid else None
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop"])
+async def test_embedded_redis_killed_or_stopped_mid_burst(tmp_path: Path, fault: str) -> None:
+    """``classguard serve`` with no Redis URL: its private redis-server is killed (-9;
+    the gateway restarts it on the same socket and AOF) or stopped for 10 s."""
+    data = tmp_path / "data"
+    port = free_port()
+    env = gateway_env(data, redis_url="", redis_prefix=PREFIX,
+                      public_url=f"http://127.0.0.1:{port}")
+    env.pop("CLASSGUARD_REDIS_URL")
+    run_cli(["init"], env)
+    token = make_teacher(env, "co.lan", "school-a")
+    proc = start_gateway(env, port, tmp_path / "serve.log")
+    gateway_pid = proc.popen.pid
+    r = aioredis.Redis(unix_socket_path=str(data / "redis" / "redis.sock"),
+                       decode_responses=True)
+    base = f"http://127.0.0.1:{port}"
+    timeout = aiohttp.ClientTimeout(total=20)
+    try:
+        async with aiohttp.ClientSession(base_url=base, timeout=timeout,
+                                         headers={"Authorization": f"Bearer {token}"}) as api, \
+                aiohttp.ClientSession(base_url=base, timeout=timeout) as phone:
+            resp = await api.post("/api/v1/classes", json=class_body("standard"))
+            assert resp.status == 201, await resp.text()
+            cid = (await resp.json())["id"]
+            resp = await api.put(f"/api/v1/classes/{cid}/roster", json=roster(80, "E"))
+            assert resp.status == 200, await resp.text()
+            resp = await api.post(f"/api/v1/classes/{cid}/links", json={})
+            links = (await resp.json())["links"]
+            ws = await host_control(api, cid)
+            server_pid = _embedded_redis_pid(data, gateway_pid)
+            assert server_pid is not None
+
+            def go_down() -> None:
+                os.kill(server_pid, signal.SIGSTOP if fault == "sigstop" else signal.SIGKILL)
+
+            async def come_up(down_at: float) -> float:
+                if fault == "sigstop":
+                    await asyncio.sleep(max(0.0, down_at + 10 - time.monotonic()))
+                    up_at = time.monotonic()
+                    os.kill(server_pid, signal.SIGCONT)
+                    return up_at
+                # nobody but the gateway brings it back
+                deadline = time.monotonic() + 30
+                while True:
+                    pid = _embedded_redis_pid(data, gateway_pid)
+                    if pid is not None and pid != server_pid:
+                        with contextlib.suppress(Exception):
+                            if await r.ping():
+                                return time.monotonic()
+                    assert time.monotonic() < deadline, proc.text()
+                    await asyncio.sleep(0.05)
+
+            async def join(link: dict[str, Any], n: int, html: bool
+                           ) -> tuple[int, Any, float]:
+                return await _join_on(phone, link, n, html)
+
+            await _through_outage(join, links, cid, r, go_down=go_down, come_up=come_up,
+                                  heals_itself=fault == "sigkill")
+            await ws.close()
+        # the same gateway process served throughout
+        assert proc.alive and proc.popen.pid == gateway_pid
+        if fault == "sigkill":
+            assert "embedded Redis restarted" in proc.text()
+            assert _embedded_redis_pid(data, gateway_pid) not in (None, server_pid)
+        else:
+            assert _embedded_redis_pid(data, gateway_pid) == server_pid
+    finally:
+        await r.aclose()
+        proc.stop()

@@ -401,3 +401,51 @@ def test_workers_dying_at_start_exit_non_zero(env: dict[str, str], tmp_path: Pat
     assert "address already in use" in text.lower()
     # nothing left behind: no worker, no Redis
     assert not (tmp_path / "data" / "redis" / "redis.sock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_supervisor_restarts_its_killed_embedded_redis(env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    g = Group(env, free_port(), tmp_path / "group.log", "--workers", "2")
+    try:
+        g.wait_for(r"^ClassGuard listening on .*\(2 workers and a sequencer")
+        run_cli(["init"], env)
+        run_cli(["user", "add", "co.lan", "--role", "teacher", "--org", "school-a",
+                 "--parent", "root", "--password-stdin"], env,
+                stdin="a long enough password\n")
+        token = run_cli(["user", "token", "co.lan"], env).split()[-1]
+        _cid, links = asyncio.run(_setup_class(g.base, token, 3))
+        before = g.children()
+        os.kill(before["redis"], signal.SIGKILL)
+        g.wait_for(r"embedded Redis restarted", timeout=60)
+        after = g.children()
+        assert after["redis"] != before["redis"] and not alive(before["redis"])
+        # the workers and the sequencer were not restarted: they reconnect
+        assert {k: v for k, v in after.items() if k != "redis"} == \
+            {k: v for k, v in before.items() if k != "redis"}
+
+        async def join_until_answered() -> dict[str, Any]:
+            deadline = time.monotonic() + 30
+            async with aiohttp.ClientSession(base_url=g.base) as phone:
+                while True:
+                    r = await phone.get(f"/j/{token_of(links[0])}", allow_redirects=False,
+                                        headers={"Accept": "application/json",
+                                                 "X-Forwarded-For": "10.7.0.1"})
+                    if r.status == 200:
+                        return dict(await r.json())
+                    assert r.status == 503, (r.status, await r.text())
+                    assert time.monotonic() < deadline, g.text()
+                    await asyncio.sleep(0.2)
+
+        # no teacher present: the standard preset puts the student in the waiting room
+        assert asyncio.run(join_until_answered())["status"] in ("admitted", "waiting")
+        # the restarted server never outlives the group
+        pids = list(g.children().values())
+        assert g.stop() == 0
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if alive(p)]
+    finally:
+        g.stop()
