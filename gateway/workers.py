@@ -233,7 +233,8 @@ class Supervisor:
             env = dict(self._env)
             env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
             if s.embedded_redis:
-                embedded = EmbeddedRedis(Path(s.data_dir))
+                embedded = EmbeddedRedis(Path(s.data_dir),
+                                         maxmemory_bytes=s.embedded_redis_maxmemory_bytes)
                 try:
                     env["CLASSGUARD_REDIS_URL"] = await embedded.start()
                 except EmbeddedRedisError as exc:

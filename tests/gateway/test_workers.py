@@ -421,6 +421,13 @@ def test_supervisor_restarts_its_killed_embedded_redis(env: dict[str, str],
         g.wait_for(r"embedded Redis restarted", timeout=60)
         after = g.children()
         assert after["redis"] != before["redis"] and not alive(before["redis"])
+        # the group's Redis, restarted too, keeps the memory cap that fails closed
+        import redis as sync_redis
+
+        sock = tmp_path / "data" / "redis" / "redis.sock"
+        with sync_redis.Redis(unix_socket_path=str(sock)) as r:
+            assert r.config_get("maxmemory")["maxmemory"] == str(1 << 30)
+            assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         # the workers and the sequencer were not restarted: they reconnect
         assert {k: v for k, v in after.items() if k != "redis"} == \
             {k: v for k, v in before.items() if k != "redis"}
