@@ -97,12 +97,12 @@ async def reset_password(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", "user not found")
     if target.username == p.username:
         raise ApiError(409, "self", "change your own password instead of resetting it")
-    try:
-        user, one_time = await svc.staff.reset_password(target.username)
-    except StaffError as exc:
-        raise _staff_error(exc) from exc
-    await svc.auditor.record("staff.password_reset", actor=p.actor, org=user.org,
-                             subject=f"user:{user.username}", facts={"via": "api"})
+    async with svc.auditor.intended("staff.password_reset", actor=p.actor, org=target.org,
+                                    subject=f"user:{target.username}", facts={"via": "api"}):
+        try:
+            user, one_time = await svc.staff.reset_password(target.username)
+        except StaffError as exc:
+            raise _staff_error(exc) from exc
     return web.json_response({"user": _user_json(user), "one_time_password": one_time})
 
 
@@ -176,9 +176,10 @@ async def rotate_key(request: web.Request) -> web.Response:
     if svc.keyring.read_only:
         raise ApiError(409, "read_only", "the join-token keys are given by files; rotate them "
                                           "where they are managed")
-    kid = await asyncio.to_thread(svc.keyring.rotate,
-                                  svc.settings.join_token_default_lifetime_s)
-    await svc.auditor.record("keys.rotated", actor=p.actor, org=p.org, facts={"kid": kid})
+    async with svc.auditor.intended("keys.rotated", actor=p.actor, org=p.org) as out:
+        kid = await asyncio.to_thread(svc.keyring.rotate,
+                                      svc.settings.join_token_default_lifetime_s)
+        out.facts["kid"] = kid
     return web.json_response({"active": kid, **_keys_json(svc)})
 
 
