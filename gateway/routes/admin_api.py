@@ -21,6 +21,7 @@ from aiohttp import web
 from ..app import Services, services
 from ..auth import Principal, require_user
 from ..errors import ApiError
+from ..keys import KeyringError
 from ..staff import StaffError
 from ..web_util import read_json, require_fields
 from .classes import load_class
@@ -177,8 +178,12 @@ async def rotate_key(request: web.Request) -> web.Response:
         raise ApiError(409, "read_only", "the join-token keys are given by files; rotate them "
                                           "where they are managed")
     async with svc.auditor.intended("keys.rotated", actor=p.actor, org=p.org) as out:
-        kid = await asyncio.to_thread(svc.keyring.rotate,
-                                      svc.settings.join_token_default_lifetime_s)
+        try:
+            kid = await asyncio.to_thread(svc.keyring.rotate,
+                                          svc.settings.join_token_default_lifetime_s)
+        except KeyringError as exc:
+            # The key files are broken (by hand, or a full disk): the old key stays active.
+            raise ApiError(500, f"keys_{exc.code}", exc.message) from exc
         out.facts["kid"] = kid
     return web.json_response({"active": kid, **_keys_json(svc)})
 
