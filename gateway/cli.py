@@ -427,12 +427,17 @@ async def _rotate_key(ring: Any, settings: Settings) -> str:
 def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from .keys import JoinKeyring
+    from .keys import JoinKeyring, KeyringError
 
-    ring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join", clock=time.time)
-    if args.keys_command == "rotate":
-        kid = asyncio.run(_rotate_key(ring, settings))
-        print(f"new active join-token key: {kid}")
+    try:
+        ring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join",
+                                          clock=time.time)
+        if args.keys_command == "rotate":
+            kid = asyncio.run(_rotate_key(ring, settings))
+            print(f"new active join-token key: {kid}")
+    except KeyringError as exc:
+        print(f"classguard: error: {exc.message} ({exc.code})", file=sys.stderr)
+        return 2
     for k in ring.list():
         print(json.dumps(_key_info(k), ensure_ascii=False))
     return 0
