@@ -207,12 +207,13 @@ async def _reexpire(svc: Services, p: Principal, *, key: str, class_id: str | No
     if ban is None:
         raise ApiError(404, "not_found", "no such ban")
     until = svc.clock() + exp if exp else None
-    await svc.store.add_ban(class_id=class_id, org=None if class_id else org, key=key,
-                            reason=ban.reason, by=p.username, until=until)
-    await svc.auditor.record("ban.expiry_set", actor=p.actor, org=audit_org, class_id=class_id,
-                             facts={"kind": key.split(":", 1)[0],
-                                    "scope": "class" if class_id else "org", "until": until},
-                             personal={"ban": key})
+    async with svc.auditor.intended(
+            "ban.expiry_set", actor=p.actor, org=audit_org, class_id=class_id,
+            facts={"kind": key.split(":", 1)[0], "scope": "class" if class_id else "org",
+                   "until": until},
+            personal={"ban": key}):
+        await svc.store.add_ban(class_id=class_id, org=None if class_id else org, key=key,
+                                reason=ban.reason, by=p.username, until=until)
     return web.json_response({"ok": True, "key": key, "until": until})
 
 

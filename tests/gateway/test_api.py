@@ -419,3 +419,17 @@ async def test_changes_record_their_intent_first(tmp_path: Path, redis_url: str,
                     if e["facts"]["intent"] == failed["facts"]["intent"]]
         assert intent["index"] < failed["index"]
         assert ring.signing_key().kid == kid
+        # a password change: a wrong current password fails after the intent
+        r = await api.post("/api/v1/account/password",
+                           json={"current_password": "wrong-" + TEACHER_PASSWORD,
+                                 "new_password": "Mật-khẩu-mới-2026!"})
+        assert r.status in (400, 403), await r.text()
+        failed = (await audit_events(admin, at_least=2, type="intent.failed"))[0]
+        assert failed["facts"]["action"] == "staff.password_changed"
+        assert failed["subject"] == "user:co.lan"
+        r = await api.post("/api/v1/account/password",
+                           json={"current_password": TEACHER_PASSWORD,
+                                 "new_password": "Mật-khẩu-mới-2026!"})
+        assert r.status == 200, await r.text()
+        _, changed_pw = await _intent_of(admin, "staff.password_changed")
+        assert changed_pw["subject"] == "user:co.lan"
