@@ -249,11 +249,11 @@ async def _cmd_init(args: argparse.Namespace, settings: Settings) -> int:
             print(f"data dir {data} is ready (deployment root org {root.slug}); "
                   f"administrator {args.admin!r} already exists")
             return 0
-        user, otp = await staff.create_user(args.admin, role="admin", org=root.slug,
-                                            password=None)
-        await auditor.record("staff.user_created", actor=_actor(), org=user.org,
-                             subject=f"user:{user.username}",
-                             facts={"role": user.role, "via": "cli"})
+        async with auditor.intended("staff.user_created", actor=_actor(), org=root.slug,
+                                    subject=f"user:{args.admin}",
+                                    facts={"role": "admin", "via": "cli"}):
+            user, otp = await staff.create_user(args.admin, role="admin", org=root.slug,
+                                                password=None)
     print(f"data dir: {data}")
     print(f"deployment root org: {root.slug}")
     print(f"administrator: {user.username} (org {user.org})")
@@ -296,9 +296,12 @@ async def _cmd_user(args: argparse.Namespace, settings: Settings) -> int:
             if args.user_command == "add":
                 return await _user_add(args, staff, auditor)
             if args.user_command == "reset":
-                user, otp = await staff.reset_password(args.name)
-                await auditor.record("staff.password_reset", actor=_actor(), org=user.org,
-                                     subject=f"user:{user.username}", facts={"via": "cli"})
+                target = await staff.get_user(args.name)
+                async with auditor.intended(
+                        "staff.password_reset", actor=_actor(),
+                        org=target.org if target is not None else None,
+                        subject=f"user:{args.name}", facts={"via": "cli"}):
+                    user, otp = await staff.reset_password(args.name)
                 print(f"password of {user.username} reset; all their sessions ended")
                 print(f"one-time password: {otp}")
                 return 0
@@ -325,9 +328,9 @@ async def _user_add(args: argparse.Namespace, staff: Any, auditor: Any) -> int:
                   file=sys.stderr)
             return 2
         if org is None:
-            org = await staff.ensure_org(args.org, name=args.org_name, parent=args.parent)
-            await auditor.record("staff.org_created", actor=_actor(), org=org.slug,
-                                 facts={"parent": args.parent, "via": "cli"})
+            async with auditor.intended("staff.org_created", actor=_actor(), org=args.org,
+                                        facts={"parent": args.parent, "via": "cli"}):
+                org = await staff.ensure_org(args.org, name=args.org_name, parent=args.parent)
         elif org.parent != args.parent:
             print(f"classguard: error: org {args.org!r} already exists under "
                   f"{org.parent or 'no parent'!s}", file=sys.stderr)
@@ -338,10 +341,11 @@ async def _user_add(args: argparse.Namespace, staff: Any, auditor: Any) -> int:
         print(f"classguard: error: org {args.org!r} does not exist; create it under an "
               f"existing one with{hint}", file=sys.stderr)
         return 2
-    user, otp = await staff.create_user(args.name, role=args.role, org=args.org,
-                                        password=password)
-    await auditor.record("staff.user_created", actor=_actor(), org=user.org,
-                         subject=f"user:{user.username}", facts={"role": user.role, "via": "cli"})
+    async with auditor.intended("staff.user_created", actor=_actor(), org=args.org,
+                                subject=f"user:{args.name}",
+                                facts={"role": args.role, "via": "cli"}):
+        user, otp = await staff.create_user(args.name, role=args.role, org=args.org,
+                                            password=password)
     print(f"user {user.username} ({user.role}, org {user.org}) created")
     if otp:
         print(f"one-time password: {otp}")
@@ -374,41 +378,66 @@ async def _user_token(args: argparse.Namespace, staff: Any, auditor: Any) -> int
     if args.revoke is not None:
         parsed = parse_api_token(args.revoke.strip())
         token_id = parsed[0] if parsed else args.revoke.strip()
-        if not is_token_id(token_id) \
-                or not await staff.revoke_api_token(token_id, username=user.username):
+        if not is_token_id(token_id):
             print(f"classguard: error: {user.username} has no live token {token_id[:40]!r}",
                   file=sys.stderr)
             return 2
-        await auditor.record("staff.token_revoked", actor=_actor(), org=user.org,
-                             subject=f"user:{user.username}",
-                             facts={"token": token_id, "via": "cli"})
+        try:
+            async with auditor.intended("staff.token_revoked", actor=_actor(), org=user.org,
+                                        subject=f"user:{user.username}",
+                                        facts={"token": token_id, "via": "cli"}):
+                if not await staff.revoke_api_token(token_id, username=user.username):
+                    raise _NoSuchToken
+        except _NoSuchToken:
+            print(f"classguard: error: {user.username} has no live token {token_id[:40]!r}",
+                  file=sys.stderr)
+            return 2
         print(f"token {token_id} of {user.username} revoked")
         return 0
     days = TOKEN_DEFAULT_DAYS if args.expires_days is None else args.expires_days
     if not 1 <= days <= TOKEN_MAX_DAYS:
         print(f"classguard: error: --expires-days must be 1-{TOKEN_MAX_DAYS}", file=sys.stderr)
         return 2
-    token = await staff.create_api_token(user.username, label=args.label,
-                                         expires_in_s=days * 86400)
-    token_id = token_id_of(token)
-    await auditor.record("staff.token_issued", actor=_actor(), org=user.org,
-                         subject=f"user:{user.username}",
-                         facts={"token": token_id, "days": days, "via": "cli"})
+    async with auditor.intended("staff.token_issued", actor=_actor(), org=user.org,
+                                subject=f"user:{user.username}",
+                                facts={"days": days, "via": "cli"}) as out:
+        token = await staff.create_api_token(user.username, label=args.label,
+                                             expires_in_s=days * 86400)
+        token_id = token_id_of(token)
+        out.facts["token"] = token_id
     print(f"expires {when(time.time() + days * 86400)} (id {token_id}; revoke with "
           f"`classguard user token {user.username} --revoke={token_id}`)", file=sys.stderr)
     print(f"API token for {user.username}: {token}")
     return 0
 
 
+class _NoSuchToken(Exception):
+    code = "not_found"
+
+
+async def _rotate_key(ring: Any, settings: Settings) -> str:
+    """Rotate the join-token key, its intent recorded first (``keys.rotated``)."""
+    async with _cli_services(settings) as (_staff_store, auditor), \
+            auditor.intended("keys.rotated", actor=_actor(), facts={"via": "cli"}) as out:
+        kid: str = ring.rotate(settings.join_token_default_lifetime_s)
+        out.facts["kid"] = kid
+    return kid
+
+
 def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from .keys import JoinKeyring
+    from .keys import JoinKeyring, KeyringError
 
-    ring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join", clock=time.time)
-    if args.keys_command == "rotate":
-        kid = ring.rotate(settings.join_token_default_lifetime_s)
-        print(f"new active join-token key: {kid}")
+    try:
+        ring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join",
+                                          clock=time.time)
+        if args.keys_command == "rotate":
+            kid = asyncio.run(_rotate_key(ring, settings))
+            print(f"new active join-token key: {kid}")
+    except KeyringError as exc:
+        print(f"classguard: error: {exc.message} ({exc.code})", file=sys.stderr)
+        return 2
     for k in ring.list():
         print(json.dumps(_key_info(k), ensure_ascii=False))
     return 0

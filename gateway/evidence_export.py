@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import getpass
 import json
 import os
@@ -72,12 +73,36 @@ def _stream_id(raw: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+async def wait_outbox_drained(svc: Services, class_id: str, *, deadline: float,
+                              sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+                              ) -> bool:
+    """Wait until every record already in ``class_id``'s outbox (audit.outbox: the class's
+    events, written with their change) has been moved into the log's stream; False when
+    ``time.monotonic()`` passes ``deadline`` first. The stream's own tail says nothing
+    about them: the sequencer moves them there later, with later ids."""
+    log, rb, store = svc.audit_log, svc.redis_bytes, svc.store
+    assert log is not None and rb is not None and store is not None
+    box = store.k.outbox(class_id)
+    last = await rb.xrevrange(box, count=1)
+    if not last:
+        return True
+    target = _stream_id(cast(bytes, last[0][0]))
+    while True:
+        cursor = await cast(Awaitable[bytes | None], rb.hget(log.keys.outbox_cursors, box))
+        if cursor and _stream_id(cursor) >= target:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await sleep(0.02)
+
+
 async def wait_sequenced(
     svc: Services,
     *,
     timeout_s: float = 15.0,
     sequencer: Sequencer | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    class_id: str | None = None,
 ) -> str:
     """Wait until everything appended so far is sequenced and a checkpoint covers it.
 
@@ -87,6 +112,18 @@ async def wait_sequenced(
     """
     log, rb = svc.audit_log, svc.redis_bytes
     assert log is not None and rb is not None
+    deadline = time.monotonic() + timeout_s
+    # NOTE: the class's records reach the stream through its outbox: wait for them
+    # first, or the bundle would miss the newest ones (the export's own view included).
+    if class_id is not None and sequencer is not None:
+        with contextlib.suppress(NotLeaderError):
+            await sequencer.sync(checkpoint=False)
+    if class_id is not None and not await wait_outbox_drained(svc, class_id,
+                                                              deadline=deadline, sleep=sleep):
+        raise IncidentError(
+            "log_not_sequenced",
+            f"expected the class's audit records to be sequenced within {timeout_s:.0f} s, "
+            "found them behind; is a gateway (sequencer) running?", status=503)
     last = await rb.xrevrange(log.keys.stream, count=1)
     target = _stream_id(cast(bytes, last[0][0])) if last else None
     if sequencer is not None:
@@ -94,7 +131,6 @@ async def wait_sequenced(
             await sequencer.sync()
         except NotLeaderError:
             pass  # another process leads and will get there; poll below
-    deadline = time.monotonic() + timeout_s
     needed: int | None = None
     while True:
         if needed is None:
@@ -761,7 +797,8 @@ async def export_incident(
     assert log is not None and key is not None and auditor is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    note = await wait_sequenced(svc, timeout_s=sequence_timeout_s, sequencer=sequencer)
+    note = await wait_sequenced(svc, timeout_s=sequence_timeout_s, sequencer=sequencer,
+                                class_id=inc.class_id)
     size = _checkpoint_size(note)
     timings["sequenced"] = time.perf_counter() - t0
     got = await gather(svc, inc, size)

@@ -34,11 +34,13 @@ async def _change(request: web.Request, p: Principal, current: object,
     if not isinstance(current, str) or not isinstance(new, str):
         raise StaffError("invalid_body", "passwords must be strings", "password")
     ip = client_ip(request, svc.settings.trusted_proxies)
-    user = await svc.staff.change_password(p.username, current, new, ip=ip)
-    await svc.auditor.record("staff.password_changed", actor=p.actor, org=p.org,
-                             subject=f"user:{p.username}",
-                             facts={"via": p.via, "forced": p.must_change_password},
-                             ip=ip, user_agent=request.headers.get("User-Agent", ""))
+    # NOTE: a wrong current password fails inside the intent, so it leaves
+    # ``intent.failed`` (with the code) next to the login regulation's own count.
+    async with svc.auditor.intended(
+            "staff.password_changed", actor=p.actor, org=p.org, subject=f"user:{p.username}",
+            facts={"via": p.via, "forced": p.must_change_password},
+            personal={"ip": ip, "ua": request.headers.get("User-Agent", "")[:512] or None}):
+        user = await svc.staff.change_password(p.username, current, new, ip=ip)
     if p.via != "session":
         return None, None
     cookie, csrf, _session = await svc.staff.create_session(

@@ -21,6 +21,7 @@ from aiohttp import web
 from ..app import Services, services
 from ..auth import Principal, require_user
 from ..errors import ApiError
+from ..keys import KeyringError
 from ..staff import StaffError
 from ..web_util import read_json, require_fields
 from .classes import load_class
@@ -97,12 +98,12 @@ async def reset_password(request: web.Request) -> web.Response:
         raise ApiError(404, "not_found", "user not found")
     if target.username == p.username:
         raise ApiError(409, "self", "change your own password instead of resetting it")
-    try:
-        user, one_time = await svc.staff.reset_password(target.username)
-    except StaffError as exc:
-        raise _staff_error(exc) from exc
-    await svc.auditor.record("staff.password_reset", actor=p.actor, org=user.org,
-                             subject=f"user:{user.username}", facts={"via": "api"})
+    async with svc.auditor.intended("staff.password_reset", actor=p.actor, org=target.org,
+                                    subject=f"user:{target.username}", facts={"via": "api"}):
+        try:
+            user, one_time = await svc.staff.reset_password(target.username)
+        except StaffError as exc:
+            raise _staff_error(exc) from exc
     return web.json_response({"user": _user_json(user), "one_time_password": one_time})
 
 
@@ -176,9 +177,14 @@ async def rotate_key(request: web.Request) -> web.Response:
     if svc.keyring.read_only:
         raise ApiError(409, "read_only", "the join-token keys are given by files; rotate them "
                                           "where they are managed")
-    kid = await asyncio.to_thread(svc.keyring.rotate,
-                                  svc.settings.join_token_default_lifetime_s)
-    await svc.auditor.record("keys.rotated", actor=p.actor, org=p.org, facts={"kid": kid})
+    async with svc.auditor.intended("keys.rotated", actor=p.actor, org=p.org) as out:
+        try:
+            kid = await asyncio.to_thread(svc.keyring.rotate,
+                                          svc.settings.join_token_default_lifetime_s)
+        except KeyringError as exc:
+            # The key files are broken (by hand, or a full disk): the old key stays active.
+            raise ApiError(500, f"keys_{exc.code}", exc.message) from exc
+        out.facts["kid"] = kid
     return web.json_response({"active": kid, **_keys_json(svc)})
 
 
@@ -201,12 +207,13 @@ async def _reexpire(svc: Services, p: Principal, *, key: str, class_id: str | No
     if ban is None:
         raise ApiError(404, "not_found", "no such ban")
     until = svc.clock() + exp if exp else None
-    await svc.store.add_ban(class_id=class_id, org=None if class_id else org, key=key,
-                            reason=ban.reason, by=p.username, until=until)
-    await svc.auditor.record("ban.expiry_set", actor=p.actor, org=audit_org, class_id=class_id,
-                             facts={"kind": key.split(":", 1)[0],
-                                    "scope": "class" if class_id else "org", "until": until},
-                             personal={"ban": key})
+    async with svc.auditor.intended(
+            "ban.expiry_set", actor=p.actor, org=audit_org, class_id=class_id,
+            facts={"kind": key.split(":", 1)[0], "scope": "class" if class_id else "org",
+                   "until": until},
+            personal={"ban": key}):
+        await svc.store.add_ban(class_id=class_id, org=None if class_id else org, key=key,
+                                reason=ban.reason, by=p.username, until=until)
     return web.json_response({"ok": True, "key": key, "until": until})
 
 

@@ -154,18 +154,18 @@ async def create_class(request: web.Request) -> web.Response:
     _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix, chain)
     policy_data = resolve(policy_request, defaults)
     cid = ClassId(new_id("c"))
-    sealed = await seal_platform(svc, cid, title, platform)
-    info = await svc.store.create_class(
-        class_id=cid, owner=p.username, org=p.org, org_chain=chain, title=title,
-        platform_kind=str(platform["kind"]), platform_sealed=sealed,
-        schedule=schedule, policy=policy_data,
-    )
-    await watch_class(svc, info)  # presence reconciliation, for platforms that have it
-    await svc.auditor.record("class.created", actor=p.actor, org=p.org, class_id=cid,
-                             facts={"platform": platform["kind"],
-                                    "preset": policy_data.get("preset"),
-                                    "weakened": ",".join(weakened_checks(
-                                        load_policy(policy_data))) or None})
+    # Intent first: the upstream room and the class exist only after their record.
+    async with svc.auditor.intended(
+            "class.created", actor=p.actor, org=p.org, class_id=cid,
+            facts={"platform": platform["kind"], "preset": policy_data.get("preset"),
+                   "weakened": ",".join(weakened_checks(load_policy(policy_data))) or None}):
+        sealed = await seal_platform(svc, cid, title, platform)
+        info = await svc.store.create_class(
+            class_id=cid, owner=p.username, org=p.org, org_chain=chain, title=title,
+            platform_kind=str(platform["kind"]), platform_sealed=sealed,
+            schedule=schedule, policy=policy_data,
+        )
+        await watch_class(svc, info)  # presence reconciliation, for platforms that have it
     return web.json_response(class_json(svc, info), status=201)
 
 
@@ -209,12 +209,14 @@ async def put_roster(request: web.Request) -> web.Response:
     if not parsed.students:
         raise ApiError(400, "roster_empty", "no usable student in the file",
                        extra={"rejected": [_rej(r) for r in parsed.rejected]})
-    students, removed = await svc.store.replace_roster(
-        info.id, [(s.name, s.external_id) for s in parsed.students]
-    )
-    await svc.auditor.record("roster.imported", actor=p.actor, org=info.org, class_id=info.id,
-                             facts={"students": len(students), "rejected": len(parsed.rejected),
-                                    "removed": len(removed)})
+    async with svc.auditor.intended(
+            "roster.imported", actor=p.actor, org=info.org, class_id=info.id,
+            facts={"students": len(parsed.students),
+                   "rejected": len(parsed.rejected)}) as out:
+        students, removed = await svc.store.replace_roster(
+            info.id, [(s.name, s.external_id) for s in parsed.students]
+        )
+        out.facts.update(students=len(students), removed=len(removed))
     return web.json_response({
         "students": [s.to_json() for s in students],
         "rejected": [_rej(r) for r in parsed.rejected],
@@ -420,11 +422,11 @@ async def put_policy(request: web.Request) -> web.Response:
     _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix,
                                      await org_ancestors(svc, info.org))
     resolved = resolve(data, defaults, field="policy")
-    await svc.store.update_policy(info.id, resolved)
-    await svc.auditor.record("policy.changed", actor=p.actor, org=info.org, class_id=info.id,
-                             facts={"preset": resolved.get("preset"),
-                                    "weakened": ",".join(weakened_checks(
-                                        load_policy(resolved))) or None})
+    async with svc.auditor.intended(
+            "policy.changed", actor=p.actor, org=info.org, class_id=info.id,
+            facts={"preset": resolved.get("preset"),
+                   "weakened": ",".join(weakened_checks(load_policy(resolved))) or None}):
+        await svc.store.update_policy(info.id, resolved)
     return web.json_response({"policy": resolved})
 
 

@@ -10,6 +10,7 @@ incident about a class they own. Every change is kept as a revision.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 import unicodedata
@@ -212,20 +213,22 @@ async def create(request: web.Request) -> web.Response:
                            "roster", field="student_ids")
     visitors = _visitors(d.get("visitors"))
     indexes = _int_list(d.get("indexes"), "indexes", MAX_INDEXES)
-    inc = await incident_store(svc).create(
-        org=info.org, class_id=info.id, title=title, description=description, since_ms=since,
-        until_ms=until, student_ids=students, visitors=visitors, indexes=indexes,
-        created_by=p.username)
     # NOTE: title and description are free text and stay out of the immutable record;
-    # visitors' addresses go in the erasable personal part.
-    await svc.auditor.record(
-        "incident.create", actor=p.actor, org=info.org, class_id=info.id,
-        facts={"incident": inc.id, "since": since, "until": until, "student_ids": students,
-               "visitors": len(visitors) or None, "indexes": len(indexes) or None,
-               "hold": "placed"},
-        personal={**_custody_personal(request),
-                  **({"visitors": [v.to_json() for v in visitors]} if visitors else {})},
-    )
+    # visitors' addresses go in the erasable personal part. The incident's id is drawn
+    # by the store, so only the outcome names it.
+    async with svc.auditor.intended(
+            "incident.create", actor=p.actor, org=info.org, class_id=info.id,
+            facts={"since": since, "until": until, "student_ids": students,
+                   "visitors": len(visitors) or None, "indexes": len(indexes) or None,
+                   "hold": "placed"},
+            personal={**_custody_personal(request),
+                      **({"visitors": [v.to_json() for v in visitors]} if visitors else {})},
+    ) as out:
+        inc = await incident_store(svc).create(
+            org=info.org, class_id=info.id, title=title, description=description,
+            since_ms=since, until_ms=until, student_ids=students, visitors=visitors,
+            indexes=indexes, created_by=p.username)
+        out.facts = {"incident": inc.id, **out.facts}
     return web.json_response(inc.to_json(), status=201)
 
 
@@ -282,16 +285,17 @@ async def update(request: web.Request) -> web.Response:
         if reason is None:
             raise ApiError(400, "missing_field", "closing or reopening needs a reason",
                            field="reason")
-    before = await store.revise(inc.id, by=p.username, title=title, description=description,
-                                status=status, reason=reason)
-    fresh = await store.get(inc.id)
-    assert fresh is not None
     # NOTE: the reason is the person's own words: it goes in the erasable personal part.
-    await svc.auditor.record(
-        "incident.update", actor=p.actor, org=info.org, class_id=info.id,
-        facts={"incident": inc.id, "status": status,
-               "changed": sorted(k for k in d if k in ("title", "description")) or None},
-        personal={**_custody_personal(request), **({"reason": reason} if reason else {})})
+    # The revision and the status change (and so the legal hold) follow their intent.
+    async with svc.auditor.intended(
+            "incident.update", actor=p.actor, org=info.org, class_id=info.id,
+            facts={"incident": inc.id, "status": status,
+                   "changed": sorted(k for k in d if k in ("title", "description")) or None},
+            personal={**_custody_personal(request), **({"reason": reason} if reason else {})}):
+        before = await store.revise(inc.id, by=p.username, title=title,
+                                    description=description, status=status, reason=reason)
+        fresh = await store.get(inc.id)
+        assert fresh is not None
     if before != fresh.status and "closed" in (before, fresh.status):
         await svc.auditor.record(
             "incident.hold", actor=p.actor, org=info.org, class_id=info.id,
@@ -368,19 +372,23 @@ async def attach(request: web.Request) -> web.Response:
             raise ApiError(400, "empty", "the file is empty", field="file")
         fresh = await store.get(inc.id)
         assert fresh is not None
-        try:
-            att = await store.add_attachment(fresh, filename=_filename(part.filename),
-                                             data=b"".join(chunks), uploaded_by=p.username,
-                                             quota=quota)
-        except QuotaExceeded as exc:
-            raise _over_quota(exc.used, quota) from exc
-        used += att.size
+        data = b"".join(chunks)
+        filename = _filename(part.filename)
         # NOTE: the file name is the uploader's words: it goes in the erasable personal part.
-        await svc.auditor.record(
-            "incident.attach", actor=p.actor, org=info.org, class_id=info.id,
-            facts={"incident": inc.id, "attachment": att.id, "sha256": att.sha256,
-                   "size": att.size, "content_type": att.content_type},
-            personal={"filename": att.filename, **_custody_personal(request)})
+        async with svc.auditor.intended(
+                "incident.attach", actor=p.actor, org=info.org, class_id=info.id,
+                facts={"incident": inc.id, "sha256": hashlib.sha256(data).hexdigest(),
+                       "size": size},
+                personal={"filename": filename, **_custody_personal(request)}) as out:
+            try:
+                att = await store.add_attachment(fresh, filename=filename, data=data,
+                                                 uploaded_by=p.username, quota=quota)
+            except QuotaExceeded as exc:
+                raise _over_quota(exc.used, quota) from exc
+            out.facts = {"incident": inc.id, "attachment": att.id, "sha256": att.sha256,
+                         "size": att.size, "content_type": att.content_type}
+            out.personal = {"filename": att.filename, **_custody_personal(request)}
+        used += att.size
         added.append(att.to_json())
     if not added:
         raise ApiError(400, "missing_field", "no file in the upload", field="file")

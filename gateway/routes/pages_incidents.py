@@ -27,7 +27,7 @@ from policies.schedule import current_window_utc
 
 from ..app import Services, services
 from ..auth import Principal
-from ..evidence_export import is_custody, revision_rows
+from ..evidence_export import is_custody, revision_rows, wait_outbox_drained
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..state import ClassInfo, Student, valid_class_id
 from .incidents import (
@@ -172,7 +172,8 @@ def _stream_id(raw: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-async def wait_indexed(svc: Services, timeout_s: float = SEQUENCE_WAIT_S) -> bool:
+async def wait_indexed(svc: Services, class_id: str,
+                       timeout_s: float = SEQUENCE_WAIT_S) -> bool:
     """Wait (briefly) until everything appended so far has an index in the log.
 
     The sequencer indexes appended records within milliseconds; this lets the detail page
@@ -180,11 +181,14 @@ async def wait_indexed(svc: Services, timeout_s: float = SEQUENCE_WAIT_S) -> boo
     then says that the newest records are still being indexed)."""
     log, rb = svc.audit_log, svc.redis_bytes
     assert log is not None and rb is not None
+    deadline = time.monotonic() + timeout_s
+    # the class's records (this view among them) reach the stream through its outbox
+    if not await wait_outbox_drained(svc, class_id, deadline=deadline):
+        return False
     last = await rb.xrevrange(log.keys.stream, count=1)
     if not last:
         return True
     target = _stream_id(cast(bytes, last[0][0]))
-    deadline = time.monotonic() + timeout_s
     while True:
         done = await cast(Awaitable[bytes | None], rb.hget(log.keys.meta, "last_id"))
         if _stream_id(done or b"0-0") >= target:
@@ -281,7 +285,7 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
     # NOTE: opening the page is a custody event, logged before the history is read so the
     # history shows this view too.
     await record_view(request, p, inc, info, via="page")
-    indexed = await wait_indexed(svc)
+    indexed = await wait_indexed(svc, inc.class_id)
     history, complete = await custody_history(svc, inc, lang)
     students = []
     for sid in inc.student_ids:

@@ -141,3 +141,61 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
             await asyncio.sleep(0.05)
         assert {"incident.create", "incident.view", "incident.attach", "incident.export",
                 "incident.update", "incident.hold"} <= set(types)
+
+
+async def test_incident_changes_record_their_intent_first(tmp_path: Path, redis_url: str,
+                                                          redis_prefix: str, redis) -> None:
+    """Create, attach, edit and close: each change follows its ``intent`` in the log and
+    its outcome names it; an edit refused by the store after validation (the incident is
+    closed) leaves ``intent.failed`` and no revision."""
+    import asyncio
+
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        teacher = gw.api(await gw.staff_user("co.lan"))
+        admin = gw.api(await gw.staff_user("hieu.truong", "admin"))
+        cid, links = await make_class(gw, teacher, roster=ROSTER)
+        r = await teacher.post("/api/v1/incidents", json={
+            "class_id": cid, "title": "Quấy rối", **_window(),
+            "student_ids": [links[0]["student_id"]]})
+        assert r.status == 201, await r.text()
+        iid = (await r.json())["id"]
+        form = aiohttp.FormData()
+        form.add_field("file", screenshot_png(), filename="ảnh.png")
+        r = await teacher.post(f"/api/v1/incidents/{iid}/attachments", data=form)
+        assert r.status == 201, await r.text()
+        r = await admin.patch(f"/api/v1/incidents/{iid}",
+                              json={"status": "closed", "reason": "đã xử lý"})
+        assert r.status == 200, await r.text()
+        r = await teacher.patch(f"/api/v1/incidents/{iid}", json={"title": "sửa sau"})
+        assert r.status == 409 and (await r.json())["error"]["code"] == "incident_closed"
+        log = gw.svc.audit_log
+        assert log is not None
+        want = {"incident.create", "incident.attach", "incident.update", "intent.failed"}
+        for _ in range(100):
+            events, _c = await log.query({"class": cid}, limit=200)
+            if want <= {e.record["type"] for e in events}:
+                break
+            await asyncio.sleep(0.05)
+        by_intent: dict[str, list[tuple[int, dict]]] = {}
+        for e in events:
+            iid_ = (e.record.get("facts") or {}).get("intent")
+            if iid_:
+                by_intent.setdefault(iid_, []).append((e.index, e.record))
+        seen: list[str] = []
+        for recs in by_intent.values():
+            recs.sort(key=lambda x: x[0])
+            first, rest = recs[0][1], [r for _, r in recs[1:]]
+            assert first["type"] == "intent", recs
+            assert [r["type"] for r in rest] in ([first["facts"]["action"]], ["intent.failed"])
+            seen.append(rest[0]["type"] if rest[0]["type"] != "intent.failed"
+                        else f"failed:{rest[0]['reason']}")
+        # the class's own creation, roster and links follow their intents too
+        assert {"class.created", "roster.imported", "links.issued"} <= set(seen)
+        seen = [s for s in seen if s.startswith(("incident.", "failed:"))]
+        assert sorted(seen) == ["failed:incident_closed", "incident.attach",
+                                "incident.create", "incident.update"]
+        created = next(r for recs in by_intent.values() for _, r in recs
+                       if r["type"] == "incident.create")
+        assert created["facts"]["incident"] == iid
+        revisions = (await (await admin.get(f"/api/v1/incidents/{iid}/history")).json())
+        assert [rv.get("title") for rv in revisions["revisions"]].count("sửa sau") == 0

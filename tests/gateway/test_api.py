@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from .helpers import (
     ROSTER,
     TEACHER_PASSWORD,
+    audit_events,
     class_body,
     make_class,
     open_link,
@@ -368,3 +369,67 @@ async def test_audit_and_process_metrics(tmp_path: Path, redis_url: str, redis_p
         assert 0 <= time.time() - value("classguard_audit_checkpoint_timestamp_seconds") < 60
         assert value("process_resident_memory_bytes") > 10 * 2**20
         assert "process_cpu_seconds_total" in text
+
+
+async def _intent_of(reader, type_: str, **params: str) -> tuple[dict, dict]:
+    """The newest ``type_`` record and the ``intent`` it confirms; the intent must come
+    earlier in the log, announce ``type_`` and carry the same intent id."""
+    outcome = (await audit_events(reader, type=type_, **params))[0]
+    intents = await audit_events(reader, type="intent", **params)
+    iid = outcome["facts"]["intent"]
+    [intent] = [e for e in intents if e["facts"]["intent"] == iid]
+    assert intent["facts"]["action"] == type_
+    assert intent["index"] < outcome["index"], (intent, outcome)
+    return intent, outcome
+
+
+async def test_changes_record_their_intent_first(tmp_path: Path, redis_url: str,
+                                                 redis_prefix: str, redis) -> None:
+    """Class creation, roster import, policy changes and key rotation: an ``intent`` is in
+    the log before the change, then the outcome names it; a rotation that fails on broken
+    key files leaves ``intent.failed`` and the old key active."""
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        await gw.svc.staff.init_root("school-a")  # type: ignore[union-attr]
+        api = gw.api(await gw.staff_user("co.lan"))
+        admin = gw.api(await gw.staff_user("it.admin", role="admin"))
+        cid, _links = await make_class(gw, api)
+        intent, created = await _intent_of(admin, "class.created", **{"class": cid})
+        assert created["facts"]["platform"] == intent["facts"]["platform"]
+        _, imported = await _intent_of(admin, "roster.imported", **{"class": cid})
+        assert imported["facts"]["students"] == len(_links)
+        r = await api.put(f"/api/v1/classes/{cid}/policy", json={"preset": "strict"})
+        assert r.status == 200, await r.text()
+        _, changed = await _intent_of(admin, "policy.changed", **{"class": cid})
+        assert changed["facts"]["preset"] == "strict"
+        r = await admin.post("/api/v1/admin/keys/rotate")
+        assert r.status == 200, await r.text()
+        kid = (await r.json())["active"]
+        _, rotated = await _intent_of(admin, "keys.rotated")
+        assert rotated["facts"]["kid"] == kid
+        # broken key files: the rotation fails after its intent, which is marked failed
+        ring = gw.svc.keyring
+        assert ring is not None and ring._dir is not None
+        (ring._dir / "keyring.json").write_text("{not json")
+        r = await admin.post("/api/v1/admin/keys/rotate")
+        assert r.status == 500 and (await r.json())["error"]["code"] == "keys_corrupt"
+        failed = (await audit_events(admin, type="intent.failed"))[0]
+        assert failed["facts"]["action"] == "keys.rotated"
+        assert failed["reason"] == "keys_corrupt"
+        [intent] = [e for e in await audit_events(admin, type="intent")
+                    if e["facts"]["intent"] == failed["facts"]["intent"]]
+        assert intent["index"] < failed["index"]
+        assert ring.signing_key().kid == kid
+        # a password change: a wrong current password fails after the intent
+        r = await api.post("/api/v1/account/password",
+                           json={"current_password": "wrong-" + TEACHER_PASSWORD,
+                                 "new_password": "Mật-khẩu-mới-2026!"})
+        assert r.status in (400, 403), await r.text()
+        failed = (await audit_events(admin, at_least=2, type="intent.failed"))[0]
+        assert failed["facts"]["action"] == "staff.password_changed"
+        assert failed["subject"] == "user:co.lan"
+        r = await api.post("/api/v1/account/password",
+                           json={"current_password": TEACHER_PASSWORD,
+                                 "new_password": "Mật-khẩu-mới-2026!"})
+        assert r.status == 200, await r.text()
+        _, changed_pw = await _intent_of(admin, "staff.password_changed")
+        assert changed_pw["subject"] == "user:co.lan"

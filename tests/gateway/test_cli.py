@@ -55,11 +55,37 @@ def test_init_and_keys(tmp_path: Path, redis_url: str, redis_prefix: str, redis)
     listed = subprocess.run(CLI + ["keys", "list"], env=env, capture_output=True, text=True,
                             timeout=60, check=True).stdout.splitlines()
     before = [json.loads(x)["kid"] for x in listed]
-    out = subprocess.run(CLI + ["keys", "rotate"], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(CLI + ["keys", "rotate", "--redis-url", redis_url], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
     after = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     assert len(after) == 2 and {k["kid"] for k in after} >= set(before)
     assert sorted(k["state"] for k in after) == ["active", "retired"]
+    # the rotation's intent is in the log before the rotation, and its outcome names it
+    entries = [json.loads(fields[b"d"].split(b"\n", 1)[0])
+               for _id, fields in redis_bytes_xrange(redis_url, f"{redis_prefix}audit:stream")]
+    [intent] = [e for e in entries if e["type"] == "intent"
+                and e["facts"]["action"] == "keys.rotated"]
+    [rotated] = [e for e in entries if e["type"] == "keys.rotated"]
+    assert rotated["facts"]["intent"] == intent["facts"]["intent"]
+    assert entries.index(intent) < entries.index(rotated)
+    active = next(k["kid"] for k in after if k["state"] == "active")
+    assert rotated["facts"]["kid"] == active and rotated["facts"]["via"] == "cli"
+    # broken key files: one line naming the problem, no traceback
+    (keys / "join" / "keyring.json").write_text("{not json")
+    res = subprocess.run(CLI + ["keys", "rotate"], env=env, capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 2 and res.stderr.startswith("classguard: error: "), res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def redis_bytes_xrange(url: str, key: str) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(url)
+    try:
+        return client.xrange(key)  # type: ignore[return-value]
+    finally:
+        client.close()
 
 
 def test_demo_prints_teacher_and_five_links(tmp_path: Path) -> None:

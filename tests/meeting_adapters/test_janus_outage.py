@@ -37,7 +37,9 @@ async def test_janus_killed_while_a_class_runs(tmp_path: Path, redis_url: str,
     folder = tmp_path / "janus"
     proc = start_janus(folder, cfg)
     try:
-        async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        # the Janus of this test listens on loopback: the operator setting allows it
+        async with running_gateway(tmp_path, redis_url, redis_prefix,
+                                   platform_allow_networks=["127.0.0.1/32"]) as gw:
             reconciler = gw.svc.reconciler
             reconciler.attempts, reconciler.retry_base_s = 1, 0.05  # keep the test short
             api = gw.api(await gw.staff_user("co.lan"))
