@@ -2,9 +2,10 @@
 
 One code path for ``classguard audit erase`` and ``POST /api/v1/audit/erase``: read the
 legal holds (incidents not closed, ``incidents.legal_holds``), ask the log to erase
-(``AuditLog.erase_personal``), and record the outcome. A refused order is recorded as
-``audit.erase_refused`` naming the incidents; a carried-out one as ``audit.erase`` with
-how many records lost their personal part. The order's reference or reason is the
+(``AuditLog.erase_personal``) after recording its intent, and record the outcome. A
+refused order is recorded as ``audit.erase_refused`` naming the incidents (and its intent
+as ``intent.failed``); a carried-out one as ``audit.erase`` with how many records lost
+their personal part. The order's reference or reason is the
 requester's words and goes in the record's erasable personal part.
 """
 
@@ -41,14 +42,18 @@ async def erase_order(
     holds = await legal_holds(redis, prefix)
     facts = {"student": student, "indexes": sorted(indexes)[:50] or None,
              "records": len(wanted)}
+    erased = 0
     try:
-        erased = await log.erase_personal(sorted(wanted), holds=holds)
+        # NOTE: intent first: an erasure cannot be undone, so it is announced before it
+        # runs (docs/audit.md, "No effect without its record").
+        async with auditor.intended("audit.erase", actor=actor, org=org, facts=facts,
+                                    personal={"reason": reason}) as out:
+            erased = await log.erase_personal(sorted(wanted), holds=holds)
+            out.facts["erased"] = erased
     except LegalHoldError as exc:
         await auditor.record(
             "audit.erase_refused", actor=actor, org=org,
             facts={**facts, "incidents": exc.incidents, "held": sum(exc.held.values())},
             personal={"reason": reason})
         raise
-    await auditor.record("audit.erase", actor=actor, org=org,
-                         facts={**facts, "erased": erased}, personal={"reason": reason})
     return ErasureResult(erased, len(wanted))

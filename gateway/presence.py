@@ -36,6 +36,9 @@ from .state import ClassInfo
 
 log = logging.getLogger("classguard.presence")
 
+# Seconds before a removal the platform refused is tried again for the same person.
+EVICT_RETRY_S = 60
+
 INTRUDER: Final = "intruder_in_room"
 _ACQUIRE: Final = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
 _RENEW: Final = """
@@ -291,29 +294,48 @@ class Reconciler:
         action = "flagged"
         can_remove = Capability.REMOVE in room_capabilities(adapter, room) and callable(
             getattr(adapter, "evict", None))
+        facts = {"platform": info.platform_kind, "upstream_id": p.upstream_id}
+        personal = {"name": p.display_name} if p.display_name else None
+        recorded = False
+        prefix = svc.settings.redis_prefix
+        failed_key = f"{prefix}presence:evict_failed:{{c:{info.id}}}:{p.upstream_id}"
         if policy.auto_remove_intruders:
-            if can_remove:
-                try:
-                    await adapter.evict(room, p)
-                    action = "removed"
-                except AdapterError as exc:
-                    svc.metrics.upstream_errors.labels(info.platform_kind).inc()
-                    log.warning("presence: could not remove an intruder: %s", exc)
-                    action = "remove_failed"
+            if can_remove and await svc.r.exists(failed_key):
+                # NOTE: a removal the platform refused is retried after a pause, not at
+                # every sweep: each attempt writes two records (its intent, its outcome).
+                action = "remove_failed"
+            elif can_remove:
+                # NOTE: an upstream removal is an effect: its intent is recorded first, so a
+                # process killed mid-removal still leaves a record (docs/audit.md).
+                async with svc.auditor.intended(
+                        "presence.intruder", actor="system:presence", org=info.org,
+                        class_id=info.id, subject=sid, facts=facts,
+                        personal=personal) as out:
+                    try:
+                        await adapter.evict(room, p)
+                        action = "removed"
+                    except AdapterError as exc:
+                        svc.metrics.upstream_errors.labels(info.platform_kind).inc()
+                        log.warning("presence: could not remove an intruder: %s", exc)
+                        action = "remove_failed"
+                        await svc.r.set(failed_key, "1", ex=EVICT_RETRY_S)
+                    out.reason = INTRUDER
+                    out.facts["action"] = action
+                recorded = True
             else:
                 action = "unsupported"
-        key = f"{svc.settings.redis_prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
+        key = f"{prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
         first = await svc.r.set(key, action, nx=True, ex=6 * 3600)
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,
                                       platform=info.platform_kind)
-            await svc.auditor.record(
-                "presence.intruder", actor="system:presence", org=info.org, class_id=info.id,
-                subject=sid, reason=INTRUDER, name=p.display_name or None,
-                facts={"platform": info.platform_kind, "action": action,
-                       "upstream_id": p.upstream_id},
-            )
+            if not recorded:  # nothing was done upstream: the sighting is the record
+                await svc.auditor.record(
+                    "presence.intruder", actor="system:presence", org=info.org,
+                    class_id=info.id, subject=sid, reason=INTRUDER,
+                    facts={**facts, "action": action}, personal=personal,
+                )
         return action
 
     async def _failed(self, info: ClassInfo, exc: AdapterError) -> None:

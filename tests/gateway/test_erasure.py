@@ -111,3 +111,14 @@ async def test_cli_erase_and_retention_respect_the_hold(tmp_path: Path, redis_ur
         assert sorted(types) == ["audit.erase", "audit.erase_refused"]
         assert page[0].record["facts"]["incidents"] == [iid]
         assert page[0].record["actor"].startswith("cli:")
+        # each order was announced before it ran: the carried-out one by an intent that
+        # precedes it, the refused one by an intent marked failed
+        intents, _c = await log.query({"type": "intent"}, limit=50)
+        failed, _c = await log.query({"type": "intent.failed"}, limit=50)
+        done = page2[0]
+        announced = [e for e in intents
+                     if e.record["facts"].get("intent") == done.record["facts"]["intent"]]
+        assert len(announced) == 1 and announced[0].index < done.index
+        assert announced[0].record["facts"]["action"] == "audit.erase"
+        assert [e.record["reason"] for e in failed
+                if e.record["facts"]["action"] == "audit.erase"] == ["audit_legal_hold"]

@@ -15,7 +15,7 @@ from gateway.janus_runner import JanusConfig, free_port
 from gateway.routes.platform_hooks import JANUS_HOOK_SECRET
 from meeting_adapters.egress import EgressPolicy
 from meeting_adapters.janus import JanusClient, hook_credentials
-from tests.gateway.helpers import running_gateway
+from tests.gateway.helpers import audit_events, running_gateway
 
 from .conftest import RunningJanus, start_janus, stop_janus
 from .gateway_flow import action, alerts, create_class, enter
@@ -88,6 +88,15 @@ async def test_janus_class_to_student_entry(tmp_path: Path, redis_url: str, redi
             assert (await friend.next_push())["plugindata"]["data"].get("reason") == "kicked"
         found = await alerts(api, cid, "intruder_in_room")
         assert found and found[0]["action"] == "removed" and found[0]["upstream_id"] == "99"
+        # the removal upstream was announced by its intent before it happened
+        it = gw.api(await gw.staff_user("it.hung", role="it"))
+        removed = await audit_events(it, **{"class": cid, "type": "presence.intruder"})
+        assert removed and removed[0]["facts"]["action"] == "removed", removed
+        intents = await audit_events(it, **{"class": cid, "type": "intent"})
+        announced = [e for e in intents
+                     if e["facts"].get("intent") == removed[0]["facts"]["intent"]]
+        assert len(announced) == 1 and announced[0]["index"] < removed[0]["index"]
+        assert announced[0]["facts"]["action"] == "presence.intruder"
 
         res = await action(api, cid, action="end")
         assert res["upstream"] == "done"
