@@ -165,6 +165,14 @@ def run_cli(args: list[str], env: dict[str, str], stdin: str | None = None) -> s
     return res.stdout
 
 
+def teacher_token(env: dict[str, str]) -> str:
+    """The deployment's root, a teacher of a school under it, and the teacher's API token."""
+    run_cli(["init"], env)
+    run_cli(["user", "add", "co.lan", "--role", "teacher", "--org", "school-a",
+             "--parent", "root", "--password-stdin"], env, stdin="a long enough password\n")
+    return run_cli(["user", "token", "co.lan"], env).split()[-1]
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -332,11 +340,7 @@ def test_kill_9_one_worker_under_load(env: dict[str, str], tmp_path: Path,
     g = Group(env, free_port(), tmp_path / "group.log", "--workers", "2")
     try:
         g.wait_for(r"^ClassGuard listening on .*\(2 workers and a sequencer")
-        run_cli(["init"], env)
-        run_cli(["user", "add", "co.lan", "--role", "teacher", "--org", "school-a",
-                 "--parent", "root", "--password-stdin"], env,
-                stdin="a long enough password\n")
-        token = run_cli(["user", "token", "co.lan"], env).split()[-1]
+        token = teacher_token(env)
         out = asyncio.run(_kill_one_under_load(g, token, students=1500))
 
         # The supervisor replaced the dead worker; the others never stopped.
@@ -410,11 +414,7 @@ def test_supervisor_restarts_its_killed_embedded_redis(env: dict[str, str],
     g = Group(env, free_port(), tmp_path / "group.log", "--workers", "2")
     try:
         g.wait_for(r"^ClassGuard listening on .*\(2 workers and a sequencer")
-        run_cli(["init"], env)
-        run_cli(["user", "add", "co.lan", "--role", "teacher", "--org", "school-a",
-                 "--parent", "root", "--password-stdin"], env,
-                stdin="a long enough password\n")
-        token = run_cli(["user", "token", "co.lan"], env).split()[-1]
+        token = teacher_token(env)
         _cid, links = asyncio.run(_setup_class(g.base, token, 3))
         before = g.children()
         os.kill(before["redis"], signal.SIGKILL)
