@@ -7,11 +7,13 @@ to open and close with the process (``open_pools``).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .base import (
+    AdapterBase,
     AdapterPool,
     Capability,
     Clock,
@@ -37,6 +39,8 @@ __all__ = [
     "capability_table",
     "check_declarations",
     "create_adapter",
+    "FEATURE_METHODS",
+    "feature_table",
     "open_pools",
     "redact_platform",
     "register",
@@ -85,10 +89,29 @@ _ADAPTERS: dict[str, AdapterClass] = {
 ADAPTERS: Final[Mapping[str, AdapterClass]] = MappingProxyType(_ADAPTERS)
 
 
+# The method behind each optional part (``AdapterBase`` has a neutral default of each).
+FEATURE_METHODS: Final[Mapping[Feature, str]] = MappingProxyType({
+    Feature.ROOM_CAPABILITIES: "room_capabilities",
+    Feature.IDENTIFY: "identify",
+    Feature.CONSUME: "consume",
+    Feature.EVICT: "evict",
+    Feature.WEBHOOKS: "read_webhook",
+    Feature.REGISTER_HOOK: "register_hook",
+    Feature.ROOM_INDEX: "room_key",
+    Feature.POOL: "open_pool",
+})
+
+
 def check_declarations(cls: AdapterClass, others: Mapping[str, AdapterClass]) -> None:
     """Refuse (``ValueError``) an adapter whose declarations contradict each other or
-    clash with the ``others``: webhooks without the flag (or the reverse), a hook
-    registered upstream without a per-class webhook, a webhook name or path taken."""
+    clash with the ``others``: a declared feature left to ``AdapterBase``'s default,
+    webhooks without the flag (or the reverse), a hook registered upstream without a
+    per-class webhook, a webhook name or path taken."""
+    if isinstance(cls, type) and issubclass(cls, AdapterBase):
+        for feature in cls.features:
+            name = FEATURE_METHODS[feature]
+            if inspect.getattr_static(cls, name) is inspect.getattr_static(AdapterBase, name):
+                raise ValueError(f"{cls.kind}: declares {feature.value} but has no {name}")
     has_hooks = Feature.WEBHOOKS in cls.features
     if has_hooks != bool(cls.webhooks):
         raise ValueError(f"{cls.kind}: Feature.WEBHOOKS and webhooks disagree")
@@ -200,6 +223,20 @@ def capability_table() -> str:
     rule = "|---|" + "---|" * len(caps)
     rows = [
         f"| `{kind}` | " + " | ".join("✓" if c in cls.capabilities else "—" for c in caps) + " |"
+        for kind, cls in ADAPTERS.items()
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def feature_table() -> str:
+    """The platform x optional-part (``Feature``) matrix as a Markdown table, with each
+    platform's webhooks (docs/adapters.md carries it; a test keeps the two equal)."""
+    feats = list(Feature)
+    head = "| platform | " + " | ".join(f.value for f in feats) + " | routes |"
+    rule = "|---|" + "---|" * (len(feats) + 1)
+    rows = [
+        f"| `{kind}` | " + " | ".join("✓" if f in cls.features else "—" for f in feats)
+        + " | " + (", ".join(f"`{h.path}`" for h in cls.webhooks) or "—") + " |"
         for kind, cls in ADAPTERS.items()
     ]
     return "\n".join([head, rule, *rows])

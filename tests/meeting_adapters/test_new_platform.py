@@ -318,3 +318,38 @@ def test_registry_refuses_contradictory_declarations(phonghoc_registered: None) 
     with pytest.raises(ValueError, match="exists"):
         registry.register(PhonghocAdapter)
     assert "noflag" not in registry.ADAPTERS and "taken" not in registry.ADAPTERS
+
+
+def test_docs_feature_matrix_is_generated() -> None:
+    from pathlib import Path
+
+    from meeting_adapters.matrix import main
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "adapters.md"
+    assert main(["--features", "--check", str(docs)]) == 0, (
+        "docs/adapters.md feature matrix is stale: "
+        "python -m meeting_adapters.matrix --features --write docs/adapters.md")
+    rows = registry.feature_table().splitlines()
+    assert len(rows) == 2 + len(registry.ADAPTERS)
+    janus = next(r for r in rows if r.startswith("| `janus` |"))
+    assert "`/hooks/janus`" in janus
+
+
+def test_every_platform_declares_what_it_implements() -> None:
+    """Each declared part is the adapter's own, and each part it implements is declared
+    (an undeclared one would never be called)."""
+    import inspect
+
+    for kind, cls in registry.ADAPTERS.items():
+        for feature, name in registry.FEATURE_METHODS.items():
+            own = inspect.getattr_static(cls, name) is not inspect.getattr_static(
+                AdapterBase, name)
+            assert own == (feature in cls.features), (kind, feature)
+
+    class Hollow(PhonghocAdapter):
+        kind: ClassVar[str] = "hollow"
+        features: ClassVar[frozenset[Feature]] = frozenset({Feature.EVICT})
+        webhooks: ClassVar[tuple[Webhook, ...]] = ()
+
+    with pytest.raises(ValueError, match="declares evict but has no evict"):
+        registry.register(Hollow)
