@@ -118,7 +118,7 @@ async def _janus_page(request: web.Request) -> web.Response:
     if not ws:
         # Another worker of the group started the demo's Janus (worker 0 sets up).
         svc = request.app[SERVICES]
-        ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
+        ws = str(await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or "")
     if not ws:
         raise web.HTTPNotFound()
     resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
