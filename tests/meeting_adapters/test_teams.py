@@ -351,6 +351,14 @@ async def test_teams_class_through_the_gate(tmp_path: Path, redis_url: str, redi
 
         res = await action(api, cid, action="end")
         assert res["upstream"] == "unsupported"
+        # The last session's report comes after the class ended: still read.
+        ended = await gw.svc.store.get_class(cid)  # type: ignore[union-attr]
+        assert ended is not None and ended.ended
+        graph.add_report(meeting.id, [{"name": "Kẻ lạ"}])
+        gw.svc.reconciler.attendance_every_s = 0
+        await gw.svc.reconciler.sweep()
+        names = [a["name"] for a in await alerts(api, cid, "intruder_in_room")]
+        assert sorted(names) == ["Kẻ lạ", "Người lạ"]
 
 
 async def test_teams_failure_fails_closed_with_the_page(tmp_path: Path, redis_url: str,
