@@ -70,6 +70,7 @@ class FakeGraph:
         self.page_size = page_size
         self.tokens: set[str] = set()
         self.token_requests = 0
+        self.bearers: list[str] = []  # every bearer token presented, valid or not
         self.meetings: dict[str, Meeting] = {}
         self.failures: list[Failure] = []
         # (method, path, monotonic time, status) of every Graph call
@@ -160,6 +161,7 @@ class FakeGraph:
 
     def _auth(self, request: web.Request) -> web.Response | None:
         auth = request.headers.get("Authorization", "")
+        self.bearers.append(auth[7:])
         if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
             resp = self._err(401, "InvalidAuthenticationToken",
                              "Access token is empty." if not auth else

@@ -385,3 +385,29 @@ async def test_teams_failure_fails_closed_with_the_page(tmp_path: Path, redis_ur
         text = await r.text()
         assert r.status == 503 and "cannot be reached" in text
         assert f"{graph.base}/l/" not in text
+
+
+async def test_teams_token_of_one_school_stays_there(graph: FakeGraph) -> None:
+    """Tenant and client ids are not secrets: a class naming them with another secret or
+    its own Graph URL never gets the cached token of the school that owns them."""
+    other = FakeGraph(TENANT, CLIENT, SECRET, ORGANIZER)
+    await other.start()
+    try:
+        async with guarded_session(LOCAL_PLATFORMS) as http:
+            pool = TeamsPool()
+            adapter = TeamsAdapter(http_session=http, pool=pool)
+            await adapter.provision(RoomSpec(class_id="c1", title="t", settings=settings(graph)))
+            assert graph.token_requests == 1
+            school_token = graph.bearers[0]
+            with pytest.raises(AdapterError) as info:
+                await adapter.provision(RoomSpec(class_id="c2", title="t", settings=settings(
+                    graph, client_secret="guessed-secret-1")))
+            assert info.value.code == "teams_unauthorized"
+            # the right ids, secret and login, but another Graph: never the cached token
+            with pytest.raises(AdapterError):
+                await adapter.provision(RoomSpec(class_id="c3", title="t", settings=settings(
+                    graph, graph_url=f"{other.base}/v1.0/")))
+            assert other.bearers and school_token not in other.bearers
+            assert graph.token_requests == 3  # its own token, and one fresh after the 401
+    finally:
+        await other.stop()
