@@ -87,7 +87,7 @@ TOKEN_SKEW_S: Final = 300
 # Temporary refusals (throttling, service unavailable, gateway timeout) are retried.
 RETRY_STATUSES: Final = (429, 503, 504)
 MAX_ATTEMPTS: Final = 3
-# The longest wait ClassGuard honours: a student is waiting on the /go page meanwhile.
+# The longest ClassGuard waits in all for one call: a student is on the /go page meanwhile.
 MAX_WAIT_S: Final = 10.0
 MAX_PAGES: Final = 20
 # How long a meeting read back with the locked settings is trusted by a process.
@@ -359,9 +359,10 @@ class TeamsAdapter(AdapterBase):
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> HttpAnswer:
         """One call, retried on 429/503/504 as Graph's throttling guidance says: after
-        ``Retry-After`` when given, else with exponential backoff; a wait longer than
-        ``max_wait_s`` or a refusal after ``MAX_ATTEMPTS`` fails closed."""
+        ``Retry-After`` when given, else with exponential backoff; waiting more than
+        ``max_wait_s`` in all, or a refusal after ``MAX_ATTEMPTS``, fails closed."""
         delay = 1.0
+        waited = 0.0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             answer = await fetch(self._http, KIND, method, url, server_errors=True, **kwargs)
             if answer.status not in RETRY_STATUSES:
@@ -371,9 +372,10 @@ class TeamsAdapter(AdapterBase):
             asked = retry_after_s(answer.headers.get("retry-after"), self._clock())
             wait = asked if asked is not None else delay
             delay *= 2
-            if attempt == MAX_ATTEMPTS or wait > self._max_wait_s:
+            if attempt == MAX_ATTEMPTS or waited + wait > self._max_wait_s:
                 what = "rate limited" if answer.status == 429 else "platform unreachable"
                 raise UpstreamUnavailable(KIND, f"teams: {what}")
+            waited += wait
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 

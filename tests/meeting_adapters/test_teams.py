@@ -253,6 +253,13 @@ async def test_throttling_honours_retry_after(graph: FakeGraph) -> None:
         graph.fail_next(503, retry_after="0", count=3)
         with pytest.raises(UpstreamUnavailable):
             await adapter.join_url(room, AN)
+        # the waits of one call are bounded in all, not each
+        patient = TeamsAdapter(http_session=http, max_wait_s=1.5)
+        graph.calls.clear()
+        graph.fail_next(429, retry_after="1", count=2)
+        with pytest.raises(UpstreamUnavailable):
+            await patient.join_url(room, AN)
+        assert [c[3] for c in graph.calls] == [429, 429]
         graph.fail_next(500)  # not a temporary refusal: no retry
         with pytest.raises(UpstreamUnavailable):
             await adapter.join_url(room, AN)
