@@ -16,6 +16,12 @@ then the class is skipped with a growing delay; every failure counts in
 ``classguard_upstream_errors`` and a run of failures raises one ``platform_unreachable``
 alert. Nobody is admitted around a failing platform: the join flow itself fails closed
 (``/go`` shows the "platform not reachable" page).
+
+After-the-fact attendance (``Feature.ATTENDANCE``, Teams): a platform that reports who
+attended only once a session is over is read every ``attendance_every_s``, also for a day
+after the class ended (the last session's report comes late); each report is read once
+(its id is kept) and whoever in it matches no roster student raises the same
+``intruder_in_room`` alert, with ``source = attendance_report``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from meeting_adapters import (
     MeetingAdapter,
     Present,
     Room,
+    RosterName,
     Unsupported,
 )
 
@@ -166,6 +173,8 @@ class Reconciler:
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _hooks_at: dict[str, float] = field(default_factory=dict)
     _indexed_rooms: set[str] = field(default_factory=set)
+    attendance_every_s: float = 60.0
+    _attendance_at: dict[str, float] = field(default_factory=dict)
     leader: bool = False
 
     # --- lease ---------------------------------------------------------------------
@@ -222,6 +231,12 @@ class Reconciler:
         for raw in await svc.r.zrange(classes, 0, -1):
             cid = str(raw)
             info = await svc.store.get_class(cid)
+            if info is not None and info.ended and has_feature(info.platform_kind,
+                                                               Feature.ATTENDANCE):
+                # the report of the last session comes after the class ended
+                if self._attendance_due(cid, now):
+                    await self.attendance(info)
+                continue
             if info is None or info.ended:
                 await svc.r.zrem(classes, cid)
                 continue
@@ -262,6 +277,9 @@ class Reconciler:
         adapter, room = HostControls(svc).adapter_and_room(info)
         caps = room_capabilities(adapter, room)
         await self._refresh_hooks(info, adapter, room)
+        if Feature.ATTENDANCE in adapter.features and self._attendance_due(info.id,
+                                                                          svc.clock()):
+            await self.attendance(info, adapter, room)
         if Capability.PRESENCE not in caps:
             return None
         try:
@@ -275,6 +293,46 @@ class Reconciler:
         if b is not None and b.alerted:
             await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
         return await self.judge(info, adapter, room, present)
+
+    def _attendance_due(self, cid: str, now: float) -> bool:
+        return now - self._attendance_at.get(cid, -1e12) >= self.attendance_every_s
+
+    async def attendance(self, info: ClassInfo, adapter: MeetingAdapter | None = None,
+                         room: Room | None = None) -> list[Present] | None:
+        """Read the platform's reports of finished sessions not read yet
+        (``Feature.ATTENDANCE``) and flag everyone in them who matches no roster student.
+        Returns them, or None when the reports could not be read."""
+        svc = self.svc
+        assert svc.store is not None
+        if adapter is None or room is None:
+            adapter, room = HostControls(svc).adapter_and_room(info)
+        if Feature.ATTENDANCE not in adapter.features:
+            return None
+        self._attendance_at[info.id] = svc.clock()
+        key = f"{svc.settings.redis_prefix}presence:reports:{{c:{info.id}}}"
+        known = {str(x) for x in await svc.r.smembers(key)}
+        roster = [RosterName(s.id, s.name, s.external_id)
+                  for s in await svc.store.roster(info.id)]
+        try:
+            reports = await self._with_retries(
+                info, lambda: adapter.attendance(room, roster, known))
+        except Unsupported:
+            return None
+        except AdapterError as exc:
+            await self._failed(info, exc)
+            return None
+        b = self._backoff.pop(info.id, None)
+        if b is not None and b.alerted:
+            await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
+        unknown: list[Present] = []
+        for report in reports:
+            for p in report.present:
+                if p.student_id is None:
+                    await self.flag(info, adapter, room, p, {}, source="attendance_report")
+                    unknown.append(p)
+            await svc.r.sadd(key, report.report_id)
+            await svc.r.expire(key, 40 * 86400)
+        return unknown
 
     async def judge(self, info: ClassInfo, adapter: MeetingAdapter, room: Room,
                     present: list[Present]) -> list[Present]:
@@ -300,9 +358,11 @@ class Reconciler:
         return intruders
 
     async def flag(self, info: ClassInfo, adapter: MeetingAdapter, room: Room, p: Present,
-                   identify: Mapping[str, str]) -> str:
+                   identify: Mapping[str, str], *, source: str | None = None) -> str:
         """Alert once per person and class; remove when the policy says so. Returns what
-        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove)."""
+        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove).
+        ``source``: where the sighting comes from when not the live room
+        (``attendance_report``: after the session, nobody can be removed)."""
         svc = self.svc
         assert svc.auditor is not None
         policy = policy_of(info)
@@ -311,6 +371,8 @@ class Reconciler:
         can_remove = (Capability.REMOVE in room_capabilities(adapter, room)
                       and Feature.EVICT in adapter.features)
         facts = {"platform": info.platform_kind, "upstream_id": p.upstream_id}
+        extra = {"source": source} if source else {}
+        facts.update(extra)
         personal = {"name": p.display_name} if p.display_name else None
         recorded = False
         prefix = svc.settings.redis_prefix
@@ -345,7 +407,7 @@ class Reconciler:
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,
-                                      platform=info.platform_kind)
+                                      platform=info.platform_kind, **extra)
             if not recorded:  # nothing was done upstream: the sighting is the record
                 await svc.auditor.record(
                     "presence.intruder", actor="system:presence", org=info.org,

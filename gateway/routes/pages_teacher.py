@@ -59,6 +59,12 @@ _PLATFORM_FIELDS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
         ("registrant_email_domain", "text", True, "students.school.edu.vn", False),
         ("webhook_secret_token", "password", False, "", False),
     ],
+    "teams": [
+        ("tenant_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
+        ("client_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
+        ("client_secret", "password", True, "", False),
+        ("organizer_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
+    ],
 }
 ALL_CAPS = [c.value for c in Capability]
 REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "missing_name",
@@ -71,6 +77,8 @@ CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "un
                 "no_alerts")
 CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock", "unlock",
                    "mute_all", "end", "reset_device", "revoke_link")
+# Where an alert's sighting came from when not the live room (``gateway/presence.py``).
+ALERT_SOURCES = ("attendance_report",)
 ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
                "intruder_in_room")
 
@@ -223,6 +231,7 @@ async def control_page(request: web.Request, p: Principal, lang: str) -> web.Str
         request, "control.html", lang, user=p, info=info,
         can_mute=Capability.MUTE.value in caps, incident_url=incident_url(info.id),
         msg_keys=CONTROL_MSGS, actions=CONTROL_ACTIONS, alert_kinds=ALERT_KINDS,
+        alert_sources=ALERT_SOURCES,
     )
 
 

@@ -57,7 +57,7 @@ def test_create_adapter() -> None:
     assert isinstance(adapter, GenericAdapter)
     assert isinstance(adapter, MeetingAdapter)
     with pytest.raises(InvalidSettings) as info:
-        create_adapter("teams")
+        create_adapter("skype")
     assert info.value.field == "platform.kind"
 
 
