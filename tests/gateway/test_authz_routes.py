@@ -26,6 +26,7 @@ is then 400 after the authorization, which is what is being tested.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,14 @@ import pytest
 
 from gateway.bans import make_key
 
-from .helpers import Gateway, make_class, running_gateway
+from .helpers import (
+    Gateway,
+    audit_events,
+    host_control,
+    make_class,
+    next_message,
+    running_gateway,
+)
 
 PUBLIC = "public"
 ROLES = ("anonymous", "other_teacher", "teacher", "other_admin", "it", "admin",
@@ -324,3 +332,45 @@ async def test_the_session_of_a_disabled_account_is_refused(world: World) -> Non
     r = await s.get("/api/v1/classes", headers={"Cookie": f"cg_session={cookie}"})
     assert r.status == 200
 
+
+
+async def _closed(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """Read until the socket closes; its close code."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        if msg.type == aiohttp.WSMsgType.CLOSE:
+            return int(msg.data)
+        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+            return ws.close_code
+
+
+async def test_disabling_an_account_ends_its_control_socket(world: World) -> None:
+    """The teacher's control room opened with an API token: disabling the account revokes
+    the token, and the socket it opened closes with it (it stayed open, and kept
+    hosting, before)."""
+    teacher = world.gw.api(world.tokens["teacher"])
+    ws = await host_control(teacher, world.cid)
+    admin = world.gw.api(world.tokens["admin"])
+    r = await admin.post("/api/v1/admin/users/co.lan/disable")
+    assert r.status == 200, await r.text()
+    assert await _closed(ws) == 4401
+    st = await world.gw.api(world.tokens["admin"]).get(f"/api/v1/classes/{world.cid}/state")
+    assert not (await st.json())["locked"]
+
+
+async def test_a_control_socket_asks_again_on_every_message(world: World) -> None:
+    """An account disabled while its socket is open (without the revocation reaching it)
+    can no longer act: the action is refused, recorded, and the socket closes."""
+    teacher = world.gw.api(world.tokens["teacher"])
+    ws = await host_control(teacher, world.cid)
+    assert world.gw.svc.staff is not None
+    await world.gw.svc.staff._set_disabled("co.lan", True)
+    await ws.send_json({"id": 1, "action": "lock"})
+    msg = await next_message(ws, type_="error")
+    assert msg["error"]["code"] == "forbidden"
+    assert await _closed(ws) == 4403
+    admin = world.gw.api(world.tokens["admin"])
+    st = await admin.get(f"/api/v1/classes/{world.cid}/state")
+    assert not (await st.json())["locked"]
+    refused = await audit_events(admin, type="staff.refused", **{"class": world.cid})
+    assert any(e["actor"] == "user:co.lan" and e["reason"] == "forbidden" for e in refused)
