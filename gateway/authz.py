@@ -166,8 +166,3 @@ def can_export_evidence(actor: Actor, org_chain: tuple[str, ...] | list[str]) ->
     """Administrators of the subtree only: a bundle discloses personal data."""
     return allows(actor, Action.EXPORT_EVIDENCE, Target.of_org(org_chain))
 
-
-def is_deployment_admin(actor: Actor, root: str | None) -> bool:
-    """An administrator of the deployment root org. With no root recorded nobody is:
-    deployment-wide actions then stay with the command line."""
-    return allows(actor, Action.ROTATE_KEYS, Target.deployment(root))

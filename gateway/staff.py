@@ -38,9 +38,10 @@ parent never changes afterwards, so a cycle cannot be built.
 
 One org is the *deployment root* (``classguard init`` makes it and records it once).
 Deployment-wide actions (join-token keys, events that belong to no org such as failed
-sign-ins) need an administrator of that org: :meth:`StaffStore.is_root_admin`. Every
-other org is created under an existing one; an administrator of a school is an
-administrator of that school's subtree and nothing more.
+sign-ins) need an administrator of that org (gateway/authz.py, with
+:meth:`StaffStore.deployment_target`). Every other org is created under an existing one;
+an administrator of a school is an administrator of that school's subtree and nothing
+more. Who may do what is decided in gateway/authz.py alone.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from typing import Any, Literal, cast, get_args
 import redis.asyncio as aioredis
 
 from . import staff_secrets as sec
-from .authz import Actor, is_deployment_admin
+from .authz import Target
 from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
 from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
@@ -382,10 +383,10 @@ class StaffStore:
                                  f"the deployment root is already {current!r}", "org")
         return org
 
-    async def is_root_admin(self, actor: Actor) -> bool:
-        """May ``actor`` act for the whole deployment? (Key rotation, events that belong
-        to no org, every school's failed sign-ins: ``authz.is_deployment_admin``.)"""
-        return is_deployment_admin(actor, await self.deployment_root())
+    async def deployment_target(self) -> Target:
+        """What deployment-wide actions act on (key rotation, events that belong to no
+        org, every school's failed sign-ins), for ``authz.allows``."""
+        return Target.deployment(await self.deployment_root())
 
     # -- orgs ------------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 * Staff accounts and orgs of the administrator's subtree (list, create, disable/enable,
   reset a password to a new one-time password).
 * Join-token keys (list, rotate): administrators of the deployment root org only
-  (``StaffStore.is_root_admin``), since the keyring serves every school.
+  (gateway/authz.py ``ROTATE_KEYS``), since the keyring serves every school.
 * Setting or clearing the expiry of an existing ban (org bans for IT staff and
   administrators, class bans for the class's host).
 
@@ -155,7 +155,7 @@ async def create_org(request: web.Request) -> web.Response:
 async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
     svc, p = await _admin(request)
     assert svc.staff is not None
-    if not await svc.staff.is_root_admin(p):
+    if not allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target()):
         raise ApiError(403, "forbidden",
                        "only administrators of the deployment root org manage keys")
     return svc, p

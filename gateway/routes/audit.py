@@ -64,7 +64,7 @@ async def events(request: web.Request) -> web.Response:
     subtree = await svc.staff.org_subtree(p.org)
     # Events with no org (failed sign-ins, refused forgeries) belong to the deployment:
     # only an administrator of its root org sees them.
-    is_root = await svc.staff.is_root_admin(p)
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     visible: list[dict[str, Any]] = []
     for ev in found:
         org = ev.record.get("org")

@@ -135,7 +135,7 @@ async def events_csv(request: web.Request) -> web.Response:
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    is_root = await svc.staff.is_root_admin(p)
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     found: list[Any] = []
     cursor: str | None = None
     while len(found) < limit:

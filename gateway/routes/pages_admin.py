@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..app import services
 from ..auth import Principal
-from ..authz import Action
+from ..authz import Action, allows
 from .pages import page_response, staff_page
 
 ROLES = ("teacher", "it", "admin")
@@ -32,7 +32,7 @@ async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> 
 async def keys_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.staff is not None and svc.keyring is not None and svc.audit_key is not None
-    top = await svc.staff.is_root_admin(p)
+    top = allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target())
     return page_response(request, "admin_keys.html", lang, user=p, top=top,
                          keys=svc.keyring.list() if top else [],
                          read_only=svc.keyring.read_only,

@@ -53,7 +53,7 @@ async def visible_events(svc: Services, p: Principal, params: dict[str, str], li
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    is_root = await svc.staff.is_root_admin(p)
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     out = []
     for ev in found:
         org = ev.record.get("org")

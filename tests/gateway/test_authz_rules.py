@@ -18,7 +18,6 @@ from gateway.authz import (
     can_host,
     can_read_audit,
     can_view_class,
-    is_deployment_admin,
     listing_scope,
 )
 from gateway.staff import User
@@ -71,11 +70,15 @@ def test_a_principal_is_an_actor() -> None:
 
 
 def test_deployment_actions_need_the_root_admin() -> None:
-    assert is_deployment_admin(u("admin", "so-gd"), "so-gd")
-    assert not is_deployment_admin(u("admin", "so-gd"), None)  # no root recorded: nobody
-    assert not is_deployment_admin(u("admin", "so-gd", disabled=True), "so-gd")
-    assert not is_deployment_admin(u("it", "so-gd"), "so-gd")
-    assert not is_deployment_admin(u("admin", "thpt-a"), "so-gd")
+    for action in (Action.ROTATE_KEYS, Action.READ_DEPLOYMENT_AUDIT):
+        assert allows(u("admin", "so-gd"), action, Target.deployment("so-gd"))
+        # no root recorded: nobody (deployment-wide actions stay with the command line)
+        assert not allows(u("admin", "so-gd"), action, Target.deployment(None))
+        assert not allows(u("admin", "so-gd", disabled=True), action, Target.deployment("so-gd"))
+        assert not allows(u("it", "so-gd"), action, Target.deployment("so-gd"))
+        assert not allows(u("admin", "thpt-a"), action, Target.deployment("so-gd"))
+        # a parentless org that is not the root is not the deployment either
+        assert not allows(u("admin", "hanoi"), action, Target.deployment("so-gd"))
     # an administrator of a school is not one of the deployment, even on its own things
     assert not allows(u("admin", "thpt-a"), Action.ROTATE_KEYS)
     assert not allows(u("admin", "so-gd"), Action.READ_DEPLOYMENT_AUDIT)

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import staff_secrets as sec
+from gateway.authz import Action, allows
 from gateway.staff import (
     TOKEN_DEFAULT_LIFETIME_S,
     TOKEN_MAX_LIFETIME_S,
@@ -191,7 +192,8 @@ async def test_create_user_needs_an_existing_org(store: StaffStore) -> None:
 
 async def test_deployment_root_is_set_once(store: StaffStore) -> None:
     assert await store.deployment_root() is None
-    assert not await store.is_root_admin(u("admin", "so-gd"))  # no root: nobody is
+    # no root: nobody acts for the deployment
+    assert not allows(u("admin", "so-gd"), Action.ROTATE_KEYS, await store.deployment_target())
     await store.init_root("so-gd", name="Sở GD&ĐT")
     await store.init_root("so-gd")  # the same again: a no-op
     await store.ensure_org("thpt-a", parent="so-gd")
@@ -201,11 +203,12 @@ async def test_deployment_root_is_set_once(store: StaffStore) -> None:
             await store.init_root(other)
         assert exc.value.code == "org_conflict"
     assert await store.deployment_root() == "so-gd"
-    assert await store.is_root_admin(u("admin", "so-gd"))
-    assert not await store.is_root_admin(u("admin", "so-gd", disabled=True))
-    assert not await store.is_root_admin(u("it", "so-gd"))
-    assert not await store.is_root_admin(u("admin", "thpt-a"))
-    assert not await store.is_root_admin(u("admin", "hanoi"))
+    root = await store.deployment_target()
+    assert allows(u("admin", "so-gd"), Action.ROTATE_KEYS, root)
+    assert not allows(u("admin", "so-gd", disabled=True), Action.ROTATE_KEYS, root)
+    assert not allows(u("it", "so-gd"), Action.ROTATE_KEYS, root)
+    assert not allows(u("admin", "thpt-a"), Action.ROTATE_KEYS, root)
+    assert not allows(u("admin", "hanoi"), Action.ROTATE_KEYS, root)
 
 
 async def test_create_user_generates_one_time_password(store: StaffStore) -> None:
