@@ -380,3 +380,29 @@ async def test_a_control_socket_asks_again_on_every_message(world: World) -> Non
         await asyncio.sleep(0.05)
     else:
         raise AssertionError(f"no staff.refused for the disabled host: {refused}")
+
+
+async def test_events_of_no_org_are_the_deployment_admins_in_every_format(
+        world: World) -> None:
+    """A failed sign-in belongs to no org: the root's administrator reads it, in the search
+    and in the CSV export alike; the administrator of an org that merely has no parent
+    (made before every org needed one) reads it in neither."""
+    gw = world.gw
+    hanoi = gw.api(await gw.staff_user("qt.hanoi", "admin", "hanoi"))
+    root = gw.api(world.tokens["parent_admin"])
+    r = await gw.client().post("/api/v1/session",
+                               json={"username": "nobody.here", "password": "x" * 12})
+    assert r.status == 401
+    for _ in range(100):  # the sequencer numbers events asynchronously
+        r = await root.get("/api/v1/audit/events", params={"type": "staff.login_failed"})
+        if (await r.json())["events"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the failed sign-in was not recorded")
+    r = await root.get("/api/v1/audit/events.csv", params={"type": "staff.login_failed"})
+    assert "staff.login_failed" in await r.text()
+    r = await hanoi.get("/api/v1/audit/events", params={"type": "staff.login_failed"})
+    assert r.status == 200 and (await r.json())["events"] == []
+    r = await hanoi.get("/api/v1/audit/events.csv", params={"type": "staff.login_failed"})
+    assert r.status == 200 and "staff.login_failed" not in await r.text()
