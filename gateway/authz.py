@@ -14,6 +14,9 @@ its ancestors (``Target.org_chain``, as returned by ``StaffStore.org_ancestors``
 an incident). A *deployment* grant means: the actor's org is the deployment root.
 
 A disabled account may do nothing at all, whatever its role.
+
+The command line (``classguard ...``, gateway/cli.py) is not a staff member: it acts as
+the operator who holds the deployment's data directory and Redis, and asks nothing here.
 """
 
 from __future__ import annotations
