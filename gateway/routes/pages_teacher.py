@@ -24,10 +24,11 @@ from policies import PRESETS, load_policy, weakened_checks
 from .. import i18n
 from ..app import services
 from ..auth import Principal, require_user
+from ..authz import Action, allows
 from ..errors import ApiError
-from ..hostctl import is_host
+from ..hostctl import class_target
 from ..roster import RosterError, http_status
-from .classes import current_links, load_class, org_ancestors
+from .classes import current_links, load_class
 from .pages import DEFAULT_TZ, page_response, staff_page
 
 # The settings a teacher types for each platform (the adapters validate them).
@@ -117,7 +118,7 @@ def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
     return lines
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.CREATE_CLASS)
 async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     now = datetime.fromtimestamp(svc.clock(), UTC).astimezone(ZoneInfo(DEFAULT_TZ))
@@ -133,12 +134,12 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
     )
 
 
-@staff_page(("teacher", "admin", "it"))
+@staff_page(Action.VIEW_CLASS)
 async def class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
     info = await load_class(request, p)
-    anc = await org_ancestors(svc, info.org)
+    target = await class_target(svc, info)
     roster = await svc.store.roster(info.id)
     try:
         weakened = list(weakened_checks(load_policy(info.policy)))
@@ -149,11 +150,11 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         caps=capability_matrix().get(info.platform_kind, []), all_caps=ALL_CAPS,
         presets=list(PRESETS), known_presets={f"preset.{k}" for k in PRESETS},
         policy_lines=policy_lines(lang, info.policy), weakened=weakened,
-        can_host=is_host(svc, p, info, anc),
+        can_host=allows(p, Action.HOST_CLASS, target),
     )
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.HOST_CLASS)
 async def roster_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
@@ -201,7 +202,7 @@ def qr_image(url: str) -> dict[str, Any]:
     return {"src": str(qr.svg_data_uri(scale=scale, border=2)), "size": modules * scale}
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.HOST_CLASS)
 async def links_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
@@ -223,7 +224,7 @@ def incident_url(class_id: str) -> str:
     return f"/incidents/new?class_id={quote(class_id, safe='')}"
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.HOST_CLASS)
 async def control_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     info = await load_class(request, p, host=True)
     caps = set(capability_matrix().get(info.platform_kind, []))
