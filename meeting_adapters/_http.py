@@ -182,6 +182,9 @@ class HttpAnswer:
     status: int
     text: str
     content_type: str
+    # the answer's Retry-After header (seconds or an HTTP date), for platforms whose
+    # documents say to honour it
+    retry_after: str | None = None
 
     def json(self) -> Any:
         try:
@@ -197,6 +200,7 @@ async def fetch(
     url: str,
     *,
     timeout_s: float = 10.0,
+    server_errors: bool = False,
     **kwargs: Any,
 ) -> HttpAnswer:
     """One HTTP call; transport errors, redirects and 5xx become ``UpstreamUnavailable``.
@@ -208,6 +212,8 @@ async def fetch(
     NOTE: the URL may carry a checksum or token; it is never put into an error or a log.
     NOTE: every failure gives the same message to callers (the detail goes to the log
     only), so answers cannot tell an open port from a closed one or a denied address.
+    ``server_errors=True`` returns 5xx answers instead (for a caller that retries them
+    as its platform documents); it still raises on everything else above.
     """
     import aiohttp
     import yarl
@@ -225,7 +231,8 @@ async def fetch(
             allow_redirects=False, **kwargs,
         ) as resp:
             text = await resp.text() if resp.status < 300 or resp.status >= 400 else ""
-            answer = HttpAnswer(resp.status, text, resp.content_type)
+            answer = HttpAnswer(resp.status, text, resp.content_type,
+                                resp.headers.get("Retry-After"))
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, EgressRefused):
@@ -238,7 +245,7 @@ async def fetch(
     if 300 <= answer.status < 400:
         log.warning("%s: %s answered a redirect (%d); not followed", kind, host, answer.status)
         raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
-    if answer.status >= 500:
+    if answer.status >= 500 and not server_errors:
         log.warning("%s: %s answered %d", kind, host, answer.status)
         raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     return answer

@@ -27,6 +27,7 @@ from .egress import EgressPolicy
 from .generic import GenericAdapter, utc_now
 from .janus import JanusAdapter
 from .jitsi import JitsiAdapter
+from .meet import MeetAdapter
 from .zoom import ZoomAdapter
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ _ADAPTERS: dict[str, AdapterClass] = {
     BigBlueButtonAdapter.kind: BigBlueButtonAdapter,
     JitsiAdapter.kind: JitsiAdapter,
     ZoomAdapter.kind: ZoomAdapter,
+    MeetAdapter.kind: MeetAdapter,
 }
 ADAPTERS: Final[Mapping[str, AdapterClass]] = MappingProxyType(_ADAPTERS)
 
