@@ -83,6 +83,15 @@ def who_is_it(p: Present, identify: Mapping[str, str]) -> str | None:
     return p.student_id or identify.get(p.upstream_id)
 
 
+def identify_accounts(present: Iterable[Present],
+                      accounts: Mapping[str, str]) -> dict[str, str]:
+    """Upstream id -> student id for people signed in with a roster student's school
+    account (``accounts``: e-mail in lower case -> student id). Names are never matched:
+    anyone can type a classmate's name."""
+    return {p.upstream_id: accounts[p.account.lower()] for p in present
+            if p.student_id is None and p.account and p.account.lower() in accounts}
+
+
 def find_intruders(present: Iterable[Present], admitted: Iterable[str],
                    identify: Mapping[str, str]) -> list[Present]:
     """Everyone in the room who is not an admitted student.
@@ -286,6 +295,10 @@ class Reconciler:
         if Feature.IDENTIFY in adapter.features:
             roster = [s.id for s in await svc.store.roster(info.id)]
             identify = adapter.identify(room, roster)
+        if any(p.account for p in present):
+            # the platform names signed-in accounts: the roster's school e-mails say whose
+            accounts = {s.email: s.id for s in await svc.store.roster(info.id) if s.email}
+            identify = {**identify, **identify_accounts(present, accounts)}
         # Single-use credentials: once an admitted student is seen inside, their token goes.
         seen_ok = [p.upstream_id for p in present if who_is_it(p, identify) in set(admitted)]
         if seen_ok and Feature.CONSUME in adapter.features:

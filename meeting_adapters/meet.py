@@ -232,7 +232,7 @@ def parse_service_account(value: object) -> dict[str, str]:
     if value.get("type") != "service_account":
         raise InvalidSettings(field, "is not a service account key (type must be "
                                      "service_account)")
-    out: dict[str, str] = {}
+    out: dict[str, str] = {"type": "service_account"}
     for name in ("client_email", "private_key", "private_key_id", "client_id"):
         item = value.get(name)
         if item is None:

@@ -138,7 +138,8 @@ def test_settings_keep_only_the_key_parts_and_redact() -> None:
     s = MeetAdapter.validate_settings({**settings(), "organizer": "GiaoVien@School.Example",
                                        "service_account_key": KEY})
     kept = json.loads(s["service_account_key"])
-    assert set(kept) == {"client_email", "private_key", "private_key_id", "client_id"}
+    assert set(kept) == {"type", "client_email", "private_key", "private_key_id", "client_id"}
+    assert MeetAdapter.validate_settings(s) == s  # stored settings validate again
     assert s["organizer"] == ORGANIZER and s["uses_meet_sdk"] is False
     assert MeetAdapter.redact(s)["service_account_key"] == "***"
     assert MeetAdapter.capabilities == {Capability.END, Capability.PRESENCE}
@@ -293,3 +294,119 @@ async def test_5xx_fails_closed_after_bounded_retries(meet: FakeMeet) -> None:
         with pytest.raises(AdapterError) as info:
             await adapter.join_url(gone, AN)
         assert info.value.code == "google_meet_not_found"
+
+
+# --- through the real gateway ----------------------------------------------------------------
+
+
+ROSTER_WITH_ACCOUNTS = [
+    {"name": "Nguyễn Văn An", "external_id": "HS001", "email": "An@School.Example"},
+    {"name": "Trần Thị Bình", "external_id": "HS002", "email": "binh@school.example"},
+    {"name": "Lê Hoàng Cường", "external_id": "HS003"},
+]
+
+
+async def gateway_class(gw: Any, api: Any, meet: FakeMeet, **extra: Any
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    from .gateway_flow import class_with
+
+    r = await api.post("/api/v1/classes", json=class_with(settings(meet, **extra)))
+    assert r.status == 201, await r.text()
+    klass: dict[str, Any] = await r.json()
+    r = await api.put(f"/api/v1/classes/{klass['id']}/roster", json=ROSTER_WITH_ACCOUNTS)
+    assert r.status == 200, await r.text()
+    stored = {s["name"]: s["email"] for s in (await r.json())["students"]}
+    assert stored["Nguyễn Văn An"] == "an@school.example" and stored["Lê Hoàng Cường"] is None
+    r = await api.post(f"/api/v1/classes/{klass['id']}/links", json={})
+    assert r.status == 200, await r.text()
+    return klass, (await r.json())["links"]
+
+
+async def test_meet_class_link_through_the_gate_and_intruders(
+        tmp_path: Any, redis_url: str, redis_prefix: str, meet: FakeMeet) -> None:
+    from tests.gateway.helpers import audit_events, open_link, running_gateway
+
+    from .gateway_flow import alerts, enter
+
+    meet.directory.update({"222": "binh@school.example", "333": "cuong@school.example"})
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=["127.0.0.1/32"]) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        klass, links = await gateway_class(gw, api, meet)
+        cid = klass["id"]
+        assert klass["platform"]["capabilities"] == ["end", "presence"]
+        assert KEY["private_key"][40:80] not in json.dumps(klass)
+        (space,) = meet.spaces.values()
+        assert space["config"] == {"accessType": "RESTRICTED", "entryPointAccess": "ALL"}
+        # the class page warns that any entry point may be used (no Meet SDK app)
+        page = await api.get(f"/classes/{cid}", headers={"Accept-Language": "en"})
+        assert "meet.google.com" in await page.text()
+
+        by_name = {link["name"]: link for link in links}
+        # An is admitted through the gate: /go hands out the real link
+        _, go = await enter(gw, api, cid, by_name["Nguyễn Văn An"])
+        assert go.status == 302 and go.headers["Location"] == space["meetingUri"]
+        # the link is a one-time step: used again, it gives nothing
+        again = await gw.client().get(go.url.path, allow_redirects=False)
+        assert again.status in (403, 404) and space["meetingUri"] not in await again.text()
+        # Bình only waits: nothing she sees carries the meeting link
+        phone = gw.client()
+        status, body = await open_link(phone, by_name["Trần Thị Bình"])
+        assert status == 200 and body["status"] == "waiting"
+        assert space["meetingUri"] not in json.dumps(body)
+        assert "redirect" not in body
+
+        # the room: the organizer, An, and people the gate did not admit
+        conf = meet.start_conference(space["name"])
+        meet.join(conf, signed_in=("999", "Cô Lan"))
+        meet.join(conf, signed_in=("111", "Nguyễn Văn An"))
+        meet.join(conf, signed_in=("222", "Trần Thị Bình"))  # on the roster, not admitted
+        meet.join(conf, signed_in=("333", "Lê Hoàng Cường"))  # no school account on file
+        meet.join(conf, anonymous="Nguyễn Văn An")  # a name proves nothing
+        meet.join(conf, signed_in=("555", "Người ngoài"))  # outside the directory
+        info = await gw.svc.store.get_class(cid)  # type: ignore[union-attr]
+        assert info is not None
+        intruders = await gw.svc.reconciler.reconcile(info)
+        assert intruders is not None
+        assert sorted(p.display_name for p in intruders) == sorted(
+            ["Trần Thị Bình", "Lê Hoàng Cường", "Nguyễn Văn An", "Người ngoài"])
+        assert [p.account for p in intruders if p.display_name == "Nguyễn Văn An"] == [None]
+        found = await alerts(api, cid, "intruder_in_room")
+        assert len(found) == 4 and {a["action"] for a in found} == {"flagged"}
+        it = gw.api(await gw.staff_user("it.hung", role="it"))
+        recorded = await audit_events(it, at_least=4,
+                                      **{"class": cid, "type": "presence.intruder"})
+        assert len(recorded) == 4
+        assert "@" not in json.dumps(found)  # accounts stay out of alerts
+
+        # end: the conference ends upstream
+        r = await api.post(f"/api/v1/classes/{cid}/actions", json={"action": "end"})
+        assert (await r.json())["upstream"] == "done"
+        assert conf.end is not None
+
+
+async def test_meet_down_fails_closed_at_the_gate(
+        tmp_path: Any, redis_url: str, redis_prefix: str, meet: FakeMeet) -> None:
+    from tests.gateway.helpers import running_gateway
+
+    from .gateway_flow import enter
+
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=["127.0.0.1/32"]) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        klass, links = await gateway_class(gw, api, meet, uses_meet_sdk=True)
+        (space,) = meet.spaces.values()
+        assert space["config"]["entryPointAccess"] == "CREATOR_APP_ONLY"
+        meet.fail_next = [(503, {})] * 10
+        _, go = await enter(gw, api, klass["id"], links[0])
+        assert go.status == 503
+        body = await go.json()
+        assert body["error"]["code"] == "platform_unreachable"
+        assert space["meetingUri"] not in json.dumps(body)
+        # an organizer the delegation does not cover gets no token: refused at creation
+        meet.fail_next = []
+        from .gateway_flow import class_with
+
+        r = await api.post("/api/v1/classes", json=class_with(settings(
+            meet, organizer="hieutruong@school.example")))
+        assert r.status == 502 and (await r.json())["error"]["code"] == "platform_refused"
