@@ -341,6 +341,11 @@ async def test_meet_class_link_through_the_gate_and_intruders(
         # the class page warns that any entry point may be used (no Meet SDK app)
         page = await api.get(f"/classes/{cid}", headers={"Accept-Language": "en"})
         assert "meet.google.com" in await page.text()
+        # the class form has the Meet fields
+        form = await (await api.get("/classes/new", headers={"Accept-Language": "vi"})).text()
+        assert '<textarea id="pf-google_meet-service_account_key"' in form
+        assert 'name="platform.uses_meet_sdk" data-field="platform.uses_meet_sdk" ' \
+            'type="checkbox"' in form
 
         by_name = {link["name"]: link for link in links}
         # An is admitted through the gate: /go hands out the real link
@@ -397,6 +402,8 @@ async def test_meet_down_fails_closed_at_the_gate(
         klass, links = await gateway_class(gw, api, meet, uses_meet_sdk=True)
         (space,) = meet.spaces.values()
         assert space["config"]["entryPointAccess"] == "CREATOR_APP_ONLY"
+        page = await api.get(f"/classes/{klass['id']}", headers={"Accept-Language": "en"})
+        assert page.status == 200 and "meet.google.com" not in await page.text()
         meet.fail_next = [(503, {})] * 10
         _, go = await enter(gw, api, klass["id"], links[0])
         assert go.status == 503
