@@ -4,7 +4,9 @@ One process at a time does the polling, chosen by a Redis lease (``SET NX PX``, 
 with a compare-and-extend script; any process takes over when the holder stops). Every
 ``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
 over yet and whose platform has PRESENCE, lists the upstream participants and compares
-them with ``ClassStore.admitted``. Anyone else is an intruder: an ``intruder_in_room``
+them with ``ClassStore.admitted`` (a platform that names signed-in accounts,
+``Present.account``, is matched by the roster's school e-mails; never by display name).
+Anyone else is an intruder: an ``intruder_in_room``
 alert reaches the control room and the audit log (once per person and class), and when the
 class policy says ``auto_remove_intruders`` and the platform can remove people, they are
 removed. Platform webhooks (``routes/platform_hooks.py``) feed the same

@@ -51,6 +51,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import random
 import secrets
 import time
@@ -111,6 +112,8 @@ _SECRETS: Final = ("service_account_key",)
 _MAX_KEY_CHARS: Final = 8192
 
 Sleep = Callable[[float], Awaitable[None]]
+
+log = logging.getLogger("classguard.platforms")
 
 
 def utc_now() -> datetime:
@@ -554,20 +557,24 @@ class MeetAdapter(AdapterBase):
                 return cached
         url = d["directory_url"] + "users/" + uid + "?" + urlencode(
             {"viewType": "domain_public", "projection": "basic"})
-        answer = await self._call(d, "GET", url, scopes=DIRECTORY_SCOPES)
         email: str | None = None
-        if answer.status == 200:
-            body = answer.json()
-            value = body.get("primaryEmail") if isinstance(body, dict) else None
-            email = value.lower() if isinstance(value, str) and "@" in value else None
-        elif answer.status in (401, 403):
-            # NOTE: the directory scope is not granted (or not for this account): the
-            # participant stays unknown and is reported; Meet itself still works.
-            _log_once(f"directory look-ups refused ({answer.status} "
-                      f"{google_error(answer)[0]}): signed-in participants stay unknown")
-            return None
-        elif answer.status != 404:
-            _ok(answer, "directory look-up")
+        try:
+            answer = await self._call(d, "GET", url, scopes=DIRECTORY_SCOPES)
+            if answer.status == 200:
+                body = answer.json()
+                value = body.get("primaryEmail") if isinstance(body, dict) else None
+                email = value.lower() if isinstance(value, str) and "@" in value else None
+            elif answer.status != 404:  # 404: an account outside the school's directory
+                _ok(answer, "directory look-up")
+        except AdapterError as exc:
+            if exc.code != "google_meet_forbidden":
+                raise
+            # NOTE: the directory scope is not granted (or the organizer may not see the
+            # directory): the participant stays unknown and is reported as an intruder;
+            # Meet itself still works. Remembered like an answer, so it is not asked
+            # again at every sweep.
+            _log_once(f"directory look-ups refused ({exc.detail}): signed-in "
+                      "participants stay unknown")
         if self._pool is not None:
             self._pool.directory_put(d, uid, email, now)
         return email
@@ -597,8 +604,6 @@ _logged: set[str] = set()
 
 
 def _log_once(message: str) -> None:
-    import logging
-
-    if message not in _logged:
+    if message not in _logged and len(_logged) < 100:
         _logged.add(message)
-        logging.getLogger("classguard.platforms").warning("google_meet: %s", message)
+        log.warning("google_meet: %s", message)

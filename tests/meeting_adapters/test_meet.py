@@ -111,6 +111,20 @@ def test_parse_participant() -> None:
     assert parse_participant({"signedinUser": {}}) is None
 
 
+def test_accounts_identify_students_names_do_not() -> None:
+    from gateway.presence import find_intruders, identify_accounts
+    from meeting_adapters import Present
+
+    people = [Present("p1", "An", None, None, account="an@school.example"),
+              Present("p2", "Bình", None, None),  # a name alone
+              Present("p3", "Cường", None, None, account="AN@school.example")]
+    ids = identify_accounts(people, {"an@school.example": "sA", "binh@school.example": "sB"})
+    assert ids == {"p1": "sA", "p3": "sA"}
+    # the same account twice: both match the roster line (Meet lists one row per
+    # participant; a second device of an admitted student is not a stranger)
+    assert [p.upstream_id for p in find_intruders(people, ["sA", "sB"], ids)] == ["p2"]
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
@@ -225,10 +239,16 @@ async def test_directory_not_granted_leaves_participants_unknown(meet: FakeMeet)
     async with guarded_session(LOCAL_PLATFORMS) as http:
         adapter = MeetAdapter(http_session=http, pool=MeetPool())
         room = await adapter.provision(RoomSpec("c1", "Toán", settings(meet)))
-        meet.join(meet.start_conference(room.upstream_id), signed_in=("111", "An"))
-        with pytest.raises(AdapterError) as info:  # the token itself is refused
-            await adapter.participants(room)
-        assert info.value.code == "google_meet_forbidden"
+        conf = meet.start_conference(room.upstream_id)
+        meet.join(conf, signed_in=("111", "An"))
+        meet.join(conf, anonymous="Khách")
+        # the directory token itself is refused: Meet still answers, nobody is named
+        present = await adapter.participants(room)
+        assert [(p.display_name, p.account) for p in present] == [("An", None),
+                                                                  ("Khách", None)]
+        asked = meet.token_requests
+        await adapter.participants(room)  # the refusal is remembered
+        assert meet.token_requests == asked
 
 
 async def test_token_refresh_on_expiry_and_on_401(meet: FakeMeet) -> None:
