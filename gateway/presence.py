@@ -4,7 +4,9 @@ One process at a time does the polling, chosen by a Redis lease (``SET NX PX``, 
 with a compare-and-extend script; any process takes over when the holder stops). Every
 ``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
 over yet and whose platform has PRESENCE, lists the upstream participants and compares
-them with ``ClassStore.admitted``. Anyone else is an intruder: an ``intruder_in_room``
+them with ``ClassStore.admitted`` (a platform that names signed-in accounts,
+``Present.account``, is matched by the roster's school e-mails; never by display name).
+Anyone else is an intruder: an ``intruder_in_room``
 alert reaches the control room and the audit log (once per person and class), and when the
 class policy says ``auto_remove_intruders`` and the platform can remove people, they are
 removed. Platform webhooks (``routes/platform_hooks.py``) feed the same
@@ -88,6 +90,15 @@ def has_feature(kind: str, feature: Feature) -> bool:
 
 def who_is_it(p: Present, identify: Mapping[str, str]) -> str | None:
     return p.student_id or identify.get(p.upstream_id)
+
+
+def identify_accounts(present: Iterable[Present],
+                      accounts: Mapping[str, str]) -> dict[str, str]:
+    """Upstream id -> student id for people signed in with a roster student's school
+    account (``accounts``: e-mail in lower case -> student id). Names are never matched:
+    anyone can type a classmate's name."""
+    return {p.upstream_id: accounts[p.account.lower()] for p in present
+            if p.student_id is None and p.account and p.account.lower() in accounts}
 
 
 def find_intruders(present: Iterable[Present], admitted: Iterable[str],
@@ -344,6 +355,10 @@ class Reconciler:
         if Feature.IDENTIFY in adapter.features:
             roster = [s.id for s in await svc.store.roster(info.id)]
             identify = adapter.identify(room, roster)
+        if any(p.account for p in present):
+            # the platform names signed-in accounts: the roster's school e-mails say whose
+            accounts = {s.email: s.id for s in await svc.store.roster(info.id) if s.email}
+            identify = {**identify, **identify_accounts(present, accounts)}
         # Single-use credentials: once an admitted student is seen inside, their token goes.
         seen_ok = [p.upstream_id for p in present if who_is_it(p, identify) in set(admitted)]
         if seen_ok and Feature.CONSUME in adapter.features:

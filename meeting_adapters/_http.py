@@ -184,6 +184,9 @@ class HttpAnswer:
     content_type: str
     # the answer's headers (case-insensitive names folded to lower case)
     headers: Mapping[str, str] = field(default_factory=dict)
+    # the answer's Retry-After header (seconds or an HTTP date), for platforms whose
+    # documents say to honour it
+    retry_after: str | None = None
 
     def json(self) -> Any:
         try:
@@ -214,6 +217,8 @@ async def fetch(
     NOTE: the URL may carry a checksum or token; it is never put into an error or a log.
     NOTE: every failure gives the same message to callers (the detail goes to the log
     only), so answers cannot tell an open port from a closed one or a denied address.
+    ``server_errors=True`` returns 5xx answers instead (for a caller that retries them
+    as its platform documents); it still raises on everything else above.
     """
     import aiohttp
     import yarl
@@ -232,7 +237,8 @@ async def fetch(
         ) as resp:
             text = await resp.text() if resp.status < 300 or resp.status >= 400 else ""
             answer = HttpAnswer(resp.status, text, resp.content_type,
-                                {k.lower(): v for k, v in resp.headers.items()})
+                                {k.lower(): v for k, v in resp.headers.items()},
+                                resp.headers.get("Retry-After"))
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, EgressRefused):

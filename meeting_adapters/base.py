@@ -240,6 +240,9 @@ class Present:
     display_name: str
     student_id: str | None  # None: the platform cannot tell us who this is (intruder?)
     joined_at: datetime | None  # aware UTC when the platform reports it
+    # The school account (e-mail, lower case) the platform says this person is signed in
+    # with, when it says so: the gateway matches it against the roster's school accounts.
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

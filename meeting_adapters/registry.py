@@ -27,6 +27,7 @@ from .egress import EgressPolicy
 from .generic import GenericAdapter, utc_now
 from .janus import JanusAdapter
 from .jitsi import JitsiAdapter
+from .meet import MeetAdapter
 from .teams import TeamsAdapter
 from .zoom import ZoomAdapter
 
@@ -86,6 +87,7 @@ _ADAPTERS: dict[str, AdapterClass] = {
     BigBlueButtonAdapter.kind: BigBlueButtonAdapter,
     JitsiAdapter.kind: JitsiAdapter,
     ZoomAdapter.kind: ZoomAdapter,
+    MeetAdapter.kind: MeetAdapter,
     TeamsAdapter.kind: TeamsAdapter,
 }
 ADAPTERS: Final[Mapping[str, AdapterClass]] = MappingProxyType(_ADAPTERS)

@@ -211,7 +211,7 @@ async def put_roster(request: web.Request) -> web.Response:
             facts={"students": len(parsed.students),
                    "rejected": len(parsed.rejected)}) as out:
         students, removed = await svc.store.replace_roster(
-            info.id, [(s.name, s.external_id) for s in parsed.students]
+            info.id, [(s.name, s.external_id, s.email) for s in parsed.students]
         )
         out.facts.update(students=len(students), removed=len(removed))
     return web.json_response({

@@ -10,6 +10,8 @@ the pages: it parses an upload exactly like ``PUT .../roster`` and saves nothing
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -22,12 +24,13 @@ from meeting_adapters import ADAPTERS, Capability, capability_matrix
 from policies import PRESETS, load_policy, weakened_checks
 
 from .. import i18n
-from ..app import services
+from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
 from ..errors import ApiError
-from ..hostctl import class_target
+from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
+from ..state import ClassInfo
 from .classes import current_links, load_class
 from .pages import DEFAULT_TZ, page_response, staff_page
 
@@ -66,11 +69,34 @@ _PLATFORM_FIELDS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
         ("client_secret", "password", True, "", False),
         ("organizer_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
     ],
+    "google_meet": [
+        ("service_account_key", "textarea", True, '{"type": "service_account", ...}', False),
+        ("organizer", "email", True, "teacher@school.edu.vn", False),
+        ("uses_meet_sdk", "checkbox", False, "", False),
+    ],
 }
+# What the class page warns about a class's own platform settings (catalogue keys).
+_PLATFORM_WARNINGS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "google_meet": lambda s: [] if s.get("uses_meet_sdk") else [
+        "platform.google_meet.warn_all_entry_points"],
+}
+log = logging.getLogger("classguard.pages")
+
+
+def platform_warnings(svc: Services, info: ClassInfo) -> list[str]:
+    """Catalogue keys of warnings about the class's platform settings."""
+    rule = _PLATFORM_WARNINGS.get(info.platform_kind)
+    if rule is None:
+        return []
+    try:
+        return rule(HostControls(svc).sealed_platform(info)["settings"])
+    except Exception as exc:  # noqa: BLE001 - never break the page over a warning
+        log.warning("class %s: platform settings unreadable: %r", info.id, exc)
+        return []
 ALL_CAPS = [c.value for c in Capability]
 REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "missing_name",
                 "blank_line",
-                "duplicate", "invalid_item", "unknown_field", "duplicate_field")
+                "duplicate", "invalid_item", "unknown_field", "duplicate_field", "invalid_email")
 CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "unlocked",
                 "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",
                 "undone", "confirm_end", "in_class_since", "by_policy", "by_host", "bans_none",
@@ -151,6 +177,7 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         presets=list(PRESETS), known_presets={f"preset.{k}" for k in PRESETS},
         policy_lines=policy_lines(lang, info.policy), weakened=weakened,
         can_host=allows(p, Action.HOST_CLASS, target),
+        platform_warnings=platform_warnings(svc, info),
     )
 
 
@@ -182,7 +209,8 @@ async def roster_preview(request: web.Request) -> web.Response:
     except RosterError as exc:
         raise ApiError(http_status(exc.code), f"roster_{exc.code}", exc.message) from exc
     return web.json_response({
-        "students": [{"line": s.line, "name": s.name, "external_id": s.external_id}
+        "students": [{"line": s.line, "name": s.name, "external_id": s.external_id,
+                      "email": s.email}
                      for s in parsed.students],
         "rejected": [{"line": r.line, "error": r.code, "message": r.message}
                      for r in parsed.rejected],

@@ -89,7 +89,7 @@ def test_validate_platform_ok() -> None:
 
 def test_unknown_kind_message_lists_available() -> None:
     with pytest.raises(InvalidSettings, match="available: .*generic") as info:
-        validate_platform({"kind": "google_meet"})
+        validate_platform({"kind": "webex"})
     assert "janus" in info.value.message
 
 
