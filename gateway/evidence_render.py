@@ -64,7 +64,7 @@ def _styles() -> dict[str, ParagraphStyle]:
         "h1": ParagraphStyle("h1", base, fontName=FONT_BOLD, fontSize=15, leading=19,
                              spaceAfter=3 * mm),
         "h2": ParagraphStyle("h2", base, fontName=FONT_BOLD, fontSize=11, leading=14,
-                             spaceBefore=4 * mm, spaceAfter=1.5 * mm),
+                             spaceBefore=4 * mm, spaceAfter=1.5 * mm, keepWithNext=1),
         "body": ParagraphStyle("body", base, spaceAfter=1.5 * mm),
         "fact_key": ParagraphStyle("fact_key", base, fontName=FONT_BOLD, fontSize=9),
         "fact": ParagraphStyle("fact", base, fontSize=9),
@@ -77,6 +77,25 @@ def _styles() -> dict[str, ParagraphStyle]:
 def _text(value: Any) -> str:
     """Paragraph markup of plain text: escaped, line breaks kept."""
     return escape(str(value)).replace("\n", "<br/>")
+
+
+class _Cell(Paragraph):  # type: ignore[misc]  # ReportLab ships no type hints
+    """A table cell's paragraph that remembers its layout for a given width.
+
+    NOTE: a table that flows over pages is measured again for each page it is split
+    across, so every remaining cell would be broken into lines again: a 1,000-row
+    timeline took several seconds that way. A cell never splits, so its lines for one
+    width stay valid.
+    """
+
+    _laid_out_for: float | None = None
+
+    def wrap(self, avail_width: float, avail_height: float) -> tuple[float, float]:
+        # (a paragraph's lines depend on the width only)
+        if self._laid_out_for != avail_width:
+            super().wrap(avail_width, avail_height)
+            self._laid_out_for = avail_width
+        return self.width, self.height
 
 
 class _NumberedCanvas(Canvas):  # type: ignore[misc]  # ReportLab ships no type hints
@@ -111,7 +130,7 @@ def render_pdf(m: ReportModel) -> bytes:
     t = m.t
     page = landscape(A4)
     margin = 10 * mm
-    width = page[0] - 2 * margin
+    width = page[0] - 2 * margin - 12  # the page's frame pads 6 pt on each side
     story: list[Flowable] = []
 
     def h1(text: str) -> None:
@@ -123,19 +142,33 @@ def render_pdf(m: ReportModel) -> bytes:
     def para(text: str, style: str = "body") -> None:
         story.append(Paragraph(_text(text), st[style]))
 
+    pad = 2.2
+    cell_size, cell_leading = st["cell"].fontSize, st["cell"].leading
+
+    def fits(text: str, room: float) -> bool:
+        return "\n" not in text and pdfmetrics.stringWidth(text, FONT, cell_size) <= room
+
     def table(head: Sequence[str], rows: Sequence[Sequence[Any]],
               widths: Sequence[float]) -> None:
-        cell, bold = st["cell"], st["head"]
-        data: list[list[Any]] = [[Paragraph(_text(h), bold) for h in head]]
-        data += [[Paragraph(_text(c), cell) if c != "" else "" for c in row] for row in rows]
         scale = width / sum(widths)
-        tbl = LongTable(data, colWidths=[w * scale for w in widths], repeatRows=1)
+        cols = [w * scale for w in widths]
+        rooms = [c - 2 * pad for c in cols]
+        bold = st["head"]
+        data: list[list[Any]] = [[_Cell(_text(h), bold) for h in head]]
+        for row in rows:
+            # NOTE: text that fits on one line is drawn as a plain string, the rest as a
+            # paragraph that wraps: a paragraph costs far more to lay out and draw.
+            texts = [str(c) for c in row]
+            data.append([x if fits(x, room) else _Cell(_text(x), st["cell"])
+                         for x, room in zip(texts, rooms, strict=True)])
+        tbl = LongTable(data, colWidths=cols, repeatRows=1)
         tbl.setStyle(TableStyle([
             ("GRID", (0, 0), (-1, -1), 0.4, colors.Color(0.63, 0.63, 0.63)),
             ("BACKGROUND", (0, 0), (-1, 0), colors.Color(0.88, 0.88, 0.88)),
             ("VALIGN", (0, 0), (-1, -1), "TOP"),
-            ("LEFTPADDING", (0, 0), (-1, -1), 2.2),
-            ("RIGHTPADDING", (0, 0), (-1, -1), 2.2),
+            ("FONT", (0, 1), (-1, -1), FONT, cell_size, cell_leading),
+            ("LEFTPADDING", (0, 0), (-1, -1), pad),
+            ("RIGHTPADDING", (0, 0), (-1, -1), pad),
             ("TOPPADDING", (0, 0), (-1, -1), 1.6),
             ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
         ]))
