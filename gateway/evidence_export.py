@@ -37,13 +37,11 @@ from .evidence_gather import (
     class_context,
     facts_of,
     gather,
-    is_custody,
     proofs_for,
-    wait_outbox_drained,
     wait_sequenced,
 )
 from .evidence_render import render_html, render_pdf
-from .evidence_report import AttachmentRow, ReportModel, build_report, revision_rows
+from .evidence_report import AttachmentRow, ReportModel, build_report
 from .incidents import Incident, IncidentError, IncidentStore, Revision
 
 __all__ = [
@@ -51,12 +49,8 @@ __all__ = [
     "cli_exporter",
     "custody_json",
     "export_incident",
-    "is_custody",
-    "revision_rows",
     "tool_version",
     "verify_txt",
-    "wait_outbox_drained",
-    "wait_sequenced",
 ]
 
 

@@ -24,6 +24,7 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Flowable,
+    KeepTogether,
     LongTable,
     Paragraph,
     SimpleDocTemplate,
@@ -66,6 +67,8 @@ def _styles() -> dict[str, ParagraphStyle]:
         "h2": ParagraphStyle("h2", base, fontName=FONT_BOLD, fontSize=11, leading=14,
                              spaceBefore=4 * mm, spaceAfter=1.5 * mm, keepWithNext=1),
         "body": ParagraphStyle("body", base, spaceAfter=1.5 * mm),
+        # a note that introduces the table below it: never left alone at a page's foot
+        "lead": ParagraphStyle("lead", base, spaceAfter=1.5 * mm, keepWithNext=1),
         "fact_key": ParagraphStyle("fact_key", base, fontName=FONT_BOLD, fontSize=9),
         "fact": ParagraphStyle("fact", base, fontSize=9),
         "small": ParagraphStyle("small", base, fontSize=7.5, leading=9.5),
@@ -173,6 +176,7 @@ def render_pdf(m: ReportModel) -> bytes:
             ("BOTTOMPADDING", (0, 0), (-1, -1), 2.2),
         ]))
         story.append(tbl)
+        story.append(Spacer(1, 1.5 * mm))
 
     local = f"{t('evidence.col_time')} ({m.tz_label})"
     h1(f"{t('evidence.report_title')}: {m.incident.title}")
@@ -202,7 +206,7 @@ def render_pdf(m: ReportModel) -> bytes:
         para(m.incident.description)
 
     h2(t("evidence.history"))
-    para(t("evidence.history_note"))
+    para(t("evidence.history_note"), "lead")
     table([t("evidence.col_revision"), local, "UTC", t("evidence.col_by"),
            t("evidence.col_field"), t("evidence.col_old"), t("evidence.col_new"),
            t("evidence.col_reason")],
@@ -234,7 +238,7 @@ def render_pdf(m: ReportModel) -> bytes:
         para(t("evidence.none"))
 
     h2(t("evidence.timeline") + f" ({len(m.timeline)})")
-    para(t("evidence.timeline_note"))
+    para(t("evidence.timeline_note"), "lead")
     table([t("evidence.col_index"), local, "UTC", t("evidence.col_event"),
            t("evidence.col_person"), t("evidence.col_reason"), t("evidence.col_ip"),
            t("evidence.col_device"), t("evidence.col_detail")],
@@ -261,10 +265,14 @@ def render_pdf(m: ReportModel) -> bytes:
               m.exporter, t("evidence.this_export")]],
           (40, 40, 60, 60, 77))
 
-    h2(t("evidence.how_to_verify"))
-    para(t("evidence.how_to_verify_text", size=m.checkpoint_size, origin=m.origin))
-    para(f"{t('evidence.verifier_key')}: {m.verifier_key}\n"
-         f"{t('evidence.fingerprint')}: {m.fingerprint}", "small")
+    # how to verify, with the key, on one page
+    story.append(KeepTogether([
+        Paragraph(_text(t("evidence.how_to_verify")), st["h2"]),
+        Paragraph(_text(t("evidence.how_to_verify_text", size=m.checkpoint_size,
+                          origin=m.origin)), st["body"]),
+        Paragraph(_text(f"{t('evidence.verifier_key')}: {m.verifier_key}\n"
+                        f"{t('evidence.fingerprint')}: {m.fingerprint}"), st["small"]),
+    ]))
 
     buf = io.BytesIO()
     doc = SimpleDocTemplate(

@@ -27,8 +27,8 @@ from policies.schedule import current_window_utc
 
 from ..app import Services, services
 from ..auth import Principal
-from ..evidence_export import is_custody, revision_rows, wait_outbox_drained
-from ..evidence_report import zone_of
+from ..evidence_gather import is_custody, wait_outbox_drained
+from ..evidence_report import revision_rows, zone_of
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..state import ClassInfo, Student, valid_class_id
 from .incidents import (
