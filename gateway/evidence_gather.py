@@ -40,6 +40,8 @@ from .incidents import Incident, IncidentError
 
 ALERT_TYPES = ("presence.",)
 PROOF_CONCURRENCY = 32
+#: How many of an involved student's joins before the window tell their own devices.
+EARLIER_JOINS = 50
 #: Join decisions that leave the device bound to the link (or would, with binding on).
 _ENTERED = frozenset({"admit", "wait"})
 
@@ -274,8 +276,22 @@ async def gather(svc: Services, inc: Incident, size: int) -> Gathered:
             if got is not None and got.record.get("class") == inc.class_id:
                 records[idx] = got.record
     personal = await _personal_many(svc, sorted(records))
-    owners = own_devices((records[i], personal[i][0] if i in personal else None)
-                         for i in sorted(records))
+    # NOTE: an involved student's device may have been bound before the window opened
+    # (they joined at 7:55, the window starts at 8:00): their latest joins before it say
+    # which device is theirs. These records only inform; they do not go in the bundle.
+    earlier: dict[int, Mapping[str, Any]] = {}
+    for sid in sorted(involved):
+        for ev in await _query_all(log, AuditQuery(class_id=inc.class_id, type="join",
+                                                   student=sid, until_ms=inc.since_ms),
+                                   limit=EARLIER_JOINS):
+            if ev.index < size and ev.index not in records:
+                earlier[ev.index] = ev.record
+    earlier_personal = await _personal_many(svc, sorted(earlier))
+    seen = {**earlier, **records}
+    owners = own_devices(
+        (seen[i], personal[i][0] if i in personal
+         else earlier_personal[i][0] if i in earlier_personal else None)
+        for i in sorted(seen))
     listed = {v.device for v in inc.visitors if v.device}  # the reporter named them
     out = Gathered()
     for dev, sid in owners.items():

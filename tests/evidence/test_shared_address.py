@@ -8,6 +8,7 @@ incident with An and Cường involved and the school's address as the visitor's
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import zipfile
@@ -141,3 +142,65 @@ async def test_students_sharing_the_strangers_address_are_not_strangers(
     assert by_device[stranger_dev] == {f"{t('evidence.col_visitor')} 1 → {an['name']}"}
     # Bình shares the address but is not involved: nothing of hers is in the bundle
     assert binh["name"] not in html and binh["student_id"] not in bundle.decode("latin-1")
+
+
+async def test_a_students_device_bound_before_the_window_is_still_theirs(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis: Any) -> None:
+    """An joined before the reported window; in it, the teacher removes him, he opens his
+    link again from his own phone and is refused, and a stranger tries it on another."""
+    async with running_gateway(tmp_path, redis_url, redis_prefix, **OVERRIDES) as gw:
+        assert gw.svc.staff is not None
+        await gw.svc.staff.ensure_org("thpt-nguyen-du", name="Trường THPT Nguyễn Du")
+        teacher = gw.api(await gw.staff_user("co.lan", "teacher", "thpt-nguyen-du"))
+        admin = gw.api(await gw.staff_user("thay.hieu", "admin", "thpt-nguyen-du"))
+        cid, links = await make_class(gw, teacher, roster=ROSTER)
+        an = next(x for x in links if x["name"] == ROSTER[0]["name"])
+        control = await teacher.ws_connect(f"/api/v1/classes/{cid}/control")
+        await next_message(control, type_="state")
+        phone = gw.client(headers={"X-Forwarded-For": IP_SCHOOL})
+        _, body = await open_link(phone, an)
+        assert body["status"] == "waiting", body
+        await control.send_json({"action": "admit_all"})
+        await next_message(control, type_="result")
+        await asyncio.sleep(0.05)
+        since = datetime.now(UTC)
+        await asyncio.sleep(0.05)
+        await control.send_json({"action": "remove", "student_id": an["student_id"],
+                                 "reason": "mất trật tự"})
+        await next_message(control, type_="result")
+        _, body = await open_link(phone, an)
+        assert body["status"] == "denied", body
+        stranger = gw.client(headers={"X-Forwarded-For": IP_SCHOOL})
+        _, body = await open_link(stranger, an)
+        assert body["status"] == "denied", body
+        await control.close()
+        r = await teacher.post("/api/v1/incidents", json={
+            "class_id": cid, "title": "Người lạ vào lớp", "description": "",
+            "since": since.isoformat(),
+            "until": (datetime.now(UTC) + timedelta(minutes=1)).isoformat(),
+            "student_ids": [an["student_id"]], "visitors": [{"ip": IP_SCHOOL}],
+        })
+        assert r.status == 201, await r.text()
+        iid = (await r.json())["id"]
+        r = await admin.get(f"/api/v1/incidents/{iid}/evidence.zip?lang=vi")
+        assert r.status == 200, await r.text()
+        bundle = await r.read()
+
+    with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
+        html = zf.read("report.html").decode()
+        events = [json.loads(x) for x in zf.read("events.jsonl").decode().splitlines()]
+    joins = [e for e in events if e["record"]["type"] == "join"]
+    # only the two refused joins of the window are in the bundle, not the admission
+    assert len(joins) == 2 and all(e["record"]["facts"]["action"] == "deny" for e in joins)
+    own, other = joins if joins[0]["record"]["reason"] != "device_mismatch" else joins[::-1]
+    own_dev, other_dev = own["personal"]["device"][:12], other["personal"]["device"][:12]
+    assert own_dev != other_dev
+
+    def t(key: str) -> str:
+        return i18n.t("vi", key)
+
+    (student,) = _table(html, t("evidence.col_name"))
+    assert student[t("evidence.col_devices")] == own_dev
+    assert student[t("evidence.col_ips")] == IP_SCHOOL
+    (visitor,) = _table(html, t("evidence.col_visitor"))
+    assert visitor[t("evidence.col_devices")] == other_dev
