@@ -536,6 +536,16 @@ def _settle_heap() -> None:
 def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     from .workers import WorkersError, parse_workers
 
+    warning = None
+    if demo:
+        from .demo import demo_settings
+
+        try:
+            settings, warning = demo_settings(settings)
+        except ConfigError as exc:
+            sys.stderr.write(f"classguard: error: {exc}\n")
+            return 2
+
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # fontTools (under fpdf2) narrates every font subset at INFO: noise to an operator.
@@ -547,7 +557,7 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     if args.worker is not None:
         # One worker of a supervised group: the port is shared, the sequencer is not ours.
         return _serve_one(settings, demo=demo and args.worker == 0, demo_routes=demo,
-                          worker=args.worker)
+                          worker=args.worker, warning=warning)
     try:
         n = parse_workers(args.workers if args.workers is not None
                           else os.environ.get("CLASSGUARD_WORKERS"))
@@ -555,7 +565,8 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
         sys.stderr.write(f"classguard: error: {exc}\n")
         return 2
     if n == 1:
-        return _serve_one(settings, demo=demo, demo_routes=demo, worker=None)
+        return _serve_one(settings, demo=demo, demo_routes=demo, worker=None,
+                          warning=warning)
     return _supervise(args, settings, n, demo=demo)
 
 
@@ -580,7 +591,8 @@ def _supervise(args: argparse.Namespace, settings: Settings, n: int, *, demo: bo
     return asyncio.run(sup.run())
 
 
-def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int | None) -> int:
+def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int | None,
+               warning: str | None = None) -> int:
     from aiohttp import web
 
     from . import i18n
@@ -592,7 +604,7 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
     if demo_routes:
         from .demo import add_demo
 
-        add_demo(app, setup=demo)
+        add_demo(app, setup=demo, warning=warning)
 
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -619,6 +631,12 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
         # be opened at once, and a connection made meanwhile waits in the kernel's
         # backlog for the one collection below instead of being refused.
         _settle_heap()
+        if demo_routes:
+            from .demo import announcement
+
+            text = announcement(app)  # sign-in and links: only now that they work
+            if text is not None:
+                print(text, flush=True)
         if worker is None:
             print(f"ClassGuard listening on {settings.public_url}", flush=True)
         else:
