@@ -44,3 +44,21 @@ def test_help_names_the_data_folder_and_what_tail_does() -> None:
     tail = subprocess.run([sys.executable, "-m", "gateway.cli", "audit", "tail", "--help"],
                           capture_output=True, text=True, timeout=60, check=True).stdout
     assert "until interrupted" in " ".join(tail.split())
+
+
+def test_readme_lists_the_test_programs_and_installs_no_unpublished_name() -> None:
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    run = (repo / ".ci" / "run").read_text()
+    line = next(ln for ln in run.splitlines() if ln.startswith("APT_PACKAGES="))
+    packages = line.split('"')[1].split()
+    readme = (repo / "README.md").read_text()
+    assert all(f"`{p}`" in readme for p in packages), packages
+    assert "## One-server HTTPS" in readme and "--tls-cert" in readme
+    # the project is not on PyPI: the guides install the checkout or a built wheel
+    for doc in (repo / "docs" / "operations.md",
+                repo / "deploy" / "systemd" / "classguard.service", repo / "README.md"):
+        text = doc.read_text()
+        assert "pip install classguard" not in text, doc
+    assert "pip install ." in (repo / "docs" / "operations.md").read_text()
