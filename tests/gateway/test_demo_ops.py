@@ -284,3 +284,39 @@ def test_sigkill_takes_every_child_along(tmp_path: Path, demos: list[Demo],
     demo.proc.wait()
     assert not _gone_within(list(family), 15), {
         p: family[p] for p in family if _alive(p)}
+
+
+def test_demo_settings_allow_plain_http_only_on_a_private_address(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The demo's code path itself: which public URLs relax https, and what they relax."""
+    from gateway.config import ConfigError, load_settings
+    from gateway.demo import demo_settings
+    from meeting_adapters import InvalidSettings, generic, validate_platform
+
+    monkeypatch.setattr(generic, "_plain_http_addresses", set())
+
+    def settings(url: str) -> Any:
+        return load_settings({"data_dir": str(tmp_path), "public_url": url}, {}, None)
+
+    meeting = {"kind": "generic", "url": f"http://{LAN_IP}:8080/demo/meeting"}
+    with pytest.raises(InvalidSettings, match="https"):
+        validate_platform(meeting)  # `serve`: never
+    for url in ("https://lop.example.edu.vn", "http://127.0.0.1:8080", "http://localhost:80"):
+        s, warning = demo_settings(settings(url))
+        assert warning is None and s.cookie_secure
+    for url in ("http://8.8.8.8:8080", "http://100.64.0.1", "http://school.example.org",
+                "http://lan-pc.local:8080"):
+        with pytest.raises(ConfigError, match="private network address"):
+            demo_settings(settings(url))
+    with pytest.raises(InvalidSettings):
+        validate_platform(meeting)  # nothing was relaxed by a refused URL
+    for address in (LAN_IP, "192.168.1.20", "172.16.5.4", "169.254.3.3", "[fd00::5]"):
+        s, warning = demo_settings(settings(f"http://{address}:8080"))
+        assert not s.cookie_secure
+        assert warning == t("vi", "demo.plain_http_warning", url=s.public_url)
+    assert validate_platform(meeting)["url"] == meeting["url"]
+    # only the addresses the demo named: another private address still needs https
+    with pytest.raises(InvalidSettings):
+        validate_platform({"kind": "generic", "url": "http://10.0.0.99/m"})
+    with pytest.raises(ValueError, match="private"):
+        generic.allow_plain_http("8.8.8.8")
