@@ -757,7 +757,13 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
 
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await runner.setup()
+        try:
+            await runner.setup()
+        except BaseException:
+            # Set-up failed half way: stop what it started (the demo's Janus, the
+            # embedded Redis) before the error ends the process.
+            await runner.cleanup()
+            raise
         # NOTE: `serve` may face phones directly (no proxy): slow-loris guard and a
         # per-address connection cap (gateway.conn_guard).
         metrics = app[SERVICES].metrics

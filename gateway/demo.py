@@ -9,6 +9,7 @@ import html
 import ipaddress
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -291,6 +292,17 @@ async def _setup_demo(app: web.Application) -> None:
 DEMO_WARNING: web.AppKey[str] = web.AppKey("demo_warning", str)
 
 
+async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Set the demo up after the app's own resources; stop its Janus before they close,
+    also when set-up fails half way (aiohttp runs no ``on_cleanup`` after a failed
+    start-up, but does finish the clean-up contexts that started)."""
+    try:
+        await _setup_demo(app)
+        yield
+    finally:
+        await _stop_janus(app)
+
+
 def add_demo(app: web.Application, *, setup: bool = True, warning: str | None = None) -> None:
     """The demo's pages; with ``setup``, also its school, class and Janus (one process
     of a group sets them up, every process serves the pages). ``warning`` is printed
@@ -309,5 +321,4 @@ def add_demo(app: web.Application, *, setup: bool = True, warning: str | None = 
     app.router.add_get("/demo/janus", _janus_page)
     app.router.add_get("/demo/janus/ws", _janus_ws_proxy)
     if setup:
-        app.on_startup.append(_setup_demo)
-        app.on_cleanup.append(_stop_janus)
+        app.cleanup_ctx.append(_demo_lifetime)

@@ -266,6 +266,25 @@ def test_restart_in_the_same_folder_keeps_one_demo_class(tmp_path: Path,
     assert ids[0] == ids[1]
 
 
+def test_demo_that_fails_during_set_up_leaves_no_janus(tmp_path: Path) -> None:
+    """Set-up fails after Janus started (a public URL whose path the meeting page's
+    template cannot take): the demo exits, Janus and Redis with it."""
+    from tests.conftest import require_program
+
+    require_program("janus")
+    port = free_port()
+    demo = start_demo(tmp_path / "data", tmp_path / "demo.log", "--port", str(port),
+                      "--public-url", f"http://127.0.0.1:{port}/x{{y}}", wait=False)
+    seen: dict[int, str] = {}
+    while demo.proc.poll() is None:
+        seen |= _descendants(demo.proc.pid)
+        time.sleep(0.05)
+    rc = demo.stop()
+    assert rc != 0 and "janus" in seen.values(), (seen, demo.text)
+    assert "password:" not in demo.text
+    assert not _gone_within(list(seen), 10), {p: seen[p] for p in seen if _alive(p)}
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigkill_takes_every_child_along(tmp_path: Path, demos: list[Demo],
                                          workers: str) -> None:
