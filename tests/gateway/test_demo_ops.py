@@ -27,8 +27,9 @@ from .test_cli_e2e import _alive, _make_teacher, free_port, start_serve, stop
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "gateway.cli"]
-# Not an address of this machine: the demo binds 127.0.0.1 and prints links to it, as a
-# laptop on a school Wi-Fi prints its 192.168.x address while listening on 0.0.0.0.
+# Not necessarily an address of this machine: the demo listens on 0.0.0.0 and prints
+# links to it, as a laptop on a school Wi-Fi prints its 192.168.x address; the test
+# reaches it on 127.0.0.1.
 LAN_IP = "10.11.12.13"
 
 
@@ -139,7 +140,8 @@ def test_phone_recipe_on_a_private_address(tmp_path: Path, demos: list[Demo]) ->
     to that address, plain-http meeting links, cookies without Secure, a loud warning."""
     port = free_port()
     public = f"http://{LAN_IP}:{port}"
-    demo = start_demo(tmp_path / "data", tmp_path / "demo.log", "--host", "127.0.0.1",
+    # the README's command, word for word but for the address and port
+    demo = start_demo(tmp_path / "data", tmp_path / "demo.log", "--host", "0.0.0.0",
                       "--port", str(port), "--public-url", public)
     demos.append(demo)
     text = demo.text
@@ -170,6 +172,13 @@ def test_phone_recipe_on_a_private_address(tmp_path: Path, demos: list[Demo]) ->
             # the meeting the class leads to is on the same private address
             page = await s.get(f"/classes/{cid}/control", headers={"Accept": "text/html"})
             assert page.status == 200
+        if "Meeting:         janus" in text:
+            # the phone reaches the demo's Janus through the gateway's own address
+            async with aiohttp.ClientSession() as s:
+                room = await s.get(f"{local}/demo/janus?room=1&id=2&token=t&name=x")
+                assert room.status == 200
+                csp = room.headers["Content-Security-Policy"]
+                assert f"ws://{LAN_IP}:{port}/demo/janus/ws" in csp, csp
 
     asyncio.run(check())
     assert demo.stop() == 0
