@@ -16,12 +16,16 @@ from typing import Any
 from aiohttp import web
 
 from meeting_adapters import validate_platform
-from policies.model import ClassId
+from meeting_adapters.janus import hook_credentials
+from policies.model import ClassId, Schedule
 
-from .app import SERVICES
-from .janus_runner import JanusProcess
+from . import i18n
+from .janus_runner import JanusConfig, JanusProcess, find_janus, free_port
 from .policy_io import resolve
 from .presence import watch_class
+from .routes.classes import issue_links, seal_platform
+from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+from .services import FOUNDATION, services, services_of
 from .state import new_id
 
 log = logging.getLogger("classguard.demo")
@@ -39,9 +43,7 @@ DEMO_STUDENTS = [
 
 
 async def _meeting_page(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
-    from . import i18n
-
+    svc = services(request)
     lang = i18n.request_lang(request, svc.settings.default_lang)
     html = svc.templates.get_template("demo_meeting.html").render(lang=lang)
     return web.Response(text=html, content_type="text/html")
@@ -60,15 +62,10 @@ DEMO_JANUS: web.AppKey[_DemoJanus] = web.AppKey("demo_janus", _DemoJanus)
 
 async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     """Start a loopback Janus when the ``janus`` program is installed; its settings."""
-    from meeting_adapters.janus import hook_credentials
-
-    from .janus_runner import JanusConfig, find_janus, free_port
-    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
-
     binary = find_janus()
     if binary is None:
         return None
-    svc = app[SERVICES]
+    svc = services_of(app)
     s = svc.settings
     secret = await asyncio.to_thread(load_or_create_hook_secret,
                                      janus_hook_secret_path(Path(s.data_dir)))
@@ -85,7 +82,7 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
         return None
     app[DEMO_JANUS].process = proc
     app[DEMO_JANUS].ws_url = cfg.ws_url
-    await svc.r.set(_janus_ws_key(s.redis_prefix), cfg.ws_url)
+    await svc.redis.set(_janus_ws_key(s.redis_prefix), cfg.ws_url)
     return validate_platform({
         "kind": "janus", "ws_url": cfg.ws_url, "admin_key": cfg.admin_key,
         "client_url": f"{base}/demo/janus?room={{room}}&id={{id}}&token={{token}}"
@@ -117,8 +114,8 @@ async def _janus_page(request: web.Request) -> web.Response:
     ws = request.app[DEMO_JANUS].ws_url
     if not ws:
         # Another worker of the group started the demo's Janus (worker 0 sets up).
-        svc = request.app[SERVICES]
-        ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
+        svc = services(request)
+        ws = await svc.redis.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
     if not ws:
         raise web.HTTPNotFound()
     resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
@@ -133,10 +130,7 @@ async def _janus_page(request: web.Request) -> web.Response:
 
 
 async def _setup_demo(app: web.Application) -> None:
-    from .routes.classes import issue_links, seal_platform
-
-    svc = app[SERVICES]
-    assert svc.staff is not None and svc.store is not None and svc.secretbox is not None
+    svc = services_of(app)
     s = svc.settings
     # The demo school lies under the deployment root (made here on a fresh data dir), as
     # every school does: its teacher and administrators get no deployment-wide rights.
@@ -158,7 +152,7 @@ async def _setup_demo(app: web.Application) -> None:
         class_id=cid, owner=DEMO_TEACHER, org=DEMO_ORG, title="Toán 10A1 (demo)",
         platform_kind=str(platform["kind"]),
         platform_sealed=await seal_platform(svc, cid, "Toán 10A1 (demo)", platform),
-        schedule=__import__("policies.model", fromlist=["Schedule"]).Schedule(
+        schedule=Schedule(
             starts_at=now - timedelta(minutes=5), ends_at=now + timedelta(hours=3),
             term_ends_at=now + timedelta(days=30)),
         # Stored resolved, every field explicit, as the API stores it: the class page
@@ -188,12 +182,12 @@ async def _setup_demo(app: web.Application) -> None:
 def add_demo(app: web.Application, *, setup: bool = True) -> None:
     """The demo's pages; with ``setup``, also its school, class and Janus (one process
     of a group sets them up, every process serves the pages)."""
-    svc = app[SERVICES]
+    found = app[FOUNDATION]
     # NOTE: the demo starts its own Janus on 127.0.0.1; that address alone joins the
     # platform allow list, and only in the demo (before start-up builds the HTTP session).
-    if "127.0.0.1/32" not in svc.settings.platform_allow_networks:
-        svc.settings = dataclasses.replace(svc.settings, platform_allow_networks=(
-            *svc.settings.platform_allow_networks, "127.0.0.1/32"))
+    if "127.0.0.1/32" not in found.settings.platform_allow_networks:
+        found.settings = dataclasses.replace(found.settings, platform_allow_networks=(
+            *found.settings.platform_allow_networks, "127.0.0.1/32"))
     app[DEMO_JANUS] = _DemoJanus()
     app.router.add_get("/demo/meeting", _meeting_page)
     app.router.add_get("/demo/janus", _janus_page)

@@ -49,8 +49,8 @@ from audit.records import decode_personal
 from audit.store import student_ids
 
 from . import i18n
-from .app import Services, make_templates
 from .incidents import Incident, IncidentError, IncidentStore, Revision
+from .services import Services, make_templates
 
 LOCAL_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 ALERT_TYPES = ("presence.",)
@@ -81,7 +81,6 @@ async def wait_outbox_drained(svc: Services, class_id: str, *, deadline: float,
     ``time.monotonic()`` passes ``deadline`` first. The stream's own tail says nothing
     about them: the sequencer moves them there later, with later ids."""
     log, rb, store = svc.audit_log, svc.redis_bytes, svc.store
-    assert log is not None and rb is not None and store is not None
     box = store.k.outbox(class_id)
     last = await rb.xrevrange(box, count=1)
     if not last:
@@ -111,7 +110,6 @@ async def wait_sequenced(
     free, it does the work now, otherwise this polls the leader's progress.
     """
     log, rb = svc.audit_log, svc.redis_bytes
-    assert log is not None and rb is not None
     deadline = time.monotonic() + timeout_s
     # NOTE: the class's records reach the stream through its outbox: wait for them
     # first, or the bundle would miss the newest ones (the export's own view included).
@@ -207,7 +205,6 @@ async def _personal_many(svc: Services, indexes: Sequence[int]
                          ) -> dict[int, tuple[dict[str, Any], bytes]]:
     """``(P, salt)`` of many records in one round trip per 1000 (absent when erased)."""
     log, rb = svc.audit_log, svc.redis_bytes
-    assert log is not None and rb is not None
     out: dict[int, tuple[dict[str, Any], bytes]] = {}
     for i in range(0, len(indexes), 1000):
         chunk = list(indexes[i : i + 1000])
@@ -232,7 +229,6 @@ async def _query_all(log: AuditLog, q: AuditQuery, limit: int = 200_000) -> list
 async def gather(svc: Services, inc: Incident, size: int) -> Gathered:
     """The incident's records at log size ``size``, with ``(P, salt)``; see the module doc."""
     log = svc.audit_log
-    assert log is not None
     involved = set(inc.student_ids)
     window = await _query_all(log, AuditQuery(class_id=inc.class_id, since_ms=inc.since_ms,
                                               until_ms=inc.until_ms))
@@ -406,7 +402,6 @@ async def build_report_model(
     revisions: Sequence[Revision] = (),
 ) -> ReportModel:
     store, staff, key = svc.store, svc.staff, svc.audit_key
-    assert store is not None and staff is not None and key is not None
     info = await store.get_class(inc.class_id)
     if info is None:
         raise IncidentError("not_found", "the incident's class no longer exists", status=404)
@@ -794,7 +789,6 @@ async def export_incident(
     bundle is built, and moves the incident to ``exported``. Raises :class:`IncidentError`.
     """
     log, key, auditor = svc.audit_log, svc.audit_key, svc.auditor
-    assert log is not None and key is not None and auditor is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     note = await wait_sequenced(svc, timeout_s=sequence_timeout_s, sequencer=sequencer,

@@ -29,9 +29,9 @@ from typing import Any, Final
 
 from meeting_adapters import AdapterError, Capability, Present, Room, Unsupported
 
-from .app import Services
-from .hostctl import HostControls
+from .hostctl import HostControls, room_capabilities
 from .joinflow import JoinFlow, policy_of
+from .services import Services
 from .state import ClassInfo
 
 log = logging.getLogger("classguard.presence")
@@ -54,14 +54,6 @@ return 0
 
 
 # --- pure ----------------------------------------------------------------------------------
-
-
-def room_capabilities(adapter: Any, room: Room) -> frozenset[Capability]:
-    """The capabilities of this class's room (a platform may add some per room, e.g. Jitsi
-    with a kick endpoint)."""
-    per_room = getattr(adapter, "room_capabilities", None)
-    caps: frozenset[Capability] = adapter.capabilities
-    return frozenset(per_room(room)) if callable(per_room) else caps
 
 
 def who_is_it(p: Present, identify: Mapping[str, str]) -> str | None:
@@ -104,7 +96,7 @@ async def watch_class(svc: Services, info: ClassInfo) -> None:
     classes, _ = _keys(svc)
     s = info.schedule
     end = (s.term_ends_at or s.ends_at).timestamp() + 86400
-    await svc.r.zadd(classes, {info.id: end})
+    await svc.redis.zadd(classes, {info.id: end})
     if info.platform_kind == "janus":
         await register_janus_room(svc, info, end)
 
@@ -115,7 +107,7 @@ async def register_janus_room(svc: Services, info: ClassInfo, end: float) -> Non
 
     _, room = HostControls(svc).adapter_and_room(info)
     key = janus_room_key(svc, server_id(str(room.data["ws_url"])), room.upstream_id)
-    held = await svc.r.get(key)
+    held = await svc.redis.get(key)
     if held == info.id:
         return
     if held and svc.store is not None:
@@ -126,7 +118,7 @@ async def register_janus_room(svc: Services, info: ClassInfo, end: float) -> Non
             log.warning("janus room %s already belongs to class %s; class %s gets no "
                         "room events", room.upstream_id, held, info.id)
             return
-    await svc.r.set(key, info.id, exat=int(end))
+    await svc.redis.set(key, info.id, exat=int(end))
 
 
 # --- the reconciler ------------------------------------------------------------------------
@@ -157,7 +149,7 @@ class Reconciler:
 
     async def hold_lease(self) -> bool:
         _, lease = _keys(self.svc)
-        r = self.svc.r
+        r = self.svc.redis
         if self.leader:
             self.leader = bool(await r.eval(_RENEW, 1, lease, self.token, self.lease_ms))
             if not self.leader:
@@ -172,7 +164,7 @@ class Reconciler:
         _, lease = _keys(self.svc)
         if self.leader:
             with contextlib.suppress(Exception):
-                await self.svc.r.eval(_RELEASE, 1, lease, self.token)
+                await self.svc.redis.eval(_RELEASE, 1, lease, self.token)
         self.leader = False
 
     async def run(self) -> None:
@@ -199,16 +191,15 @@ class Reconciler:
     async def sweep(self) -> int:
         """One pass over the live classes; returns how many were reconciled."""
         svc = self.svc
-        assert svc.store is not None
         classes, _ = _keys(svc)
         now = svc.clock()
-        await svc.r.zremrangebyscore(classes, "-inf", now)
+        await svc.redis.zremrangebyscore(classes, "-inf", now)
         done = 0
-        for raw in await svc.r.zrange(classes, 0, -1):
+        for raw in await svc.redis.zrange(classes, 0, -1):
             cid = str(raw)
             info = await svc.store.get_class(cid)
             if info is None or info.ended:
-                await svc.r.zrem(classes, cid)
+                await svc.redis.zrem(classes, cid)
                 continue
             if info.platform_kind == "janus" and cid not in self._janus_rooms:
                 # classes created before rooms were keyed by server get their key here
@@ -242,7 +233,6 @@ class Reconciler:
     async def reconcile(self, info: ClassInfo) -> list[Present] | None:
         """Compare one class; the intruders found, or None when it could not be checked."""
         svc = self.svc
-        assert svc.store is not None
         adapter, room = HostControls(svc).adapter_and_room(info)
         caps = room_capabilities(adapter, room)
         await self._refresh_hooks(info, adapter, room)
@@ -264,7 +254,6 @@ class Reconciler:
                     present: list[Present]) -> list[Present]:
         """Flag (and maybe remove) everyone present who was not admitted."""
         svc = self.svc
-        assert svc.store is not None
         admitted = list(await svc.store.admitted(info.id))
         identify: Mapping[str, str] = {}
         if callable(getattr(adapter, "identify", None)):
@@ -288,7 +277,6 @@ class Reconciler:
         """Alert once per person and class; remove when the policy says so. Returns what
         was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove)."""
         svc = self.svc
-        assert svc.auditor is not None
         policy = policy_of(info)
         sid = who_is_it(p, identify)
         action = "flagged"
@@ -300,7 +288,7 @@ class Reconciler:
         prefix = svc.settings.redis_prefix
         failed_key = f"{prefix}presence:evict_failed:{{c:{info.id}}}:{p.upstream_id}"
         if policy.auto_remove_intruders:
-            if can_remove and await svc.r.exists(failed_key):
+            if can_remove and await svc.redis.exists(failed_key):
                 # NOTE: a removal the platform refused is retried after a pause, not at
                 # every sweep: each attempt writes two records (its intent, its outcome).
                 action = "remove_failed"
@@ -318,14 +306,14 @@ class Reconciler:
                         svc.metrics.upstream_errors.labels(info.platform_kind).inc()
                         log.warning("presence: could not remove an intruder: %s", exc)
                         action = "remove_failed"
-                        await svc.r.set(failed_key, "1", ex=EVICT_RETRY_S)
+                        await svc.redis.set(failed_key, "1", ex=EVICT_RETRY_S)
                     out.reason = INTRUDER
                     out.facts["action"] = action
                 recorded = True
             else:
                 action = "unsupported"
         key = f"{prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
-        first = await svc.r.set(key, action, nx=True, ex=6 * 3600)
+        first = await svc.redis.set(key, action, nx=True, ex=6 * 3600)
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,

@@ -18,11 +18,11 @@ from urllib.parse import urlsplit
 import redis.exceptions
 from aiohttp import WSMsgType, web
 
-from ..app import Services, services
 from ..auth import authenticate, is_staff_refusal, record_refusal, require_user
 from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls
 from ..joinflow import JoinFlow
+from ..services import Services, services
 from ..web_util import loads_bounded
 from .classes import class_state, load_class
 
@@ -45,7 +45,6 @@ def _same_origin(request: web.Request, public_url: str) -> bool:
 
 async def control_ws(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.bus is not None
     if request.headers.get("Authorization") is None and not _same_origin(
         request, svc.settings.public_url
     ):
@@ -163,7 +162,6 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
 
 
 async def _host_gone(svc: Services, cid: str, conn_id: str) -> None:
-    assert svc.store is not None and svc.bus is not None
     try:
         if await svc.store.host_gone(cid, conn_id):
             await svc.bus.publish(cid, {"type": "state", "host_present": False})

@@ -22,11 +22,11 @@ from meeting_adapters import ADAPTERS, Capability, capability_matrix
 from policies import PRESETS, load_policy, weakened_checks
 
 from .. import i18n
-from ..app import services
 from ..auth import Principal, require_user
 from ..errors import ApiError
 from ..hostctl import is_host
 from ..roster import RosterError, http_status
+from ..services import services
 from .classes import current_links, load_class, org_ancestors
 from .pages import DEFAULT_TZ, page_response, staff_page
 
@@ -128,7 +128,6 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
 @staff_page(("teacher", "admin", "it"))
 async def class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p)
     anc = await org_ancestors(svc, info.org)
     roster = await svc.store.roster(info.id)
@@ -148,7 +147,6 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
 @staff_page(("teacher", "admin"))
 async def roster_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p, host=True)
     students = await svc.store.roster(info.id)
     return page_response(request, "roster.html", lang, user=p, info=info, students=students,
@@ -196,7 +194,6 @@ def qr_image(url: str) -> dict[str, Any]:
 @staff_page(("teacher", "admin"))
 async def links_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p, host=True)
     roster = await svc.store.roster(info.id)
     links = await current_links(svc, info)

@@ -36,11 +36,11 @@ from aiohttp import web
 
 from meeting_adapters import AdapterError, Participant, Present, Unsupported
 
-from ..app import SERVICES, Services, services
 from ..auth import require_user
 from ..errors import ApiError
 from ..hostctl import HostControls
 from ..presence import Reconciler, janus_room_key
+from ..services import FOUNDATION, Services, services
 from ..state import ClassInfo
 from ..web_util import loads_bounded
 
@@ -93,7 +93,6 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def _class(svc: Services, cid: str) -> ClassInfo | None:
-    assert svc.store is not None
     info = await svc.store.get_class(cid)
     return info if info is not None and not info.ended else None
 
@@ -164,7 +163,7 @@ async def _guarded(coro: Coroutine[Any, Any, None]) -> None:
 async def _janus_joined(svc: Services, server: str, d: dict[str, Any]) -> None:
     from meeting_adapters.janus import server_id, token_owner
 
-    cid = await svc.r.get(janus_room_key(svc, server, str(d["room"])))
+    cid = await svc.redis.get(janus_room_key(svc, server, str(d["room"])))
     info = await _class(svc, str(cid)) if cid else None
     if info is None or info.platform_kind != "janus":
         return
@@ -270,16 +269,15 @@ async def host_join(request: web.Request) -> web.Response:
         url = await adapter.join_url(room, host)
     except Unsupported as exc:
         raise ApiError(409, "unsupported_by_platform", exc.message) from exc
-    assert svc.auditor is not None
     await svc.auditor.record("host.join", actor=p.actor, org=info.org, class_id=info.id,
                              facts={"platform": info.platform_kind})
     return web.json_response({"url": url})
 
 
 async def _load_secret(app: web.Application) -> None:
-    svc = app[SERVICES]
+    settings = app[FOUNDATION].settings
     app[JANUS_HOOK_SECRET].value = await asyncio.to_thread(
-        load_or_create_hook_secret, janus_hook_secret_path(Path(svc.settings.data_dir)))
+        load_or_create_hook_secret, janus_hook_secret_path(Path(settings.data_dir)))
 
 
 def setup(app: web.Application) -> None:
