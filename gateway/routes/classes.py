@@ -18,6 +18,7 @@ from ..auth import Principal, require_user
 from ..codes import code_lookup_key, format_code, new_code
 from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, can_view, is_host
+from ..joinflow import JoinFlow
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
@@ -420,8 +421,6 @@ async def put_policy(request: web.Request) -> web.Response:
 async def get_explain(request: web.Request) -> web.Response:
     """Why a student's next attempt would get its decision, from the same code that
     enforces it (their current link, their bound device, their last address)."""
-    from ..joinflow import JoinFlow
-
     svc = services(request)
     p = await require_user(request)
     info = await load_class(request, p)

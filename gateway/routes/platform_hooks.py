@@ -43,6 +43,7 @@ from ..presence import Reconciler, janus_room_key
 from ..services import FOUNDATION, Services, services
 from ..state import ClassInfo
 from ..web_util import loads_bounded
+from .classes import load_class
 
 log = logging.getLogger("classguard.hooks")
 
@@ -257,8 +258,6 @@ async def zoom_events(request: web.Request) -> web.Response:
 
 
 async def host_join(request: web.Request) -> web.Response:
-    from .classes import load_class
-
     svc = services(request)
     p = await require_user(request)
     info = await load_class(request, p, host=True)
