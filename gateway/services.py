@@ -193,7 +193,8 @@ async def open_services(
     url: str | None = None,
     background: bool = True,
 ) -> AsyncIterator[Services]:
-    """Opens everything, yields the finished ``Services``, closes everything.
+    """Opens everything, yields the finished ``Services``, closes everything (also what
+    was opened when a later step fails).
 
     ``url``: this Redis rather than the configured one (no embedded Redis is started).
     ``background``: also run the pub/sub listener, the presence reconciler, the loop-lag
@@ -201,86 +202,100 @@ async def open_services(
     path opens the services without them."""
     s = found.settings
     clock = found.clock
-    embedded: EmbeddedRedis | None = None
-    await asyncio.to_thread(Path(s.data_dir).mkdir, parents=True, exist_ok=True)
-    if url is None:
-        url = s.redis_url
-        if s.embedded_redis:
-            embedded = EmbeddedRedis(Path(s.data_dir),
-                                     maxmemory_bytes=s.embedded_redis_maxmemory_bytes,
-                                     on_restart=found.metrics.embedded_redis_restarts.inc)
-            url = await embedded.start()
-            log.info("embedded Redis started at %s", url)
-    redis, redis_bytes = redis_clients(s, url)
-    fast: Multiplexed | None = None
-    fast_bytes: Multiplexed | None = None
-    if url is not None and not s.redis_sentinels:
-        fast = Multiplexed.from_url(url)
-        fast_bytes = Multiplexed.from_url(url, decode=False)
-    keys_dir = Path(s.data_dir) / "keys"
-    keyring = await asyncio.to_thread(JoinKeyring.load_or_create, keys_dir / "join", clock=clock)
-    secretbox = await asyncio.to_thread(SecretBox.load_or_create, keys_dir / "secretbox.key")
-    audit_key = await asyncio.to_thread(
-        AuditSigningKey.load_or_create, keys_dir / "audit.key", s.audit_origin
-    )
+    async with contextlib.AsyncExitStack() as opened:
+        # NOTE: closed in the reverse order: sockets and tasks first, Redis last.
+        await asyncio.to_thread(Path(s.data_dir).mkdir, parents=True, exist_ok=True)
+        if url is None:
+            url = s.redis_url
+            if s.embedded_redis:
+                embedded = EmbeddedRedis(Path(s.data_dir),
+                                         maxmemory_bytes=s.embedded_redis_maxmemory_bytes,
+                                         on_restart=found.metrics.embedded_redis_restarts.inc)
+                url = await embedded.start()
+                opened.push_async_callback(embedded.stop)
+                log.info("embedded Redis started at %s", url)
+        fast: Multiplexed | None = None
+        fast_bytes: Multiplexed | None = None
+        if url is not None and not s.redis_sentinels:
+            fast_bytes = _closing(opened, Multiplexed.from_url(url, decode=False))
+            fast = _closing(opened, Multiplexed.from_url(url))
+        redis, redis_bytes = redis_clients(s, url)
+        opened.push_async_callback(redis_bytes.aclose)
+        opened.push_async_callback(redis.aclose)
+        keys_dir = Path(s.data_dir) / "keys"
+        keyring = await asyncio.to_thread(JoinKeyring.load_or_create, keys_dir / "join",
+                                          clock=clock)
+        secretbox = await asyncio.to_thread(SecretBox.load_or_create,
+                                            keys_dir / "secretbox.key")
+        audit_key = await asyncio.to_thread(
+            AuditSigningKey.load_or_create, keys_dir / "audit.key", s.audit_origin
+        )
 
-    def ms_clock() -> int:
-        return int(clock() * 1000)
+        def ms_clock() -> int:
+            return int(clock() * 1000)
 
-    store = ClassStore(redis, s.redis_prefix, clock=clock, fast=fast,
-                       audit_replicas=s.audit_durability_replicas)
-    audit_log = AuditLog(
-        redis_bytes,
-        prefix=s.redis_prefix,
-        node_id=s.node_id,
-        clock=ms_clock,
-        durability_replicas=s.audit_durability_replicas,
-        fast=fast_bytes,
-        outbox_of=store.k.outbox,
-    )
-    egress = s.egress_policy()
-    svc = Services(
-        settings=s, clock=clock, metrics=found.metrics, templates=found.templates,
-        redis=redis, redis_bytes=redis_bytes, redis_fast=fast, redis_fast_bytes=fast_bytes,
-        store=store, staff=make_staff(redis, s, clock), keyring=keyring,
-        secretbox=secretbox, audit_log=audit_log,
-        auditor=Auditor(BatchingAppender(audit_log), node=s.node_id, clock_ms=ms_clock),
-        audit_key=audit_key,
-        bus=Bus(redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke"),
+        store = ClassStore(redis, s.redis_prefix, clock=clock, fast=fast,
+                           audit_replicas=s.audit_durability_replicas)
+        audit_log = AuditLog(
+            redis_bytes,
+            prefix=s.redis_prefix,
+            node_id=s.node_id,
+            clock=ms_clock,
+            durability_replicas=s.audit_durability_replicas,
+            fast=fast_bytes,
+            outbox_of=store.k.outbox,
+        )
+        egress = s.egress_policy()
         # Platform calls only: egress-checked connects, no cookie jar shared across tenants.
-        http=guarded_session(egress, timeout_s=10),
-        adapter_pools={"janus": JanusPool(egress), "zoom": ZoomTokens()},
-        sequencer_elsewhere=found.sequencer_elsewhere,
-    )
-    svc.reconciler = reconciler(svc)
-    if background:
-        _start_background(svc, ms_clock)
-        with contextlib.suppress(TimeoutError):
-            await svc.bus.wait_ready(5.0)
-    try:
+        http = guarded_session(egress, timeout_s=10)
+        opened.push_async_callback(http.close)
+        pools: dict[str, Any] = {"janus": JanusPool(egress), "zoom": ZoomTokens()}
+        opened.push_async_callback(_close_pools, pools)
+        svc = Services(
+            settings=s, clock=clock, metrics=found.metrics, templates=found.templates,
+            redis=redis, redis_bytes=redis_bytes, redis_fast=fast, redis_fast_bytes=fast_bytes,
+            store=store, staff=make_staff(redis, s, clock), keyring=keyring,
+            secretbox=secretbox, audit_log=audit_log,
+            auditor=Auditor(BatchingAppender(audit_log), node=s.node_id, clock_ms=ms_clock),
+            audit_key=audit_key,
+            bus=Bus(redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke"),
+            http=http,
+            adapter_pools=pools,
+            sequencer_elsewhere=found.sequencer_elsewhere,
+        )
+        svc.reconciler = reconciler(svc)
+        opened.push_async_callback(_stop_sockets_and_tasks, svc)
+        if background:
+            _start_background(svc, ms_clock)
+            with contextlib.suppress(TimeoutError):
+                await svc.bus.wait_ready(5.0)
         yield svc
-    finally:
-        for ws_set in list(svc.sockets.values()):
-            for ws in list(ws_set):
-                with contextlib.suppress(Exception):
-                    await ws.close(code=1001, message=b"server shutting down")
-        for task in list(svc.tasks):
-            task.cancel()
-        for task in list(svc.tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        svc.tasks.clear()
-        for pool in svc.adapter_pools.values():
+
+
+def _closing(opened: contextlib.AsyncExitStack, transport: Multiplexed | None
+             ) -> Multiplexed | None:
+    if transport is not None:
+        opened.push_async_callback(transport.aclose)
+    return transport
+
+
+async def _stop_sockets_and_tasks(svc: Services) -> None:
+    for ws_set in list(svc.sockets.values()):
+        for ws in list(ws_set):
             with contextlib.suppress(Exception):
-                await pool.aclose()
-        await svc.http.close()
-        await svc.redis.aclose()
-        await svc.redis_bytes.aclose()
-        for transport in (svc.redis_fast, svc.redis_fast_bytes):
-            if transport is not None:
-                await transport.aclose()
-        if embedded is not None:
-            await embedded.stop()
+                await ws.close(code=1001, message=b"server shutting down")
+    for task in list(svc.tasks):
+        task.cancel()
+    for task in list(svc.tasks):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    svc.tasks.clear()
+
+
+async def _close_pools(pools: dict[str, Any]) -> None:
+    for pool in pools.values():
+        with contextlib.suppress(Exception):
+            await pool.aclose()
 
 
 def _start_background(svc: Services, ms_clock: Callable[[], int]) -> None:
