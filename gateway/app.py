@@ -35,7 +35,7 @@ from .redis_mux import Multiplexed
 from .roster_worker import RosterParser
 from .secretbox import SecretBox
 from .staff import StaffStore
-from .state import ClassStore
+from .stores import ClassStore
 
 log = logging.getLogger("classguard")
 
@@ -170,7 +170,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         clock=ms_clock,
         durability_replicas=s.audit_durability_replicas,
         fast=svc.redis_fast_bytes,
-        outbox_of=svc.store.k.outbox,
+        outbox_of=svc.store.outbox_key,
     )
     svc.auditor = Auditor(BatchingAppender(svc.audit_log), node=s.node_id, clock_ms=ms_clock)
     svc.bus = Bus(svc.redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke")

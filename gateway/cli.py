@@ -459,7 +459,7 @@ async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from .joinflow import JoinFlow
     from .keys import JoinKeyring
     from .metrics import Metrics
-    from .state import ClassStore, device_hash
+    from .stores import ClassStore, device_hash
 
     token = args.token.rsplit("/j/", 1)[-1].strip()
     async with open_redis(settings) as r:

@@ -22,7 +22,7 @@ from .app import SERVICES
 from .janus_runner import JanusProcess
 from .policy_io import resolve
 from .presence import watch_class
-from .state import new_id
+from .stores import new_id
 
 log = logging.getLogger("classguard.demo")
 

@@ -85,7 +85,7 @@ async def export_command(incident_id: str, output: Path, lang: str, settings: Se
     from .incidents import IncidentError, IncidentStore
     from .metrics import Metrics
     from .secretbox import SecretBox
-    from .state import ClassStore
+    from .stores import ClassStore
 
     keys_dir = Path(settings.data_dir) / "keys"
     async with redis_url(settings) as url:

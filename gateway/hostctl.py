@@ -18,7 +18,7 @@ from .app import Services
 from .auth import Principal
 from .bans import make_key
 from .errors import ApiError
-from .state import ClassInfo, split_ticket, valid_student_id
+from .stores import ClassInfo, split_ticket, valid_student_id
 
 log = logging.getLogger("classguard.host")
 
@@ -393,13 +393,11 @@ class HostControls:
 
     async def _bound_device(self, cid: str, sid: str) -> str | None:
         assert self.svc.store is not None
-        v = await self.svc.store.r.hget(self.svc.store.k.bind(cid), sid)
-        return str(v) if v else None
+        return await self.svc.store.bound_device(cid, sid) or None
 
     async def _ip_of(self, cid: str, sid: str) -> str | None:
         assert self.svc.store is not None
-        v = await self.svc.store.r.hget(self.svc.store.k.c(cid, "last_ip"), sid)
-        return str(v) if v else None
+        return await self.svc.store.last_ip(cid, sid) or None
 
 
 def _participant(sid: str) -> Any:

@@ -33,7 +33,7 @@ from policies.model import (
 
 from .app import Services
 from .auditing import milestone
-from .state import ClassInfo, Limit, Snapshot, device_hash
+from .stores import ClassInfo, Limit, Snapshot, device_hash
 from .tokens import peek_claims, verify_join_token
 from .useragent import device_hint
 
@@ -339,9 +339,9 @@ class JoinFlow:
         else:
             facts = TokenFacts(failure=None, student_id=rec.student_id, class_id=rec.class_id,
                                jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
-        device = await store.r.hget(store.k.bind(cid), sid)
-        ip = await store.r.hget(store.k.c(cid, "last_ip"), sid) or "0.0.0.0"  # noqa: S104
-        return await self.explain_attempt(facts, ip=str(ip), device=device)
+        device = await store.bound_device(cid, sid)
+        ip = await store.last_ip(cid, sid) or "0.0.0.0"  # noqa: S104
+        return await self.explain_attempt(facts, ip=ip, device=device)
 
     async def admit_waiting_by_policy(self, cid: str) -> int:
         """When the host arrives, re-decide every student who was waiting only for the

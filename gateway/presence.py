@@ -32,7 +32,7 @@ from meeting_adapters import AdapterError, Capability, Present, Room, Unsupporte
 from .app import Services
 from .hostctl import HostControls
 from .joinflow import JoinFlow, policy_of
-from .state import ClassInfo
+from .stores import ClassInfo
 
 log = logging.getLogger("classguard.presence")
 

@@ -22,7 +22,7 @@ from ..hostctl import ActionRequest, HostControls, can_view, is_host
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
-from ..state import ClassInfo, LinkRecord, new_id, schedule_to_json
+from ..stores import ClassInfo, LinkRecord, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
 

@@ -28,7 +28,7 @@ from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
 from ..hostctl import can_view
 from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
-from ..state import ClassInfo
+from ..stores import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
 MAX_WINDOW_MS = 31 * 24 * 3600 * 1000

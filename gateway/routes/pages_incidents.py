@@ -29,7 +29,7 @@ from ..app import Services, services
 from ..auth import Principal
 from ..evidence_export import is_custody, revision_rows, wait_outbox_drained
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
-from ..state import ClassInfo, Student, valid_class_id
+from ..stores import ClassInfo, Student, valid_class_id
 from .incidents import (
     MAX_FILES_PER_UPLOAD,
     MAX_VISITORS,

@@ -41,7 +41,7 @@ from ..auth import require_user
 from ..errors import ApiError
 from ..hostctl import HostControls
 from ..presence import Reconciler, janus_room_key
-from ..state import ClassInfo
+from ..stores import ClassInfo
 from ..web_util import loads_bounded
 
 log = logging.getLogger("classguard.hooks")
