@@ -23,6 +23,7 @@ from .janus_runner import JanusProcess
 from .policy_io import resolve
 from .presence import watch_class
 from .stores import new_id
+from .stores.keys import Keys
 
 log = logging.getLogger("classguard.demo")
 
@@ -110,7 +111,7 @@ _JANUS_PAGE = """<!doctype html>
 
 
 def _janus_ws_key(prefix: str) -> str:
-    return f"{prefix}demo:janus_ws"
+    return Keys(prefix).demo_janus_ws()
 
 
 async def _janus_page(request: web.Request) -> web.Response:

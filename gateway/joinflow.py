@@ -531,7 +531,6 @@ class JoinFlow:
         result, ticket, nonce, _new, attempts = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
             entry=entry, event=event, budget=budget,
-            bus_channel=f"{svc.settings.redis_prefix}bus",
             nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
             attempts=("attempts", FLOOD_WINDOW_S), record=record,
         )

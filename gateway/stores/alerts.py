@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -67,7 +67,8 @@ class Alerts:
     async def alerts(self, cid: str, n: int | None = None) -> list[dict[str, Any]]:
         """The alerts shown to the host, newest occurrence first, each with ``count``
         and ``last_at``; at most ALERTS_PER_KIND of each kind (``n``: the first n)."""
-        ids = await self.r.zrevrange(self.k.alert_order(cid), 0, -1 if n is None else n - 1)
+        stop = -1 if n is None else n - 1
+        ids = cast(list[str], await self.r.zrevrange(self.k.alert_order(cid), 0, stop))
         if not ids:
             return []
         fields = [f for aid in ids for f in (aid, f"{aid}:n", f"{aid}:last")]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from ..bans import Ban, encode_ban, parse_bans
+from . import reads
 from .keys import Keys
 
 Clock = Callable[[], float]
@@ -39,7 +40,7 @@ class Bans:
     async def bans(self, *, class_id: str | None = None, org: str | None = None) -> list[Ban]:
         """Live bans of a class or an org; expired ones are pruned on the way."""
         target = self._target(class_id, org)
-        found = parse_bans(await self.r.hgetall(target), "class" if class_id else "org",
+        found = parse_bans(await reads.hgetall(self.r, target), "class" if class_id else "org",
                            str(class_id or org))
         now = self.clock()
         dead = [b.key for b in found if not b.live(now)]

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from policies.model import ClassId, Schedule, StudentId
 
+from . import reads
 from .ids import new_id, pairs, valid_class_id
 from .keys import Keys
 from .links import Links
@@ -165,17 +166,17 @@ class Classes:
     async def get_class(self, cid: str) -> ClassInfo | None:
         if not valid_class_id(cid):
             return None
-        m = await self.r.hgetall(self.k.meta(cid))
+        m = await reads.hgetall(self.r, self.k.meta(cid))
         return class_from_meta(m) if m else None
 
     async def classes_of_owner(self, owner: str) -> list[ClassInfo]:
-        ids = await self.r.smembers(self.k.owner_classes(owner))
+        ids = await reads.smembers(self.r, self.k.owner_classes(owner))
         return await self._load_many(ids)
 
     async def classes_of_orgs(self, orgs: Iterable[str]) -> list[ClassInfo]:
         ids: set[str] = set()
         for org in orgs:
-            ids |= set(await self.r.smembers(self.k.org_classes(org)))
+            ids |= await reads.smembers(self.r, self.k.org_classes(org))
         return await self._load_many(ids)
 
     async def _load_many(self, ids: Iterable[str]) -> list[ClassInfo]:
@@ -193,13 +194,13 @@ class Classes:
     # --- roster -----------------------------------------------------------------
 
     async def roster(self, cid: str) -> list[Student]:
-        raw = await self.r.hgetall(self.k.roster(cid))
+        raw = await reads.hgetall(self.r, self.k.roster(cid))
         students = [student_from_json(sid, v) for sid, v in raw.items()]
         students.sort(key=lambda s: (s.name.casefold(), s.id))
         return students
 
     async def student(self, cid: str, sid: str) -> Student | None:
-        v = await self.r.hget(self.k.roster(cid), sid)
+        v = await reads.hget(self.r, self.k.roster(cid), sid)
         return student_from_json(sid, v) if v else None
 
     async def replace_roster(

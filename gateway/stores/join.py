@@ -102,6 +102,7 @@ class Join:
             # (a dict through redis-py, the flat reply through the multiplexed client)
             all_bans += parse_bans(raw if isinstance(raw, dict) else pairs(raw), "org", org)
         dev_b, ip_b = match_bans(all_bans, device=device, ip=ip, now=now)
+        ban = dev_b or ip_b
         student = student_from_json(sid, roster_v) if roster_v else None
         link = link_from_json(cid, jti_raw) if jti_raw else None
         live_hosts = [s for _, s in hosts if s > now]
@@ -141,10 +142,9 @@ class Join:
             denied=bool(denied),
             banned_device=dev_b is not None,
             banned_ip=ip_b is not None,
-            ban_reason=(dev_b or ip_b).reason if (dev_b or ip_b) else None,
+            ban_reason=ban.reason if ban else None,
             admitted_count=int(admitted_count),
         )
-        ban = dev_b or ip_b
         return Snapshot(info, state, link, student,
                         {"admitted": admitted, "wait": wait, "limited_by": limited_by,
                          "ban_key": ban.key if ban else None})
@@ -152,7 +152,7 @@ class Join:
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,
         ticket_fields: Mapping[str, Any], entry: Mapping[str, Any], event: Mapping[str, Any],
-        budget: Limit, bus_channel: str, nonce_ttl_s: int, jti: str = "",
+        budget: Limit, nonce_ttl_s: int, bus_channel: str | None = None, jti: str = "",
         ticket_ttl_s: int = 12 * 3600, attempts: tuple[str, int] = ("attempts", 10),
         record: str,
     ) -> tuple[str, str | None, str | None, bool, int]:
@@ -163,7 +163,8 @@ class Join:
         first); ``attempts`` is the class's counter ``attempts`` (name, window s, as
         ``Alerts.note_refusal``) after counting this attempt, whatever the status.
         ``record`` (an outbox entry, audit.outbox) is written in the same step when the
-        status is ``ok``, with the ticket in ``facts.ticket``."""
+        status is ``ok``, with the ticket in ``facts.ticket``. The event is published on
+        ``bus_channel`` (by default the class events' channel, gateway/bus.py)."""
         rand = new_secret(16)
         nonce = new_secret(24)
         now_ms = int(self.clock() * 1000)
@@ -177,7 +178,7 @@ class Join:
             [mode, sid, device, bind, now_ms, max(1, int(1000 / budget.per_second)),
              max(1, budget.burst), rand, json.dumps(dict(ticket_fields)),
              json.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
-             k.ticket(cid, ""), bus_channel, json.dumps(dict(event), ensure_ascii=False),
+             k.ticket(cid, ""), bus_channel or k.bus(), json.dumps(dict(event), ensure_ascii=False),
              cid, jti, attempts[1], record],
         )
         status = str(res[0])

@@ -153,4 +153,75 @@ class Keys:
         return f"{self.p}demo:janus_ws"
 
 
-__all__ = ["AuditKeys", "Keys"]
+class StaffKeys:
+    """Staff accounts, sessions, API tokens and organisations (gateway/staff.py) and
+    login throttles (gateway/staff_regulation.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def org(self, slug: str) -> str:
+        return f"{self.p}staff:{{org}}:o:{slug}"
+
+    def children(self, slug: str) -> str:  # an organisation's child organisations
+        return f"{self.p}staff:{{org}}:c:{slug}"
+
+    def all_orgs(self) -> str:
+        return f"{self.p}staff:{{org}}:all"
+
+    def root(self) -> str:  # the deployment's root organisation
+        return f"{self.p}staff:{{org}}:root"
+
+    def users(self) -> str:
+        return f"{self.p}staff:users"
+
+    def user(self, username: str) -> str:
+        return f"{self.p}staff:user:{username}"
+
+    def session(self, sid_hash: str) -> str:
+        return f"{self.p}staff:session:{sid_hash}"
+
+    def user_sessions(self, username: str) -> str:
+        return f"{self.p}staff:user_sessions:{username}"
+
+    def api_token(self, token_id: str) -> str:
+        return f"{self.p}staff:apitoken:{token_id}"
+
+    def user_tokens(self, username: str) -> str:
+        return f"{self.p}staff:user_tokens:{username}"
+
+    def user_failed(self, username: str) -> str:
+        return f"{self.p}staff:user_failed:{username}"
+
+    def user_failed_n(self, username: str) -> str:
+        return f"{self.p}staff:user_failed_n:{username}"
+
+    def login(self, kind: str, digest: str) -> str:
+        """A login throttle's base name (``:f`` failures, ``:b`` ban); ``digest`` hashes
+        the username or address, so attacker-chosen text never appears in key names."""
+        return f"{self.p}staff:{{login}}:{kind}:{digest}"
+
+
+class IncidentKeys:
+    """Incident reports and their attachments (gateway/incidents.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def item(self, iid: str, suffix: str) -> str:  # one incident's keys share {i:<id>}
+        return f"{self.p}{{i:{iid}}}:{suffix}"
+
+    def of_org(self, org: str) -> str:
+        return f"{self.p}incidents:org:{org}"
+
+    def of_class(self, cid: str) -> str:
+        return f"{self.p}incidents:class:{cid}"
+
+    def held(self) -> str:  # incidents under legal hold
+        return f"{self.p}incidents:held"
+
+    def usage(self, org: str) -> str:  # attachment bytes an organisation stores
+        return f"{self.p}incidents:usage:{org}"
+
+
+__all__ = ["AuditKeys", "IncidentKeys", "Keys", "StaffKeys"]

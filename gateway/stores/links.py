@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from audit.scripts import Script, ScriptRunner
 from policies.model import ClassId, Jti, StudentId
 
+from . import reads
 from .keys import Keys
 
 # Devices released from a revoked link's binding are remembered at least this long
@@ -98,11 +99,11 @@ class Links:
         )
 
     async def link_record(self, cid: str, jti: str) -> LinkRecord | None:
-        raw = await self.r.hget(self.k.jtis(cid), jti)
+        raw = await reads.hget(self.r, self.k.jtis(cid), jti)
         return link_from_json(cid, raw) if raw else None
 
     async def current_links(self, cid: str) -> dict[str, LinkRecord]:
-        cur = await self.r.hgetall(self.k.links(cid))
+        cur = await reads.hgetall(self.r, self.k.links(cid))
         out: dict[str, LinkRecord] = {}
         for sid, jti in cur.items():
             rec = await self.link_record(cid, jti)
@@ -111,7 +112,7 @@ class Links:
         return out
 
     async def resolve_code(self, code_hash: str) -> tuple[str, str] | None:
-        v = await self.r.get(self.k.code(code_hash))
+        v = await reads.get(self.r, self.k.code(code_hash))
         if not v or "|" not in v:
             return None
         cid, jti = v.split("|", 1)

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from audit.scripts import Script, ScriptRunner
 from policies.model import ClassId, StudentId
 
+from . import reads
 from .ids import new_secret, split_ticket
 from .keys import Keys
 from .outbox import RecordedWrites
@@ -60,7 +61,7 @@ class Room:
         if parsed is None:
             return None
         cid, rand = parsed
-        d = await self.r.hgetall(self.k.ticket(cid, rand))
+        d = await reads.hgetall(self.r, self.k.ticket(cid, rand))
         if not d:
             return None
         return Ticket(
@@ -77,7 +78,7 @@ class Room:
         )
 
     async def current_ticket_of(self, cid: str, sid: str) -> str | None:
-        rand = await self.r.hget(self.k.tickets_by_student(cid), sid)
+        rand = await reads.hget(self.r, self.k.tickets_by_student(cid), sid)
         return f"{cid}.{rand}" if rand else None
 
     async def admit_ticket(self, ticket: str, *, by: str,
@@ -127,11 +128,11 @@ class Room:
         return f"{cid}.{res}" if res else None
 
     async def waiting(self, cid: str) -> dict[str, dict[str, Any]]:
-        raw = await self.r.hgetall(self.k.waiting(cid))
+        raw = await reads.hgetall(self.r, self.k.waiting(cid))
         return {f"{cid}.{k}": json.loads(v) for k, v in raw.items()}
 
     async def admitted(self, cid: str) -> dict[str, dict[str, Any]]:
-        raw = await self.r.hgetall(self.k.admitted(cid))
+        raw = await reads.hgetall(self.r, self.k.admitted(cid))
         return {k: json.loads(v) for k, v in raw.items()}
 
     async def clear_room(self, cid: str) -> tuple[list[str], list[str]]:
@@ -150,7 +151,7 @@ class Room:
 
     async def bound_device(self, cid: str, sid: str) -> str | None:
         """The device (hash) the student's link is bound to, if any."""
-        return cast(str | None, await self.r.hget(self.k.bind(cid), sid))
+        return await reads.hget(self.r, self.k.bind(cid), sid)
 
     async def reset_device(self, cid: str, sid: str) -> None:
         async with self.r.pipeline(transaction=True) as p:
@@ -168,7 +169,7 @@ class Room:
 
     async def last_ip(self, cid: str, sid: str) -> str | None:
         """The student's last address (noted by ``note_ip`` or a join), for a day."""
-        return cast(str | None, await self.r.hget(self.k.last_ip(cid), sid))
+        return await reads.hget(self.r, self.k.last_ip(cid), sid)
 
     # --- waiting-room sockets -------------------------------------------------------
 
