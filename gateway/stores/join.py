@@ -24,7 +24,7 @@ from .room import HOST_TTL_S
 
 Clock = Callable[[], float]
 
-_SNAPSHOT = Script.load("gateway.stores", "snapshot")
+SNAPSHOT = Script.load("gateway.stores", "snapshot")
 _APPLY = Script.load("gateway.stores", "apply_entry")
 
 
@@ -72,7 +72,7 @@ class Join:
         calls: list[Call] = []
         if limits:
             calls.append(self.limits.gcra_call(limits, now))
-        calls.append((_SNAPSHOT, self._snapshot_keys(cid), [sid, jti]))
+        calls.append((SNAPSHOT, self._snapshot_keys(cid), [sid, jti]))
         res = await self.scripts.pipeline(
             calls, [("HGETALL", self.k.org_bans(org)) for org in chain or ()])
         wait = 0.0

@@ -24,10 +24,10 @@ async def test_snapshot_survives_a_flushed_script_cache(
             await r.script_flush()
             status, body = await open_link(phone, links[0])
             assert (status, body["status"], body["reason"]) == (200, "waiting", "awaiting_host")
-            from gateway.stores.join import _SNAPSHOT
+            from gateway.stores.join import SNAPSHOT
             from gateway.stores.limits import GCRA
 
-            assert await r.script_exists(_SNAPSHOT.sha, GCRA.sha) == [True, True]
+            assert await r.script_exists(SNAPSHOT.sha, GCRA.sha) == [True, True]
         finally:
             await r.aclose()
 
