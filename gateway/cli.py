@@ -153,17 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_janus_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Print the ``janus.eventhandler.sampleevh`` settings of one Janus server."""
     from meeting_adapters import InvalidSettings
-    from meeting_adapters.janus import hook_credentials
+    from meeting_adapters.janus import HOOK, hook_credentials
 
-    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+    from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
 
-    secret = load_or_create_hook_secret(janus_hook_secret_path(Path(settings.data_dir)))
+    secret = load_or_create_hook_secret(hook_secret_path(Path(settings.data_dir), HOOK.name))
     try:
         user, password = hook_credentials(secret, args.ws_url)
     except InvalidSettings as exc:
         sys.stderr.write(f"classguard: error: --ws-url {exc.message}\n")
         return 2
-    print(f'backend = "{settings.public_url.rstrip("/")}/hooks/janus"')
+    print(f'backend = "{HOOK.url(settings.public_url)}"')
     print(f'backend_user = "{user}"')
     print(f'backend_pwd = "{password}"')
     return 0

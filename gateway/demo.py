@@ -61,10 +61,10 @@ DEMO_JANUS: web.AppKey[_DemoJanus] = web.AppKey("demo_janus", _DemoJanus)
 
 async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     """Start a loopback Janus when the ``janus`` program is installed; its settings."""
-    from meeting_adapters.janus import hook_credentials
+    from meeting_adapters.janus import HOOK, hook_credentials
 
     from .janus_runner import JanusConfig, find_janus, free_port
-    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+    from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
 
     binary = find_janus()
     if binary is None:
@@ -72,11 +72,11 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     svc = app[SERVICES]
     s = svc.settings
     secret = await asyncio.to_thread(load_or_create_hook_secret,
-                                     janus_hook_secret_path(Path(s.data_dir)))
+                                     hook_secret_path(Path(s.data_dir), HOOK.name))
     base = s.public_url.rstrip("/")
     port = free_port()
     user, password = hook_credentials(secret, f"ws://127.0.0.1:{port}")
-    cfg = JanusConfig(ws_port=port, event_url=f"{base}/hooks/janus", event_user=user,
+    cfg = JanusConfig(ws_port=port, event_url=HOOK.url(base), event_user=user,
                       event_password=password)
     proc = JanusProcess(binary, Path(s.data_dir) / "janus", cfg)
     try:
@@ -119,7 +119,7 @@ async def _janus_page(request: web.Request) -> web.Response:
     if not ws:
         # Another worker of the group started the demo's Janus (worker 0 sets up).
         svc = request.app[SERVICES]
-        ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
+        ws = str(await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or "")
     if not ws:
         raise web.HTTPNotFound()
     resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from meeting_adapters import AdapterError, Capability, Room, Unsupported, create_adapter
+from meeting_adapters import (
+    AdapterError,
+    Capability,
+    MeetingAdapter,
+    Room,
+    Unsupported,
+    create_adapter,
+)
 
 from .app import Services
 from .auth import Principal
@@ -121,10 +129,10 @@ class HostControls:
         data: dict[str, Any] = json.loads(raw)
         return data
 
-    def adapter(self, kind: str) -> Any:
+    def adapter(self, kind: str) -> MeetingAdapter:
         return create_adapter(kind, http_session=self.svc.http, pools=self.svc.adapter_pools)
 
-    def adapter_and_room(self, info: ClassInfo) -> tuple[Any, Room]:
+    def adapter_and_room(self, info: ClassInfo) -> tuple[MeetingAdapter, Room]:
         sealed = self.sealed_platform(info)
         return self.adapter(info.platform_kind), Room.from_dict(sealed["room"])
 
@@ -136,7 +144,10 @@ class HostControls:
         # NOTE: the adapter is asked even without the capability: a platform may do part
         # of it (Zoom cancels the registration it cannot kick) and then raises Unsupported.
         try:
-            await getattr(adapter, call)(room, *args)
+            controls: dict[str, Callable[..., Awaitable[None]]] = {
+                "remove": adapter.remove, "mute": adapter.mute, "lock": adapter.lock,
+                "end": adapter.end}
+            await controls[call](room, *args)
         except Unsupported:
             return "unsupported"
         except AdapterError as exc:

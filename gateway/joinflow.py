@@ -498,6 +498,7 @@ class JoinFlow:
         svc = self.svc
         store = svc.store
         assert store is not None and snap.info is not None and facts.student_id is not None
+        assert svc.auditor is not None
         d = out.decision
         cid, sid = snap.info.id, facts.student_id
         hint = device_hint(user_agent)

@@ -1,9 +1,18 @@
 """Meeting platforms behind one async interface (see ``base.MeetingAdapter``)."""
 
 from .base import (
+    AdapterBase,
     AdapterError,
+    AdapterPool,
     Capability,
     Clock,
+    Feature,
+    HookEvent,
+    HookEventKind,
+    HookMalformed,
+    HookRefused,
+    HookRequest,
+    HookResult,
     InvalidSettings,
     MeetingAdapter,
     Participant,
@@ -12,6 +21,7 @@ from .base import (
     RoomSpec,
     Unsupported,
     UpstreamUnavailable,
+    Webhook,
 )
 from .registry import (
     ADAPTERS,
@@ -23,9 +33,18 @@ from .registry import (
 
 __all__ = [
     "ADAPTERS",
+    "AdapterBase",
     "AdapterError",
+    "AdapterPool",
     "Capability",
     "Clock",
+    "Feature",
+    "HookEvent",
+    "HookEventKind",
+    "HookMalformed",
+    "HookRefused",
+    "HookRequest",
+    "HookResult",
     "InvalidSettings",
     "MeetingAdapter",
     "Participant",
@@ -34,6 +53,7 @@ __all__ = [
     "RoomSpec",
     "Unsupported",
     "UpstreamUnavailable",
+    "Webhook",
     "capability_matrix",
     "create_adapter",
     "redact_platform",

@@ -24,6 +24,7 @@ __all__ = [
     "HttpAnswer",
     "check_keys",
     "fetch",
+    "json_bounded",
     "mask",
     "opt_bool",
     "opt_int",
@@ -36,6 +37,43 @@ __all__ = [
 MASK: Final = "***"
 
 log = logging.getLogger("classguard.platforms")
+
+
+# --- pure: webhook bodies -------------------------------------------------------------
+
+
+def _bracket_depth(body: bytes) -> int:
+    depth = cur = 0
+    in_str = escaped = False
+    for ch in body:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == 0x5C:  # backslash
+                escaped = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch in (0x5B, 0x7B):
+            cur += 1
+            depth = max(depth, cur)
+        elif ch in (0x5D, 0x7D):
+            cur -= 1
+    return depth
+
+
+def json_bounded(data: str | bytes, *, max_depth: int = 64) -> Any:
+    """``json.loads`` for a webhook body a platform (or anyone) posted: nesting deeper
+    than ``max_depth`` is refused before the parser recurses. Every failure is a
+    ``ValueError`` (as ``gateway/web_util.py``'s ``loads_bounded``)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _bracket_depth(raw) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:  # NOTE: unreachable after the depth check; kept closed
+        raise ValueError("JSON nested too deeply") from exc
 
 
 # --- pure: settings fields ------------------------------------------------------------

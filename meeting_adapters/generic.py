@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .base import (
+    AdapterBase,
     AdapterError,
     Capability,
     Clock,
@@ -154,7 +155,7 @@ def _upstream_id(url: str) -> str:
 # --- the adapter ------------------------------------------------------------------------
 
 
-class GenericAdapter:
+class GenericAdapter(AdapterBase):
     """Redirects admitted students to the stored URL; can enforce nothing upstream."""
 
     kind: ClassVar[str] = KIND

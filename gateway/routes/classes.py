@@ -22,7 +22,7 @@ from ..hostctl import ActionRequest, HostControls, can_view, is_host
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
-from ..stores import ClassInfo, LinkRecord, new_id, schedule_to_json
+from ..stores import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
 
@@ -258,7 +258,7 @@ def _link_json(svc: Services, rec: LinkRecord, name: str, token: str) -> dict[st
 async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | None,
                       actor: str) -> list[dict[str, Any]]:
     assert svc.store is not None and svc.keyring is not None and svc.auditor is not None
-    roster = {s.id: s for s in await svc.store.roster(info.id)}
+    roster: dict[str, Student] = {s.id: s for s in await svc.store.roster(info.id)}
     targets = list(roster) if student_ids is None else student_ids
     for sid in targets:
         if sid not in roster:
@@ -370,7 +370,7 @@ async def get_links_pdf(request: web.Request) -> web.Response:
 async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
     assert svc.store is not None
     store = svc.store
-    roster = {s.id: s.name for s in await store.roster(info.id)}
+    roster: dict[str, str] = {s.id: s.name for s in await store.roster(info.id)}
     waiting = [
         {"ticket": tk, "student_id": w["student_id"], "name": roster.get(w["student_id"]),
          "since": w.get("since"), "device_hint": w.get("device_hint"), "reason": w.get("reason")}

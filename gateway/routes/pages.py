@@ -116,8 +116,8 @@ async def remember_lang(request: web.Request, response: web.StreamResponse) -> N
     jar: SimpleCookie = SimpleCookie()
     jar[i18n.LANG_COOKIE] = q
     morsel = jar[i18n.LANG_COOKIE]
-    morsel.update({"max-age": str(LANG_COOKIE_MAX_AGE), "path": "/", "httponly": True,
-                   "samesite": "Lax"})
+    morsel.update({"max-age": str(LANG_COOKIE_MAX_AGE), "path": "/", "samesite": "Lax"})
+    morsel["httponly"] = True
     if services(request).settings.cookie_secure:
         morsel["secure"] = True
     response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())

@@ -138,8 +138,8 @@ class Keys:
     def presence_lease(self) -> str:  # the reconciler's leader lease (audit/lease.py)
         return f"{self.p}presence:lease"
 
-    def janus_room(self, server: str, room_id: str) -> str:  # a Janus room's class
-        return f"{self.p}presence:janus_room:{server}:{room_id}"
+    def room_index(self, kind: str, room_key: str) -> str:  # the class of a platform's room
+        return f"{self.p}presence:{kind}_room:{room_key}"
 
     def evict_failed(self, cid: str, upstream_id: str) -> str:
         return f"{self.p}presence:evict_failed:{{c:{cid}}}:{upstream_id}"

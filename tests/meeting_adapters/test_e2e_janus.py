@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from gateway.app import SERVICES
 from gateway.hostctl import HostControls
 from gateway.janus_runner import JanusConfig, free_port
-from gateway.routes.platform_hooks import JANUS_HOOK_SECRET
+from gateway.routes.platform_hooks import HOOK_SECRETS
 from meeting_adapters.egress import EgressPolicy
 from meeting_adapters.janus import JanusClient, hook_credentials
 from tests.gateway.helpers import audit_events, running_gateway
@@ -119,7 +119,7 @@ async def test_janus_event_handler_retires_tokens(tmp_path: Path, redis_url: str
 async def _event_test(gw: Any, tmp_path: Path) -> Any:
     """Returns the Janus process, stopped by the caller once the gateway is closed (Janus
     posts events until it stops)."""
-    secret = gw.server.app[JANUS_HOOK_SECRET].value
+    secret = gw.server.app[HOOK_SECRETS].values["janus"]
     base = free_port() % 500
     port = free_port()
     user, password = hook_credentials(secret, f"ws://127.0.0.1:{port}")
