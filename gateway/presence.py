@@ -4,7 +4,9 @@ One process at a time does the polling, chosen by a Redis lease (audit/lease.py;
 process takes over when the holder stops). Every
 ``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
 over yet and whose platform has PRESENCE, lists the upstream participants and compares
-them with ``ClassStore.admitted``. Anyone else is an intruder: an ``intruder_in_room``
+them with ``ClassStore.admitted`` (a platform that names signed-in accounts,
+``Present.account``, is matched by the roster's school e-mails; never by display name).
+Anyone else is an intruder: an ``intruder_in_room``
 alert reaches the control room and the audit log (once per person and class), and when the
 class policy says ``auto_remove_intruders`` and the platform can remove people, they are
 removed. Platform webhooks (``routes/platform_hooks.py``) feed the same
@@ -16,6 +18,12 @@ then the class is skipped with a growing delay; every failure counts in
 ``classguard_upstream_errors`` and a run of failures raises one ``platform_unreachable``
 alert. Nobody is admitted around a failing platform: the join flow itself fails closed
 (``/go`` shows the "platform not reachable" page).
+
+After-the-fact attendance (``Feature.ATTENDANCE``, Teams): a platform that reports who
+attended only once a session is over is read every ``attendance_every_s``, also for a day
+after the class ended (the last session's report comes late); each report is read once
+(its id is kept) and whoever in it matches no roster student raises the same
+``intruder_in_room`` alert, with ``source = attendance_report``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from meeting_adapters import (
     MeetingAdapter,
     Present,
     Room,
+    RosterName,
     Unsupported,
 )
 
@@ -72,6 +81,15 @@ def has_feature(kind: str, feature: Feature) -> bool:
 
 def who_is_it(p: Present, identify: Mapping[str, str]) -> str | None:
     return p.student_id or identify.get(p.upstream_id)
+
+
+def identify_accounts(present: Iterable[Present],
+                      accounts: Mapping[str, str]) -> dict[str, str]:
+    """Upstream id -> student id for people signed in with a roster student's school
+    account (``accounts``: e-mail in lower case -> student id). Names are never matched:
+    anyone can type a classmate's name."""
+    return {p.upstream_id: accounts[p.account.lower()] for p in present
+            if p.student_id is None and p.account and p.account.lower() in accounts}
 
 
 def find_intruders(present: Iterable[Present], admitted: Iterable[str],
@@ -156,6 +174,8 @@ class Reconciler:
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _hooks_at: dict[str, float] = field(default_factory=dict)
     _indexed_rooms: set[str] = field(default_factory=set)
+    attendance_every_s: float = 60.0
+    _attendance_at: dict[str, float] = field(default_factory=dict)
     leader: bool = False
 
     # --- lease ---------------------------------------------------------------------
@@ -214,6 +234,12 @@ class Reconciler:
         for raw in await svc.r.zrange(classes, 0, -1):
             cid = str(raw)
             info = await svc.store.get_class(cid)
+            if info is not None and info.ended and has_feature(info.platform_kind,
+                                                               Feature.ATTENDANCE):
+                # the report of the last session comes after the class ended
+                if self._attendance_due(cid, now):
+                    await self.attendance(info)
+                continue
             if info is None or info.ended:
                 await svc.r.zrem(classes, cid)
                 continue
@@ -254,6 +280,9 @@ class Reconciler:
         adapter, room = HostControls(svc).adapter_and_room(info)
         caps = room_capabilities(adapter, room)
         await self._refresh_hooks(info, adapter, room)
+        if Feature.ATTENDANCE in adapter.features and self._attendance_due(info.id,
+                                                                          svc.clock()):
+            await self.attendance(info, adapter, room)
         if Capability.PRESENCE not in caps:
             return None
         try:
@@ -268,6 +297,46 @@ class Reconciler:
             await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
         return await self.judge(info, adapter, room, present)
 
+    def _attendance_due(self, cid: str, now: float) -> bool:
+        return now - self._attendance_at.get(cid, -1e12) >= self.attendance_every_s
+
+    async def attendance(self, info: ClassInfo, adapter: MeetingAdapter | None = None,
+                         room: Room | None = None) -> list[Present] | None:
+        """Read the platform's reports of finished sessions not read yet
+        (``Feature.ATTENDANCE``) and flag everyone in them who matches no roster student.
+        Returns them, or None when the reports could not be read."""
+        svc = self.svc
+        assert svc.store is not None
+        if adapter is None or room is None:
+            adapter, room = HostControls(svc).adapter_and_room(info)
+        if Feature.ATTENDANCE not in adapter.features:
+            return None
+        self._attendance_at[info.id] = svc.clock()
+        key = _keys(svc).attendance_reports(info.id)
+        known = {str(x) for x in await svc.r.smembers(key)}
+        roster = [RosterName(s.id, s.name, s.external_id)
+                  for s in await svc.store.roster(info.id)]
+        try:
+            reports = await self._with_retries(
+                info, lambda: adapter.attendance(room, roster, known))
+        except Unsupported:
+            return None
+        except AdapterError as exc:
+            await self._failed(info, exc)
+            return None
+        b = self._backoff.pop(info.id, None)
+        if b is not None and b.alerted:
+            await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
+        unknown: list[Present] = []
+        for report in reports:
+            for p in report.present:
+                if p.student_id is None:
+                    await self.flag(info, adapter, room, p, {}, source="attendance_report")
+                    unknown.append(p)
+            await svc.r.sadd(key, report.report_id)
+            await svc.r.expire(key, 40 * 86400)
+        return unknown
+
     async def judge(self, info: ClassInfo, adapter: MeetingAdapter, room: Room,
                     present: list[Present]) -> list[Present]:
         """Flag (and maybe remove) everyone present who was not admitted."""
@@ -278,6 +347,10 @@ class Reconciler:
         if Feature.IDENTIFY in adapter.features:
             roster = [s.id for s in await svc.store.roster(info.id)]
             identify = adapter.identify(room, roster)
+        if any(p.account for p in present):
+            # the platform names signed-in accounts: the roster's school e-mails say whose
+            accounts = {s.email: s.id for s in await svc.store.roster(info.id) if s.email}
+            identify = {**identify, **identify_accounts(present, accounts)}
         # Single-use credentials: once an admitted student is seen inside, their token goes.
         seen_ok = [p.upstream_id for p in present if who_is_it(p, identify) in set(admitted)]
         if seen_ok and Feature.CONSUME in adapter.features:
@@ -292,9 +365,11 @@ class Reconciler:
         return intruders
 
     async def flag(self, info: ClassInfo, adapter: MeetingAdapter, room: Room, p: Present,
-                   identify: Mapping[str, str]) -> str:
+                   identify: Mapping[str, str], *, source: str | None = None) -> str:
         """Alert once per person and class; remove when the policy says so. Returns what
-        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove)."""
+        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove).
+        ``source``: where the sighting comes from when not the live room
+        (``attendance_report``: after the session, nobody can be removed)."""
         svc = self.svc
         assert svc.auditor is not None
         policy = policy_of(info)
@@ -303,6 +378,8 @@ class Reconciler:
         can_remove = (Capability.REMOVE in room_capabilities(adapter, room)
                       and Feature.EVICT in adapter.features)
         facts = {"platform": info.platform_kind, "upstream_id": p.upstream_id}
+        extra = {"source": source} if source else {}
+        facts.update(extra)
         personal = {"name": p.display_name} if p.display_name else None
         recorded = False
         failed_key = _keys(svc).evict_failed(info.id, p.upstream_id)
@@ -336,7 +413,7 @@ class Reconciler:
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,
-                                      platform=info.platform_kind)
+                                      platform=info.platform_kind, **extra)
             if not recorded:  # nothing was done upstream: the sighting is the record
                 await svc.auditor.record(
                     "presence.intruder", actor="system:presence", org=info.org,

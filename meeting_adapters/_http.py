@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -182,6 +182,11 @@ class HttpAnswer:
     status: int
     text: str
     content_type: str
+    # the answer's headers (case-insensitive names folded to lower case)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # the answer's Retry-After header (seconds or an HTTP date), for platforms whose
+    # documents say to honour it
+    retry_after: str | None = None
 
     def json(self) -> Any:
         try:
@@ -197,9 +202,13 @@ async def fetch(
     url: str,
     *,
     timeout_s: float = 10.0,
+    server_errors: bool = False,
     **kwargs: Any,
 ) -> HttpAnswer:
     """One HTTP call; transport errors, redirects and 5xx become ``UpstreamUnavailable``.
+
+    ``server_errors=True``: a 5xx answer is returned (logged) instead, for an adapter that
+    retries the ones its platform documents as temporary (``Retry-After``).
 
     The session must come from ``egress.guarded_session`` (every address connected to is
     checked against the operator's egress policy); redirects are not followed, as the
@@ -208,6 +217,8 @@ async def fetch(
     NOTE: the URL may carry a checksum or token; it is never put into an error or a log.
     NOTE: every failure gives the same message to callers (the detail goes to the log
     only), so answers cannot tell an open port from a closed one or a denied address.
+    ``server_errors=True`` returns 5xx answers instead (for a caller that retries them
+    as its platform documents); it still raises on everything else above.
     """
     import aiohttp
     import yarl
@@ -225,7 +236,9 @@ async def fetch(
             allow_redirects=False, **kwargs,
         ) as resp:
             text = await resp.text() if resp.status < 300 or resp.status >= 400 else ""
-            answer = HttpAnswer(resp.status, text, resp.content_type)
+            answer = HttpAnswer(resp.status, text, resp.content_type,
+                                {k.lower(): v for k, v in resp.headers.items()},
+                                resp.headers.get("Retry-After"))
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, EgressRefused):
@@ -240,5 +253,6 @@ async def fetch(
         raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     if answer.status >= 500:
         log.warning("%s: %s answered %d", kind, host, answer.status)
-        raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
+        if not server_errors:
+            raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     return answer

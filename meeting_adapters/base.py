@@ -15,7 +15,7 @@ This package never imports ``gateway``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +29,7 @@ __all__ = [
     "AdapterBase",
     "AdapterError",
     "AdapterPool",
+    "AttendanceReport",
     "Capability",
     "Clock",
     "Feature",
@@ -44,6 +45,7 @@ __all__ = [
     "Present",
     "Room",
     "RoomSpec",
+    "RosterName",
     "Unsupported",
     "UpstreamUnavailable",
     "Webhook",
@@ -96,6 +98,10 @@ class Feature(StrEnum):
     ROOM_INDEX = "room_index"
     # ``open_pool(egress)``: long-lived connections shared by a process.
     POOL = "pool"
+    # ``attendance(room, roster, known)``: who attended sessions that are over, from the
+    # platform's after-the-fact reports (not live presence: nobody can be removed from a
+    # session that has ended); the reconciler flags whoever matches no roster student.
+    ATTENDANCE = "attendance"
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -234,6 +240,29 @@ class Present:
     display_name: str
     student_id: str | None  # None: the platform cannot tell us who this is (intruder?)
     joined_at: datetime | None  # aware UTC when the platform reports it
+    # The school account (e-mail, lower case) the platform says this person is signed in
+    # with, when it says so: the gateway matches it against the roster's school accounts.
+    account: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RosterName:
+    """A roster student as an attendance report may name them (``external_id``: the
+    school's own id, often the school account e-mail)."""
+
+    student_id: str
+    name: str
+    external_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttendanceReport:
+    """One finished session of a room, as the platform reported it afterwards.
+    ``present``: everyone but the organizer; ``student_id`` set when matched to the roster."""
+
+    report_id: str
+    ended_at: datetime | None
+    present: tuple[Present, ...]
 
 
 # --- webhooks: a raw request in, neutral events out --------------------------------------
@@ -414,6 +443,12 @@ class MeetingAdapter(Protocol):
         """``Feature.POOL``: the process's pool, passed to instances as ``pool=``."""
         ...
 
+    async def attendance(self, room: Room, roster: Sequence[RosterName],
+                         known: Collection[str]) -> list[AttendanceReport]:
+        """``Feature.ATTENDANCE``: the reports of finished sessions not in ``known``
+        (report ids already read)."""
+        ...
+
 
 class AdapterBase:
     """Neutral defaults for the optional parts of ``MeetingAdapter``: an adapter
@@ -450,3 +485,7 @@ class AdapterBase:
     @classmethod
     def open_pool(cls, egress: EgressPolicy) -> AdapterPool:
         raise TypeError(f"the {cls.kind} platform has no connection pool")
+
+    async def attendance(self, room: Room, roster: Sequence[RosterName],
+                         known: Collection[str]) -> list[AttendanceReport]:
+        return []

@@ -27,6 +27,8 @@ from .egress import EgressPolicy
 from .generic import GenericAdapter, utc_now
 from .janus import JanusAdapter
 from .jitsi import JitsiAdapter
+from .meet import MeetAdapter
+from .teams import TeamsAdapter
 from .zoom import ZoomAdapter
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ _ADAPTERS: dict[str, AdapterClass] = {
     BigBlueButtonAdapter.kind: BigBlueButtonAdapter,
     JitsiAdapter.kind: JitsiAdapter,
     ZoomAdapter.kind: ZoomAdapter,
+    MeetAdapter.kind: MeetAdapter,
+    TeamsAdapter.kind: TeamsAdapter,
 }
 ADAPTERS: Final[Mapping[str, AdapterClass]] = MappingProxyType(_ADAPTERS)
 
@@ -99,6 +103,7 @@ FEATURE_METHODS: Final[Mapping[Feature, str]] = MappingProxyType({
     Feature.REGISTER_HOOK: "register_hook",
     Feature.ROOM_INDEX: "room_key",
     Feature.POOL: "open_pool",
+    Feature.ATTENDANCE: "attendance",
 })
 
 

@@ -16,9 +16,10 @@ from policies.model import ClassId, Jti, Schedule, StudentId
 
 from ..app import Services, services
 from ..auth import Principal, require_user
+from ..authz import Action, allows
 from ..codes import code_lookup_key, format_code, new_code
 from ..errors import ApiError, Refusal
-from ..hostctl import ActionRequest, HostControls, can_view, is_host
+from ..hostctl import ActionRequest, HostControls, class_target, visible_classes
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
@@ -101,10 +102,10 @@ async def load_class(request: web.Request, p: Principal, *, host: bool = False) 
     info = await svc.store.get_class(request.match_info["class_id"])
     if info is None:
         raise Refusal(404, "not_found", "class not found")
-    anc = await org_ancestors(svc, info.org)
-    if not can_view(p, info, anc):
+    target = await class_target(svc, info)
+    if not allows(p, Action.VIEW_CLASS, target):
         raise Refusal(404, "not_found", "class not found", class_id=info.id, org=info.org)
-    if host and not is_host(svc, p, info, anc):
+    if host and not allows(p, Action.HOST_CLASS, target):
         raise Refusal(403, "forbidden",
                       "only the class's teacher or an administrator may do this",
                       class_id=info.id, org=info.org)
@@ -142,7 +143,7 @@ async def create_class(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.store is not None and svc.secretbox is not None and svc.auditor is not None
     p = await require_user(request)
-    if p.role not in ("teacher", "admin"):
+    if not allows(p, Action.CREATE_CLASS):
         raise ApiError(403, "forbidden", "only teachers and administrators create classes")
     data = require_fields(await read_json(request), required=("title", "platform", "schedule"),
                           optional=("policy",))
@@ -171,12 +172,8 @@ async def create_class(request: web.Request) -> web.Response:
 
 async def list_classes(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
     p = await require_user(request)
-    if p.role == "teacher":
-        infos = await svc.store.classes_of_owner(p.username)
-    else:
-        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
+    infos = await visible_classes(svc, p)
     return web.json_response({"classes": [class_json(svc, i) for i in infos]})
 
 
@@ -214,7 +211,7 @@ async def put_roster(request: web.Request) -> web.Response:
             facts={"students": len(parsed.students),
                    "rejected": len(parsed.rejected)}) as out:
         students, removed = await svc.store.replace_roster(
-            info.id, [(s.name, s.external_id) for s in parsed.students]
+            info.id, [(s.name, s.external_id, s.email) for s in parsed.students]
         )
         out.facts.update(students=len(students), removed=len(removed))
     return web.json_response({

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -24,7 +24,9 @@ from babel.dates import format_datetime
 from .. import i18n
 from ..app import Services, services
 from ..auth import SESSION_COOKIE, Principal, authenticate
+from ..authz import Action, allows
 from ..errors import ApiError
+from ..hostctl import visible_classes
 from .session import login_user, set_session_cookie
 
 DEFAULT_TZ = "Asia/Ho_Chi_Minh"
@@ -71,12 +73,15 @@ def nav_items(p: Principal | None) -> list[tuple[str, str]]:
     if p is None or p.must_change_password:
         return []
     items: list[tuple[str, str]] = []
-    if p.role in ("teacher", "admin"):
+    if allows(p, Action.HOST_CLASS):
         items.append(("/classes", "nav.classes"))
-    if p.role in ("it", "admin"):
-        items += [("/audit", "nav.audit"), ("/bans", "nav.bans")]
-    items.append(("/incidents", "nav.incidents"))
-    if p.role == "admin":
+    if allows(p, Action.READ_AUDIT):
+        items.append(("/audit", "nav.audit"))
+    if allows(p, Action.MANAGE_ORG_BANS):
+        items.append(("/bans", "nav.bans"))
+    if allows(p, Action.VIEW_CLASS):
+        items.append(("/incidents", "nav.incidents"))
+    if allows(p, Action.MANAGE_STAFF):
         items += [("/admin/staff", "nav.staff"), ("/admin/keys", "nav.keys")]
     return items
 
@@ -127,11 +132,11 @@ def page_lang(request: web.Request) -> str:
     return i18n.request_lang(request, services(request).settings.default_lang)
 
 
-def staff_page(roles: Iterable[str]) -> Callable[[PageHandler], Callable[
+def staff_page(action: Action) -> Callable[[PageHandler], Callable[
         [web.Request], Awaitable[web.StreamResponse]]]:
-    """A page for signed-in staff of ``roles``: redirects to sign-in, and renders API
-    errors (404 not yours, 403 not allowed) as a page in the viewer's language."""
-    allowed = frozenset(roles)
+    """A page for signed-in staff who may do ``action`` (gateway/authz.py, on something
+    of their own): redirects to sign-in, and renders API errors (404 not yours, 403 not
+    allowed) as a page in the viewer's language."""
 
     def wrap(fn: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -141,7 +146,7 @@ def staff_page(roles: Iterable[str]) -> Callable[[PageHandler], Callable[
                 raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe=""))
             if p.must_change_password:
                 raise web.HTTPSeeOther(change_password_url(request.path_qs))
-            if p.role not in allowed:
+            if not allows(p, action):
                 return page_response(request, "error.html", lang, status=403, user=p,
                                      message=i18n.t(lang, "error.forbidden"))
             try:
@@ -193,7 +198,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 def home_of(p: Principal) -> str:
-    home = "/classes" if p.role in ("teacher", "admin") else "/audit"
+    home = "/classes" if allows(p, Action.HOST_CLASS) else "/audit"
     return change_password_url(home) if p.must_change_password else home
 
 
@@ -222,7 +227,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                            nxt=nxt)
         resp.headers.update(exc.headers)
         return resp
-    if nxt == "/classes" and user.get("role") == "it":
+    if nxt == "/classes" and not allows(
+            Principal(str(user["username"]), str(user["role"]), str(user["org"]), "session"),
+            Action.HOST_CLASS):
         nxt = "/audit"
     if user.get("must_change_password"):
         nxt = change_password_url(nxt)
@@ -261,17 +268,13 @@ async def set_lang(request: web.Request) -> web.StreamResponse:
 
 # --- my classes ---------------------------------------------------------------------------
 
-@staff_page(("teacher", "admin", "it"))
+@staff_page(Action.VIEW_CLASS)
 async def classes_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
-    if p.role == "teacher":
-        infos = await svc.store.classes_of_owner(p.username)
-    else:
-        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
-    infos = sorted(infos, key=lambda i: i.schedule.starts_at, reverse=True)
+    infos = sorted(await visible_classes(svc, p), key=lambda i: i.schedule.starts_at,
+                   reverse=True)
     return page_response(request, "classes.html", lang, user=p, classes=infos,
-                         can_create=p.role in ("teacher", "admin"))
+                         can_create=allows(p, Action.CREATE_CLASS))
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:

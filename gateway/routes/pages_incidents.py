@@ -27,7 +27,9 @@ from policies.schedule import current_window_utc
 
 from ..app import Services, services
 from ..auth import Principal
+from ..authz import Action, allows
 from ..evidence_export import is_custody, revision_rows, wait_outbox_drained
+from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..stores import ClassInfo, Student, valid_class_id
 from .incidents import (
@@ -42,7 +44,6 @@ from .incidents import (
 )
 from .pages import DEFAULT_TZ, page_response, staff_page
 
-ROLES = ("teacher", "it", "admin")
 LOCAL_TZ = ZoneInfo(DEFAULT_TZ)
 #: Asia/Ho_Chi_Minh keeps UTC+7 all year (no daylight saving time).
 LOCAL_OFFSET = "+07:00"
@@ -233,7 +234,7 @@ async def _class_titles(svc: Services, ids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-@staff_page(ROLES)
+@staff_page(Action.VIEW_CLASS)
 async def list_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     status = request.query.get("status", "")
@@ -245,15 +246,11 @@ async def list_page(request: web.Request, p: Principal, lang: str) -> web.Stream
 
 
 async def _visible_classes(svc: Services, p: Principal) -> list[ClassInfo]:
-    assert svc.store is not None and svc.staff is not None
-    if p.role == "teacher":
-        infos = await svc.store.classes_of_owner(p.username)
-    else:
-        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
-    return sorted(infos, key=lambda i: i.schedule.starts_at, reverse=True)
+    return sorted(await visible_classes(svc, p), key=lambda i: i.schedule.starts_at,
+                  reverse=True)
 
 
-@staff_page(ROLES)
+@staff_page(Action.VIEW_CLASS)
 async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
@@ -277,11 +274,12 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
         alerted=alerted, visitors=visitors, others=others)
 
 
-@staff_page(ROLES)
+@staff_page(Action.VIEW_CLASS)
 async def detail_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
     inc, info = await load_incident(request, p)
+    target = await class_target(svc, info)
     # NOTE: opening the page is a custody event, logged before the history is read so the
     # history shows this view too.
     await record_view(request, p, inc, info, via="page")
@@ -299,8 +297,9 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
     can_attach = inc.status != "closed" and len(inc.attachments) < MAX_ATTACHMENTS
     # Only administrators close and reopen, and never about a class of their own; the
     # API refuses the same (routes/incidents.py ``update``).
+    decides = allows(p, Action.DECIDE_INCIDENT, target)
     moves = sorted(s for s in TRANSITIONS.get(inc.status, frozenset()) if s != "exported"
-                   and p.role == "admin" and not (s == "closed" and info.owner == p.username))
+                   and decides and not (s == "closed" and info.owner == p.username))
     store = incident_store(svc)
     revisions = revision_rows(lang, await store.history(inc.id))
     quota = svc.settings.attachment_org_quota_bytes
@@ -315,7 +314,8 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         revisions=revisions, quota_human=human_size(quota, lang),
         used_human=human_size(used, lang),
         can_attach=can_attach,
-        can_export=p.role == "admin", can_proof=p.role in ("it", "admin"),
+        can_export=allows(p, Action.EXPORT_EVIDENCE, target),
+        can_proof=allows(p, Action.READ_AUDIT, target),
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),
         max_files=MAX_FILES_PER_UPLOAD, max_attachments=MAX_ATTACHMENTS,
         upload_errors=_UPLOAD_ERRORS,

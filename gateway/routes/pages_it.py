@@ -20,6 +20,7 @@ from audit import AuditError, AuditQuery
 
 from ..app import Services, services
 from ..auth import Principal
+from ..authz import Action, allows
 from ..errors import ApiError
 from .audit import parse_query, record_read
 from .pages import DEFAULT_TZ, page_response, staff_page
@@ -52,7 +53,7 @@ async def visible_events(svc: Services, p: Principal, params: dict[str, str], li
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    is_root = await svc.staff.is_root_admin(p.role, p.org)
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     out = []
     for ev in found:
         org = ev.record.get("org")
@@ -78,7 +79,7 @@ def _event_row(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@staff_page(("it", "admin"))
+@staff_page(Action.READ_AUDIT)
 async def audit_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.auditor is not None
@@ -125,7 +126,7 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
     )
 
 
-@staff_page(("it", "admin"))
+@staff_page(Action.MANAGE_ORG_BANS)
 async def bans_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None and svc.staff is not None
@@ -140,7 +141,7 @@ async def bans_page(request: web.Request, p: Principal, lang: str) -> web.Stream
             class_bans.append({**b.to_json(), "class_title": info.title})
     return page_response(request, "bans.html", lang, user=p, org_bans=org_bans,
                          class_bans=class_bans, orgs=subtree, home_org=p.org,
-                         can_lift_class=p.role == "admin", now=svc.clock())
+                         can_lift_class=allows(p, Action.HOST_CLASS), now=svc.clock())
 
 
 def setup(app: web.Application) -> None:

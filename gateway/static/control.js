@@ -83,7 +83,9 @@
   }
   function alertText(a) {
     var tpl = d[camel("alert", a.kind)] || a.kind;
-    return String(tpl).replace("{name}", a.name || "?").replace("{device}", a.device_hint || d.deviceUnknown);
+    var text = String(tpl).replace("{name}", a.name || "?").replace("{device}", a.device_hint || d.deviceUnknown);
+    var source = a.source ? d[camel("alertSource", a.source)] : null;
+    return source ? text + " " + source : text;
   }
   function render() {
     var w = Array.from(waiting.values()).filter(function (x) { return !pending.has(x.ticket); });

@@ -147,6 +147,9 @@ class Keys:
     def presence_seen(self, cid: str, upstream_id: str) -> str:
         return f"{self.p}presence:seen:{{c:{cid}}}:{upstream_id}"
 
+    def attendance_reports(self, cid: str) -> str:  # attendance reports already read
+        return f"{self.p}presence:reports:{{c:{cid}}}"
+
     # --- demo (gateway/demo.py) -------------------------------------------------------
 
     def demo_janus_ws(self) -> str:
