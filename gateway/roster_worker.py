@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .child_process import die_with_parent
 from .roster import (
     Format,
     Rejection,
@@ -90,7 +91,8 @@ class RosterParser:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.roster_worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent())  # noqa: PLW1509 - prctl and getppid only
         header = json.dumps({"content_type": content_type, "filename": filename,
                              "max_rows": max_rows}).encode() + b"\n"
         try:

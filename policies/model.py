@@ -17,6 +17,10 @@ ClassId = NewType("ClassId", str)
 StudentId = NewType("StudentId", str)
 Jti = NewType("Jti", str)
 
+#: The time zone of a class whose schedule names none, and of the gateway's pages and
+#: reports unless its ``timezone`` setting says otherwise (gateway/config.py).
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+
 
 class Action(StrEnum):
     ADMIT = "admit"
@@ -98,7 +102,7 @@ class Schedule:
 
     starts_at: datetime
     ends_at: datetime
-    timezone: str = "Asia/Ho_Chi_Minh"
+    timezone: str = DEFAULT_TIMEZONE
     term_ends_at: datetime | None = None
     weekly: tuple[int, ...] = ()
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from meeting_adapters import RoomSpec, validate_platform
 from policies import load_policy, weakened_checks
-from policies.model import ClassId, Jti, Schedule, StudentId
+from policies.model import DEFAULT_TIMEZONE, ClassId, Jti, Schedule, StudentId
 
 from ..app import Services, services
 from ..auth import Principal, require_user
@@ -55,7 +55,7 @@ def _parse_time(value: Any, field: str) -> datetime:
     return dt
 
 
-def parse_schedule(data: Any) -> Schedule:
+def parse_schedule(data: Any, default_tz: str = DEFAULT_TIMEZONE) -> Schedule:
     d = require_fields(data, required=("starts_at", "ends_at"),
                        optional=("term_ends_at", "timezone", "weekly"), where="schedule")
     starts = _parse_time(d["starts_at"], "schedule.starts_at")
@@ -69,7 +69,7 @@ def parse_schedule(data: Any) -> Schedule:
         if term < ends:
             raise ApiError(400, "invalid_field", "schedule.term_ends_at is before the class ends",
                            field="schedule.term_ends_at")
-    tz = d.get("timezone", "Asia/Ho_Chi_Minh")
+    tz = d.get("timezone", default_tz)
     try:
         from zoneinfo import ZoneInfo
 
@@ -149,7 +149,7 @@ async def create_class(request: web.Request) -> web.Response:
                           optional=("policy",))
     title = clean_text(data["title"], "title")
     platform = validate_platform(data["platform"], egress=svc.settings.egress_policy())
-    schedule = parse_schedule(data["schedule"])
+    schedule = parse_schedule(data["schedule"], svc.settings.timezone)
     policy_request = data.get("policy") or {"preset": "standard"}
     chain = await org_ancestors(svc, p.org)
     _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix, chain)

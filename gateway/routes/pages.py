@@ -21,6 +21,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import hdrs, web
 from babel.dates import format_datetime
 
+from policies.model import DEFAULT_TIMEZONE
+
 from .. import i18n
 from ..app import Services, services
 from ..auth import SESSION_COOKIE, Principal, authenticate
@@ -29,7 +31,7 @@ from ..errors import ApiError
 from ..hostctl import visible_classes
 from .session import login_user, set_session_cookie
 
-DEFAULT_TZ = "Asia/Ho_Chi_Minh"
+DEFAULT_TZ = DEFAULT_TIMEZONE
 LANG_COOKIE_MAX_AGE = 365 * 86400
 PageHandler = Callable[[web.Request, Principal, str], Awaitable[web.StreamResponse]]
 
@@ -56,6 +58,18 @@ def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium"
         return str(format_datetime(dt, fmt, tzinfo=ZoneInfo(tz), locale=lang))
     except (ValueError, TypeError, OverflowError, LookupError):
         return str(value)
+
+
+def zone_label(tz: str) -> str:
+    """``Asia/Ho_Chi_Minh, UTC+7``: a time zone's name and its offset now."""
+    try:
+        off = datetime.now(UTC).astimezone(ZoneInfo(tz)).utcoffset()
+    except (ValueError, LookupError):
+        return tz
+    minutes = int(off.total_seconds()) // 60 if off is not None else 0
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{tz}, UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
 
 
 def safe_next(value: str | None) -> str:
@@ -304,6 +318,9 @@ def install_filters(svc: Services) -> None:
     env = svc.templates
     env.filters["when"] = format_when
     env.globals["langs"] = i18n.LANGS
+    # the zone of times on pages (a page about one class passes its own as ``tz``)
+    env.globals["tz"] = svc.settings.timezone
+    env.globals["zone_label"] = zone_label
     env.globals["reasons"] = [r.value for r in Reason]
     env.globals["retry_reasons"] = RETRY_REASONS
     env.globals["advice_keys"] = frozenset(

@@ -28,7 +28,8 @@ from policies.schedule import current_window_utc
 from ..app import Services, services
 from ..auth import Principal
 from ..authz import Action, allows
-from ..evidence_export import is_custody, revision_rows, wait_outbox_drained
+from ..evidence_gather import is_custody, wait_outbox_drained
+from ..evidence_report import revision_rows, zone_of
 from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..stores import ClassInfo, Student, valid_class_id
@@ -42,11 +43,8 @@ from .incidents import (
     record_view,
     visible_incidents,
 )
-from .pages import DEFAULT_TZ, page_response, staff_page
+from .pages import page_response, staff_page
 
-LOCAL_TZ = ZoneInfo(DEFAULT_TZ)
-#: Asia/Ho_Chi_Minh keeps UTC+7 all year (no daylight saving time).
-LOCAL_OFFSET = "+07:00"
 #: Alerts that name the student whose link (or seat) was involved.
 PERSON_ALERTS = ("link_shared", "banned_returning", "intruder_in_room")
 #: How long the detail page waits for its own view record to be sequenced.
@@ -61,9 +59,18 @@ _UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty
 
 # --- formatting (pure) --------------------------------------------------------------------
 
-def local_input(moment: datetime) -> str:
-    """A ``datetime-local`` value: the wall clock in Asia/Ho_Chi_Minh, to the minute."""
-    return moment.astimezone(LOCAL_TZ).strftime("%Y-%m-%dT%H:%M")
+def local_input(moment: datetime, zone: ZoneInfo) -> str:
+    """A ``datetime-local`` value: the wall clock in ``zone``, to the minute."""
+    return moment.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+
+
+def utc_offset(zone: ZoneInfo, moment: datetime) -> str:
+    """``+07:00``: the offset the form appends to its wall-clock inputs (the zone's at
+    ``moment``; a window across a daylight-saving change is off by that hour)."""
+    off = moment.astimezone(zone).utcoffset() or timedelta()
+    minutes = int(off.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def report_window(info: ClassInfo, now: datetime) -> tuple[datetime, datetime]:
@@ -260,6 +267,7 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
         return page_response(request, "incident_new.html", lang, user=p, info=None,
                              classes=await _visible_classes(svc, p))
     info = await class_for(svc, p, cid)
+    zone = zone_of(info.schedule.timezone, svc.settings.timezone)
     now = datetime.fromtimestamp(svc.clock(), UTC)
     since, until = report_window(info, now)
     roster = await svc.store.roster(info.id)
@@ -270,7 +278,8 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
     others = [s for s in roster if s.id not in named]
     return page_response(
         request, "incident_new.html", lang, user=p, info=info, classes=[],
-        since=local_input(since), until=local_input(until), offset=LOCAL_OFFSET,
+        since=local_input(since, zone), until=local_input(until, zone),
+        offset=utc_offset(zone, now), tz=zone.key,
         alerted=alerted, visitors=visitors, others=others)
 
 
@@ -301,11 +310,13 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
     moves = sorted(s for s in TRANSITIONS.get(inc.status, frozenset()) if s != "exported"
                    and decides and not (s == "closed" and info.owner == p.username))
     store = incident_store(svc)
-    revisions = revision_rows(lang, await store.history(inc.id))
+    zone = zone_of(info.schedule.timezone, svc.settings.timezone)
+    revisions = revision_rows(lang, await store.history(inc.id), zone)
     quota = svc.settings.attachment_org_quota_bytes
     used = await store.usage(inc.org)
     return page_response(
-        request, "incident.html", lang, user=p, inc=inc, info=info, students=students,
+        request, "incident.html", lang, user=p, inc=inc, info=info, tz=zone.key,
+        students=students,
         visitors=visitors, description_lines=inc.description.split("\n")
         if inc.description else [],
         attachments=[{**a.to_json(), "human": human_size(a.size, lang)}

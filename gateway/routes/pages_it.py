@@ -88,7 +88,7 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
     error = None
     try:
         for k in ("since", "until"):
-            iso = _local_to_iso(form[k])
+            iso = _local_to_iso(form[k], svc.settings.timezone)
             if iso:
                 params[k] = iso
     except ApiError:

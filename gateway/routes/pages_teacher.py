@@ -32,7 +32,7 @@ from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
 from ..stores import ClassInfo
 from .classes import current_links, load_class
-from .pages import DEFAULT_TZ, page_response, staff_page
+from .pages import page_response, staff_page
 
 # The settings a teacher types for each platform (the adapters validate them).
 # (name, input type, required, placeholder, integer?)
@@ -147,7 +147,7 @@ def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
 @staff_page(Action.CREATE_CLASS)
 async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    now = datetime.fromtimestamp(svc.clock(), UTC).astimezone(ZoneInfo(DEFAULT_TZ))
+    now = datetime.fromtimestamp(svc.clock(), UTC).astimezone(ZoneInfo(svc.settings.timezone))
     start = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     return page_response(
         request, "class_new.html", lang, user=p,

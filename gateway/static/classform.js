@@ -28,7 +28,7 @@
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     var v = function (id) { return document.getElementById(id).value.trim(); };
-    var tz = v("timezone") || "Asia/Ho_Chi_Minh";
+    var tz = v("timezone") || document.body.dataset.tz;
     var platform = { kind: kind.value };
     form.querySelectorAll('.platform[data-kind="' + kind.value + '"] input, .platform[data-kind="' + kind.value + '"] textarea').forEach(function (i) {
       var key = i.name.replace(/^platform\./, "");

@@ -16,7 +16,7 @@
   var queue = [];            // actions typed while disconnected
   var ws = null, delay = 1000, seq = 0, locked = false, ended = false, hostPresent = true;
   var fmt = new Intl.DateTimeFormat(d.lang === "en" ? "en-GB" : "vi-VN",
-    { timeZone: d.tz || "Asia/Ho_Chi_Minh", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    { timeZone: d.tz || document.body.dataset.tz, hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
   function camel(prefix, s) {
     return prefix + String(s || "").replace(/(^|_)([a-z])/g, function (m, a, c) { return c.toUpperCase(); });

@@ -19,7 +19,7 @@
     var fd = form.dataset;
     var csrf = form.querySelector("input[name=csrf_token]").value;
     var formError = document.getElementById("form-error");
-    // "2026-11-23T07:30" (Vietnam wall clock) -> "2026-11-23T07:30:00+07:00"
+    // "2026-11-23T07:30" (the class's wall clock) -> "2026-11-23T07:30:00+07:00" (its offset)
     var toIso = function (value) {
       if (!value) { return ""; }
       return (value.length === 16 ? value + ":00" : value) + fd.offset;

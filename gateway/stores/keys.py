@@ -152,6 +152,9 @@ class Keys:
 
     # --- demo (gateway/demo.py) -------------------------------------------------------
 
+    def demo_class(self) -> str:  # the demo's class, reused by a restart
+        return f"{self.p}demo:class"
+
     def demo_janus_ws(self) -> str:
         return f"{self.p}demo:janus_ws"
 
