@@ -515,7 +515,7 @@ async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from .metrics import Metrics
     from .presence import Reconciler
     from .services import Foundation, make_templates, open_services
-    from .state import device_hash
+    from .stores import device_hash
 
     token = args.token.rsplit("/j/", 1)[-1].strip()
     found = Foundation(settings=settings, clock=time.time, metrics=Metrics.create(),

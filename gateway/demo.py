@@ -31,7 +31,8 @@ from .presence import watch_class
 from .routes.classes import issue_links, seal_platform
 from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
 from .services import FOUNDATION, services, services_of
-from .state import new_id
+from .stores import new_id
+from .stores.keys import Keys
 
 log = logging.getLogger("classguard.demo")
 
@@ -139,7 +140,7 @@ _JANUS_PAGE = """<!doctype html>
 
 
 def _janus_ws_key(prefix: str) -> str:
-    return f"{prefix}demo:janus_ws"
+    return Keys(prefix).demo_janus_ws()
 
 
 async def _janus_upstream(request: web.Request) -> str:
@@ -214,7 +215,7 @@ DEMO_ANNOUNCEMENT: web.AppKey[list[str]] = web.AppKey("demo_announcement", list)
 
 def _demo_class_key(prefix: str) -> str:
     """The id of the demo's class: a restart in the same data folder reuses it."""
-    return f"{prefix}demo:class"
+    return Keys(prefix).demo_class()
 
 
 def announcement(app: web.Application) -> str | None:

@@ -28,7 +28,7 @@ from .authz import Action, Target, allows, listing_scope
 from .bans import make_key
 from .errors import ApiError
 from .services import Services
-from .state import ClassInfo, split_ticket, valid_student_id
+from .stores import ClassInfo, split_ticket, valid_student_id
 
 log = logging.getLogger("classguard.host")
 
@@ -409,12 +409,10 @@ class HostControls:
                        field="student_id")
 
     async def _bound_device(self, cid: str, sid: str) -> str | None:
-        v = await self.svc.store.r.hget(self.svc.store.k.bind(cid), sid)
-        return str(v) if v else None
+        return await self.svc.store.bound_device(cid, sid) or None
 
     async def _ip_of(self, cid: str, sid: str) -> str | None:
-        v = await self.svc.store.r.hget(self.svc.store.k.c(cid, "last_ip"), sid)
-        return str(v) if v else None
+        return await self.svc.store.last_ip(cid, sid) or None
 
 
 def _participant(sid: str) -> Any:

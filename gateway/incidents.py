@@ -54,6 +54,7 @@ import redis.asyncio as aioredis
 from audit.holds import LegalHold
 
 from .secretbox import SecretBox
+from .stores.keys import IncidentKeys
 
 Status = Literal["open", "exported", "closed"]
 STATUSES: tuple[Status, ...] = ("open", "exported", "closed")
@@ -319,19 +320,20 @@ class IncidentStore:
                  secretbox: SecretBox, blob_dir: Path | None = None) -> None:
         self.r = redis
         self.p = prefix
+        self._keys = IncidentKeys(prefix)
         self.clock = clock
         self.box = secretbox
         self.blob_dir = blob_dir
         self._revise = redis.register_script(_REVISE)
 
     def _k(self, iid: str, suffix: str) -> str:
-        return f"{self.p}{{i:{iid}}}:{suffix}"
+        return self._keys.item(iid, suffix)
 
     def _org_key(self, org: str) -> str:
-        return f"{self.p}incidents:org:{org}"
+        return self._keys.of_org(org)
 
     def _class_key(self, cid: str) -> str:
-        return f"{self.p}incidents:class:{cid}"
+        return self._keys.of_class(cid)
 
     @property
     def _held_key(self) -> str:
@@ -472,7 +474,7 @@ class IncidentStore:
         return f"incident-attachment:{iid}:{aid}:{i}:{n}".encode()
 
     def _usage_key(self, org: str) -> str:
-        return f"{self.p}incidents:usage:{org}"
+        return self._keys.usage(org)
 
     async def usage(self, org: str) -> int:
         """Bytes of attachments the org stores (what its quota counts)."""
@@ -599,7 +601,7 @@ def write_blob(path: Path, data: bytes) -> None:
 
 
 def held_key(prefix: str) -> str:
-    return f"{prefix}incidents:held"
+    return IncidentKeys(prefix).held()
 
 
 async def legal_holds(redis: aioredis.Redis, prefix: str) -> list[LegalHold]:
@@ -612,7 +614,7 @@ async def legal_holds(redis: aioredis.Redis, prefix: str) -> list[LegalHold]:
         iid = raw.decode() if isinstance(raw, bytes) else str(raw)
         if not valid_incident_id(iid):
             continue
-        meta: dict[Any, Any] = await redis.hgetall(f"{prefix}{{i:{iid}}}:meta")
+        meta: dict[Any, Any] = await redis.hgetall(IncidentKeys(prefix).item(iid, "meta"))
         m = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                            else v) for k, v in meta.items()}
         if not m or m.get("status") == "closed":

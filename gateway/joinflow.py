@@ -33,7 +33,7 @@ from policies.model import (
 
 from .auditing import milestone
 from .services import Services
-from .state import ClassInfo, Limit, Snapshot, device_hash
+from .stores import ClassInfo, Limit, Snapshot, device_hash
 from .tokens import peek_claims, verify_join_token
 from .useragent import device_hint
 
@@ -332,10 +332,9 @@ class JoinFlow:
         else:
             facts = TokenFacts(failure=None, student_id=rec.student_id, class_id=rec.class_id,
                                jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
-        device = await store.r.hget(store.k.bind(cid), sid)
-        ip = await store.r.hget(store.k.c(cid, "last_ip"), sid) or "0.0.0.0"  # noqa: S104
-        return await self.explain_attempt(facts, ip=str(ip),
-                                          device=None if device is None else str(device))
+        device = await store.bound_device(cid, sid)
+        ip = await store.last_ip(cid, sid) or "0.0.0.0"  # noqa: S104
+        return await self.explain_attempt(facts, ip=ip, device=device)
 
     async def admit_waiting_by_policy(self, cid: str) -> int:
         """When the host arrives, re-decide every student who was waiting only for the
@@ -522,7 +521,6 @@ class JoinFlow:
         result, ticket, nonce, _new, attempts = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
             entry=entry, event=event, budget=budget,
-            bus_channel=f"{svc.settings.redis_prefix}bus",
             nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
             attempts=("attempts", FLOOD_WINDOW_S), record=record,
         )

@@ -1,7 +1,7 @@
 """Presence reconciliation: who is really in the upstream room versus who we admitted.
 
-One process at a time does the polling, chosen by a Redis lease (``SET NX PX``, renewed
-with a compare-and-extend script; any process takes over when the holder stops). Every
+One process at a time does the polling, chosen by a Redis lease (audit/lease.py; any
+process takes over when the holder stops). Every
 ``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
 over yet and whose platform has PRESENCE, lists the upstream participants and compares
 them with ``ClassStore.admitted`` (a platform that names signed-in accounts,
@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from audit.lease import Lease
 from meeting_adapters import (
     ADAPTERS,
     AdapterError,
@@ -51,7 +52,8 @@ from meeting_adapters import (
 from .hostctl import HostControls, room_capabilities
 from .joinflow import JoinFlow, policy_of
 from .services import Services
-from .state import ClassInfo
+from .stores import ClassInfo
+from .stores.keys import Keys
 
 log = logging.getLogger("classguard.presence")
 
@@ -59,17 +61,6 @@ log = logging.getLogger("classguard.presence")
 EVICT_RETRY_S = 60
 
 INTRUDER: Final = "intruder_in_room"
-_ACQUIRE: Final = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
-_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 # --- pure ----------------------------------------------------------------------------------
@@ -112,20 +103,19 @@ def backoff_s(failures: int, base: float = 5.0, cap: float = 300.0) -> float:
 # --- registration of classes ---------------------------------------------------------------
 
 
-def _keys(svc: Services) -> tuple[str, str]:
-    p = svc.settings.redis_prefix
-    return f"{p}presence:classes", f"{p}presence:lease"
+def _keys(svc: Services) -> Keys:
+    return Keys(svc.settings.redis_prefix)
 
 
 def room_index_key(svc: Services, kind: str, room_key: str) -> str:
     """The class of the room a ``kind`` platform's events call ``room_key``
     (``MeetingAdapter.room_key``, ``Feature.ROOM_INDEX``)."""
-    return f"{svc.settings.redis_prefix}presence:{kind}_room:{room_key}"
+    return _keys(svc).room_index(kind, room_key)
 
 
 async def watch_class(svc: Services, info: ClassInfo) -> None:
     """Register a new class for reconciliation (until a day after it ends)."""
-    classes, _ = _keys(svc)
+    classes = _keys(svc).presence_classes()
     s = info.schedule
     end = (s.term_ends_at or s.ends_at).timestamp() + 86400
     await svc.redis.zadd(classes, {info.id: end})
@@ -182,24 +172,26 @@ class Reconciler:
 
     # --- lease ---------------------------------------------------------------------
 
+    def _lease(self) -> Lease:
+        return Lease(self.svc.redis, _keys(self.svc).presence_lease(), token=self.token,
+                     ttl_ms=self.lease_ms)
+
     async def hold_lease(self) -> bool:
-        _, lease = _keys(self.svc)
-        r = self.svc.redis
+        lease = self._lease()
         if self.leader:
-            self.leader = bool(await r.eval(_RENEW, 1, lease, self.token, self.lease_ms))
+            self.leader = await lease.renew()
             if not self.leader:
                 log.warning("presence reconciler lost its lease")
         if not self.leader:
-            self.leader = bool(await r.eval(_ACQUIRE, 1, lease, self.token, self.lease_ms))
+            self.leader = await lease.acquire()
             if self.leader:
                 log.info("presence reconciler leads on %s", self.svc.settings.node_id)
         return self.leader
 
     async def release(self) -> None:
-        _, lease = _keys(self.svc)
         if self.leader:
             with contextlib.suppress(Exception):
-                await self.svc.redis.eval(_RELEASE, 1, lease, self.token)
+                await self._lease().release()
         self.leader = False
 
     async def run(self) -> None:
@@ -226,7 +218,7 @@ class Reconciler:
     async def sweep(self) -> int:
         """One pass over the live classes; returns how many were reconciled."""
         svc = self.svc
-        classes, _ = _keys(svc)
+        classes = _keys(svc).presence_classes()
         now = svc.clock()
         await svc.redis.zremrangebyscore(classes, "-inf", now)
         done = 0
@@ -310,7 +302,7 @@ class Reconciler:
         if Feature.ATTENDANCE not in adapter.features:
             return None
         self._attendance_at[info.id] = svc.clock()
-        key = f"{svc.settings.redis_prefix}presence:reports:{{c:{info.id}}}"
+        key = _keys(svc).attendance_reports(info.id)
         known = {str(x) for x in await svc.redis.smembers(key)}
         roster = [RosterName(s.id, s.name, s.external_id)
                   for s in await svc.store.roster(info.id)]
@@ -378,8 +370,7 @@ class Reconciler:
         facts.update(extra)
         personal = {"name": p.display_name} if p.display_name else None
         recorded = False
-        prefix = svc.settings.redis_prefix
-        failed_key = f"{prefix}presence:evict_failed:{{c:{info.id}}}:{p.upstream_id}"
+        failed_key = _keys(svc).evict_failed(info.id, p.upstream_id)
         if policy.auto_remove_intruders:
             if can_remove and await svc.redis.exists(failed_key):
                 # NOTE: a removal the platform refused is retried after a pause, not at
@@ -405,7 +396,7 @@ class Reconciler:
                 recorded = True
             else:
                 action = "unsupported"
-        key = f"{prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
+        key = _keys(svc).presence_seen(info.id, p.upstream_id)
         first = await svc.redis.set(key, action, nx=True, ex=6 * 3600)
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,

@@ -40,7 +40,8 @@ from .redis_mux import Multiplexed
 from .roster_worker import RosterParser
 from .secretbox import SecretBox
 from .staff import StaffStore
-from .state import ClassStore
+from .stores import ClassStore
+from .stores.keys import Keys
 
 log = logging.getLogger("classguard")
 
@@ -242,7 +243,7 @@ async def open_services(
             clock=ms_clock,
             durability_replicas=s.audit_durability_replicas,
             fast=fast_bytes,
-            outbox_of=store.k.outbox,
+            outbox_of=store.outbox_key,
         )
         egress = s.egress_policy()
         # Platform calls only: egress-checked connects, no cookie jar shared across tenants.
@@ -257,7 +258,7 @@ async def open_services(
             secretbox=secretbox, audit_log=audit_log,
             auditor=Auditor(BatchingAppender(audit_log), node=s.node_id, clock_ms=ms_clock),
             audit_key=audit_key,
-            bus=Bus(redis, f"{s.redis_prefix}bus", f"{s.redis_prefix}revoke"),
+            bus=Bus(redis, Keys(s.redis_prefix).bus(), Keys(s.redis_prefix).revoke()),
             http=http,
             adapter_pools=pools,
             sequencer_elsewhere=found.sequencer_elsewhere,

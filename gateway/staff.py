@@ -63,6 +63,7 @@ from .authz import Target
 from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
 from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
+from .stores.keys import Keys, StaffKeys
 
 log = logging.getLogger("classguard.staff")
 
@@ -287,7 +288,7 @@ class StaffStore:
         if session_ttl_s <= 0 or kdf_concurrency < 1 or min_password_length < 1:
             raise ValueError("session_ttl_s, kdf_concurrency, min_password_length must be > 0")
         self._r = redis
-        self._p = prefix
+        self._keys = StaffKeys(prefix)
         self._clock = clock
         self._scrypt = sec.ScryptParams(scrypt_n, scrypt_r, scrypt_p)
         self._kdf_slots = asyncio.Semaphore(kdf_concurrency)
@@ -322,38 +323,38 @@ class StaffStore:
 
     @property
     def revoke_channel(self) -> str:
-        return f"{self._p}revoke"
+        return Keys(self._keys.p).revoke()
 
     # keys
     def _org_key(self, slug: str) -> str:
-        return f"{self._p}staff:{{org}}:o:{slug}"
+        return self._keys.org(slug)
 
     def _children_key(self, slug: str) -> str:
-        return f"{self._p}staff:{{org}}:c:{slug}"
+        return self._keys.children(slug)
 
     def _user_key(self, username: str) -> str:
-        return f"{self._p}staff:user:{username}"
+        return self._keys.user(username)
 
     def _session_key(self, sid_hash: str) -> str:
-        return f"{self._p}staff:session:{sid_hash}"
+        return self._keys.session(sid_hash)
 
     def _user_sessions_key(self, username: str) -> str:
-        return f"{self._p}staff:user_sessions:{username}"
+        return self._keys.user_sessions(username)
 
     def _token_key(self, token_id: str) -> str:
-        return f"{self._p}staff:apitoken:{token_id}"
+        return self._keys.api_token(token_id)
 
     def _user_tokens_key(self, username: str) -> str:
-        return f"{self._p}staff:user_tokens:{username}"
+        return self._keys.user_tokens(username)
 
     def _failed_key(self, username: str) -> str:
-        return f"{self._p}staff:user_failed:{username}"
+        return self._keys.user_failed(username)
 
     def _failed_n_key(self, username: str) -> str:
-        return f"{self._p}staff:user_failed_n:{username}"
+        return self._keys.user_failed_n(username)
 
     def _root_key(self) -> str:
-        return f"{self._p}staff:{{org}}:root"
+        return self._keys.root()
 
     # -- the deployment root ---------------------------------------------------------------
 
@@ -421,7 +422,7 @@ class StaffStore:
             created = await self._create_org(
                 keys=[
                     self._org_key(slug),
-                    f"{self._p}staff:{{org}}:all",
+                    self._keys.all_orgs(),
                     self._org_key(parent_slug or slug),
                     self._children_key(parent_slug or slug),
                 ],
@@ -440,7 +441,7 @@ class StaffStore:
         return _org_from_hash(await self._hgetall(self._org_key(slug)))
 
     async def list_orgs(self) -> list[Org]:
-        slugs = await self._smembers(f"{self._p}staff:{{org}}:all")
+        slugs = await self._smembers(self._keys.all_orgs())
         async with self._r.pipeline(transaction=False) as pipe:
             for slug in sorted(slugs):
                 pipe.hgetall(self._org_key(slug))
@@ -544,7 +545,7 @@ class StaffStore:
         user = User(name, checked_role, org, one_time is not None, False, self._clock())
         # The index goes first: an index entry without a record is skipped when listing,
         # a record missing from the index would be invisible.
-        await self._r.sadd(f"{self._p}staff:users", name)
+        await self._r.sadd(self._keys.users(), name)
         created = await self._create_user(
             keys=[self._user_key(name)],
             args=[
@@ -580,7 +581,7 @@ class StaffStore:
             orgs = await self.org_subtree(org_subtree)
         else:
             orgs = org_subtree
-        names = await self._smembers(f"{self._p}staff:users")
+        names = await self._smembers(self._keys.users())
         async with self._r.pipeline(transaction=False) as pipe:
             for name in sorted(names):
                 pipe.hgetall(self._user_key(name))

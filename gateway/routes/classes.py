@@ -24,7 +24,7 @@ from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
 from ..services import Services, services
-from ..state import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
+from ..stores import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
 

@@ -25,7 +25,7 @@ from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls, class_target
 from ..joinflow import JoinFlow
 from ..services import Services, services
-from ..state import ClassInfo
+from ..stores import ClassInfo
 from ..web_util import loads_bounded
 from .classes import class_state, load_class
 

@@ -30,7 +30,7 @@ from ..evidence_export import export_incident
 from ..hostctl import class_target
 from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
 from ..services import Services, services
-from ..state import ClassInfo
+from ..stores import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
 MAX_WINDOW_MS = 31 * 24 * 3600 * 1000

@@ -21,7 +21,7 @@ from ..errors import ApiError
 from ..hostctl import HostControls
 from ..joinflow import DEVICE_COOKIE, RATE_LIMIT_AUDIT_WINDOW_S, JoinFlow, JoinOutcome
 from ..services import Services, services
-from ..state import Limit, Ticket, device_hash, split_ticket
+from ..stores import Limit, Ticket, device_hash, split_ticket
 from ..web_util import client_ip, read_form, read_json
 
 log = logging.getLogger("classguard.join")

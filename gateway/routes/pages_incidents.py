@@ -32,7 +32,7 @@ from ..evidence_report import revision_rows, zone_of
 from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..services import Services, services
-from ..state import ClassInfo, Student, valid_class_id
+from ..stores import ClassInfo, Student, valid_class_id
 from .incidents import (
     MAX_FILES_PER_UPLOAD,
     MAX_VISITORS,

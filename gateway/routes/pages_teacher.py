@@ -30,7 +30,7 @@ from ..errors import ApiError
 from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
 from ..services import Services, services
-from ..state import ClassInfo
+from ..stores import ClassInfo
 from .classes import current_links, load_class
 from .pages import page_response, staff_page
 

@@ -50,7 +50,7 @@ from ..errors import ApiError
 from ..hostctl import HostControls
 from ..presence import Reconciler, room_index_key
 from ..services import FOUNDATION, Services, services
-from ..state import ClassInfo
+from ..stores import ClassInfo
 from .classes import load_class
 
 log = logging.getLogger("classguard.hooks")

@@ -11,7 +11,7 @@ from ..auth import SESSION_COOKIE, authenticate
 from ..errors import ApiError, rate_limited
 from ..joinflow import RATE_LIMIT_AUDIT_WINDOW_S
 from ..services import services
-from ..state import Limit
+from ..stores import Limit
 from ..web_util import client_ip, read_json, require_fields
 
 

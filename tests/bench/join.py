@@ -642,10 +642,10 @@ def measure_sockets(port: int, gw_pid: int, socks: list[tuple[str, str, str]],
 # Frames of the join path whose inclusive share is worth reading (name prefixes).
 JOIN_FRAMES = (
     "join_link", "JoinFlow.with_token", "peek_token", "JoinFlow.rate_limit",
-    "verify_join_token", "JoinFlow._decide", "ClassStore.rate_limit", "ClassStore.snapshot",
-    "ClassStore.note_ip", "evaluate", "ClassStore.bind_device", "JoinFlow._apply",
-    "ClassStore.admit_direct", "ClassStore.current_ticket_of", "Bus.publish",
-    "ClassStore.mint_nonce", "JoinFlow._record", "AuditLog.append", "_outcome_response",
+    "verify_join_token", "JoinFlow._decide", "Limits.rate_limit", "Join.snapshot",
+    "Room.note_ip", "evaluate", "JoinFlow._apply", "Join.apply_entry",
+    "Room.current_ticket_of", "Bus.publish",
+    "Room.mint_nonce", "JoinFlow._record", "AuditLog.append", "_outcome_response",
     "Bus.run", "Sequencer.run", "control_ws",
 )
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.joinflow import DEVICE_COOKIE
 from gateway.routes.pages_incidents import human_size, people_from_alerts, report_window
-from gateway.state import Student, device_hash
+from gateway.stores import Student, device_hash
 
 from .helpers import Gateway, make_class, open_link, running_gateway
 from .test_pages import check_page, parse, sign_in
