@@ -80,6 +80,7 @@ class Services:
     sockets: dict[str, set[web.WebSocketResponse]] = field(default_factory=dict)
     # roster files are parsed off the event loop, a few child processes at a time
     roster_parser: RosterParser = field(default_factory=RosterParser)
+    notifier: Any = None  # gateway.notify.Notifier: incident emails, set in _resources
 
     # Typed accessors: a handler never sees a half-started app.
     @property
@@ -197,6 +198,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     bus_task = asyncio.create_task(svc.bus.run())
     background = [bus_task, asyncio.create_task(svc.reconciler.run()),
                   asyncio.create_task(svc.metrics.watch_loop_lag())]
+    from .notify import Notifier
+
+    svc.notifier = Notifier(svc)
+    background.append(asyncio.create_task(svc.notifier.run()))
     if not svc.sequencer_elsewhere:
         svc.sequencer = sequencer
         svc.sequencer_task = asyncio.create_task(sequencer.run())
