@@ -618,6 +618,9 @@ def render_pdf(m: ReportModel) -> bytes:
                                    t("evidence.this_export")]],
           (40, 40, 60, 60, 77))
 
+    # NOTE: the instructions and the key they name stay on one page (never the key alone)
+    if pdf.get_y() + 45 > pdf.page_break_trigger:
+        pdf.add_page()
     h2(t("evidence.how_to_verify"))
     para(t("evidence.how_to_verify_text", size=m.checkpoint_size, origin=m.origin))
     pdf.set_font("DejaVu", "", 7.5)

@@ -65,8 +65,8 @@ class Mailbox:
             self.messages.append((list(envelope.rcpt_tos), msg))
         return "250 Message accepted"
 
-    async def wait(self, n: int, timeout: float = 15.0) -> list[tuple[list[str], EmailMessage]]:
-        deadline = time.monotonic() + timeout
+    async def wait(self, n: int, within_s: float = 15.0) -> list[tuple[list[str], EmailMessage]]:
+        deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:
             with self.lock:
                 if len(self.messages) >= n:
@@ -164,8 +164,8 @@ async def _notifications(api: aiohttp.ClientSession, iid: str) -> list[dict[str,
 
 
 async def _until(api: aiohttp.ClientSession, iid: str, pred: Any,
-                 timeout: float = 20.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
+                 within_s: float = 20.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + within_s
     found: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         found = await _notifications(api, iid)
@@ -265,7 +265,7 @@ async def test_an_unacknowledged_incident_escalates_step_by_step(
                          **smtp_settings(port, incident_ack_timeout_s=2)) as w:
             t0 = time.monotonic()
             inc = await w.open_incident()
-            got = await box.wait(3, timeout=20)
+            got = await box.wait(3, within_s=20)
             assert [r for r, _ in got] == [["ht@school-a.example.vn"],
                                            ["phong@phong.example.vn"],
                                            ["so@so-gd.example.vn"]]
@@ -372,7 +372,7 @@ async def test_two_gateways_send_each_email_once(
             assert other.svc.notifier is not w.gw.svc.notifier
             ids = [(await w.open_incident())["id"] for _ in range(4)]
             # each incident: school, district after 1 s, province after 2 s
-            await box.wait(12, timeout=30)
+            await box.wait(12, within_s=30)
             await asyncio.sleep(2.0)
             assert len(box.messages) == 12
             for iid in ids:
