@@ -364,16 +364,22 @@ class Notifier:
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis away: try again on the next tick
-                log.warning("notification queue unavailable: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
-            self._wake.clear()
+        try:
+            while True:
+                try:
+                    await self.run_once()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - Redis away: retry on the next tick
+                    log.warning("notification queue unavailable: %r", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_S)
+                self._wake.clear()
+        finally:
+            # A job cut short here is claimed again once its lease runs out.
+            for task in list(self._running):
+                task.cancel()
+            await asyncio.gather(*list(self._running), return_exceptions=True)
 
     async def run_once(self) -> int:
         """Claim what is due and start it in the background; how many jobs."""

@@ -425,3 +425,44 @@ def test_smtp_settings_are_validated() -> None:
                        "smtp_username": "cg", "smtp_password": "hunter2-but-longer"}, {}, None)
     assert s.incident_ack_timeout_s == 900 and s.smtp_security == "starttls"
     assert "hunter2" not in repr(s)
+
+
+async def test_the_escalation_timer_survives_a_restart(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    box = Mailbox()
+    with smtp_server(box) as port:
+        settings = smtp_settings(port, incident_ack_timeout_s=3)
+        async with world(tmp_path, redis_url, redis_prefix, **settings) as w:
+            inc = await w.open_incident()
+            await box.wait(1)
+        # the gateway is down when the district's check falls due
+        await asyncio.sleep(3.5)
+        assert len(box.messages) == 1
+        async with running_gateway(tmp_path, redis_url, redis_prefix, **settings) as gw:
+            got = await box.wait(2)
+            assert got[1][0] == ["phong@phong.example.vn"]
+            assert f"/incidents/{inc['id']}" in _body(got[1][1])
+            assert gw.svc.notifier is not None
+
+
+def test_the_smtp_password_may_be_sealed_with_the_secret_box(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    import io
+
+    from gateway.notify import main, smtp_password
+    from gateway.secretbox import SecretBox, SecretBoxError
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("mật-khẩu SMTP rất dài\n"))
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(["seal-password", "--data-dir", str(tmp_path)]) == 0
+    sealed = out.getvalue().strip()
+    assert "SMTP" not in sealed
+    box = SecretBox.load_or_create(tmp_path / "keys" / "secretbox.key")
+    s = load_settings({"data_dir": str(tmp_path), "smtp_host": "mail.example.vn",
+                       "smtp_from": "cg@example.vn", "smtp_username": "cg",
+                       "smtp_password_sealed": sealed}, {}, None)
+    assert smtp_password(s, box) == "mật-khẩu SMTP rất dài"
+    assert sealed not in repr(s)
+    with pytest.raises(SecretBoxError):
+        smtp_password(s, SecretBox.generate())  # another gateway's box does not open it
