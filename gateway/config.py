@@ -192,6 +192,9 @@ class Settings:
     smtp_username: str = ""
     smtp_password: str = ""
     smtp_password_sealed: str = ""
+    # PEM file of the certificate authorities a private mail server's certificate is
+    # checked against (empty: the system's). Certificates are always checked.
+    smtp_ca_file: str = ""
     smtp_from: str = ""
     smtp_timeout_s: int = 20
     smtp_max_attempts: int = 5
@@ -577,7 +580,7 @@ def valid_email(value: str) -> bool:
 
 def _validate_smtp(s: Settings) -> None:
     for name in ("smtp_host", "smtp_security", "smtp_username", "smtp_password",
-                 "smtp_password_sealed", "smtp_from"):
+                 "smtp_password_sealed", "smtp_from", "smtp_ca_file"):
         _check_type(name, getattr(s, name), str)
     for name, (low, high) in _SMTP_INT_RANGES.items():
         value = getattr(s, name)
@@ -600,6 +603,8 @@ def _validate_smtp(s: Settings) -> None:
     if s.smtp_username and security == "none":
         raise ConfigError("smtp_security", "must be starttls or tls when smtp_username is "
                           "set: credentials never cross the network in clear")
+    if s.smtp_ca_file and not os.path.isfile(s.smtp_ca_file):
+        raise ConfigError("smtp_ca_file", f"no such file: {s.smtp_ca_file!r}")
     if host and not valid_email(s.smtp_from):
         raise ConfigError("smtp_from", "must be an email address (local@domain) when "
                           f"smtp_host is set, got {s.smtp_from!r}")

@@ -288,7 +288,8 @@ class Metrics:
             ),
             incident_first_notification=Histogram(
                 "classguard_incident_first_notification_seconds",
-                "Time from an incident's creation to its first email sent (gateway/notify.py)",
+                "Time from an incident's creation (or the report it came from) to its first "
+                "email sent (gateway/notify.py)",
                 buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200),
                 registry=reg,
             ),

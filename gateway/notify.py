@@ -169,11 +169,16 @@ class NotifyQueue:
     def log_key(self, iid: str) -> str:
         return f"{self.p}{{notify}}:log:{iid}"
 
-    async def queue_mail(self, iid: str, level: int, reason: Reason) -> bool:
-        """Queue the email of ``level`` now, unless that level was queued before."""
+    async def queue_mail(self, iid: str, level: int, reason: Reason, *,
+                         origin_at: float | None = None) -> bool:
+        """Queue the email of ``level`` now, unless that level was queued before.
+        ``origin_at``: when what it reports began (a report made before the incident),
+        for the time-to-first-notification metric; the incident's creation otherwise."""
         jid = f"mail:{iid}:{level}"
-        job = {"kind": "mail", "incident": iid, "level": level, "reason": reason,
-               "attempt": 0, "queued_at": self.clock()}
+        job: dict[str, Any] = {"kind": "mail", "incident": iid, "level": level,
+                               "reason": reason, "attempt": 0, "queued_at": self.clock()}
+        if origin_at is not None:
+            job["origin_at"] = origin_at
         return bool(await self._queue_mail(
             keys=[self.levels_key(iid), self.due_key, self.jobs_key],
             args=[level, jid, json.dumps(job), repr(self.clock())]))
@@ -242,14 +247,16 @@ def _wake(svc: Services) -> None:
         notifier.wake()
 
 
-async def incident_opened(svc: Services, inc: Incident) -> None:
-    """An incident was opened (by staff, or from a student's or parent's report): mail
-    the school's administrators now, escalate if nobody acknowledges it in time. A
-    serious incident also reaches the district at once."""
+async def incident_opened(svc: Services, inc: Incident, *,
+                          reported_at: float | None = None) -> None:
+    """An incident was opened (by staff, or from a student's or parent's report, then
+    with ``reported_at``, when the report was made): mail the school's administrators
+    now, escalate if nobody acknowledges it in time. A serious incident also reaches the
+    district at once."""
     q = _queue(svc)
-    await q.queue_mail(inc.id, 0, "opened")
+    await q.queue_mail(inc.id, 0, "opened", origin_at=reported_at)
     if inc.severity == "serious":
-        await q.queue_mail(inc.id, 1, "serious")
+        await q.queue_mail(inc.id, 1, "serious", origin_at=reported_at)
         await q.queue_check(inc.id, 2, svc.settings.incident_ack_timeout_s)
     else:
         await q.queue_check(inc.id, 1, svc.settings.incident_ack_timeout_s)
@@ -330,7 +337,8 @@ async def send_message(settings: Settings, msg: EmailMessage, recipients: Sequen
             hostname=settings.smtp_host, port=settings.smtp_port,
             username=settings.smtp_username or None, password=password,
             timeout=settings.smtp_timeout_s, use_tls=security == "tls",
-            start_tls=security == "starttls")
+            start_tls=security == "starttls", validate_certs=True,
+            cert_bundle=settings.smtp_ca_file or None)
     del refused  # the server answered 250 to DATA: it took the message
 
 
@@ -475,8 +483,8 @@ class Notifier:
             await self.queue.finish({**job, "attempt": attempt}, retry_at=retry_at)
             return
         if await svc.r.set(self.queue.first_key(inc.id), repr(svc.clock()), nx=True):
-            svc.metrics.incident_first_notification.observe(
-                max(0.0, svc.clock() - inc.created_at))
+            origin = float(job.get("origin_at") or inc.created_at)
+            svc.metrics.incident_first_notification.observe(max(0.0, svc.clock() - origin))
         await self._result(inc, "incident.notified", {**base, "attempt": attempt},
                            result="sent", attempt=attempt)
         await self.queue.finish(job)

@@ -466,3 +466,94 @@ def test_the_smtp_password_may_be_sealed_with_the_secret_box(tmp_path: Path,
     assert sealed not in repr(s)
     with pytest.raises(SecretBoxError):
         smtp_password(s, SecretBox.generate())  # another gateway's box does not open it
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate it signed for 127.0.0.1: (CA file, cert file, key file)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test mail CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = (tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
+    files[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return files
+
+
+class _Auth:
+    """Accepts one username and password (AUTH PLAIN/LOGIN over TLS only)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 auth_data: Any) -> Any:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"classguard"
+              and auth_data.password == "mật khẩu thư".encode())
+        self.seen.append(mechanism)
+        return AuthResult(success=ok)
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+async def test_delivery_over_starttls_and_implicit_tls_with_credentials(
+        security: str, tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+    import ssl
+
+    ca, cert, key = _tls_files(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    box, auth = Mailbox(), _Auth()
+    port = _free_port()
+    tls = ({"tls_context": ctx, "require_starttls": True} if security == "starttls"
+           else {"ssl_context": ctx})
+    # NOTE: aiosmtpd does not count implicit TLS as TLS for auth_require_tls (it would
+    # not offer AUTH at all); the whole session is encrypted there anyway.
+    controller = Controller(box, hostname="127.0.0.1", port=port, authenticator=auth,
+                            auth_require_tls=security == "starttls", auth_required=True,
+                            **tls)
+    controller.start()
+    try:
+        async with world(tmp_path, redis_url, redis_prefix, **smtp_settings(
+                port, smtp_security=security, smtp_ca_file=str(ca),
+                smtp_username="classguard", smtp_password="mật khẩu thư")) as w:
+            await w.open_incident()
+            (rcpts, _msg), = await box.wait(1)
+            assert rcpts == ["ht@school-a.example.vn"] and auth.seen
+        # a certificate the configured authorities did not sign is refused
+        (tmp_path / "other").mkdir()
+        other_ca, _, _ = _tls_files(tmp_path / "other")
+        async with world(tmp_path / "other", redis_url, redis_prefix + "x", **smtp_settings(
+                port, smtp_security=security, smtp_ca_file=str(other_ca), smtp_max_attempts=1,
+                smtp_username="classguard", smtp_password="mật khẩu thư")) as w:
+            inc = await w.open_incident()
+            found = await _until(w.school, inc["id"],
+                                 lambda ns: any(n["result"] == "failed" for n in ns))
+            assert [n["result"] for n in found] == ["failed"] and len(box.messages) == 1
+    finally:
+        controller.stop()
