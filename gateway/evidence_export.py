@@ -389,9 +389,9 @@ def revision_rows(lang: str, revisions: Sequence[Revision]) -> list[dict[str, An
     for rev in revisions:
         local, utc = _when(int(rev.at * 1000))
         for name, (old, new) in rev.changes.items():
-            if name == "status":
-                old = _label(lang, "incident.status", old) if old else old
-                new = _label(lang, "incident.status", new) if new else new
+            if name in ("status", "severity"):
+                old = _label(lang, f"incident.{name}", old) if old else old
+                new = _label(lang, f"incident.{name}", new) if new else new
             rows.append({"n": rev.n, "at": rev.at, "local": local, "utc": utc, "by": rev.by,
                          "field": i18n.t(lang, f"evidence.field.{name}"),
                          "old": old if old is not None else "—",

@@ -243,6 +243,11 @@ async def test_a_serious_incident_reaches_the_district(
             assert last["changes"]["severity"] == {"old": "normal", "new": "serious"}
             updates = await audit_events(w.school, type="incident.update")
             assert updates[0]["facts"]["severity"] == "serious"
+            page = await (await w.school.get(f"/incidents/{inc['id']}?lang=en")).text()
+            assert "Severity: Serious" in page and "<td>Serious</td>" in page
+            assert 'data-acknowledge="1"' in page  # the school's administrator may
+            page = await (await w.teacher.get(f"/incidents/{inc['id']}?lang=en")).text()
+            assert 'data-acknowledge="1"' not in page  # the reporting teacher may not
             # marking it serious again mails nobody again
             r = await w.teacher.patch(f"/api/v1/incidents/{inc['id']}",
                                       json={"severity": "normal"})
