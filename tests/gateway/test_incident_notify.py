@@ -30,6 +30,7 @@ from tests.gateway.helpers import (
     make_class,
     running_gateway,
 )
+from tests.gateway.test_pages import check_page
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -406,6 +407,12 @@ async def test_staff_email_is_validated_and_for_administrators_only(
         assert r.status == 200
         users = (await (await w.school.get("/api/v1/admin/users")).json())["users"]
         assert {u["username"]: u["email"] for u in users}["co.lan"] == "lan@school-a.example.vn"
+        r = await w.school.get("/admin/staff?lang=en")
+        assert r.status == 200
+        page = await r.text()
+        check_page(page, "en", "/admin/staff")
+        assert 'value="lan@school-a.example.vn"' in page
+        assert "Email (incident notifications)" in page
         r = await w.school.put("/api/v1/admin/users/co.lan/email", json={"email": None})
         assert (await r.json())["user"]["email"] is None
         events = await audit_events(w.school, type="staff.user_email_set", at_least=4)
