@@ -16,6 +16,7 @@ from .auth import refusal_middleware
 from .config import Settings
 from .errors import make_error_middleware
 from .metrics import Metrics
+from .notify import Notifier
 from .presence import Reconciler
 from .routes import (
     account,
@@ -66,7 +67,7 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
 
 async def _services(app: web.Application) -> AsyncIterator[None]:
     found = app[FOUNDATION]
-    async with open_services(found, reconciler=Reconciler) as svc:
+    async with open_services(found, reconciler=Reconciler, notifier=Notifier) as svc:
         found.started = svc
         yield
 

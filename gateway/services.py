@@ -54,6 +54,14 @@ class Reconciling(Protocol):
     async def run(self) -> None: ...
 
 
+class Notifying(Protocol):
+    """The incident mail sender (gateway/notify.py) as the services see it."""
+
+    async def run(self) -> None: ...
+
+    def wake(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Foundation:
     """What the application holds from ``create_app`` on; ``services`` once started."""
@@ -115,6 +123,9 @@ class Services:
     # The presence reconciler; it is made from the services themselves, so
     # ``open_services`` sets it right after construction, before anyone sees them.
     reconciler: Reconciling = field(init=False)
+    # The incident mail sender, in a serving process only (``background``); a command-line
+    # path queues its mail for the servers to send.
+    notifier: Notifying | None = None
 
 
 FOUNDATION: web.AppKey[Foundation] = web.AppKey("foundation", Foundation)
@@ -190,6 +201,7 @@ async def open_services(
     found: Foundation,
     *,
     reconciler: Callable[[Services], Reconciling],
+    notifier: Callable[[Services], Notifying] | None = None,
     url: str | None = None,
     background: bool = True,
 ) -> AsyncIterator[Services]:
@@ -198,8 +210,9 @@ async def open_services(
 
     ``url``: this Redis rather than the configured one (no embedded Redis is started).
     ``background``: also run the pub/sub listener, the presence reconciler, the loop-lag
-    watch and (unless ``found.sequencer_elsewhere``) the audit sequencer; a command-line
-    path opens the services without them."""
+    watch, the incident mail sender (``notifier``) and (unless
+    ``found.sequencer_elsewhere``) the audit sequencer; a command-line path opens the
+    services without them."""
     s = found.settings
     clock = found.clock
     async with contextlib.AsyncExitStack() as opened:
@@ -266,6 +279,8 @@ async def open_services(
         svc.reconciler = reconciler(svc)
         opened.push_async_callback(_stop_sockets_and_tasks, svc)
         if background:
+            if notifier is not None:
+                svc.notifier = notifier(svc)
             _start_background(svc, ms_clock)
             with contextlib.suppress(TimeoutError):
                 await svc.bus.wait_ready(5.0)
@@ -303,6 +318,8 @@ def _start_background(svc: Services, ms_clock: Callable[[], int]) -> None:
     background = [asyncio.create_task(svc.bus.run()),
                   asyncio.create_task(svc.reconciler.run()),
                   asyncio.create_task(svc.metrics.watch_loop_lag())]
+    if svc.notifier is not None:
+        background.append(asyncio.create_task(svc.notifier.run()))
     if not svc.sequencer_elsewhere:
         svc.sequencer = Sequencer(
             svc.redis_bytes,

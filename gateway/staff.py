@@ -11,7 +11,8 @@ Redis keys (``P`` = prefix)::
     P staff:{org}:root                string  slug of the deployment root org (set once)
     P staff:users                     set     every username
     P staff:user:<username>           hash    v, username, role, org, pw, must_change_password,
-                                              disabled, created
+                                              disabled, created, email (optional: where
+                                              incident notifications go, gateway/notify.py)
     P staff:user_sessions:<username>  zset    sid hashes scored by expiry       (TTL)
     P staff:session:<sha256(sid) hex> string  "v1." + b64url(nonce || AES-GCM) (TTL)
     P staff:user_tokens:<username>    set     API token ids
@@ -60,6 +61,7 @@ import redis.asyncio as aioredis
 
 from . import staff_secrets as sec
 from .authz import Target
+from .config import valid_email
 from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
 from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
@@ -123,6 +125,8 @@ class User:
     must_change_password: bool = False
     disabled: bool = False
     created: float = 0.0
+    # Where incident notifications go (gateway/notify.py); shown to administrators only.
+    email: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,6 +685,24 @@ class StaffStore:
     async def enable_user(self, username: str) -> User:
         return await self._set_disabled(username, False)
 
+    async def set_email(self, username: str, address: str | None) -> User:
+        """Set (or with ``None`` or ``""``, clear) the account's email address.
+        Errors: not_found, invalid_email."""
+        name = normalize_username(username)
+        if await self.get_user(name) is None:
+            raise StaffError("not_found", f"user {name!r} not found", "username")
+        value = (address or "").strip()
+        if value:
+            if not valid_email(value):
+                raise StaffError("invalid_email", "email must be an address like "
+                                 "name@school.edu.vn (at most 254 characters)", "email")
+            await self._r.hset(self._user_key(name), "email", value)
+        else:
+            await self._r.hdel(self._user_key(name), "email")
+        user = await self.get_user(name)
+        assert user is not None
+        return user
+
     # -- login -----------------------------------------------------------------------------
 
     async def login(self, username: str, password: str, *, ip: str) -> LoginResult:
@@ -1076,5 +1098,6 @@ def _user_from_hash(data: dict[str, Any]) -> tuple[User, str] | None:
         must_change_password=data.get("must_change_password") == "1",
         disabled=data.get("disabled") == "1",
         created=float(data.get("created", 0)),
+        email=data.get("email") or None,
     )
     return user, data["pw"]

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from ..auth import Principal, require_user
 from ..authz import Action, allows
+from ..config import valid_email
 from ..errors import ApiError
 from ..keys import KeyringError
 from ..services import Services, services
@@ -43,8 +44,10 @@ def _staff_error(exc: StaffError) -> ApiError:
 
 
 def _user_json(u: Any) -> dict[str, Any]:
+    # NOTE: only administrators reach these endpoints; the email is shown to them alone.
     return {"username": u.username, "role": u.role, "org": u.org, "disabled": u.disabled,
-            "must_change_password": u.must_change_password, "created": u.created}
+            "must_change_password": u.must_change_password, "created": u.created,
+            "email": u.email}
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -55,8 +58,13 @@ async def list_users(request: web.Request) -> web.Response:
 
 async def create_user(request: web.Request) -> web.Response:
     svc, p = await _admin(request)
-    data = require_fields(await read_json(request), required=("username", "role", "org"))
+    data = require_fields(await read_json(request), required=("username", "role", "org"),
+                          optional=("email",))
     org = data["org"]
+    address = data.get("email")
+    if address is not None and (not isinstance(address, str) or not valid_email(address)):
+        raise ApiError(400, "invalid_email", "email must be an address like "
+                       "name@school.edu.vn", field="email")
     if not isinstance(org, str) or org not in await svc.staff.org_subtree(p.org):
         raise ApiError(404, "not_found", "org not found in your subtree", field="org")
     # recorded as an intent before the account exists, then its outcome (docs/audit.md)
@@ -66,6 +74,8 @@ async def create_user(request: web.Request) -> web.Response:
         try:
             user, one_time = await svc.staff.create_user(str(data["username"]),
                                                          role=str(data["role"]), org=org)
+            if address:
+                user = await svc.staff.set_email(user.username, address)
         except StaffError as exc:
             raise _staff_error(exc) from exc
     return web.json_response({"user": _user_json(user), "one_time_password": one_time},
@@ -104,6 +114,29 @@ async def reset_password(request: web.Request) -> web.Response:
         except StaffError as exc:
             raise _staff_error(exc) from exc
     return web.json_response({"user": _user_json(user), "one_time_password": one_time})
+
+
+async def set_email(request: web.Request) -> web.Response:
+    """``PUT {"email": "..."}`` (``null`` or ``""`` clears it): where incident
+    notifications reach the account (gateway/notify.py). The address is personal data:
+    the audit record says only whether one is set."""
+    svc, p = await _admin(request)
+    assert svc.staff is not None and svc.auditor is not None
+    target = await svc.staff.get_user(request.match_info["username"])
+    if target is None or target.org not in await svc.staff.org_subtree(p.org):
+        raise ApiError(404, "not_found", "user not found")
+    data = require_fields(await read_json(request), required=("email",))
+    address = data["email"]
+    if address is not None and not isinstance(address, str):
+        raise ApiError(400, "invalid_email", "email must be a string or null", field="email")
+    async with svc.auditor.intended("staff.user_email_set", actor=p.actor, org=target.org,
+                                    subject=f"user:{target.username}",
+                                    facts={"email": "set" if address else "cleared"}):
+        try:
+            user = await svc.staff.set_email(target.username, address)
+        except StaffError as exc:
+            raise _staff_error(exc) from exc
+    return web.json_response({"user": _user_json(user)})
 
 
 async def disable_user(request: web.Request) -> web.Response:
@@ -233,6 +266,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/v1/admin/users/{username}/disable", disable_user)
     r.add_post("/api/v1/admin/users/{username}/enable", enable_user)
     r.add_post("/api/v1/admin/users/{username}/password-reset", reset_password)
+    r.add_put("/api/v1/admin/users/{username}/email", set_email)
     r.add_get("/api/v1/admin/orgs", list_orgs)
     r.add_post("/api/v1/admin/orgs", create_org)
     r.add_get("/api/v1/admin/keys", list_keys)

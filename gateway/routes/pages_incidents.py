@@ -14,6 +14,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -31,6 +32,7 @@ from ..evidence_gather import is_custody, wait_outbox_drained
 from ..evidence_report import revision_rows, zone_of
 from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
+from ..notify import NotifyQueue
 from ..services import Services, services
 from ..stores import ClassInfo, Student, valid_class_id
 from .incidents import (
@@ -325,6 +327,11 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),
         max_files=MAX_FILES_PER_UPLOAD, max_attachments=MAX_ATTACHMENTS,
         upload_errors=_UPLOAD_ERRORS,
+        can_mark_serious=inc.status != "closed" and inc.severity != "serious" and allows(
+            p, Action.EDIT_INCIDENT, replace(target, owner=inc.created_by)),
+        can_acknowledge=inc.acknowledged_by is None and decides,
+        notifications=await NotifyQueue(svc.redis, svc.settings.redis_prefix,
+                                        clock=svc.clock).results(inc.id),
         export_links=[(lg, f"/api/v1/incidents/{inc.id}/evidence.zip?"
                        + urlencode({"lang": lg})) for lg in ("vi", "en")])
 

@@ -117,6 +117,23 @@
     });
   });
 
+  var escError = document.getElementById("escalation-error");
+  root.querySelectorAll("button[data-severity], button[data-acknowledge]").forEach(function (b) {
+    b.addEventListener("click", function () {
+      b.disabled = true;
+      escError.textContent = "";
+      var req = b.dataset.severity ?
+        call("PATCH", base, { severity: b.dataset.severity }, d.csrf) :
+        call("POST", base + "/acknowledge", {}, d.csrf);
+      req.then(function (res) {
+        b.disabled = false;
+        if (res.ok) { location.reload(); return; }
+        escError.textContent = withDetail(d.msgFailed, apiError(res));
+        escError.focus();
+      });
+    });
+  });
+
   var upload = document.getElementById("upload-form");
   if (upload) {
     var input = document.getElementById("upload-files");

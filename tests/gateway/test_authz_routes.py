@@ -159,6 +159,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/incidents/{incident_id}/history"): Row(VIEW),
     ("POST", "/api/v1/incidents/{incident_id}/attachments"): Row(VIEW, json=BOGUS),
     ("GET", "/api/v1/incidents/{incident_id}/evidence.zip"): Row(ORG_A_ADMINS),
+    ("POST", "/api/v1/incidents/{incident_id}/acknowledge"): Row(ORG_A_ADMINS),
+    ("GET", "/api/v1/incidents/{incident_id}/notifications"): Row(VIEW),
     # the audit log
     ("GET", "/api/v1/audit/events"): Row(AUDIT),
     ("GET", "/api/v1/audit/events.csv"): Row(AUDIT),
@@ -181,6 +183,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/admin/users/{username}/disable"): Row(ORG_A_ADMINS),
     ("POST", "/api/v1/admin/users/{username}/enable"): Row(ORG_A_ADMINS),
     ("POST", "/api/v1/admin/users/{username}/password-reset"): Row(ORG_A_ADMINS),
+    ("PUT", "/api/v1/admin/users/{username}/email"): Row(ORG_A_ADMINS, json=BOGUS),
     ("GET", "/api/v1/admin/orgs"): Row(ADMINS),
     ("POST", "/api/v1/admin/orgs"): Row(ADMINS, json=BOGUS),
     ("GET", "/api/v1/admin/keys"): Row(ROOT),
