@@ -458,20 +458,42 @@ async def _hosts(base: str, token: str, cids: list[str], ready: Any, stop: Any,
     seen = Counter[str]()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         socks = []
-        for cid in cids:
-            ws = await http.ws_connect(f"{ws_base}/api/v1/classes/{cid}/control",
-                                       headers={"Authorization": f"Bearer {token}"})
-            first = await ws.receive_json(timeout=10)
-            if first.get("type") != "state":
-                raise RuntimeError(f"control socket: {first}")
-            socks.append(ws)
+        tasks = []
 
         async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
             async for msg in ws:
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    seen[json.loads(msg.data).get("type", "?")] += 1
+                    data = json.loads(msg.data)
+                    seen["(frames)"] += 1
+                    # one event, or the events of one class from one event-loop turn
+                    for ev in data if isinstance(data, list) else [data]:
+                        kind = ev.get("type", "?")
+                        if kind == "state" and ev.get("host_present") is False:
+                            kind = "state: host absent"
+                        seen[kind] += 1
+            if not stop.is_set():
+                # The gateway closed a teacher's socket during the run: its class has no
+                # host from then on (its students wait), so say so in the figures.
+                seen[f"closed by the gateway ({ws.close_code})"] += 1
 
-        tasks = [asyncio.create_task(drain(ws)) for ws in socks]
+        sem = asyncio.Semaphore(16)
+
+        async def open_one(cid: str) -> None:
+            async with sem:
+                ws = await http.ws_connect(f"{ws_base}/api/v1/classes/{cid}/control",
+                                           headers={"Authorization": f"Bearer {token}"})
+                first = await ws.receive_json(timeout=60)
+            if first.get("type") != "state":
+                raise RuntimeError(f"control socket: {first}")
+            socks.append(ws)
+            # NOTE: read from the moment it opens, as a control room does: a socket left
+            # unread does not answer the gateway's pings (the client answers them as it
+            # reads), so the gateway closed the first ones opened when opening them all
+            # took longer than its heartbeat (25 s + 12.5 s for the pong), and their
+            # classes had no host (their students were told to wait).
+            tasks.append(asyncio.create_task(drain(ws)))
+
+        await asyncio.gather(*(open_one(cid) for cid in cids))
         ready.set()
         await asyncio.to_thread(stop.wait)
         for ws in socks:
@@ -499,7 +521,7 @@ class Hosts:
         self.proc = ctx.Process(target=_hosts_main,
                                 args=(base, token, cids, self.ready, self.stop_evt, self.q))
         self.proc.start()
-        if not self.ready.wait(120):
+        if not self.ready.wait(900):
             raise RuntimeError(f"control sockets did not open: {self.q.get(timeout=5)}")
 
     def stop(self) -> dict[str, int]:
