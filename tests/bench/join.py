@@ -461,16 +461,19 @@ async def _hosts(base: str, token: str, cids: list[str], ready: Any, stop: Any,
         tasks = []
 
         async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    data = json.loads(msg.data)
-                    seen["(frames)"] += 1
-                    # one event, or the events of one class from one event-loop turn
-                    for ev in data if isinstance(data, list) else [data]:
-                        kind = ev.get("type", "?")
-                        if kind == "state" and ev.get("host_present") is False:
-                            kind = "state: host absent"
-                        seen[kind] += 1
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(msg.data)
+                        seen["(frames)"] += 1
+                        # one event, or the events of one class from one event-loop turn
+                        for ev in data if isinstance(data, list) else [data]:
+                            kind = ev.get("type", "?")
+                            if kind == "state" and ev.get("host_present") is False:
+                                kind = "state: host absent"
+                            seen[kind] += 1
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                seen[f"socket failed ({type(exc).__name__})"] += 1
             if not stop.is_set():
                 # The gateway closed a teacher's socket during the run: its class has no
                 # host from then on (its students wait), so say so in the figures.
@@ -522,7 +525,10 @@ class Hosts:
                                 args=(base, token, cids, self.ready, self.stop_evt, self.q))
         self.proc.start()
         if not self.ready.wait(900):
-            raise RuntimeError(f"control sockets did not open: {self.q.get(timeout=5)}")
+            why = "still opening" if self.q.empty() else self.q.get()
+            self.proc.kill()  # (left running, it would hold the run's exit for ever)
+            self.proc.join()
+            raise RuntimeError(f"control sockets did not open: {why}")
 
     def stop(self) -> dict[str, int]:
         self.stop_evt.set()
