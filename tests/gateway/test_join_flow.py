@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import both_redis_servers
 
@@ -345,7 +346,7 @@ async def test_host_leaving_applies_the_policy_at_once(
 
 
 async def test_joins_together_reach_the_teacher_in_frames_of_the_class_s_events(
-        tmp_path: Path, redis_url: str, redis_prefix: str, redis) -> None:
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis: aioredis.Redis) -> None:
     """Students of one class opening their links together: the teacher's control socket
     shows every admission exactly once, in frames that are an event or a list of the
     events of one turn; the class's events that reach the process in one turn (here all
