@@ -471,6 +471,8 @@ async def _hosts(base: str, token: str, cids: list[str], ready: Any, stop: Any,
                             kind = ev.get("type", "?")
                             if kind == "state" and ev.get("host_present") is False:
                                 kind = "state: host absent"
+                            elif kind == "alert":
+                                kind = f"alert: {ev.get('kind')}"
                             seen[kind] += 1
             except (aiohttp.ClientError, ConnectionError) as exc:
                 seen[f"socket failed ({type(exc).__name__})"] += 1
