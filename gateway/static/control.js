@@ -149,7 +149,17 @@
     var e = m && m.error ? m.error : {};
     document.getElementById("error").textContent = msg("error_prefix") + " " + (e.message || e.code || "");
   }
-  function onMessage(m) {
+  // One frame: an event, or the class's events of one turn of the server as a list
+  // (in order); the lists are drawn once, after every event of the frame is applied.
+  function onFrame(data) {
+    if (!Array.isArray(data)) { onMessage(data); return; }
+    var changed = false;
+    data.forEach(function (m) { if (m && apply(m)) { changed = true; } });
+    if (changed) { render(); }
+  }
+  function onMessage(m) { if (apply(m)) { render(); } }
+  // Applies one event; true when the lists must be drawn again.
+  function apply(m) {
     switch (m.type) {
       case "state":
         if (m.waiting) {
@@ -174,14 +184,14 @@
         break;
       case "ended": waiting.clear(); admitted.clear(); ended = true; break;
       case "alert": alerts.unshift(m); break;
-      case "error": showError(m); return;
+      case "error": showError(m); return false;
       case "result":
         document.getElementById("error").textContent = "";
         if (m.action === "ban" || m.action === "unban") { send({ action: "refresh" }); }
-        return;
-      default: return;
+        return false;
+      default: return false;
     }
-    render();
+    return true;
   }
   function send(obj) {
     obj.id = ++seq;
@@ -197,7 +207,7 @@
       var q = queue; queue = [];
       q.forEach(function (o) { ws.send(JSON.stringify(o)); });
     };
-    ws.onmessage = function (ev) { var m; try { m = JSON.parse(ev.data); } catch (e) { return; } onMessage(m); };
+    ws.onmessage = function (ev) { var m; try { m = JSON.parse(ev.data); } catch (e) { return; } if (m) { onFrame(m); } };
     ws.onclose = function (ev) {
       root.classList.add("offline");
       setStatus(msg("disconnected"));
