@@ -547,6 +547,12 @@ class JoinFlow:
             return result
         if result != "ok":
             return result
+        assert snap.state is not None
+        if bind != "none" and snap.state.bound_device is None and \
+                await store.take_device_reset(cid, sid):
+            # The teacher reset this student's device: say which device took its place.
+            await self.alert(cid, "device_reset_returned", dedup=f"{sid}|{dev}",
+                             student_id=sid, name=name, device_hint=hint)
         if mode != "wait" and ticket is not None:
             # the admission entry names its ticket (used when the host removes the student)
             out.ticket = ticket

@@ -141,6 +141,10 @@ RELEASED_TTL_S = 180 * 86400
 # Alerts: the newest of each kind the host is shown, and how long they are kept.
 ALERTS_PER_KIND = 20
 ALERT_TTL_S = 7 * 86400
+# A waiting-room socket marks itself live every WAIT_SOCKET_REFRESH_S; one not marked
+# for WAIT_SOCKET_STALE_S (its process died) no longer keeps its student present.
+WAIT_SOCKET_REFRESH_S = 20.0
+WAIT_SOCKET_STALE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,9 @@ class Keys:
 
     def released(self, cid: str) -> str:  # student -> devices bound to their revoked links
         return self.c(cid, "released")
+
+    def device_resets(self, cid: str) -> str:  # student -> when the host reset their device
+        return self.c(cid, "device_resets")
 
     def waiting(self, cid: str) -> str:
         return self.c(cid, "waiting")
@@ -507,15 +514,26 @@ return {new, n}
 """
 
 # A waiting-room socket opens on a ticket: the newest ARGV[3] stay, older ones are
-# returned to be closed. KEYS: the ticket's sockets. ARGV: socket id, now, keep, ttl s
+# returned to be closed. The ticket is marked as having had a page open ('ws'), so an
+# empty socket set later means the student left. KEYS: the ticket's sockets, the
+# ticket. ARGV: socket id, now, keep, ttl s, stale before.
+# Returns {came back (1 when the page had left), old socket ids...}
 _SOCKET_OPEN = """
+local back = 0
+if redis.call('HGET', KEYS[2], 'ws') == '1' and
+   redis.call('ZCOUNT', KEYS[1], ARGV[5], '+inf') == 0 then back = 1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'ws', '1') end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+local out = {back}
 local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
-if extra <= 0 then return {} end
+if extra <= 0 then return out end
 local old = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
-for _, id in ipairs(old) do redis.call('ZREM', KEYS[1], id) end
-return old
+for _, id in ipairs(old) do
+  redis.call('ZREM', KEYS[1], id)
+  out[#out + 1] = id
+end
+return out
 """
 
 # A window of refusals that starts with the first one: the count and when it started.
@@ -1328,36 +1346,72 @@ class ClassStore:
         return list(w), [f"{cid}.{v['ticket']}" for v in a.values()]
 
     async def reset_device(self, cid: str, sid: str) -> None:
+        """Forget the student's device; the next device they join from is remembered
+        for the host's alert (take_device_reset)."""
         async with self.r.pipeline(transaction=True) as p:
             p.hdel(self.k.bind(cid), sid)
             p.hdel(self.k.rebinds(cid), sid)
+            p.hset(self.k.device_resets(cid), sid, repr(self.clock()))
+            p.expire(self.k.device_resets(cid), RELEASED_TTL_S)
             await p.execute()
+
+    async def take_device_reset(self, cid: str, sid: str) -> bool:
+        """True once after the student's device was reset (see reset_device)."""
+        return bool(await self.r.hdel(self.k.device_resets(cid), sid))
 
     # --- waiting-room sockets -------------------------------------------------------
 
     async def socket_opened(self, ticket: str, socket_id: str, *, keep: int,
-                            ttl_s: int = 12 * 3600) -> list[str]:
+                            ttl_s: int = 12 * 3600) -> tuple[list[str], bool]:
         """Register a socket on ``ticket`` (across every process); returns the ids of
-        the older sockets beyond the newest ``keep``, which their processes close."""
+        the older sockets beyond the newest ``keep``, which their processes close, and
+        whether the student's page had left and is back."""
         parsed = split_ticket(ticket)
         if parsed is None:
-            return []
+            return [], False
         cid, rand = parsed
-        res = await self._socket_open(keys=[self.k.ticket_sockets(cid, rand)],
-                                      args=[socket_id, repr(self.clock()), keep, ttl_s])
-        return [str(x) for x in res]
+        now = self.clock()
+        res = await self._socket_open(
+            keys=[self.k.ticket_sockets(cid, rand), self.k.ticket(cid, rand)],
+            args=[socket_id, repr(now), keep, ttl_s, repr(now - WAIT_SOCKET_STALE_S)])
+        return [str(x) for x in res[1:]], bool(int(res[0]))
+
+    async def socket_seen(self, ticket: str, socket_id: str) -> None:
+        """A live socket's periodic mark: sockets of a process that died without
+        closing them go stale after WAIT_SOCKET_STALE_S."""
+        parsed = split_ticket(ticket)
+        if parsed is not None:
+            await self.r.zadd(self.k.ticket_sockets(*parsed), {socket_id: self.clock()},
+                              xx=True)
 
     async def socket_closed(self, ticket: str, socket_id: str) -> int:
-        """Unregister a socket; returns how many sockets the ticket still has."""
+        """Unregister a socket; returns how many live sockets the ticket still has."""
         parsed = split_ticket(ticket)
         if parsed is None:
             return 0
         key = self.k.ticket_sockets(*parsed)
         async with self.r.pipeline(transaction=True) as p:
             p.zrem(key, socket_id)
-            p.zcard(key)
+            p.zcount(key, self.clock() - WAIT_SOCKET_STALE_S, "+inf")
             _, left = await p.execute()
         return int(left)
+
+    async def gone_tickets(self, tickets: Iterable[str]) -> set[str]:
+        """The waiting tickets whose page was open and no longer is (closed, or its
+        socket silent for WAIT_SOCKET_STALE_S). A ticket that never had a page open
+        (an API client, or a page still loading) is not gone."""
+        parsed = [(tk, split_ticket(tk)) for tk in tickets]
+        valid = [(tk, pr) for tk, pr in parsed if pr is not None]
+        if not valid:
+            return set()
+        stale = self.clock() - WAIT_SOCKET_STALE_S
+        async with self.r.pipeline(transaction=False) as p:
+            for _, (cid, rand) in valid:
+                p.hget(self.k.ticket(cid, rand), "ws")
+                p.zcount(self.k.ticket_sockets(cid, rand), stale, "+inf")
+            res = await p.execute()
+        return {tk for i, (tk, _) in enumerate(valid)
+                if res[2 * i] == "1" and int(res[2 * i + 1]) == 0}
 
     # --- /go nonces ---------------------------------------------------------------
 
@@ -1395,13 +1449,13 @@ class ClassStore:
 
     async def add_ban(
         self, *, class_id: str | None, org: str | None, key: str, reason: str, by: str,
-        until: float | None, only_new: bool = False,
+        until: float | None, only_new: bool = False, student_id: str | None = None,
     ) -> bool:
         """A class ban (class_id) or an org-wide ban (org); ``key`` from bans.make_key.
         With ``only_new``, a ban already on that key stays as it is; returns whether
         the ban was written."""
         target = self.k.bans(class_id) if class_id else self.k.org_bans(str(org))
-        value = encode_ban(reason, by, self.clock(), until)
+        value = encode_ban(reason, by, self.clock(), until, student_id)
         if only_new:
             return bool(await self.r.hsetnx(target, key, value))
         await self.r.hset(target, key, value)

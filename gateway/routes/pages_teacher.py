@@ -68,11 +68,12 @@ CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "un
                 "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",
                 "undone", "confirm_end", "in_class_since", "by_policy", "by_host", "bans_none",
                 "lift", "ban_until", "ban_forever", "wait_reason", "error_prefix", "done",
-                "no_alerts")
+                "no_alerts", "gone", "undo_revoke_link", "admitted_all", "skipped_gone",
+                "reset_done", "ban_device_of", "ban_unknown_device", "ban_address", "ban_network")
 CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock", "unlock",
                    "mute_all", "end", "reset_device", "revoke_link")
 ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
-               "intruder_in_room")
+               "intruder_in_room", "device_reset_returned")
 
 
 def _platform_fields() -> dict[str, list[dict[str, Any]]]:
