@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import logging
 import secrets
 from dataclasses import dataclass
@@ -99,14 +98,10 @@ async def _stop_janus(app: web.Application) -> None:
         await proc.stop()
 
 
-_JANUS_PAGE = """<!doctype html>
-<html lang="vi"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ClassGuard demo room</title><link rel="stylesheet" href="/static/style.css"></head>
-<body><main id="room" data-janus="{ws}">
-<h1>Janus VideoRoom</h1><p id="status">…</p><div id="videos"></div>
-</main><script src="/static/janus_room.js"></script></body></html>
-"""
+# What the demo's meeting page says; "room.<key>" in the catalogue.
+JANUS_ROOM_MSGS = ("connecting", "joined", "joined_no_media", "refused", "refused_advice",
+                   "removed", "removed_advice", "ended", "ended_advice", "lost",
+                   "lost_advice", "error", "me")
 
 
 def _janus_ws_key(prefix: str) -> str:
@@ -121,8 +116,19 @@ async def _janus_page(request: web.Request) -> web.Response:
         ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
     if not ws:
         raise web.HTTPNotFound()
-    resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
-                        content_type="text/html")
+    from urllib.parse import urlencode
+
+    from . import i18n
+
+    svc = request.app[SERVICES]
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    other = "en" if lang == "vi" else "vi"
+    # the language switch keeps the room, id and token of this page
+    switch = "?" + urlencode({**{k: v for k, v in request.query.items() if k != "lang"},
+                              "lang": other})
+    page = svc.templates.get_template("janus_room.html").render(
+        lang=lang, ws=ws, room_msgs=JANUS_ROOM_MSGS, lang_switch=switch)
+    resp = web.Response(text=page, content_type="text/html")
     # NOTE: this page alone may reach the demo's Janus and use the camera and microphone.
     resp.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -102,7 +102,7 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
         status = 429 if out.retry_after > 0 else 403
         lang = i18n.request_lang(request, svc.settings.default_lang)
         resp = render(svc, "denied.html", lang, status=status, reason=reason,
-                      class_title=out.class_title)
+                      class_title=out.class_title, opens_at=out.opens_at)
         if out.retry_after > 0:
             resp.headers["Retry-After"] = str(max(1, int(out.retry_after + 0.999)))
     _set_device_cookie(svc, resp, out.new_device_cookie)

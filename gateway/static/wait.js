@@ -23,7 +23,11 @@
     var key = "reason" + (reason || "").replace(/(^|_)([a-z])/g, function (m, s, c) { return c.toUpperCase(); });
     return d[key] || reason || "";
   }
-  function finish(kind, text) {
+  function adviceText(reason) {
+    var key = "advice" + (reason || "").replace(/(^|_)([a-z])/g, function (m, s, c) { return c.toUpperCase(); });
+    return d[key] || d.adviceDefault || "";
+  }
+  function finish(kind, text, reason) {
     finished = true;
     spinner.classList.add("hidden");
     conn.textContent = "";
@@ -31,6 +35,13 @@
     box.classList.add(kind);
     heading.textContent = kind === "admitted" ? d.headingAdmitted : d.headingDenied;
     statusEl.textContent = text;
+    // "Keep this page open" no longer applies once the answer is in.
+    document.getElementById("keep-open").hidden = true;
+    if (kind !== "admitted") {
+      var advice = document.getElementById("advice");
+      advice.textContent = adviceText(reason);
+      advice.hidden = !advice.textContent;
+    }
     heading.focus();
   }
   function connect() {
@@ -56,13 +67,13 @@
         enter.classList.remove("hidden");
         location.assign(msg.redirect);
       } else if (msg.type === "denied" || msg.type === "removed") {
-        finish("denied", reasonText(msg.reason));
+        finish("denied", reasonText(msg.reason), msg.reason);
       }
     };
     ws.onclose = function (ev) {
       clearInterval(pinger);
       if (finished) { return; }
-      if (ev.code === 1008 || ev.code === 4403) { finish("denied", reasonText("device_mismatch")); return; }
+      if (ev.code === 1008 || ev.code === 4403) { finish("denied", reasonText("device_mismatch"), "device_mismatch"); return; }
       conn.textContent = navigator.onLine === false ? d.msgOffline : d.msgReconnecting;
       timer = setTimeout(connect, delay);
       delay = Math.min(delay * 2, 15000);
