@@ -17,6 +17,7 @@ from policies.model import ClassId, Jti, Schedule, StudentId
 from ..app import Services, services
 from ..auth import Principal, require_user
 from ..codes import code_lookup_key, format_code, new_code
+from ..collation import name_key
 from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, can_view, is_host
 from ..policy_io import org_defaults, resolve
@@ -328,7 +329,7 @@ async def current_links(svc: Services, info: ClassInfo) -> list[dict[str, Any]]:
     recs = await svc.store.current_links(info.id)
     key = svc.keyring.signing_key()
     out = []
-    for s in sorted(roster.values(), key=lambda s: (s.name.casefold(), s.id)):
+    for s in sorted(roster.values(), key=lambda s: (name_key(s.name), s.id)):
         rec = recs.get(s.id)
         if rec is None:
             continue
@@ -384,7 +385,7 @@ async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
         {"student_id": sid, "name": roster.get(sid), "at": a.get("at"), "by": a.get("by")}
         for sid, a in (await store.admitted(info.id)).items()
     ]
-    admitted.sort(key=lambda a: (a["name"] or "").casefold())
+    admitted.sort(key=lambda a: name_key(a["name"] or ""))
     fresh = await store.get_class(info.id)
     assert fresh is not None
     alerts = await store.alerts(info.id)

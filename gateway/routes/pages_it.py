@@ -18,9 +18,11 @@ from aiohttp import web
 
 from audit import AuditError, AuditQuery
 
+from .. import i18n
 from ..app import Services, services
 from ..auth import Principal
 from ..errors import ApiError
+from ..state import valid_class_id, valid_student_id
 from .audit import parse_query, record_read
 from .pages import DEFAULT_TZ, page_response, staff_page
 
@@ -78,6 +80,32 @@ def _event_row(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _label_rows(svc: Any, rows: list[dict[str, Any]], lang: str) -> None:
+    """What a reader sees of each record: the event type and reason in words, the
+    class by its title and a student by name (the raw codes stay in ``title`` and in
+    the record's detail)."""
+    assert svc.store is not None
+    cat = i18n.catalogue(lang)
+    titles: dict[str, str | None] = {}
+    names: dict[tuple[str, str], str | None] = {}
+    for row in rows:
+        ty, reason, cid = str(row["type"]), str(row["reason"] or ""), str(row["class"] or "")
+        row["type_label"] = cat.get(f"evidence.type.{ty}")
+        row["reason_label"] = cat.get(f"reason.{reason}") if reason else None
+        if cid and cid not in titles:
+            info = await svc.store.get_class(cid) if valid_class_id(cid) else None
+            titles[cid] = info.title if info else None
+        row["class_label"] = titles.get(cid) if cid else None
+        actor = str(row["actor"] or "")
+        row["actor_label"] = None
+        if actor.startswith("student:") and cid and titles.get(cid):
+            sid = actor.split(":", 1)[1]
+            if (cid, sid) not in names:
+                st = await svc.store.student(cid, sid) if valid_student_id(sid) else None
+                names[(cid, sid)] = st.name if st else None
+            row["actor_label"] = names[(cid, sid)]
+
+
 @staff_page(("it", "admin"))
 async def audit_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
@@ -117,9 +145,11 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         base["limit"] = str(limit)
     older = "/audit?" + urlencode({**base, "cursor": next_cursor}) if next_cursor else None
     newest = "/audit?" + urlencode(base) if cursor else None
+    rows = [_event_row(e) for e in events]
+    await _label_rows(svc, rows, lang)
     return page_response(
         request, "audit.html", lang, user=p, form=form, limit=limit, page_sizes=PAGE_SIZES,
-        events=[_event_row(e) for e in events], older=older, newest=newest, error=error,
+        events=rows, older=older, newest=newest, error=error,
         last_verify=_event_row(last[0]) if last else None,
         size=await svc.audit_log.size() if svc.audit_log else 0,
     )

@@ -24,6 +24,7 @@ from policies import PRESETS, load_policy, weakened_checks
 from .. import i18n
 from ..app import services
 from ..auth import Principal, require_user
+from ..collation import name_key
 from ..errors import ApiError
 from ..hostctl import is_host
 from ..roster import RosterError, http_status
@@ -151,7 +152,7 @@ async def roster_page(request: web.Request, p: Principal, lang: str) -> web.Stre
     svc = services(request)
     assert svc.store is not None
     info = await load_class(request, p, host=True)
-    students = await svc.store.roster(info.id)
+    students = sorted(await svc.store.roster(info.id), key=lambda s: (name_key(s.name), s.id))
     return page_response(request, "roster.html", lang, user=p, info=info, students=students,
                          reject_codes=REJECT_CODES)
 

@@ -98,6 +98,13 @@
     if (b.name && b.kind !== "device") { text = b.name + " · " + text; }
     return text;
   }
+  // Class-list order: by given name (the last word), then the whole name, Vietnamese
+  // alphabet (the server's gateway/collation.py orders the same way).
+  var collator = new Intl.Collator("vi");  // the names are Vietnamese whatever the page language
+  function given(n) { var w = String(n || "").trim().split(/\s+/); return w[w.length - 1]; }
+  function byName(p, q) {
+    return collator.compare(given(p.name), given(q.name)) || collator.compare(String(p.name || ""), String(q.name || ""));
+  }
   function render() {
     var w = Array.from(waiting.values()).filter(function (x) { return !pending.has(x.ticket); });
     // Present students first (in arrival order), then those whose page is closed.
@@ -118,7 +125,7 @@
       return li;
     });
     var a = Array.from(admitted.values()).filter(function (x) { return !pending.has(x.student_id); });
-    a.sort(function (p, q) { return String(p.name || "").localeCompare(String(q.name || "")); });
+    a.sort(byName);
     fill("admitted", "nadmitted", a, function (x) {
       var who = x.name || x.student_id;
       var li = el("li", null, "person");
