@@ -31,11 +31,13 @@ PAGE_SIZES = (25, 50, 100, 200)
 
 
 def _local_to_iso(value: str, tz: str = DEFAULT_TZ) -> str | None:
-    """A ``datetime-local`` value (the viewer's wall clock) as ISO 8601 with offset."""
+    """A time the viewer typed on their wall clock, ``dd/mm/yyyy HH:MM`` (as the
+    form shows it) or ISO 8601, as ISO 8601 with offset."""
     if not value:
         return None
     try:
-        dt = datetime.fromisoformat(value)
+        dt = datetime.strptime(value, "%d/%m/%Y %H:%M") if "/" in value \
+            else datetime.fromisoformat(value)
     except ValueError as exc:
         raise ApiError(400, "invalid_field", "not a date and time", field="since") from exc
     if dt.tzinfo is None:
@@ -97,7 +99,7 @@ async def _label_rows(svc: Any, rows: list[dict[str, Any]], lang: str) -> None:
             titles[cid] = info.title if info else None
         row["class_label"] = titles.get(cid) if cid else None
         actor = str(row["actor"] or "")
-        row["actor_label"] = None
+        row["actor_label"] = actor.split(":", 1)[1] if actor.startswith("user:") else None
         if actor.startswith("student:") and cid and titles.get(cid):
             sid = actor.split(":", 1)[1]
             if (cid, sid) not in names:

@@ -121,9 +121,11 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
         platforms=list(ADAPTERS), platform_fields=_platform_fields(),
         capabilities=capability_matrix(), all_caps=ALL_CAPS, presets=list(PRESETS),
         current_preset="standard", policy=None,
-        today=start.date().isoformat(), start=start.strftime("%H:%M"),
+        # dd/mm/yyyy in both languages (a native date field follows the browser's own
+        # locale, often month first); classform.js sends ISO 8601
+        today=start.strftime("%d/%m/%Y"), start=start.strftime("%H:%M"),
         end=(start + timedelta(minutes=45)).strftime("%H:%M"),
-        term_end=(start + timedelta(days=120)).date().isoformat(),
+        term_end=(start + timedelta(days=120)).strftime("%d/%m/%Y"),
     )
 
 
