@@ -36,8 +36,8 @@ def _local_to_iso(value: str, tz: str = DEFAULT_TZ) -> str | None:
     if not value:
         return None
     try:
-        dt = datetime.strptime(value, "%d/%m/%Y %H:%M") if "/" in value \
-            else datetime.fromisoformat(value)
+        dt = datetime.strptime(value, "%d/%m/%Y %H:%M").replace(tzinfo=ZoneInfo(tz)) \
+            if "/" in value else datetime.fromisoformat(value)
     except ValueError as exc:
         raise ApiError(400, "invalid_field", "not a date and time", field="since") from exc
     if dt.tzinfo is None:
