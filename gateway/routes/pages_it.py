@@ -168,8 +168,18 @@ async def bans_page(request: web.Request, p: Principal, lang: str) -> web.Stream
     classes = {c.id: c for c in await svc.store.classes_of_orgs(subtree)}
     class_bans = []
     for cid, info in sorted(classes.items(), key=lambda kv: kv[1].title.casefold()):
+        hints: dict[str, str] | None = None
         for b in await svc.store.bans(class_id=cid):
-            class_bans.append({**b.to_json(), "class_title": info.title})
+            # a ban placed on a student's device or address names that student; a
+            # stranger's device, the browser its alert saw
+            st = await svc.store.student(cid, b.student_id) if b.student_id else None
+            row = {**b.to_json(), "class_title": info.title, "name": st.name if st else None}
+            if st is None and b.key.startswith("d:"):
+                if hints is None:
+                    hints = {str(a["ban_device"]): str(a.get("device_hint") or "")
+                             for a in await svc.store.alerts(cid) if a.get("ban_device")}
+                row["device_hint"] = hints.get(b.key) or None
+            class_bans.append(row)
     return page_response(request, "bans.html", lang, user=p, org_bans=org_bans,
                          class_bans=class_bans, orgs=subtree, home_org=p.org,
                          can_lift_class=p.role == "admin", now=svc.clock())
