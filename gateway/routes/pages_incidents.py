@@ -61,15 +61,16 @@ _UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty
 # --- formatting (pure) --------------------------------------------------------------------
 
 def local_input(moment: datetime) -> str:
-    """A ``datetime-local`` value: the wall clock in Asia/Ho_Chi_Minh, to the minute."""
-    return moment.astimezone(LOCAL_TZ).strftime("%Y-%m-%dT%H:%M")
+    """The wall clock in Asia/Ho_Chi_Minh, to the minute, day first (``dd/mm/yyyy
+    HH:MM``) as the form shows it; incidents.js sends it as ISO 8601."""
+    return moment.astimezone(LOCAL_TZ).strftime("%d/%m/%Y %H:%M")
 
 
 def report_window(info: ClassInfo, now: datetime) -> tuple[datetime, datetime]:
     """The form's suggested window: from the start of the class's current (or latest)
     session to now, in whole minutes and at most the API's 31 days.
 
-    NOTE: ``until`` is rounded *up* to the next minute: a ``datetime-local`` input holds
+    NOTE: ``until`` is rounded *up* to the next minute: the form's time field holds
     minutes, and rounding down would leave out what happened in the last seconds.
     """
     until = now.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
