@@ -83,7 +83,8 @@ async def test_a_page_that_stops_answering_is_gone_within_seconds(
         # autoping=False and nobody reads: the server's pings go unanswered.
         left = await next_message(teacher, type_="left", timeout=WAIT_HEARTBEAT_S * 2 + 5)
         assert left["ticket"] == ticket
-        assert time.monotonic() - started <= WAIT_HEARTBEAT_S * 1.5 + 3
+        # (one ping interval, half of one for the pong, and room for a loaded machine)
+        assert time.monotonic() - started <= WAIT_HEARTBEAT_S * 1.5 + 8
         st = await (await api.get(f"/api/v1/classes/{cid}/state")).json()
         assert [w["gone"] for w in st["waiting"]] == [True]
         await ws.close()
