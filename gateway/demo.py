@@ -116,18 +116,14 @@ async def _janus_page(request: web.Request) -> web.Response:
         ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
     if not ws:
         raise web.HTTPNotFound()
-    from urllib.parse import urlencode
-
     from . import i18n
 
     svc = request.app[SERVICES]
+    # In the language the student chose on the way in (cookie or browser). No language
+    # switch here: reloading would spend the page's single-use Janus token.
     lang = i18n.request_lang(request, svc.settings.default_lang)
-    other = "en" if lang == "vi" else "vi"
-    # the language switch keeps the room, id and token of this page
-    switch = "?" + urlencode({**{k: v for k, v in request.query.items() if k != "lang"},
-                              "lang": other})
     page = svc.templates.get_template("janus_room.html").render(
-        lang=lang, ws=ws, room_msgs=JANUS_ROOM_MSGS, lang_switch=switch)
+        lang=lang, ws=ws, room_msgs=JANUS_ROOM_MSGS, lang_switch="")
     resp = web.Response(text=page, content_type="text/html")
     # NOTE: this page alone may reach the demo's Janus and use the camera and microphone.
     resp.headers["Content-Security-Policy"] = (
