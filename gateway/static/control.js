@@ -67,7 +67,7 @@
       b.type = "button";
       b.addEventListener("click", function () {
         clearTimeout(p.timer); pending.delete(key); renderUndo(); render();
-        setStatus(msg("undone"));
+        notice(msg("undone"));
       });
       li.appendChild(b); ul.appendChild(li);
     });
