@@ -323,7 +323,9 @@ class Sequencer:
             cursor = await cast(Awaitable[bytes | None],
                                 self._redis.hget(self.keys.outbox_cursors, name))
             start = b"(" + cursor if cursor else b"-"
-            entries = await self._redis.xrange(name, start, b"+", count=self._batch)
+            # a bytes client (ensure_bytes_client): ids, fields and values are bytes
+            entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                           await self._redis.xrange(name, start, b"+", count=self._batch))
             if not entries:
                 return moved
             values: list[bytes] = []

@@ -188,12 +188,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         node_id=s.node_id,
         fast=svc.redis_fast_bytes,
     )
-    from meeting_adapters.janus import JanusPool
-    from meeting_adapters.zoom import ZoomTokens
+    from meeting_adapters.registry import open_pools
 
     from .presence import Reconciler
 
-    svc.adapter_pools = {"janus": JanusPool(egress), "zoom": ZoomTokens()}
+    svc.adapter_pools = open_pools(egress)
     svc.reconciler = Reconciler(svc)
     bus_task = asyncio.create_task(svc.bus.run())
     background = [bus_task, asyncio.create_task(svc.reconciler.run()),

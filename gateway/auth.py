@@ -12,6 +12,7 @@ from .app import services
 from .auditing import milestone
 from .errors import ApiError, Refusal
 from .staff import check_csrf
+from .staff_secrets import parse_api_token
 from .web_util import client_ip, read_form
 
 log = logging.getLogger("classguard.auth")
@@ -32,6 +33,11 @@ class Principal:
     # Failed sign-ins at the account before this session began (shown to the owner).
     failed_logins: int = 0
     failed_recent: tuple[tuple[float, str], ...] = ()
+    # Bearer tokens: the token's id, so a socket it opened closes when it is revoked.
+    token_id: str | None = None
+    # What gateway/authz.py reads. Requests never carry a disabled account (its sessions
+    # and tokens are refused below); a long-lived socket re-reads the account.
+    disabled: bool = False
 
     @property
     def actor(self) -> str:
@@ -65,7 +71,9 @@ async def authenticate(request: web.Request, *, csrf: bool = True,
         user = await svc.staff.resolve_bearer(token.strip())
         if user is None:
             raise ApiError(401, "unauthenticated", "invalid or revoked token")
-        p = Principal(user.username, user.role, user.org, "bearer")
+        parsed = parse_api_token(token.strip())
+        p = Principal(user.username, user.role, user.org, "bearer",
+                      token_id=parsed[0] if parsed else None)
         request[PRINCIPAL] = p
         return p
     cookie = request.cookies.get(SESSION_COOKIE)
@@ -73,6 +81,12 @@ async def authenticate(request: web.Request, *, csrf: bool = True,
         return None
     session = await svc.staff.load_session(cookie)
     if session is None:
+        return None
+    # NOTE: disabling an account ends its sessions, but a sign-in that was under way at
+    # that moment can still write one afterwards: the account itself is asked, as a
+    # bearer token's is (StaffStore.resolve_bearer).
+    account = await svc.staff.get_user(session.username)
+    if account is None or account.disabled:
         return None
     p = Principal(
         session.username,

@@ -32,7 +32,8 @@ class Ban:
 
     def to_json(self) -> dict[str, Any]:
         kind, _, value = self.key.partition(":")
-        out: dict[str, Any] = {"key": self.key, "kind": {"d": "device", "i": "ip", "n": "cidr"}[kind],
+        kind_name = {"d": "device", "i": "ip", "n": "cidr"}[kind]
+        out: dict[str, Any] = {"key": self.key, "kind": kind_name,
                                "reason": self.reason, "by": self.by, "at": self.at,
                                "until": self.until, "scope": self.scope, "where": self.where}
         if kind != "d":

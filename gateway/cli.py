@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -24,21 +26,74 @@ import redis.asyncio as aioredis
 from .config import ConfigError, Settings, load_settings
 
 AUDIT_FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
+AUDIT_FILTER_HELP = {
+    "class": "class id is this", "type": "event type is this (e.g. join.refused)",
+    "reason": "reason code is this", "student": "student id is this",
+    "ip": "visitor address is this", "since": "time is at or after this (ISO 8601)",
+    "until": "time is before this (ISO 8601)",
+}
 # Lifetimes of API bearer tokens, in days (gateway/staff.py holds them in seconds).
 TOKEN_DEFAULT_DAYS = 90
 TOKEN_MAX_DAYS = 365
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help shows its default: "(default: ...)" added where argparse
+    knows a default the text does not already name (defaults from the settings, which
+    argparse cannot see, are written into the text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" not in text and action.option_strings
+                and action.default not in (None, False, [], argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> Any:  # one line, exit 2
         sys.stderr.write(f"classguard: error: {message}\n")
         raise SystemExit(2)
 
 
+def _default(name: str) -> Any:
+    """The built-in default of a setting (gateway/config.py)."""
+    return Settings.__dataclass_fields__[name].default
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML settings file")
-    p.add_argument("--data-dir", dest="data_dir", help="data directory (keys, embedded Redis)")
-    p.add_argument("--redis-url", dest="redis_url", help="external Redis (default: embedded)")
+    p.add_argument("--config", type=Path,
+                   help="TOML settings file (flat keys named as the settings; flags and "
+                        "CLASSGUARD_* variables win over it) (default: none)")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="data folder: keys, embedded Redis, attachments (default: "
+                        f"./{_default('data_dir')} in the current folder, or "
+                        "CLASSGUARD_DATA_DIR)")
+    p.add_argument("--redis-url", dest="redis_url",
+                   help="external Redis: redis://, rediss:// or unix:// (default: an "
+                        "embedded redis-server in the data folder, or CLASSGUARD_REDIS_URL)")
+
+
+def _serving(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help=f"address to listen on; 0.0.0.0 for every network "
+                                  f"(default: {_default('host')}, or CLASSGUARD_HOST)")
+    p.add_argument("--port", type=int,
+                   help=f"port to listen on (default: {_default('port')}, or CLASSGUARD_PORT)")
+    p.add_argument("--public-url", dest="public_url",
+                   help="the address students and staff open, base of every printed link "
+                        "(default: http://<host>:<port>, localhost for 0.0.0.0, or "
+                        "CLASSGUARD_PUBLIC_URL)")
+    p.add_argument("--workers", metavar="N|auto",
+                   help="serving processes on the port; auto: one per usable CPU "
+                        "(default: 1, or CLASSGUARD_WORKERS)")
+    # A process of a supervised group (gateway/workers.py); never typed by hand.
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--sequencer-only", action="store_true", dest="sequencer_only",
+                   help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,65 +102,73 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the gateway")
-    demo = sub.add_parser("demo", help="serve with a demo school, teacher and class of five")
+    demo = sub.add_parser(
+        "demo", help="serve with a demo school, teacher and class of five",
+        description="serve with a demo school, teacher and class of five; plain http is "
+                    "allowed only to loopback or a private network address (a phone on "
+                    "the same Wi-Fi: --host 0.0.0.0 --public-url http://<private ip>:8080)")
     for p in (serve, demo):
         _common(p)
-        p.add_argument("--host")
-        p.add_argument("--port", type=int)
-        p.add_argument("--public-url", dest="public_url")
-        p.add_argument("--workers", metavar="N|auto",
-                       help="serving processes on the port (default 1, or "
-                            "CLASSGUARD_WORKERS); auto: one per usable CPU")
-        # A process of a supervised group (gateway/workers.py); never typed by hand.
-        p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
-        p.add_argument("--sequencer-only", action="store_true", dest="sequencer_only",
-                       help=argparse.SUPPRESS)
+        _serving(p)
+    serve.add_argument("--tls-cert", dest="tls_cert", type=Path,
+                       help="serve https with this PEM certificate chain (needs --tls-key; "
+                            "TLS 1.2 or later) (default: plain http, for a proxy in front)")
+    serve.add_argument("--tls-key", dest="tls_key", type=Path,
+                       help="the PEM private key of --tls-cert (default: none)")
 
     init = sub.add_parser("init", help="create the data dir, keys, the deployment root org "
                                        "and its first administrator")
     _common(init)
-    init.add_argument("--admin", default="admin", help="administrator username (default admin)")
-    init.add_argument("--org", default="root",
-                      help="deployment root org slug (default root); set once")
-    init.add_argument("--org-name", dest="org_name", help="display name of the root org")
+    init.add_argument("--admin", default="admin", help="administrator username")
+    init.add_argument("--org", default="root", help="deployment root org slug; set once")
+    init.add_argument("--org-name", dest="org_name",
+                      help="display name of the root org (default: the slug)")
 
     user = sub.add_parser("user", help="staff accounts")
     usub = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
     add = usub.add_parser("add", help="add a staff account")
     _common(add)
-    add.add_argument("name")
-    add.add_argument("--role", required=True, choices=["teacher", "it", "admin"])
+    add.add_argument("name", help="the account's user name")
+    add.add_argument("--role", required=True, choices=["teacher", "it", "admin"],
+                     help="what the account may do")
     add.add_argument("--org", required=True,
                      help="an existing org, or a new one when --parent is given")
-    add.add_argument("--parent", help="create --org under this existing org (e.g. root)")
-    add.add_argument("--org-name", dest="org_name", help="display name of a new --org")
-    add.add_argument("--password-stdin", action="store_true", dest="password_stdin")
+    add.add_argument("--parent",
+                     help="create --org under this existing org, e.g. root (default: none; "
+                          "--org must exist)")
+    add.add_argument("--org-name", dest="org_name",
+                     help="display name of a new --org (default: the slug)")
+    add.add_argument("--password-stdin", action="store_true", dest="password_stdin",
+                     help="read the password from the first line of stdin (default: print "
+                          "a one-time password, to be changed at the first sign-in)")
     tok = usub.add_parser(
         "token", help="print a new API bearer token (last word of output); --list, --revoke")
     _common(tok)
-    tok.add_argument("name")
+    tok.add_argument("name", help="the account's user name")
     tok.add_argument("--expires-days", dest="expires_days", type=int,
-                     help=f"lifetime in days (default {TOKEN_DEFAULT_DAYS}, "
-                          f"at most {TOKEN_MAX_DAYS})")
-    tok.add_argument("--label", help="what the token is for (shown by --list)")
+                     help=f"lifetime in days, at most {TOKEN_MAX_DAYS} "
+                          f"(default: {TOKEN_DEFAULT_DAYS})")
+    tok.add_argument("--label", help="what the token is for, shown by --list (default: none)")
     mode = tok.add_mutually_exclusive_group()
     mode.add_argument("--list", action="store_true", help="list the account's live tokens")
-    mode.add_argument("--revoke", metavar="TOKEN_ID", help="revoke one token (id or token)")
+    mode.add_argument("--revoke", metavar="TOKEN_ID",
+                      help="revoke one token, by id or the token itself (default: none)")
     reset = usub.add_parser("reset", help="give an account a new one-time password that "
                                           "must be changed at its next sign-in")
     _common(reset)
-    reset.add_argument("name")
+    reset.add_argument("name", help="the account's user name")
 
     keys = sub.add_parser("keys", help="join-token and audit keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
-    for name in ("list", "rotate"):
-        _common(ksub.add_parser(name))
+    _common(ksub.add_parser("list", help="list the join-token keys"))
+    _common(ksub.add_parser("rotate", help="make a new active join-token key; links signed "
+                                           "with the old one keep working until they expire"))
 
     policy = sub.add_parser("policy", help="class policies")
     psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
     explain = psub.add_parser("explain", help="which rule decides an attempt, and why")
     _common(explain)
-    explain.add_argument("--class", dest="class_id", required=True)
+    explain.add_argument("--class", dest="class_id", required=True, help="the class id")
     explain.add_argument("--token", required=True, help="the join token (or the whole link)")
     explain.add_argument("--ip", default="127.0.0.1", help="the visitor's address")
     explain.add_argument("--device-cookie", dest="device_cookie",
@@ -113,21 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     asub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
-    for name in ("verify", "tail", "checkpoint"):
-        _common(asub.add_parser(name))
+    _common(asub.add_parser("verify", help="check the whole log against its signed "
+                                           "checkpoints (a JSON report; exit 1 on a fault)"))
+    _common(asub.add_parser("tail", help="follow new records as they are written, one "
+                                         "JSON object a line, until interrupted (Ctrl-C); "
+                                         "earlier records: audit search"))
+    _common(asub.add_parser("checkpoint", help="print the latest signed checkpoint"))
     search = asub.add_parser("search", help="events newest first, one JSON object a line "
                              "(the next page's cursor on stderr)")
     _common(search)
     for name in AUDIT_FILTERS:
-        search.add_argument(f"--{name}", dest=f"filter_{name}")
+        search.add_argument(f"--{name}", dest=f"filter_{name}",
+                            help=f"only events whose {AUDIT_FILTER_HELP[name]} "
+                                 "(default: any)")
     search.add_argument("--limit", type=int, default=50, help="events to print (1-1000)")
-    search.add_argument("--cursor", help="next_cursor of the previous page")
+    search.add_argument("--cursor", help="next_cursor of the previous page (default: the "
+                                         "newest events)")
     erase = asub.add_parser("erase", help="carry out an erasure order: remove the personal "
                             "part of audit records (refused under legal hold)")
     _common(erase)
-    erase.add_argument("--student", help="every record naming this student id")
+    erase.add_argument("--student", help="every record naming this student id (default: "
+                                         "none; name it or --index)")
     erase.add_argument("--index", type=int, action="append", default=[], dest="indexes",
-                       help="an audit index (repeatable)")
+                       help="an audit index, repeatable (default: none; name it or --student)")
     erase.add_argument("--reason", required=True,
                        help="the order's reference or reason (kept in the erasure record)")
 
@@ -135,35 +206,59 @@ def build_parser() -> argparse.ArgumentParser:
     esub = evidence.add_subparsers(dest="evidence_command", required=True, parser_class=_Parser)
     exp = esub.add_parser("export", help="build the evidence bundle of an incident")
     _common(exp)
-    exp.add_argument("incident_id")
+    exp.add_argument("incident_id", help="the incident's id")
     exp.add_argument("-o", "--output", required=True, type=Path, help="the zip file to write")
     exp.add_argument("--lang", choices=["vi", "en"], default="vi", help="report language")
     ver = esub.add_parser("verify", help="check a bundle offline (no server, no Redis)")
-    ver.add_argument("file", type=Path)
-    ver.add_argument("--key", help="pin the verifier key: the key text or a file holding it")
+    ver.add_argument("file", type=Path, help="the bundle (.zip)")
+    ver.add_argument("--key", help="pin the verifier key: the key text or a file holding it "
+                                   "(default: the key inside the bundle)")
     ver.add_argument("--lang", choices=["vi", "en"], default="vi", help="summary language")
     ver.add_argument("--json", action="store_true", help="also print the full report as JSON")
     hook = sub.add_parser("janus-hook", help="event handler credentials of one Janus server")
     _common(hook)
     hook.add_argument("--ws-url", dest="ws_url", required=True,
                       help="the Janus server's ws_url, as classes name it")
+    _describe(parser)
     return parser
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every subcommand's parser by its full name ("audit tail"), nested ones too."""
+    out: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for name, child in action.choices.items():
+                out[name] = child
+                out |= {f"{name} {k}": v for k, v in subcommands(child).items()}
+    return out
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """A subcommand's own --help starts with the line its parent lists it with."""
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for choice in action._choices_actions:  # noqa: SLF001
+                child = action.choices[choice.dest]
+                if child.description is None:
+                    child.description = choice.help
+                _describe(child)
 
 
 def _cmd_janus_hook(args: argparse.Namespace, settings: Settings) -> int:
     """Print the ``janus.eventhandler.sampleevh`` settings of one Janus server."""
     from meeting_adapters import InvalidSettings
-    from meeting_adapters.janus import hook_credentials
+    from meeting_adapters.janus import HOOK, hook_credentials
 
-    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+    from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
 
-    secret = load_or_create_hook_secret(janus_hook_secret_path(Path(settings.data_dir)))
+    secret = load_or_create_hook_secret(hook_secret_path(Path(settings.data_dir), HOOK.name))
     try:
         user, password = hook_credentials(secret, args.ws_url)
     except InvalidSettings as exc:
         sys.stderr.write(f"classguard: error: --ws-url {exc.message}\n")
         return 2
-    print(f'backend = "{settings.public_url.rstrip("/")}/hooks/janus"')
+    print(f'backend = "{HOOK.url(settings.public_url)}"')
     print(f'backend_user = "{user}"')
     print(f'backend_pwd = "{password}"')
     return 0
@@ -533,8 +628,71 @@ def _settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, mid, old)
 
 
+class TLSError(Exception):
+    """The certificate or key given to ``serve`` cannot be used (one line for the user)."""
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The server context of ``--tls-cert``/``--tls-key``: TLS 1.2 or later, Python's
+    default ciphers; ``TLSError`` names the file at fault."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with path.open("rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise TLSError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSError(f"--tls-key {key} is not the key of --tls-cert {cert}") from None
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=str(cert))
+        except ssl.SSLError:
+            raise TLSError(f"--tls-cert {cert} holds no PEM certificate") from None
+        raise TLSError(f"--tls-key {key} holds no usable PEM private key "
+                       f"(unencrypted, matching --tls-cert): {exc.reason or exc}") from None
+    return ctx
+
+
+def _tls(args: argparse.Namespace, settings: Settings) -> tuple[ssl.SSLContext | None,
+                                                               Settings]:
+    """The TLS context of ``serve`` (``None`` for plain http) and the settings to serve
+    with: with TLS, a public URL derived from host and port says https."""
+    cert, key = getattr(args, "tls_cert", None), getattr(args, "tls_key", None)
+    if cert is None and key is None:
+        return None, settings
+    if cert is None or key is None:
+        raise TLSError("--tls-cert and --tls-key go together")
+    ctx = tls_context(cert, key)
+    if settings.public_url.startswith("http://"):
+        if getattr(args, "public_url", None) or os.environ.get("CLASSGUARD_PUBLIC_URL"):
+            raise TLSError(f"--public-url {settings.public_url} must be https:// when the "
+                           "gateway serves TLS itself")
+        settings = dataclasses.replace(
+            settings, public_url="https://" + settings.public_url.removeprefix("http://"))
+    return ctx, settings
+
+
 def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     from .workers import WorkersError, parse_workers
+
+    try:
+        tls, settings = _tls(args, settings)
+    except TLSError as exc:
+        sys.stderr.write(f"classguard: error: {exc}\n")
+        return 2
+    warning = None
+    if demo:
+        from .demo import demo_settings
+
+        try:
+            settings, warning = demo_settings(settings)
+        except ConfigError as exc:
+            sys.stderr.write(f"classguard: error: {exc}\n")
+            return 2
 
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -547,7 +705,7 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
     if args.worker is not None:
         # One worker of a supervised group: the port is shared, the sequencer is not ours.
         return _serve_one(settings, demo=demo and args.worker == 0, demo_routes=demo,
-                          worker=args.worker)
+                          worker=args.worker, warning=warning, tls=tls)
     try:
         n = parse_workers(args.workers if args.workers is not None
                           else os.environ.get("CLASSGUARD_WORKERS"))
@@ -555,7 +713,8 @@ def _serve(args: argparse.Namespace, settings: Settings, *, demo: bool) -> int:
         sys.stderr.write(f"classguard: error: {exc}\n")
         return 2
     if n == 1:
-        return _serve_one(settings, demo=demo, demo_routes=demo, worker=None)
+        return _serve_one(settings, demo=demo, demo_routes=demo, worker=None,
+                          warning=warning, tls=tls)
     return _supervise(args, settings, n, demo=demo)
 
 
@@ -564,7 +723,8 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     out: list[str] = []
     for flag, name in (("--config", "config"), ("--data-dir", "data_dir"),
                        ("--redis-url", "redis_url"), ("--host", "host"), ("--port", "port"),
-                       ("--public-url", "public_url")):
+                       ("--public-url", "public_url"), ("--tls-cert", "tls_cert"),
+                       ("--tls-key", "tls_key")):
         value = getattr(args, name, None)
         if value is not None:
             out += [flag, str(value)]
@@ -580,7 +740,8 @@ def _supervise(args: argparse.Namespace, settings: Settings, n: int, *, demo: bo
     return asyncio.run(sup.run())
 
 
-def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int | None) -> int:
+def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int | None,
+               warning: str | None = None, tls: ssl.SSLContext | None = None) -> int:
     from aiohttp import web
 
     from . import i18n
@@ -592,11 +753,17 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
     if demo_routes:
         from .demo import add_demo
 
-        add_demo(app, setup=demo)
+        add_demo(app, setup=demo, warning=warning)
 
     async def _run() -> None:
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await runner.setup()
+        try:
+            await runner.setup()
+        except BaseException:
+            # Set-up failed half way: stop what it started (the demo's Janus, the
+            # embedded Redis) before the error ends the process.
+            await runner.cleanup()
+            raise
         # NOTE: `serve` may face phones directly (no proxy): slow-loris guard and a
         # per-address connection cap (gateway.conn_guard).
         metrics = app[SERVICES].metrics
@@ -608,7 +775,8 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
             on_close=lambda reason: metrics.connections_closed.labels(reason).inc())
         # NOTE: SO_REUSEPORT only in a group: a lone gateway must fail on a port in use.
         site = GuardedTCPSite(runner, settings.host, settings.port, guard=guard,
-                              reuse_port=worker is not None, access_log=None)
+                              ssl_context=tls, reuse_port=worker is not None,
+                              access_log=None)
         try:
             await site.start()
         except OSError as exc:
@@ -619,6 +787,12 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
         # be opened at once, and a connection made meanwhile waits in the kernel's
         # backlog for the one collection below instead of being refused.
         _settle_heap()
+        if demo_routes:
+            from .demo import announcement
+
+            text = announcement(app)  # sign-in and links: only now that they work
+            if text is not None:
+                print(text, flush=True)
         if worker is None:
             print(f"ClassGuard listening on {settings.public_url}", flush=True)
         else:

@@ -40,8 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, get_type_hints
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "load_settings", "redact_url"]
+from policies.model import DEFAULT_TIMEZONE
+
+__all__ = ["DEFAULT_TIMEZONE", "ENV_PREFIX", "ConfigError", "Settings", "load_settings",
+           "redact_url"]
 
 ENV_PREFIX: Final = "CLASSGUARD_"
 
@@ -150,6 +154,9 @@ class Settings:
     session_ttl_s: int = 12 * 3600
 
     default_lang: str = "vi"
+    # The time zone of pages and evidence reports (an IANA name known to zoneinfo). A
+    # class's own schedule zone wins wherever a class is shown.
+    timezone: str = DEFAULT_TIMEZONE
     # NOTE: Secure cookies by default. Browsers accept them on http://localhost, but
     # non-browser clients over plain http need cookie_secure=false.
     cookie_secure: bool = True
@@ -507,6 +514,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "default_lang", f"must be one of {sorted(_LANGS)}, got {s.default_lang!r}"
         )
+    _check_type("timezone", s.timezone, str)
+    try:
+        ZoneInfo(s.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "timezone", f"must be an IANA time zone such as {DEFAULT_TIMEZONE}, "
+            f"got {s.timezone!r}") from None
     _check_type("cookie_secure", s.cookie_secure, bool)
 
     _check_type("node_id", s.node_id, str)

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from meeting_adapters import validate_platform
+from meeting_adapters.generic import allow_plain_http, is_private_lan_address
 from policies.model import ClassId
 
+from . import i18n
 from .app import SERVICES
+from .config import ConfigError, Settings
 from .janus_runner import JanusProcess
 from .policy_io import resolve
 from .presence import watch_class
@@ -35,6 +41,33 @@ DEMO_STUDENTS = [
     ("Phạm Thu Dung", "HS004"),
     ("Võ Minh Đức", "HS005"),
 ]
+
+
+def demo_settings(settings: Settings) -> tuple[Settings, str | None]:
+    """The demo's settings for its public URL, and a warning to print when they allow
+    plain http.
+
+    A phone on the same network reaches the demo at ``http://<private address>:8080``:
+    for such a public URL, and only for an address of a private network (RFC 1918,
+    link-local, IPv6 unique-local), meeting links may use http and cookies are sent
+    without ``Secure`` (a browser refuses Secure cookies over http). ``serve`` never
+    does this: it needs https (``--tls-cert``/``--tls-key`` or a proxy, README.md).
+    Any other http public URL is refused (``ConfigError``)."""
+    parts = urlsplit(settings.public_url)
+    host = (parts.hostname or "").strip("[]")
+    if parts.scheme != "http" or host == "localhost" or host.endswith(".localhost"):
+        return settings, None
+    if not is_private_lan_address(host):
+        raise ConfigError("public_url", "the demo allows plain http only on a private "
+                          "network address (10.x, 172.16-31.x, 192.168.x, 169.254.x, "
+                          f"fc00::/7, fe80::/10, loopback), got {settings.public_url!r}; "
+                          "use such an address or an https:// URL")
+    if ipaddress.ip_address(host).is_loopback:
+        return settings, None  # as before: browsers treat loopback http as secure
+    allow_plain_http(host)
+    warning = i18n.t(settings.default_lang, "demo.plain_http_warning",
+                     url=settings.public_url)
+    return dataclasses.replace(settings, cookie_secure=False), warning
 
 
 async def _meeting_page(request: web.Request) -> web.Response:
@@ -59,10 +92,10 @@ DEMO_JANUS: web.AppKey[_DemoJanus] = web.AppKey("demo_janus", _DemoJanus)
 
 async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     """Start a loopback Janus when the ``janus`` program is installed; its settings."""
-    from meeting_adapters.janus import hook_credentials
+    from meeting_adapters.janus import HOOK, hook_credentials
 
     from .janus_runner import JanusConfig, find_janus, free_port
-    from .routes.platform_hooks import janus_hook_secret_path, load_or_create_hook_secret
+    from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
 
     binary = find_janus()
     if binary is None:
@@ -70,11 +103,11 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     svc = app[SERVICES]
     s = svc.settings
     secret = await asyncio.to_thread(load_or_create_hook_secret,
-                                     janus_hook_secret_path(Path(s.data_dir)))
+                                     hook_secret_path(Path(s.data_dir), HOOK.name))
     base = s.public_url.rstrip("/")
     port = free_port()
     user, password = hook_credentials(secret, f"ws://127.0.0.1:{port}")
-    cfg = JanusConfig(ws_port=port, event_url=f"{base}/hooks/janus", event_user=user,
+    cfg = JanusConfig(ws_port=port, event_url=HOOK.url(base), event_user=user,
                       event_password=password)
     proc = JanusProcess(binary, Path(s.data_dir) / "janus", cfg)
     try:
@@ -108,17 +141,64 @@ def _janus_ws_key(prefix: str) -> str:
     return f"{prefix}demo:janus_ws"
 
 
-async def _janus_page(request: web.Request) -> web.Response:
+async def _janus_upstream(request: web.Request) -> str:
+    """The demo Janus's loopback WebSocket URL (404 when it runs no Janus)."""
     ws = request.app[DEMO_JANUS].ws_url
     if not ws:
         # Another worker of the group started the demo's Janus (worker 0 sets up).
         svc = request.app[SERVICES]
-        ws = await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or ""
+        ws = str(await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or "")
     if not ws:
         raise web.HTTPNotFound()
+    return ws
+
+
+def _browser_ws_url(settings: Settings) -> str:
+    """Where a browser reaches the demo's Janus: through the gateway's own address (a
+    phone cannot reach the server's loopback Janus)."""
+    base = settings.public_url.rstrip("/")
+    scheme, rest = base.split("://", 1)
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/demo/janus/ws"
+
+
+async def _janus_ws_proxy(request: web.Request) -> web.StreamResponse:
+    """The Janus WebSocket API, relayed to the demo's loopback Janus. Janus itself still
+    lets no one into a room without a token the gateway minted."""
+    import aiohttp
+
+    upstream_url = await _janus_upstream(request)
+    client = web.WebSocketResponse(protocols=("janus-protocol",), max_msg_size=1 << 20)
+    await client.prepare(request)
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            upstream_url, protocols=("janus-protocol",), max_msg_size=1 << 20) as upstream:
+
+        async def relay(src: Any, dst: Any) -> None:
+            async for msg in src:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                else:
+                    break
+
+        tasks = [asyncio.create_task(relay(client, upstream)),
+                 asyncio.create_task(relay(upstream, client))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    await client.close()
+    return client
+
+
+async def _janus_page(request: web.Request) -> web.Response:
     from . import i18n
 
+    await _janus_upstream(request)
     svc = request.app[SERVICES]
+    ws = _browser_ws_url(svc.settings)
     # In the language the student chose on the way in (cookie or browser). No language
     # switch here: reloading would spend the page's single-use Janus token.
     lang = i18n.request_lang(request, svc.settings.default_lang)
@@ -132,6 +212,21 @@ async def _janus_page(request: web.Request) -> web.Response:
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
     resp.headers["Permissions-Policy"] = "camera=(self), microphone=(self), geolocation=()"
     return resp
+
+
+# What the demo prints once its port is bound (filled by set-up, printed by gateway/cli.py).
+DEMO_ANNOUNCEMENT: web.AppKey[list[str]] = web.AppKey("demo_announcement", list)
+
+
+def _demo_class_key(prefix: str) -> str:
+    """The id of the demo's class: a restart in the same data folder reuses it."""
+    return f"{prefix}demo:class"
+
+
+def announcement(app: web.Application) -> str | None:
+    """The demo's sign-in, links and warnings, once set-up has run (else ``None``)."""
+    lines: list[str] = app.get(DEMO_ANNOUNCEMENT, [])
+    return "\n".join(lines) if lines else None
 
 
 async def _setup_demo(app: web.Application) -> None:
@@ -155,7 +250,10 @@ async def _setup_demo(app: web.Application) -> None:
     now = datetime.fromtimestamp(svc.clock(), UTC)
     platform = await _janus_platform(app) or validate_platform(
         {"kind": "generic", "url": s.public_url.rstrip("/") + "/demo/meeting"})
-    cid = ClassId(new_id("c"))
+    # NOTE: one demo class per data folder: a restart brings the same class up again
+    # (new room, schedule and links), it does not add a second one.
+    known = str(await svc.r.get(_demo_class_key(s.redis_prefix)) or "")
+    cid = ClassId(known) if known and await svc.store.get_class(known) else ClassId(new_id("c"))
     info = await svc.store.create_class(
         class_id=cid, owner=DEMO_TEACHER, org=DEMO_ORG, title="Toán 10A1 (demo)",
         platform_kind=str(platform["kind"]),
@@ -167,6 +265,7 @@ async def _setup_demo(app: web.Application) -> None:
         # and the join path read the fields, never the preset alone.
         policy=resolve({"preset": "strict"}, None),
     )
+    await svc.r.set(_demo_class_key(s.redis_prefix), info.id)
     await watch_class(svc, info)
     await svc.store.replace_roster(info.id, DEMO_STUDENTS and [(n, e) for n, e in DEMO_STUDENTS])
     links = await issue_links(svc, info, None, "system:demo")
@@ -184,13 +283,36 @@ async def _setup_demo(app: web.Application) -> None:
     ]
     for link in links:
         lines.append(f"    {link['name']:<18} {link['code']}  {link['url']}")
-    print("\n".join(lines), flush=True)
+    warning = app.get(DEMO_WARNING)
+    if warning:
+        lines += ["", "!" * 78, f"!! {warning}", "!" * 78]
+    # Printed by gateway/cli.py once the port is bound: a link printed before that may
+    # point at a port another program holds.
+    app[DEMO_ANNOUNCEMENT][:] = lines
 
 
-def add_demo(app: web.Application, *, setup: bool = True) -> None:
+DEMO_WARNING: web.AppKey[str] = web.AppKey("demo_warning", str)
+
+
+async def _demo_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Set the demo up after the app's own resources; stop its Janus before they close,
+    also when set-up fails half way (aiohttp runs no ``on_cleanup`` after a failed
+    start-up, but does finish the clean-up contexts that started)."""
+    try:
+        await _setup_demo(app)
+        yield
+    finally:
+        await _stop_janus(app)
+
+
+def add_demo(app: web.Application, *, setup: bool = True, warning: str | None = None) -> None:
     """The demo's pages; with ``setup``, also its school, class and Janus (one process
-    of a group sets them up, every process serves the pages)."""
+    of a group sets them up, every process serves the pages). ``warning`` is printed
+    with the links (``demo_settings``)."""
     svc = app[SERVICES]
+    app[DEMO_ANNOUNCEMENT] = []
+    if warning:
+        app[DEMO_WARNING] = warning
     # NOTE: the demo starts its own Janus on 127.0.0.1; that address alone joins the
     # platform allow list, and only in the demo (before start-up builds the HTTP session).
     if "127.0.0.1/32" not in svc.settings.platform_allow_networks:
@@ -199,6 +321,6 @@ def add_demo(app: web.Application, *, setup: bool = True) -> None:
     app[DEMO_JANUS] = _DemoJanus()
     app.router.add_get("/demo/meeting", _meeting_page)
     app.router.add_get("/demo/janus", _janus_page)
+    app.router.add_get("/demo/janus/ws", _janus_ws_proxy)
     if setup:
-        app.on_startup.append(_setup_demo)
-        app.on_cleanup.append(_stop_janus)
+        app.cleanup_ctx.append(_demo_lifetime)

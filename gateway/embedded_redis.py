@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import importlib.util
@@ -52,13 +51,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
 from urllib.parse import quote
+
+from .child_process import die_with_parent
 
 __all__ = ["EmbeddedRedis", "EmbeddedRedisError", "find_redis_server"]
 
@@ -70,7 +70,6 @@ INSTALL_HINT: Final = (
 )
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL on Linux.
 _MAX_SOCKET_PATH: Final = 107
-_PR_SET_PDEATHSIG: Final = 1
 # Supervision: delays before the 1st, 2nd, ... restart in a row of quick deaths.
 RESTART_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 4.0)
 # A server that dies within this many seconds of its start died "quickly"; after
@@ -270,22 +269,6 @@ def _remove_stale_files(paths: _Paths) -> None:
             p.unlink()
 
 
-def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn for the child: die with SIGTERM when the forking thread dies."""
-
-    # Resolved here, in the parent: dlopen after fork in a threaded process can deadlock.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:  # runs in the child between fork and exec
-        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        # The parent may have died between fork and prctl; then nobody will signal us.
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
 # --- async ----------------------------------------------------------------------------
 
 
@@ -430,7 +413,7 @@ class EmbeddedRedis:
         paths = self._paths
         try:
             await asyncio.to_thread(_remove_stale_files, paths)
-            preexec = _pdeathsig_preexec(os.getpid()) if sys.platform == "linux" else None
+            preexec = die_with_parent()
             try:
                 self._proc = await asyncio.create_subprocess_exec(
                     binary,

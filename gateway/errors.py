@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.exceptions
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import i18n
 
@@ -216,7 +217,7 @@ def _wants_html(request: web.Request) -> bool:
 def make_error_middleware(
     on_dependency_error: Callable[[], None] = lambda: None,
     not_found_page: Callable[[web.Request], web.StreamResponse] | None = None,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+) -> Middleware:
     """The middleware; ``on_dependency_error`` counts Redis failures in metrics;
     ``not_found_page`` renders the not-found page for a browser asking for an unknown
     address (API clients keep the JSON error)."""

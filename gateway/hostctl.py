@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from meeting_adapters import AdapterError, Capability, Room, Unsupported, create_adapter
+from meeting_adapters import (
+    AdapterError,
+    Capability,
+    MeetingAdapter,
+    Room,
+    Unsupported,
+    create_adapter,
+)
 
 from .app import Services
 from .auth import Principal
+from .authz import Action, Target, allows, listing_scope
 from .bans import make_key
 from .errors import ApiError
 from .state import ClassInfo, split_ticket, valid_student_id
@@ -94,20 +103,26 @@ class ActionRequest:
         return cls(action, sid, ticket, scope, reason, ban, org_wide, exp)
 
 
-def is_host(svc: Services, p: Principal, info: ClassInfo, org_ancestors: list[str]) -> bool:
-    """Teachers host their own classes; administrators any class in their subtree.
-    IT staff read logs but never act as host."""
-    if p.role == "teacher":
-        return info.owner == p.username
-    if p.role == "admin":
-        return p.org in org_ancestors
-    return False
+async def class_target(svc: Services, info: ClassInfo) -> Target:
+    """What gateway/authz.py needs to know about a class: its org chain and owner."""
+    assert svc.staff is not None
+    return Target.of_org(await svc.staff.org_ancestors(info.org), owner=info.owner)
 
 
-def can_view(p: Principal, info: ClassInfo, org_ancestors: list[str]) -> bool:
-    if p.role == "teacher":
-        return info.owner == p.username
-    return p.org in org_ancestors
+async def visible_classes(svc: Services, p: Principal) -> list[ClassInfo]:
+    """The classes ``p`` may see (authz ``VIEW_CLASS``), unsorted."""
+    assert svc.store is not None and svc.staff is not None
+    scope = listing_scope(p, Action.VIEW_CLASS)
+    if scope == "subtree":
+        return await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
+    if scope == "owned":
+        return await svc.store.classes_of_owner(p.username)
+    return []
+
+
+async def _require_org_wide(svc: Services, p: Principal, info: ClassInfo, message: str) -> None:
+    if not allows(p, Action.BAN_ORG_WIDE, await class_target(svc, info)):
+        raise ApiError(403, "forbidden", message)
 
 
 class HostControls:
@@ -121,10 +136,10 @@ class HostControls:
         data: dict[str, Any] = json.loads(raw)
         return data
 
-    def adapter(self, kind: str) -> Any:
+    def adapter(self, kind: str) -> MeetingAdapter:
         return create_adapter(kind, http_session=self.svc.http, pools=self.svc.adapter_pools)
 
-    def adapter_and_room(self, info: ClassInfo) -> tuple[Any, Room]:
+    def adapter_and_room(self, info: ClassInfo) -> tuple[MeetingAdapter, Room]:
         sealed = self.sealed_platform(info)
         return self.adapter(info.platform_kind), Room.from_dict(sealed["room"])
 
@@ -136,7 +151,10 @@ class HostControls:
         # NOTE: the adapter is asked even without the capability: a platform may do part
         # of it (Zoom cancels the registration it cannot kick) and then raises Unsupported.
         try:
-            await getattr(adapter, call)(room, *args)
+            controls: dict[str, Callable[..., Awaitable[None]]] = {
+                "remove": adapter.remove, "mute": adapter.mute, "lock": adapter.lock,
+                "end": adapter.end}
+            await controls[call](room, *args)
         except Unsupported:
             return "unsupported"
         except AdapterError as exc:
@@ -268,8 +286,8 @@ class HostControls:
         elif a == "unban":
             if not req.ban:
                 raise ApiError(400, "missing_field", "unban needs the ban key", field="ban")
-            if req.org_wide and p.role != "admin":
-                raise ApiError(403, "forbidden", "only administrators lift org-wide bans")
+            if req.org_wide:
+                await _require_org_wide(svc, p, info, "only administrators lift org-wide bans")
             where = {"org": info.org} if req.org_wide else {"class_id": cid}
             if not await store.lift_ban(req.ban, **where):
                 raise ApiError(404, "not_found", "no such ban", field="ban")
@@ -320,8 +338,8 @@ class HostControls:
             key = make_key(ip=value)
         else:
             raise ApiError(400, "invalid_ban", "ban must be a d: or i: handle", field="ban")
-        if req.org_wide and p.role != "admin":
-            raise ApiError(403, "forbidden", "only administrators ban across the org")
+        if req.org_wide:
+            await _require_org_wide(self.svc, p, info, "only administrators ban across the org")
         until = self.svc.clock() + req.expires_in_s if req.expires_in_s else None
         where = {"class_id": None, "org": info.org} if req.org_wide else \
             {"class_id": info.id, "org": None}
@@ -336,8 +354,8 @@ class HostControls:
         the device's address is banned with it (see ADDRESS_FOLLOW_S)."""
         store = self.svc.store
         assert store is not None
-        if req.org_wide and p.role != "admin":
-            raise ApiError(403, "forbidden", "only administrators ban across the org")
+        if req.org_wide:
+            await _require_org_wide(self.svc, p, info, "only administrators ban across the org")
         scope = req.scope or "device"
         # the address of the ticket when the host bans from the waiting room, else the
         # student's last address

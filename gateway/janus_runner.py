@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .child_process import die_with_parent
+
 log = logging.getLogger("classguard.janus")
 
 LIB_DIR: Final = Path("/usr/lib/x86_64-linux-gnu/janus")
@@ -141,6 +143,10 @@ class JanusProcess:
             self._proc = await asyncio.create_subprocess_exec(
                 self.binary, "-F", str(self.folder), "-C", str(self.folder / "janus.jcfg"),
                 "-o", stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                # Its own session: Ctrl-C reaches the gateway, which stops Janus in
+                # order; a gateway that dies any other way takes Janus along.
+                start_new_session=True,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 - prctl and getppid only
             )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -341,7 +341,8 @@ class JoinFlow:
                                jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
         device = await store.r.hget(store.k.bind(cid), sid)
         ip = await store.r.hget(store.k.c(cid, "last_ip"), sid) or "0.0.0.0"  # noqa: S104
-        return await self.explain_attempt(facts, ip=str(ip), device=device)
+        return await self.explain_attempt(facts, ip=str(ip),
+                                          device=None if device is None else str(device))
 
     async def admit_waiting_by_policy(self, cid: str) -> int:
         """When the host arrives, re-decide every student who was waiting only for the
@@ -506,6 +507,7 @@ class JoinFlow:
         svc = self.svc
         store = svc.store
         assert store is not None and snap.info is not None and facts.student_id is not None
+        assert svc.auditor is not None
         d = out.decision
         cid, sid = snap.info.id, facts.student_id
         hint = device_hint(user_agent)

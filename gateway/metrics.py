@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -382,7 +383,7 @@ class Metrics:
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
-    def middleware(self) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    def middleware(self) -> Middleware:
         hist = self.request_latency
         # One child per route (a bounded set: the app's routes and "unmatched"), looked
         # up once instead of through labels() on every request.

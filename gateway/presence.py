@@ -4,17 +4,26 @@ One process at a time does the polling, chosen by a Redis lease (``SET NX PX``, 
 with a compare-and-extend script; any process takes over when the holder stops). Every
 ``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
 over yet and whose platform has PRESENCE, lists the upstream participants and compares
-them with ``ClassStore.admitted``. Anyone else is an intruder: an ``intruder_in_room``
+them with ``ClassStore.admitted`` (a platform that names signed-in accounts,
+``Present.account``, is matched by the roster's school e-mails; never by display name).
+Anyone else is an intruder: an ``intruder_in_room``
 alert reaches the control room and the audit log (once per person and class), and when the
 class policy says ``auto_remove_intruders`` and the platform can remove people, they are
-removed. Webhook and event-handler callbacks (``routes/platform_hooks.py``) feed the same
-``Reconciler.judge``.
+removed. Platform webhooks (``routes/platform_hooks.py``) feed the same
+``Reconciler.judge``. What a platform can do here is what its adapter declares
+(``meeting_adapters.Feature``); this module never names a platform.
 
 Failing platforms: each listing is retried with exponential backoff inside the sweep,
 then the class is skipped with a growing delay; every failure counts in
 ``classguard_upstream_errors`` and a run of failures raises one ``platform_unreachable``
 alert. Nobody is admitted around a failing platform: the join flow itself fails closed
 (``/go`` shows the "platform not reachable" page).
+
+After-the-fact attendance (``Feature.ATTENDANCE``, Teams): a platform that reports who
+attended only once a session is over is read every ``attendance_every_s``, also for a day
+after the class ended (the last session's report comes late); each report is read once
+(its id is kept) and whoever in it matches no roster student raises the same
+``intruder_in_room`` alert, with ``source = attendance_report``.
 """
 
 from __future__ import annotations
@@ -27,7 +36,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from meeting_adapters import AdapterError, Capability, Present, Room, Unsupported
+from meeting_adapters import (
+    ADAPTERS,
+    AdapterError,
+    Capability,
+    Feature,
+    MeetingAdapter,
+    Present,
+    Room,
+    RosterName,
+    Unsupported,
+)
 
 from .app import Services
 from .hostctl import HostControls
@@ -56,16 +75,30 @@ return 0
 # --- pure ----------------------------------------------------------------------------------
 
 
-def room_capabilities(adapter: Any, room: Room) -> frozenset[Capability]:
-    """The capabilities of this class's room (a platform may add some per room, e.g. Jitsi
-    with a kick endpoint)."""
-    per_room = getattr(adapter, "room_capabilities", None)
-    caps: frozenset[Capability] = adapter.capabilities
-    return frozenset(per_room(room)) if callable(per_room) else caps
+def room_capabilities(adapter: MeetingAdapter, room: Room) -> frozenset[Capability]:
+    """The capabilities of this class's room (a platform may add some per room:
+    ``Feature.ROOM_CAPABILITIES``)."""
+    if Feature.ROOM_CAPABILITIES in adapter.features:
+        return frozenset(adapter.room_capabilities(room))
+    return adapter.capabilities
+
+
+def has_feature(kind: str, feature: Feature) -> bool:
+    cls = ADAPTERS.get(kind)
+    return cls is not None and feature in cls.features
 
 
 def who_is_it(p: Present, identify: Mapping[str, str]) -> str | None:
     return p.student_id or identify.get(p.upstream_id)
+
+
+def identify_accounts(present: Iterable[Present],
+                      accounts: Mapping[str, str]) -> dict[str, str]:
+    """Upstream id -> student id for people signed in with a roster student's school
+    account (``accounts``: e-mail in lower case -> student id). Names are never matched:
+    anyone can type a classmate's name."""
+    return {p.upstream_id: accounts[p.account.lower()] for p in present
+            if p.student_id is None and p.account and p.account.lower() in accounts}
 
 
 def find_intruders(present: Iterable[Present], admitted: Iterable[str],
@@ -92,11 +125,10 @@ def _keys(svc: Services) -> tuple[str, str]:
     return f"{p}presence:classes", f"{p}presence:lease"
 
 
-def janus_room_key(svc: Services, server: str, room_id: str) -> str:
-    """The class of Janus room ``room_id`` on the server ``server``
-    (``meeting_adapters.janus.server_id``): room numbers are unique per server only, and
-    the server is the teacher's to choose."""
-    return f"{svc.settings.redis_prefix}presence:janus_room:{server}:{room_id}"
+def room_index_key(svc: Services, kind: str, room_key: str) -> str:
+    """The class of the room a ``kind`` platform's events call ``room_key``
+    (``MeetingAdapter.room_key``, ``Feature.ROOM_INDEX``)."""
+    return f"{svc.settings.redis_prefix}presence:{kind}_room:{room_key}"
 
 
 async def watch_class(svc: Services, info: ClassInfo) -> None:
@@ -105,16 +137,17 @@ async def watch_class(svc: Services, info: ClassInfo) -> None:
     s = info.schedule
     end = (s.term_ends_at or s.ends_at).timestamp() + 86400
     await svc.r.zadd(classes, {info.id: end})
-    if info.platform_kind == "janus":
-        await register_janus_room(svc, info, end)
+    if has_feature(info.platform_kind, Feature.ROOM_INDEX):
+        await register_room(svc, info, end)
 
 
-async def register_janus_room(svc: Services, info: ClassInfo, end: float) -> None:
-    """Map the class's Janus room (server and number) to the class, for Janus events."""
-    from meeting_adapters.janus import server_id
-
-    _, room = HostControls(svc).adapter_and_room(info)
-    key = janus_room_key(svc, server_id(str(room.data["ws_url"])), room.upstream_id)
+async def register_room(svc: Services, info: ClassInfo, end: float) -> None:
+    """Map the class's room key to the class, for the platform's gateway-wide events."""
+    adapter, room = HostControls(svc).adapter_and_room(info)
+    room_key = adapter.room_key(room)
+    if room_key is None:
+        return
+    key = room_index_key(svc, info.platform_kind, room_key)
     held = await svc.r.get(key)
     if held == info.id:
         return
@@ -123,8 +156,8 @@ async def register_janus_room(svc: Services, info: ClassInfo, end: float) -> Non
         if other is not None and not other.ended:
             # NOTE: a server that hands out a room number a live class holds is broken
             # or hostile; the room keeps its class, this class gets no room events.
-            log.warning("janus room %s already belongs to class %s; class %s gets no "
-                        "room events", room.upstream_id, held, info.id)
+            log.warning("%s room %s already belongs to class %s; class %s gets no "
+                        "room events", info.platform_kind, room.upstream_id, held, info.id)
             return
     await svc.r.set(key, info.id, exat=int(end))
 
@@ -150,7 +183,9 @@ class Reconciler:
     token: str = field(default_factory=lambda: secrets.token_hex(12))
     _backoff: dict[str, _Backoff] = field(default_factory=dict)
     _hooks_at: dict[str, float] = field(default_factory=dict)
-    _janus_rooms: set[str] = field(default_factory=set)
+    _indexed_rooms: set[str] = field(default_factory=set)
+    attendance_every_s: float = 60.0
+    _attendance_at: dict[str, float] = field(default_factory=dict)
     leader: bool = False
 
     # --- lease ---------------------------------------------------------------------
@@ -207,15 +242,22 @@ class Reconciler:
         for raw in await svc.r.zrange(classes, 0, -1):
             cid = str(raw)
             info = await svc.store.get_class(cid)
+            if info is not None and info.ended and has_feature(info.platform_kind,
+                                                               Feature.ATTENDANCE):
+                # the report of the last session comes after the class ended
+                if self._attendance_due(cid, now):
+                    await self.attendance(info)
+                continue
             if info is None or info.ended:
                 await svc.r.zrem(classes, cid)
                 continue
-            if info.platform_kind == "janus" and cid not in self._janus_rooms:
-                # classes created before rooms were keyed by server get their key here
+            if cid not in self._indexed_rooms and has_feature(info.platform_kind,
+                                                               Feature.ROOM_INDEX):
+                # classes created before their platform's rooms were indexed get it here
                 s = info.schedule
-                await register_janus_room(svc, info,
-                                          (s.term_ends_at or s.ends_at).timestamp() + 86400)
-                self._janus_rooms.add(cid)
+                await register_room(svc, info,
+                                    (s.term_ends_at or s.ends_at).timestamp() + 86400)
+                self._indexed_rooms.add(cid)
             b = self._backoff.get(cid)
             if b is not None and b.next_at > now:
                 continue
@@ -246,6 +288,9 @@ class Reconciler:
         adapter, room = HostControls(svc).adapter_and_room(info)
         caps = room_capabilities(adapter, room)
         await self._refresh_hooks(info, adapter, room)
+        if Feature.ATTENDANCE in adapter.features and self._attendance_due(info.id,
+                                                                          svc.clock()):
+            await self.attendance(info, adapter, room)
         if Capability.PRESENCE not in caps:
             return None
         try:
@@ -260,19 +305,63 @@ class Reconciler:
             await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
         return await self.judge(info, adapter, room, present)
 
-    async def judge(self, info: ClassInfo, adapter: Any, room: Room,
+    def _attendance_due(self, cid: str, now: float) -> bool:
+        return now - self._attendance_at.get(cid, -1e12) >= self.attendance_every_s
+
+    async def attendance(self, info: ClassInfo, adapter: MeetingAdapter | None = None,
+                         room: Room | None = None) -> list[Present] | None:
+        """Read the platform's reports of finished sessions not read yet
+        (``Feature.ATTENDANCE``) and flag everyone in them who matches no roster student.
+        Returns them, or None when the reports could not be read."""
+        svc = self.svc
+        assert svc.store is not None
+        if adapter is None or room is None:
+            adapter, room = HostControls(svc).adapter_and_room(info)
+        if Feature.ATTENDANCE not in adapter.features:
+            return None
+        self._attendance_at[info.id] = svc.clock()
+        key = f"{svc.settings.redis_prefix}presence:reports:{{c:{info.id}}}"
+        known = {str(x) for x in await svc.r.smembers(key)}
+        roster = [RosterName(s.id, s.name, s.external_id)
+                  for s in await svc.store.roster(info.id)]
+        try:
+            reports = await self._with_retries(
+                info, lambda: adapter.attendance(room, roster, known))
+        except Unsupported:
+            return None
+        except AdapterError as exc:
+            await self._failed(info, exc)
+            return None
+        b = self._backoff.pop(info.id, None)
+        if b is not None and b.alerted:
+            await JoinFlow(svc).alert(info.id, "platform_reachable", platform=info.platform_kind)
+        unknown: list[Present] = []
+        for report in reports:
+            for p in report.present:
+                if p.student_id is None:
+                    await self.flag(info, adapter, room, p, {}, source="attendance_report")
+                    unknown.append(p)
+            await svc.r.sadd(key, report.report_id)
+            await svc.r.expire(key, 40 * 86400)
+        return unknown
+
+    async def judge(self, info: ClassInfo, adapter: MeetingAdapter, room: Room,
                     present: list[Present]) -> list[Present]:
         """Flag (and maybe remove) everyone present who was not admitted."""
         svc = self.svc
         assert svc.store is not None
         admitted = list(await svc.store.admitted(info.id))
         identify: Mapping[str, str] = {}
-        if callable(getattr(adapter, "identify", None)):
+        if Feature.IDENTIFY in adapter.features:
             roster = [s.id for s in await svc.store.roster(info.id)]
             identify = adapter.identify(room, roster)
+        if any(p.account for p in present):
+            # the platform names signed-in accounts: the roster's school e-mails say whose
+            accounts = {s.email: s.id for s in await svc.store.roster(info.id) if s.email}
+            identify = {**identify, **identify_accounts(present, accounts)}
         # Single-use credentials: once an admitted student is seen inside, their token goes.
         seen_ok = [p.upstream_id for p in present if who_is_it(p, identify) in set(admitted)]
-        if seen_ok and callable(getattr(adapter, "consume", None)):
+        if seen_ok and Feature.CONSUME in adapter.features:
             try:
                 await adapter.consume(room, seen_ok)
             except AdapterError as exc:
@@ -283,18 +372,22 @@ class Reconciler:
             await self.flag(info, adapter, room, p, identify)
         return intruders
 
-    async def flag(self, info: ClassInfo, adapter: Any, room: Room, p: Present,
-                   identify: Mapping[str, str]) -> str:
+    async def flag(self, info: ClassInfo, adapter: MeetingAdapter, room: Room, p: Present,
+                   identify: Mapping[str, str], *, source: str | None = None) -> str:
         """Alert once per person and class; remove when the policy says so. Returns what
-        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove)."""
+        was done: ``removed``, ``flagged`` or ``unsupported`` (could not remove).
+        ``source``: where the sighting comes from when not the live room
+        (``attendance_report``: after the session, nobody can be removed)."""
         svc = self.svc
         assert svc.auditor is not None
         policy = policy_of(info)
         sid = who_is_it(p, identify)
         action = "flagged"
-        can_remove = Capability.REMOVE in room_capabilities(adapter, room) and callable(
-            getattr(adapter, "evict", None))
+        can_remove = (Capability.REMOVE in room_capabilities(adapter, room)
+                      and Feature.EVICT in adapter.features)
         facts = {"platform": info.platform_kind, "upstream_id": p.upstream_id}
+        extra = {"source": source} if source else {}
+        facts.update(extra)
         personal = {"name": p.display_name} if p.display_name else None
         recorded = False
         prefix = svc.settings.redis_prefix
@@ -329,7 +422,7 @@ class Reconciler:
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,
-                                      platform=info.platform_kind)
+                                      platform=info.platform_kind, **extra)
             if not recorded:  # nothing was done upstream: the sighting is the record
                 await svc.auditor.record(
                     "presence.intruder", actor="system:presence", org=info.org,
@@ -349,18 +442,22 @@ class Reconciler:
             await JoinFlow(self.svc).alert(info.id, "platform_unreachable",
                                            platform=info.platform_kind)
 
-    async def _refresh_hooks(self, info: ClassInfo, adapter: Any, room: Room) -> None:
-        """BigBlueButton drops hooks whose callbacks fail: register ours again now and then."""
-        register = getattr(adapter, "register_hook", None)
-        if not callable(register):
+    async def _refresh_hooks(self, info: ClassInfo, adapter: MeetingAdapter,
+                             room: Room) -> None:
+        """A platform may drop hooks whose callbacks fail (bbb-webhooks does): register the
+        class's webhook again now and then (``Feature.REGISTER_HOOK``)."""
+        if Feature.REGISTER_HOOK not in adapter.features:
+            return
+        hook = next((h for h in adapter.webhooks if h.per_class), None)
+        if hook is None:
             return
         now = self.svc.clock()
         if now - self._hooks_at.get(info.id, -1e12) < self.hook_refresh_s:
             return
         self._hooks_at[info.id] = now
-        url = f"{self.svc.settings.public_url.rstrip('/')}/hooks/bbb/{info.id}"
+        url = hook.url(self.svc.settings.public_url, info.id)
         try:
-            await register(room, url)
+            await adapter.register_hook(room, url)
         except AdapterError as exc:
             self.svc.metrics.upstream_errors.labels(info.platform_kind).inc()
             log.warning("presence: hook registration failed: %s", exc)

@@ -114,7 +114,7 @@ def _retrieved(fut: asyncio.Future[Any]) -> None:
 class Multiplexed:
     """Commands from every coroutine on one connection, replies matched in order."""
 
-    def __init__(self, *, host: str | None = None, port: int = 6379, path: str | None = None,
+    def __init__(self, *, host: str = "localhost", port: int = 6379, path: str | None = None,
                  username: str | None = None, password: str | None = None, db: int = 0,
                  decode: bool = True, reply_timeout_s: float = REPLY_TIMEOUT_S) -> None:
         self.host, self.port, self.path = host, port, path

@@ -14,8 +14,8 @@ hand, or crafted. The parser therefore
 
 Rejection codes (per line): ``formula``, ``invalid_characters``, ``invalid_name``,
 ``too_long``, ``missing_name``, ``duplicate``, ``blank_line``, ``invalid_item``,
-``unknown_field``, ``duplicate_field``. File codes (``RosterError``): ``encoding``,
-``format``, ``empty``, ``too_many_rows``, ``too_many_cells``, ``too_large`` (and, from
+``unknown_field``, ``duplicate_field``, ``invalid_email``. File codes (``RosterError``):
+``encoding``, ``format``, ``empty``, ``too_many_rows``, ``too_many_cells``, ``too_large`` (and, from
 ``roster_worker``, ``too_complex`` and ``busy``). Messages are English; the HTTP layer
 turns them into statuses with :func:`http_status`.
 
@@ -32,6 +32,11 @@ Decisions:
 * Duplicates: the same external id twice, or the same name (case-insensitive) with the
   same (or no) external id, are rejected, naming the first line. Two students with the
   same name and different ids are fine (common in Vietnamese classes).
+* An optional school-account e-mail column (``email`` header, or ``email`` in JSON) says
+  which Google Workspace / Microsoft 365 account a student signs in with, so that a
+  platform reporting signed-in accounts (Google Meet) can tell students from strangers.
+  It is stored lower case, checked for shape only, and never put in a link or token. The
+  same address on two lines is a ``duplicate``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ from typing import Any, Final, Literal
 
 MAX_NAME_CHARS: Final = 100
 MAX_ID_CHARS: Final = 64
+MAX_EMAIL_CHARS: Final = 254
+_EMAIL: Final = re.compile(r"[a-z0-9._%+'-]+@[a-z0-9-]+(\.[a-z0-9-]+)+", re.ASCII)
 # Beyond this many lines (blank ones included) after the allowed rows we stop reading.
 _EXTRA_LINES: Final = 10_000
 # A roster spreadsheet is a few hundred KiB uncompressed (2,000 rows of a few cells, the
@@ -108,7 +115,15 @@ _ID_HEADERS: Final = frozenset(
         "ma dinh danh", "ma dinh danh hoc sinh", "ma hoc sinh/ma dinh danh",
     }
 )  # fmt: skip
-_JSON_FIELDS: Final = frozenset({"name", "external_id"})
+_EMAIL_HEADERS: Final = frozenset(
+    {
+        "email", "e mail", "school email", "school account", "student email",
+        "google account", "microsoft account", "account email", "tai khoan",
+        "tai khoan truong", "tai khoan hoc sinh", "email truong", "email hoc sinh",
+        "dia chi email", "thu dien tu",
+    }
+)  # fmt: skip
+_JSON_FIELDS: Final = frozenset({"name", "external_id", "email"})
 
 Format = Literal["csv", "xlsx", "json"]
 
@@ -127,6 +142,7 @@ class RosterEntry:
     name: str
     external_id: str | None
     line: int
+    email: str | None = None  # the student's school account, lower case
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +220,15 @@ def _clean_id(raw: str | None) -> str | None:
     return _clean_text(raw, "external id", MAX_ID_CHARS) or None
 
 
+def _clean_email(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    text = _clean_text(raw, "e-mail", MAX_EMAIL_CHARS).lower()
+    if text and not _EMAIL.fullmatch(text):
+        raise _Bad("invalid_email", "the e-mail is not a school account address")
+    return text or None
+
+
 class _Collector:
     """Turns raw (line, name, id) rows into entries and rejections; counts rows."""
 
@@ -214,6 +239,7 @@ class _Collector:
         self.rejected: list[Rejection] = []
         self._by_id: dict[str, int] = {}
         self._by_name: dict[tuple[str, str | None], int] = {}
+        self._by_email: dict[str, int] = {}
 
     def reject(self, line: int, code: str, message: str) -> None:
         self.rejected.append(Rejection(line, code, message))
@@ -229,12 +255,14 @@ class _Collector:
         if self.rows > self.max_rows:
             raise RosterError("too_many_rows", f"the roster has more than {self.max_rows} students")
 
-    def add(self, line: int, raw_name: str | None, raw_id: str | None) -> None:
+    def add(self, line: int, raw_name: str | None, raw_id: str | None,
+            raw_email: str | None = None) -> None:
         """A non-blank row."""
         self.count_row()
         try:
             name = _clean_name(raw_name or "")
             external_id = _clean_id(raw_id)
+            email = _clean_email(raw_email)
         except _Bad as bad:
             self.reject(line, bad.code, bad.message)
             return
@@ -251,10 +279,16 @@ class _Collector:
             hint = "" if external_id else "; add an external id to tell them apart"
             self.reject(line, "duplicate", f"same student as line {first}{hint}")
             return
+        if email is not None and email in self._by_email:
+            first = self._by_email[email]
+            self.reject(line, "duplicate", f"e-mail already used on line {first}")
+            return
         if external_id is not None:
             self._by_id[external_id] = line
+        if email is not None:
+            self._by_email[email] = line
         self._by_name[name_key] = line
-        self.students.append(RosterEntry(name, external_id, line))
+        self.students.append(RosterEntry(name, external_id, line, email))
 
 
 # -- rows from tables (CSV, xlsx) -----------------------------------------------------
@@ -271,6 +305,7 @@ def _header_key(cell: str) -> str:
 class _Columns:
     name: int
     external_id: int | None
+    email: int | None = None
 
 
 def _header_columns(cells: Sequence[str | None]) -> _Columns | None:
@@ -279,7 +314,8 @@ def _header_columns(cells: Sequence[str | None]) -> _Columns | None:
     if name_col is None:
         return None
     id_col = next((i for i, k in enumerate(keys) if k in _ID_HEADERS and i != name_col), None)
-    return _Columns(name_col, id_col)
+    email_col = next((i for i, k in enumerate(keys) if k in _EMAIL_HEADERS), None)
+    return _Columns(name_col, id_col, email_col)
 
 
 def _collect_table(rows: Iterable[tuple[int, Sequence[str | None]]], max_rows: int) -> _Collector:
@@ -306,7 +342,7 @@ def _collect_table(rows: Iterable[tuple[int, Sequence[str | None]]], max_rows: i
         def cell(i: int | None, row: Sequence[str | None] = cells) -> str | None:
             return row[i] if i is not None and i < len(row) else None
 
-        out.add(line, cell(columns.name), cell(columns.external_id))
+        out.add(line, cell(columns.name), cell(columns.external_id), cell(columns.email))
     return out
 
 
@@ -572,9 +608,10 @@ def _parse_json(body: bytes, max_rows: int) -> RosterParse:
             out.reject(position, "unknown_field", f"unknown field '{shown}'")
             continue
         name, external_id = item.get("name"), item.get("external_id")
+        email = item.get("email")
         if not isinstance(name, str) or (
             external_id is not None and not isinstance(external_id, str | int)
-        ):
+        ) or (email is not None and not isinstance(email, str)):
             out.count_row()
             out.reject(position, "invalid_item", "name must be a string, external_id a string")
             continue
@@ -582,7 +619,7 @@ def _parse_json(body: bytes, max_rows: int) -> RosterParse:
             out.count_row()
             out.reject(position, "invalid_item", "external_id must be a string")
             continue
-        out.add(position, name, None if external_id is None else str(external_id))
+        out.add(position, name, None if external_id is None else str(external_id), email)
     return _finish(out, "json", None)
 
 

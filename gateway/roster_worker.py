@@ -28,6 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .child_process import die_with_parent
 from .roster import (
     Format,
     Rejection,
@@ -90,7 +91,8 @@ class RosterParser:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.roster_worker",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
+            stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=die_with_parent())  # noqa: PLW1509 - prctl and getppid only
         header = json.dumps({"content_type": content_type, "filename": filename,
                              "max_rows": max_rows}).encode() + b"\n"
         try:
@@ -118,7 +120,8 @@ def _result(out: bytes, returncode: int | None) -> RosterParse:
         raise RosterError(str(d["error"]), str(d["message"]))
     fmt: Format = d["format"]
     return RosterParse(
-        students=[RosterEntry(s["name"], s["external_id"], s["line"]) for s in d["students"]],
+        students=[RosterEntry(s["name"], s["external_id"], s["line"], s.get("email"))
+                  for s in d["students"]],
         rejected=[Rejection(r["line"], r["code"], r["message"]) for r in d["rejected"]],
         format=fmt, encoding=d["encoding"])
 
@@ -141,8 +144,8 @@ def main() -> int:
                               filename=h.get("filename"), max_rows=int(h["max_rows"]))
         out = {
             "format": parsed.format, "encoding": parsed.encoding,
-            "students": [{"name": s.name, "external_id": s.external_id, "line": s.line}
-                         for s in parsed.students],
+            "students": [{"name": s.name, "external_id": s.external_id, "line": s.line,
+                          "email": s.email} for s in parsed.students],
             "rejected": [{"line": r.line, "code": r.code, "message": r.message}
                          for r in parsed.rejected],
         }

@@ -38,9 +38,10 @@ parent never changes afterwards, so a cycle cannot be built.
 
 One org is the *deployment root* (``classguard init`` makes it and records it once).
 Deployment-wide actions (join-token keys, events that belong to no org such as failed
-sign-ins) need an administrator of that org: :meth:`StaffStore.is_root_admin`. Every
-other org is created under an existing one; an administrator of a school is an
-administrator of that school's subtree and nothing more.
+sign-ins) need an administrator of that org (gateway/authz.py, with
+:meth:`StaffStore.deployment_target`). Every other org is created under an existing one;
+an administrator of a school is an administrator of that school's subtree and nothing
+more. Who may do what is decided in gateway/authz.py alone.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ import logging
 import re
 import time
 import unicodedata
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, Literal, cast, get_args
 
 import redis.asyncio as aioredis
 
 from . import staff_secrets as sec
+from .authz import Target
 from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
 from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
@@ -210,66 +212,7 @@ def _clean_text(raw: str, limit: int, field: str) -> str:
     return text
 
 
-# -- pure authorisation --------------------------------------------------------------------
-
-
-def _chain(org: str | None, ancestors: Iterable[str]) -> set[str]:
-    chain = set(ancestors)
-    if org is not None:
-        chain.add(org)
-    return chain
-
-
-def can_manage_class(
-    user: User, class_owner: str, class_org: str, class_org_ancestors: Iterable[str]
-) -> bool:
-    """May ``user`` see this class (its state, roster, links, audit)?
-
-    Teachers: only classes they own. IT staff and administrators: classes whose org lies
-    in their own org's subtree, i.e. their org is the class's org or one of its ancestors
-    (``class_org_ancestors`` as returned by :meth:`StaffStore.org_ancestors`).
-    """
-    if user.disabled:
-        return False
-    if user.role == "teacher":
-        return user.username == class_owner
-    return user.org in _chain(class_org, class_org_ancestors)
-
-
-def can_host(user: User, class_owner: str, class_org_ancestors: Iterable[str]) -> bool:
-    """May ``user`` act as the host (admit, remove, ban, lock, end)?
-
-    The owning teacher, or an administrator of the class's org subtree.
-    NOTE: IT staff may read a class but never act as its host: reviewing is their job,
-    and a compromised IT account must not be able to let people into lessons.
-    """
-    if user.disabled:
-        return False
-    if user.role == "teacher":
-        return user.username == class_owner
-    if user.role == "admin":
-        return user.org in _chain(None, class_org_ancestors)
-    return False
-
-
-def can_read_audit(user: User, org_ancestors: Iterable[str]) -> bool:
-    """IT staff and administrators whose org is ``org_ancestors``' org or above it."""
-    return (
-        not user.disabled
-        and user.role in ("it", "admin")
-        and user.org in _chain(None, org_ancestors)
-    )
-
-
-def can_export_evidence(user: User, org_ancestors: Iterable[str]) -> bool:
-    """Administrators of the subtree only: a bundle discloses personal data."""
-    return not user.disabled and user.role == "admin" and user.org in _chain(None, org_ancestors)
-
-
-def is_deployment_admin(role: str, org: str, root: str | None, *, disabled: bool = False) -> bool:
-    """An administrator of the deployment root org (see the module docstring). With no
-    root recorded nobody is: deployment-wide actions then stay with the CLI."""
-    return not disabled and role == "admin" and root is not None and org == root
+# -- sessions (pure) ----------------------------------------------------------------------
 
 
 def check_csrf(session: Session, header_value: str | None) -> bool:
@@ -440,10 +383,10 @@ class StaffStore:
                                  f"the deployment root is already {current!r}", "org")
         return org
 
-    async def is_root_admin(self, role: str, org: str) -> bool:
-        """May this role of this org act for the whole deployment? (Key rotation, events
-        that belong to no org, every school's failed sign-ins.)"""
-        return is_deployment_admin(role, org, await self.deployment_root())
+    async def deployment_target(self) -> Target:
+        """What deployment-wide actions act on (key rotation, events that belong to no
+        org, every school's failed sign-ins), for ``authz.allows``."""
+        return Target.deployment(await self.deployment_root())
 
     # -- orgs ------------------------------------------------------------------------------
 

@@ -109,9 +109,13 @@ class Student:
     id: StudentId
     name: str
     external_id: str | None
+    # The school account the student signs in with on a platform (lower case), for
+    # platforms that report signed-in accounts; never put in a link or token.
+    email: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "external_id": self.external_id}
+        return {"id": self.id, "name": self.name, "external_id": self.external_id,
+                "email": self.email}
 
 
 @dataclass(frozen=True, slots=True)
@@ -909,22 +913,26 @@ class ClassStore:
         return _student_from_json(sid, v) if v else None
 
     async def replace_roster(
-        self, cid: str, entries: Sequence[tuple[str, str | None]]
+        self, cid: str,
+        entries: Sequence[tuple[str, str | None] | tuple[str, str | None, str | None]],
     ) -> tuple[list[Student], list[Student]]:
-        """Replace the roster. Students already on it (same external id, or same name
-        when neither has an id) keep their id and link; students no longer listed are
-        removed and their links revoked. Returns (roster, removed)."""
+        """Replace the roster with ``(name, external id[, school e-mail])`` entries.
+        Students already on it (same external id, or same name when neither has an id)
+        keep their id and link; students no longer listed are removed and their links
+        revoked. Returns (roster, removed)."""
         current = await self.roster(cid)
         by_ext = {s.external_id: s for s in current if s.external_id}
         by_name = {s.name.casefold(): s for s in current if not s.external_id}
         keep: dict[str, Student] = {}
-        for name, ext in entries:
+        for entry in entries:
+            name, ext = entry[0], entry[1]
+            email = entry[2] if len(entry) == 3 else None
             old = by_ext.get(ext) if ext else by_name.get(name.casefold())
             if old is not None and old.id not in keep:
-                keep[old.id] = Student(old.id, name, ext)
+                keep[old.id] = Student(old.id, name, ext, email)
             else:
                 sid = StudentId(new_id("s"))
-                keep[sid] = Student(sid, name, ext)
+                keep[sid] = Student(sid, name, ext, email)
         removed = [s for s in current if s.id not in keep]
         async with self.r.pipeline(transaction=True) as p:
             p.delete(self.k.roster(cid))
@@ -932,7 +940,8 @@ class ClassStore:
                 p.hset(
                     self.k.roster(cid),
                     mapping={
-                        sid: json.dumps({"name": s.name, "external_id": s.external_id})
+                        sid: json.dumps({"name": s.name, "external_id": s.external_id,
+                                         **({"email": s.email} if s.email else {})})
                         for sid, s in keep.items()
                     },
                 )
@@ -1714,7 +1723,7 @@ def split_ticket(value: str) -> tuple[str, str] | None:
 
 def _student_from_json(sid: str, raw: str) -> Student:
     d = json.loads(raw)
-    return Student(StudentId(sid), d["name"], d.get("external_id"))
+    return Student(StudentId(sid), d["name"], d.get("external_id"), d.get("email"))
 
 
 @lru_cache(maxsize=4096)

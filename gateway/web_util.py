@@ -145,7 +145,9 @@ def loads_bounded(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise JsonTooDeep("JSON nested too deeply") from exc
 
 
-async def read_form(request: web.Request) -> MultiDictProxy[str | bytes | web.FileField]:
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
     """The form body (urlencoded or multipart), or 400 ``invalid_body`` when it cannot be
     parsed: a multipart type without a boundary, or a body that is not what its type
     says. aiohttp's parsers raise ``ValueError`` for those, which is the visitor's

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -67,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .child_process import die_with_parent
 from .config import Settings
 
 __all__ = [
@@ -87,7 +87,6 @@ STABLE_S: Final = 30.0
 START_TIMEOUT_S: Final = 120.0
 STOP_GRACE_S: Final = 20.0
 READY_FD_ENV: Final = "CLASSGUARD_WORKER_READY_FD"
-_PR_SET_PDEATHSIG: Final = 1
 
 
 class WorkersError(ValueError):
@@ -182,18 +181,6 @@ class _Slot:
     pids: list[int] = field(default_factory=list)
 
 
-def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-
-    def preexec() -> None:  # in the child, between fork and exec
-        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
 class Supervisor:
     """Runs ``workers`` serving processes and one sequencer process until a signal.
 
@@ -279,7 +266,7 @@ class Supervisor:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *slot.argv, env=env, pass_fds=(write_fd,), stdin=asyncio.subprocess.DEVNULL,
-                preexec_fn=_pdeathsig_preexec(os.getpid()))  # noqa: PLW1509 - prctl only
+                preexec_fn=die_with_parent())  # noqa: PLW1509 - prctl only
         except OSError as exc:
             os.close(read_fd)
             self._give_up(f"{slot.name} could not start: {exc}")

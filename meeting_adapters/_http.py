@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ __all__ = [
     "HttpAnswer",
     "check_keys",
     "fetch",
+    "json_bounded",
     "mask",
     "opt_bool",
     "opt_int",
@@ -36,6 +37,43 @@ __all__ = [
 MASK: Final = "***"
 
 log = logging.getLogger("classguard.platforms")
+
+
+# --- pure: webhook bodies -------------------------------------------------------------
+
+
+def _bracket_depth(body: bytes) -> int:
+    depth = cur = 0
+    in_str = escaped = False
+    for ch in body:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == 0x5C:  # backslash
+                escaped = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch in (0x5B, 0x7B):
+            cur += 1
+            depth = max(depth, cur)
+        elif ch in (0x5D, 0x7D):
+            cur -= 1
+    return depth
+
+
+def json_bounded(data: str | bytes, *, max_depth: int = 64) -> Any:
+    """``json.loads`` for a webhook body a platform (or anyone) posted: nesting deeper
+    than ``max_depth`` is refused before the parser recurses. Every failure is a
+    ``ValueError`` (as ``gateway/web_util.py``'s ``loads_bounded``)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if _bracket_depth(raw) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as exc:  # NOTE: unreachable after the depth check; kept closed
+        raise ValueError("JSON nested too deeply") from exc
 
 
 # --- pure: settings fields ------------------------------------------------------------
@@ -144,6 +182,11 @@ class HttpAnswer:
     status: int
     text: str
     content_type: str
+    # the answer's headers (case-insensitive names folded to lower case)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # the answer's Retry-After header (seconds or an HTTP date), for platforms whose
+    # documents say to honour it
+    retry_after: str | None = None
 
     def json(self) -> Any:
         try:
@@ -159,9 +202,13 @@ async def fetch(
     url: str,
     *,
     timeout_s: float = 10.0,
+    server_errors: bool = False,
     **kwargs: Any,
 ) -> HttpAnswer:
     """One HTTP call; transport errors, redirects and 5xx become ``UpstreamUnavailable``.
+
+    ``server_errors=True``: a 5xx answer is returned (logged) instead, for an adapter that
+    retries the ones its platform documents as temporary (``Retry-After``).
 
     The session must come from ``egress.guarded_session`` (every address connected to is
     checked against the operator's egress policy); redirects are not followed, as the
@@ -170,6 +217,8 @@ async def fetch(
     NOTE: the URL may carry a checksum or token; it is never put into an error or a log.
     NOTE: every failure gives the same message to callers (the detail goes to the log
     only), so answers cannot tell an open port from a closed one or a denied address.
+    ``server_errors=True`` returns 5xx answers instead (for a caller that retries them
+    as its platform documents); it still raises on everything else above.
     """
     import aiohttp
     import yarl
@@ -187,7 +236,9 @@ async def fetch(
             allow_redirects=False, **kwargs,
         ) as resp:
             text = await resp.text() if resp.status < 300 or resp.status >= 400 else ""
-            answer = HttpAnswer(resp.status, text, resp.content_type)
+            answer = HttpAnswer(resp.status, text, resp.content_type,
+                                {k.lower(): v for k, v in resp.headers.items()},
+                                resp.headers.get("Retry-After"))
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         cause: BaseException | None = exc
         while cause is not None and not isinstance(cause, EgressRefused):
@@ -202,5 +253,6 @@ async def fetch(
         raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     if answer.status >= 500:
         log.warning("%s: %s answered %d", kind, host, answer.status)
-        raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
+        if not server_errors:
+            raise UpstreamUnavailable(kind, f"{kind}: platform unreachable")
     return answer

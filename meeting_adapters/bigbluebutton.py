@@ -18,6 +18,10 @@ student's join URL carries ``fullName`` = roster name, ``userID`` = student id,
 What BigBlueButton cannot do through its API (so the capabilities do not claim it): kick
 a participant, mute someone, refuse new joins of a running meeting, or expire a join URL
 before the session ends. ``END`` and ``PRESENCE`` (``getMeetingInfo``) it can.
+
+Events: bbb-webhooks posts to the class's webhook ``/hooks/bbb/{class_id}``, registered
+per meeting with ``hooks/create`` (``register_hook``) and checked with the class's
+shared secret (``callback_checksum_ok``); a viewer's ``user-joined`` is judged at once.
 """
 
 from __future__ import annotations
@@ -30,13 +34,20 @@ import xml.etree.ElementTree as ET  # noqa: S405 - parses our own server's answe
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
-from ._http import check_keys, fetch, mask, opt_bool, req_secret, req_url
+from ._http import check_keys, fetch, json_bounded, mask, opt_bool, req_secret, req_url
 from .base import (
+    AdapterBase,
     AdapterError,
     Capability,
     Clock,
+    Feature,
+    HookEvent,
+    HookEventKind,
+    HookRefused,
+    HookRequest,
+    HookResult,
     InvalidSettings,
     Participant,
     Present,
@@ -44,6 +55,7 @@ from .base import (
     RoomSpec,
     Unsupported,
     UpstreamUnavailable,
+    Webhook,
 )
 
 if TYPE_CHECKING:
@@ -63,6 +75,7 @@ ALGORITHMS: Final = ("sha1", "sha256", "sha384", "sha512")
 GUEST_POLICIES: Final = ("ALWAYS_DENY", "ASK_MODERATOR", "ALWAYS_ACCEPT")
 META_TAG: Final = "meta_classguard-class"
 _SECRETS: Final = ("secret",)
+HOOK: Final = Webhook(name="bbb", path="/hooks/bbb/{class_id}")
 
 
 def utc_now() -> datetime:
@@ -160,7 +173,7 @@ def _base(url: str) -> str:
 # --- the adapter ------------------------------------------------------------------------
 
 
-class BigBlueButtonAdapter:
+class BigBlueButtonAdapter(AdapterBase):
     """BigBlueButton: signed joins, presence from ``getMeetingInfo``, ``end``."""
 
     kind: ClassVar[str] = KIND
@@ -169,6 +182,9 @@ class BigBlueButtonAdapter:
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.END, Capability.PRESENCE}
     )
+    features: ClassVar[frozenset[Feature]] = frozenset(
+        {Feature.WEBHOOKS, Feature.REGISTER_HOOK})
+    webhooks: ClassVar[tuple[Webhook, ...]] = (HOOK,)
 
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
                  clock: Clock = utc_now) -> None:
@@ -321,3 +337,34 @@ class BigBlueButtonAdapter:
         d = room.data
         return callback_checksum_ok(callback_url, form, received, str(d["secret"]),
                                     str(d.get("checksum_algorithm", "sha1")))
+
+    def read_webhook(self, hook: Webhook, request: HookRequest,
+                     room: Room | None) -> HookResult:
+        if room is None:
+            raise HookRefused("bigbluebutton webhooks are per class")
+        form = dict(parse_qsl(request.body.decode("utf-8", "replace"), keep_blank_values=True))
+        if not self.verify_callback(room, request.url, form, request.query.get("checksum", "")):
+            raise HookRefused("bad checksum")
+        return HookResult(events=tuple(hook_events(form)))
+
+
+def hook_events(form: Mapping[str, str]) -> list[HookEvent]:
+    """The viewers a verified bbb-webhooks callback says joined (moderators are the
+    class's hosts)."""
+    try:
+        events = json_bounded(form.get("event") or "[]", max_depth=64)
+    except ValueError:
+        events = []
+    out = []
+    for ev in events if isinstance(events, list) else [events]:
+        d = (ev.get("data") if isinstance(ev, dict) else None) or {}
+        if not isinstance(d, dict) or d.get("id") != "user-joined":
+            continue
+        user = (d.get("attributes") or {}).get("user") or {}
+        if not isinstance(user, dict) or str(user.get("role", "")).upper() == "MODERATOR":
+            continue
+        uid = str(user.get("external-user-id") or "")
+        out.append(HookEvent(HookEventKind.JOINED, Present(
+            upstream_id=uid, display_name=str(user.get("name") or ""),
+            student_id=uid or None, joined_at=None)))
+    return out

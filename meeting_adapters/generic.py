@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .base import (
+    AdapterBase,
     AdapterError,
     Capability,
     Clock,
@@ -56,6 +57,44 @@ def _is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# Networks a meeting URL may reach over plain http besides loopback, when allowed:
+# RFC 1918 private IPv4, link-local, IPv6 unique-local (a school or home LAN).
+PRIVATE_LAN_NETWORKS: Final = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8",
+    "fc00::/7", "fe80::/10", "::1/128"))
+# Addresses whose meeting URLs may use plain http in this process. Empty unless
+# `classguard demo` runs on a private network address (gateway/demo.py); `serve` never
+# adds any.
+_plain_http_addresses: set[str] = set()
+
+
+def is_private_lan_address(host: str) -> bool:
+    """Whether ``host`` is an IP address in ``PRIVATE_LAN_NETWORKS``."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return any(ip in n for n in PRIVATE_LAN_NETWORKS if n.version == ip.version)
+
+
+def allow_plain_http(address: str) -> None:
+    """Let meeting URLs naming ``address`` (a private network address) use plain http in
+    this process; ``ValueError`` for any other address."""
+    if not is_private_lan_address(address):
+        raise ValueError(f"{address!r} is not a private network address")
+    _plain_http_addresses.add(ipaddress.ip_address(address.strip("[]")).compressed)
+
+
+def plain_http_allowed(host: str) -> bool:
+    """http:// is allowed for loopback names and for addresses ``allow_plain_http`` named."""
+    if _is_loopback(host):
+        return True
+    try:
+        return ipaddress.ip_address(host).compressed in _plain_http_addresses
     except ValueError:
         return False
 
@@ -118,7 +157,7 @@ def parse_meeting_url(value: object, field: str = _URL_FIELD) -> str:
     if not parts.hostname:
         raise InvalidSettings(field, "must name a host")
     host = _clean_host(parts.hostname, field)
-    if scheme == "http" and not _is_loopback(host.strip("[]")):
+    if scheme == "http" and not plain_http_allowed(host.strip("[]")):
         raise InvalidSettings(field, "must use https:// (http is allowed only for localhost)")
     netloc = host if port is None else f"{host}:{port}"
     url = urlunsplit(
@@ -154,7 +193,7 @@ def _upstream_id(url: str) -> str:
 # --- the adapter ------------------------------------------------------------------------
 
 
-class GenericAdapter:
+class GenericAdapter(AdapterBase):
     """Redirects admitted students to the stored URL; can enforce nothing upstream."""
 
     kind: ClassVar[str] = KIND

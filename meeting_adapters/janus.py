@@ -17,6 +17,14 @@ tokens; once the join is seen (event handler or ``listparticipants``) the token 
 so it works once. ``remove`` = drop the tokens + ``kick``; ``mute`` = ``moderate``;
 ``lock`` = empty the allowed list; ``end`` = ``destroy``.
 
+Events: Janus's HTTP event handler (``janus.eventhandler.sampleevh``) posts to the
+gateway-wide webhook ``/hooks/janus`` with HTTP Basic credentials of *one Janus server*
+(``hook_credentials``: the user names the server, the password is keyed by the gateway's
+hook secret). Events name rooms by server and number (``room_key``), so a server reports
+on its own rooms only. A VideoRoom ``joined`` event carries the token used: the join of an
+admitted student retires it (single use); a token used under another participant id, or
+a join nobody was admitted for, is an intruder.
+
 Transport: one WebSocket (subprotocol ``janus-protocol``) with one Janus session and one
 VideoRoom handle, kept alive with ``keepalive`` requests. A ``JanusPool`` owned by the
 gateway keeps these connections across requests; without a pool each call opens and
@@ -26,30 +34,40 @@ closes its own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import quote, urlsplit
 
-from ._http import check_keys, mask, opt_int, req_secret, ws_url
+from ._http import check_keys, json_bounded, mask, opt_int, req_secret, ws_url
 from ._http import ws_url as ws_url_of
 from .base import (
+    AdapterBase,
     AdapterError,
     Capability,
     Clock,
+    Feature,
+    HookEvent,
+    HookEventKind,
+    HookMalformed,
+    HookRefused,
+    HookRequest,
+    HookResult,
     InvalidSettings,
     Participant,
     Present,
     Room,
     RoomSpec,
     UpstreamUnavailable,
+    Webhook,
 )
 from .egress import EgressPolicy, EgressRefused, open_checked_socket
 from .generic import parse_meeting_url
@@ -64,7 +82,9 @@ __all__ = [
     "JanusError",
     "JanusPool",
     "hook_credentials",
+    "hook_events",
     "hook_password",
+    "hook_server_of",
     "participant_id",
     "render_client_url",
     "server_id",
@@ -84,6 +104,10 @@ _SECRETS: Final = ("admin_key", "api_secret")
 ERR_NO_SUCH_ROOM: Final = 426
 ERR_NO_SUCH_FEED: Final = 428
 ERR_UNAUTHORIZED: Final = 433
+HOOK_USER: Final = "janus"
+# The event handler's URL: one for every Janus server (credentials name the server).
+HOOK: Final = Webhook(name="janus", path="/hooks/janus")
+MAX_HOOK_EVENTS: Final = 200
 
 
 def utc_now() -> datetime:
@@ -145,6 +169,62 @@ def hook_password(hook_secret: str, sid: str) -> str:
     """The event handler password of the server ``sid`` (see ``hook_credentials``)."""
     mac = hmac.new(hook_secret.encode(), f"janus-hook:{sid}".encode(), hashlib.sha256)
     return mac.hexdigest()
+
+
+def hook_server_of(header: str, secret: str) -> str | None:
+    """The Janus server (``server_id``) whose event handler credentials the
+    ``Authorization`` header carries, or ``None`` when they are not valid credentials of
+    any server."""
+    if not secret or not header.startswith("Basic "):
+        return None
+    try:
+        got = base64.b64decode(header[6:], validate=True).decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    user, sep, password = got.partition(":")
+    prefix = f"{HOOK_USER}-"
+    sid = user[len(prefix):]
+    if not sep or not user.startswith(prefix) or len(sid) != 24 or not all(
+            c in "0123456789abcdef" for c in sid):
+        return None
+    expected = hook_password(secret, sid)
+    return sid if hmac.compare_digest(expected.encode(), password.encode()) else None
+
+
+def room_key_of(server: str, room: int | str) -> str:
+    """How events name a room: its server (``server_id``) and number."""
+    return f"{server}:{room}"
+
+
+def hook_events(server: str, data: object) -> list[HookEvent]:
+    """The VideoRoom ``joined`` events of one event handler post from ``server``.
+
+    A join whose token was minted for another participant id is an impostor: the token
+    was passed on or stolen, so the person inside is not who it was minted for.
+    """
+    out: list[HookEvent] = []
+    events = data if isinstance(data, list) else [data]
+    for ev in events[:MAX_HOOK_EVENTS]:
+        inner = (ev.get("event") or {}) if isinstance(ev, dict) else {}
+        if not isinstance(inner, dict) or inner.get("plugin") != PLUGIN:
+            continue
+        d = inner.get("data") or {}
+        if not isinstance(d, dict) or d.get("event") != "joined" or "room" not in d or (
+                "id" not in d):
+            continue
+        present = Present(upstream_id=str(d["id"]), display_name=str(d.get("display") or ""),
+                          student_id=None, joined_at=None)
+        token = str(d.get("token") or "")
+        kind = HookEventKind.JOINED
+        if token:
+            try:
+                pid = int(d["id"])
+            except (TypeError, ValueError):
+                continue  # a participant id that is no number: not a VideoRoom join
+            if token_owner(token) != pid:
+                kind = HookEventKind.IMPOSTOR
+        out.append(HookEvent(kind, present, room_key_of(server, str(d["room"]))))
+    return out
 
 
 def participant_id(pid_key: str, student_id: str) -> int:
@@ -419,13 +499,17 @@ class _RoomRef:
 # --- the adapter ------------------------------------------------------------------------
 
 
-class JanusAdapter:
+class JanusAdapter(AdapterBase):
     """Janus VideoRoom: Janus itself refuses anyone without a ClassGuard token."""
 
     kind: ClassVar[str] = KIND
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]] = ("ws_url",)
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    features: ClassVar[frozenset[Feature]] = frozenset({
+        Feature.IDENTIFY, Feature.CONSUME, Feature.EVICT, Feature.WEBHOOKS,
+        Feature.ROOM_INDEX, Feature.POOL})
+    webhooks: ClassVar[tuple[Webhook, ...]] = (HOOK,)
 
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
                  clock: Clock = utc_now, pool: JanusPool | None = None,
@@ -455,6 +539,26 @@ class JanusAdapter:
     @classmethod
     def redact(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         return mask(settings, _SECRETS)
+
+    @classmethod
+    def open_pool(cls, egress: EgressPolicy) -> JanusPool:
+        return JanusPool(egress)
+
+    def room_key(self, room: Room) -> str:
+        """Room numbers are unique per server only, and the server is the teacher's to
+        choose: a room is known by server and number."""
+        return room_key_of(server_id(str(room.data["ws_url"])), room.upstream_id)
+
+    def read_webhook(self, hook: Webhook, request: HookRequest,
+                     room: Room | None) -> HookResult:
+        server = hook_server_of(request.headers.get("Authorization", ""), request.secret)
+        if server is None:
+            raise HookRefused("not the credentials of a Janus server")
+        try:
+            data = json_bounded(request.body, max_depth=64)
+        except ValueError:
+            raise HookMalformed("expected JSON") from None
+        return HookResult(events=tuple(hook_events(server, data)))
 
     @contextlib.asynccontextmanager
     async def _client(self, url: str, api_secret: str | None) -> AsyncIterator[JanusClient]:
@@ -505,7 +609,7 @@ class JanusAdapter:
     def participant_id(self, room: Room, student_id: str) -> int:
         return participant_id(_RoomRef.of(room).pid_key, student_id)
 
-    def identify(self, room: Room, student_ids: list[str]) -> dict[str, str]:
+    def identify(self, room: Room, student_ids: Sequence[str]) -> dict[str, str]:
         """Upstream participant id -> student id, for the students given."""
         key = _RoomRef.of(room).pid_key
         return {str(participant_id(key, sid)): sid for sid in student_ids}
@@ -528,7 +632,7 @@ class JanusAdapter:
         return render_client_url(r.client_url, room=r.room, pid=pid, token=token,
                                  display=participant.display_name)
 
-    async def consume(self, room: Room, upstream_ids: list[str]) -> int:
+    async def consume(self, room: Room, upstream_ids: Sequence[str]) -> int:
         """Single use: drop the tokens of participants seen in the room. Returns how many."""
         r = _RoomRef.of(room)
         async with self._client(r.ws_url, r.api_secret) as c:

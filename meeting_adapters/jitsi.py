@@ -35,9 +35,11 @@ import jwt
 
 from ._http import check_keys, fetch, mask, opt_int, req_secret, req_str, req_url
 from .base import (
+    AdapterBase,
     AdapterError,
     Capability,
     Clock,
+    Feature,
     InvalidSettings,
     Participant,
     Present,
@@ -112,7 +114,7 @@ def _load_private_key(pem: str) -> None:
 # --- the adapter ----------------------------------------------------------------------------
 
 
-class JitsiAdapter:
+class JitsiAdapter(AdapterBase):
     """Jitsi Meet with JWT: a personal, one-minute token per student."""
 
     kind: ClassVar[str] = KIND
@@ -122,6 +124,7 @@ class JitsiAdapter:
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.SINGLE_USE_CREDENTIAL}
     )
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.ROOM_CAPABILITIES})
 
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
                  clock: Clock = utc_now) -> None:

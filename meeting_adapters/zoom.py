@@ -19,8 +19,9 @@ What Zoom's REST API cannot do (so the capabilities do not claim it): remove or 
 someone already in the meeting, lock a running meeting, or list live participants on
 every plan. ``remove`` still cancels the student's registration so the link stops
 working for the next entry, then reports ``Unsupported``. Presence comes from webhooks
-(``participant_joined`` / ``participant_joined_waiting_room``), signed with the app's
-secret token and checked by ``verify_webhook``.
+(``participant_joined`` / ``participant_joined_waiting_room``) to the class's webhook
+``/hooks/zoom/{class_id}``, signed with the app's secret token and checked by
+``verify_webhook``; Zoom's ``endpoint.url_validation`` challenge is answered.
 """
 
 from __future__ import annotations
@@ -39,9 +40,16 @@ from urllib.parse import quote, urlencode
 
 from ._http import HttpAnswer, check_keys, fetch, mask, opt_int, req_secret, req_str, req_url
 from .base import (
+    AdapterBase,
     AdapterError,
     Capability,
     Clock,
+    Feature,
+    HookEvent,
+    HookEventKind,
+    HookRefused,
+    HookRequest,
+    HookResult,
     InvalidSettings,
     Participant,
     Present,
@@ -49,10 +57,13 @@ from .base import (
     RoomSpec,
     Unsupported,
     UpstreamUnavailable,
+    Webhook,
 )
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from .egress import EgressPolicy
 
 __all__ = [
     "ZoomAdapter",
@@ -68,6 +79,8 @@ API_URL: Final = "https://api.zoom.us/v2/"
 OAUTH_URL: Final = "https://zoom.us/oauth/token"
 WEBHOOK_MAX_AGE_S: Final = 300  # Zoom's advice: refuse events older than five minutes
 _SECRETS: Final = ("client_secret", "webhook_secret_token")
+HOOK: Final = Webhook(name="zoom", path="/hooks/zoom/{class_id}")
+JOINED_EVENTS: Final = ("meeting.participant_joined", "meeting.participant_joined_waiting_room")
 
 
 def utc_now() -> datetime:
@@ -221,7 +234,7 @@ class ZoomTokens:
         self._tokens.clear()
 
 
-class ZoomAdapter:
+class ZoomAdapter(AdapterBase):
     """Zoom: registrant-only meetings with a personal join link per student."""
 
     kind: ClassVar[str] = KIND
@@ -230,6 +243,8 @@ class ZoomAdapter:
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.END}
     )
+    features: ClassVar[frozenset[Feature]] = frozenset({Feature.WEBHOOKS, Feature.POOL})
+    webhooks: ClassVar[tuple[Webhook, ...]] = (HOOK,)
 
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
                  clock: Clock = utc_now, pool: ZoomTokens | None = None) -> None:
@@ -268,6 +283,10 @@ class ZoomAdapter:
     @classmethod
     def redact(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         return mask(settings, _SECRETS)
+
+    @classmethod
+    def open_pool(cls, egress: EgressPolicy) -> ZoomTokens:
+        return ZoomTokens()  # tokens only: every call goes through the guarded session
 
     # --- I/O -------------------------------------------------------------------------
 
@@ -395,6 +414,23 @@ class ZoomAdapter:
         if str(obj.get("id")) != str(room.data.get("meeting_id")):
             return None  # another meeting of the same app
         return webhook_present(event, str(room.data["registrant_email_domain"]))
+
+    def read_webhook(self, hook: Webhook, request: HookRequest,
+                     room: Room | None) -> HookResult:
+        if room is None:
+            raise HookRefused("zoom webhooks are per class")
+        why = self.verify_webhook(room, request.headers, request.body)
+        if why is not None:
+            raise HookRefused(why)
+        event = event_json(request.body)
+        kind = event.get("event")
+        if kind == "endpoint.url_validation":
+            return HookResult(reply=self.url_validation(room, event))
+        if kind in JOINED_EVENTS:
+            p = self.webhook_present(room, event)
+            if p is not None:
+                return HookResult(events=(HookEvent(HookEventKind.JOINED, p),))
+        return HookResult()
 
 
 def event_json(body: bytes) -> dict[str, Any]:

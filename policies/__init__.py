@@ -24,6 +24,7 @@ from policies.loader import (
     validate_schedule,
 )
 from policies.model import (
+    DEFAULT_TIMEZONE,
     Action,
     Admission,
     Attempt,
@@ -46,6 +47,7 @@ from policies.schedule import current_window, next_start
 
 __all__ = [
     "DEFAULT_RULES",
+    "DEFAULT_TIMEZONE",
     "FIELD_SPECS",
     "PRESETS",
     "REASON_TEXT",

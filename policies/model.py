@@ -17,6 +17,10 @@ ClassId = NewType("ClassId", str)
 StudentId = NewType("StudentId", str)
 Jti = NewType("Jti", str)
 
+#: The time zone of a class whose schedule names none, and of the gateway's pages and
+#: reports unless its ``timezone`` setting says otherwise (gateway/config.py).
+DEFAULT_TIMEZONE = "Asia/Ho_Chi_Minh"
+
 
 class Action(StrEnum):
     ADMIT = "admit"
@@ -27,9 +31,10 @@ class Action(StrEnum):
 class Reason(StrEnum):
     """Stable reason codes (a contract shared by audit, metrics, API and UI)."""
 
-    TOKEN_INVALID = "token_invalid"
-    TOKEN_EXPIRED = "token_expired"
-    TOKEN_REVOKED = "token_revoked"
+    # Reason codes, not secrets (S105 reads "TOKEN" in the names as a password).
+    TOKEN_INVALID = "token_invalid"  # noqa: S105
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105
+    TOKEN_REVOKED = "token_revoked"  # noqa: S105
     WRONG_CLASS = "wrong_class"
     OUTSIDE_SCHEDULE = "outside_schedule"
     CLASS_LOCKED = "class_locked"
@@ -97,7 +102,7 @@ class Schedule:
 
     starts_at: datetime
     ends_at: datetime
-    timezone: str = "Asia/Ho_Chi_Minh"
+    timezone: str = DEFAULT_TIMEZONE
     term_ends_at: datetime | None = None
     weekly: tuple[int, ...] = ()
 

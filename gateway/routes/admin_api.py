@@ -3,7 +3,7 @@
 * Staff accounts and orgs of the administrator's subtree (list, create, disable/enable,
   reset a password to a new one-time password).
 * Join-token keys (list, rotate): administrators of the deployment root org only
-  (``StaffStore.is_root_admin``), since the keyring serves every school.
+  (gateway/authz.py ``ROTATE_KEYS``), since the keyring serves every school.
 * Setting or clearing the expiry of an existing ban (org bans for IT staff and
   administrators, class bans for the class's host).
 
@@ -20,17 +20,20 @@ from aiohttp import web
 
 from ..app import Services, services
 from ..auth import Principal, require_user
+from ..authz import Action, allows
 from ..errors import ApiError
 from ..keys import KeyringError
 from ..staff import StaffError
 from ..web_util import read_json, require_fields
 from .classes import load_class
+from .orgs import org_staff
 
 
-async def _admin(request: web.Request) -> tuple[Services, Principal]:
+async def _admin(request: web.Request, action: Action = Action.MANAGE_STAFF
+                 ) -> tuple[Services, Principal]:
     svc = services(request)
     p = await require_user(request)
-    if p.role != "admin":
+    if not allows(p, action):
         raise ApiError(403, "forbidden", "only administrators manage staff and keys")
     return svc, p
 
@@ -116,7 +119,7 @@ async def enable_user(request: web.Request) -> web.Response:
 
 
 async def list_orgs(request: web.Request) -> web.Response:
-    svc, p = await _admin(request)
+    svc, p = await _admin(request, Action.MANAGE_ORGS)
     assert svc.staff is not None
     subtree = await svc.staff.org_subtree(p.org)
     orgs = [o for o in await svc.staff.list_orgs() if o.slug in subtree]
@@ -125,7 +128,7 @@ async def list_orgs(request: web.Request) -> web.Response:
 
 
 async def create_org(request: web.Request) -> web.Response:
-    svc, p = await _admin(request)
+    svc, p = await _admin(request, Action.MANAGE_ORGS)
     assert svc.staff is not None and svc.auditor is not None
     data = require_fields(await read_json(request), required=("slug", "parent"),
                           optional=("name",))
@@ -152,7 +155,7 @@ async def create_org(request: web.Request) -> web.Response:
 async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
     svc, p = await _admin(request)
     assert svc.staff is not None
-    if not await svc.staff.is_root_admin(p.role, p.org):
+    if not allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target()):
         raise ApiError(403, "forbidden",
                        "only administrators of the deployment root org manage keys")
     return svc, p
@@ -218,14 +221,7 @@ async def _reexpire(svc: Services, p: Principal, *, key: str, class_id: str | No
 
 
 async def expire_org_ban(request: web.Request) -> web.Response:
-    svc = services(request)
-    assert svc.staff is not None
-    p = await require_user(request)
-    org = request.match_info["org"]
-    if p.role not in ("it", "admin"):
-        raise ApiError(403, "forbidden", "not allowed for your role")
-    if p.org not in await svc.staff.org_ancestors(org):
-        raise ApiError(404, "not_found", "org not found")
+    svc, p, org = await org_staff(request, Action.MANAGE_ORG_BANS)
     exp = _expiry(await read_json(request))
     return await _reexpire(svc, p, key=unquote(request.match_info["key"]), class_id=None,
                            org=org, exp=exp, audit_org=org)

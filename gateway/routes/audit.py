@@ -14,6 +14,7 @@ from audit import AuditError, AuditQuery, QueryError, verify_log
 
 from ..app import Services, services
 from ..auth import Principal, require_user
+from ..authz import Action, allows
 from ..errors import ApiError
 
 _FILTERS = ("class", "type", "reason", "student", "ip", "since", "until", "limit", "cursor")
@@ -21,7 +22,7 @@ _FILTERS = ("class", "type", "reason", "student", "ip", "since", "until", "limit
 
 async def _reader(request: web.Request) -> Principal:
     p = await require_user(request)
-    if p.role not in ("it", "admin"):
+    if not allows(p, Action.READ_AUDIT):
         raise ApiError(403, "forbidden", "only IT staff and administrators read the audit log")
     return p
 
@@ -63,7 +64,7 @@ async def events(request: web.Request) -> web.Response:
     subtree = await svc.staff.org_subtree(p.org)
     # Events with no org (failed sign-ins, refused forgeries) belong to the deployment:
     # only an administrator of its root org sees them.
-    is_root = await svc.staff.is_root_admin(p.role, p.org)
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     visible: list[dict[str, Any]] = []
     for ev in found:
         org = ev.record.get("org")

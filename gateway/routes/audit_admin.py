@@ -23,6 +23,7 @@ from audit import AuditError, AuditQuery, LegalHoldError
 
 from ..app import services
 from ..auth import require_user
+from ..authz import Action, allows
 from ..erasure import MAX_INDEXES, erase_order
 from ..errors import ApiError, Refusal
 from ..roster import csv_safe
@@ -39,7 +40,7 @@ async def erase(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.audit_log is not None and svc.auditor is not None and svc.staff is not None
     p = await require_user(request)
-    if p.role != "admin":
+    if not allows(p, Action.ERASE_PERSONAL_DATA):
         raise Refusal(403, "forbidden", "only administrators order erasures")
     d = require_fields(await read_json(request), required=("reason",),
                        optional=("student_id", "class_id", "indexes"))
@@ -120,7 +121,7 @@ async def events_csv(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.audit_log is not None and svc.staff is not None and svc.auditor is not None
     p = await require_user(request)
-    if p.role not in ("it", "admin"):
+    if not allows(p, Action.READ_AUDIT):
         raise Refusal(403, "forbidden", "only IT staff and administrators read the audit log")
     for k in request.query:
         if k not in _CSV_FILTERS:
@@ -134,7 +135,7 @@ async def events_csv(request: web.Request) -> web.Response:
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    is_root = len(await svc.staff.org_ancestors(p.org)) <= 1
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     found: list[Any] = []
     cursor: str | None = None
     while len(found) < limit:
@@ -145,7 +146,7 @@ async def events_csv(request: web.Request) -> web.Response:
             raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
         for ev in page:
             org = ev.record.get("org")
-            if org in subtree or (org is None and p.role == "admin" and is_root):
+            if org in subtree or (org is None and is_root):
                 found.append(ev)
         if cursor is None:
             break

@@ -12,18 +12,19 @@ from aiohttp import web
 
 from meeting_adapters import RoomSpec, validate_platform
 from policies import load_policy, weakened_checks
-from policies.model import ClassId, Jti, Schedule, StudentId
+from policies.model import DEFAULT_TIMEZONE, ClassId, Jti, Schedule, StudentId
 
 from ..app import Services, services
 from ..auth import Principal, require_user
+from ..authz import Action, allows
 from ..codes import code_lookup_key, format_code, new_code
 from ..collation import name_key
 from ..errors import ApiError, Refusal
-from ..hostctl import ActionRequest, HostControls, can_view, is_host
+from ..hostctl import ActionRequest, HostControls, class_target, visible_classes
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
-from ..state import ClassInfo, LinkRecord, new_id, schedule_to_json
+from ..state import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
 
@@ -55,7 +56,7 @@ def _parse_time(value: Any, field: str) -> datetime:
     return dt
 
 
-def parse_schedule(data: Any) -> Schedule:
+def parse_schedule(data: Any, default_tz: str = DEFAULT_TIMEZONE) -> Schedule:
     d = require_fields(data, required=("starts_at", "ends_at"),
                        optional=("term_ends_at", "timezone", "weekly"), where="schedule")
     starts = _parse_time(d["starts_at"], "schedule.starts_at")
@@ -69,7 +70,7 @@ def parse_schedule(data: Any) -> Schedule:
         if term < ends:
             raise ApiError(400, "invalid_field", "schedule.term_ends_at is before the class ends",
                            field="schedule.term_ends_at")
-    tz = d.get("timezone", "Asia/Ho_Chi_Minh")
+    tz = d.get("timezone", default_tz)
     try:
         from zoneinfo import ZoneInfo
 
@@ -102,10 +103,10 @@ async def load_class(request: web.Request, p: Principal, *, host: bool = False) 
     info = await svc.store.get_class(request.match_info["class_id"])
     if info is None:
         raise Refusal(404, "not_found", "class not found")
-    anc = await org_ancestors(svc, info.org)
-    if not can_view(p, info, anc):
+    target = await class_target(svc, info)
+    if not allows(p, Action.VIEW_CLASS, target):
         raise Refusal(404, "not_found", "class not found", class_id=info.id, org=info.org)
-    if host and not is_host(svc, p, info, anc):
+    if host and not allows(p, Action.HOST_CLASS, target):
         raise Refusal(403, "forbidden",
                       "only the class's teacher or an administrator may do this",
                       class_id=info.id, org=info.org)
@@ -143,13 +144,13 @@ async def create_class(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.store is not None and svc.secretbox is not None and svc.auditor is not None
     p = await require_user(request)
-    if p.role not in ("teacher", "admin"):
+    if not allows(p, Action.CREATE_CLASS):
         raise ApiError(403, "forbidden", "only teachers and administrators create classes")
     data = require_fields(await read_json(request), required=("title", "platform", "schedule"),
                           optional=("policy",))
     title = clean_text(data["title"], "title")
     platform = validate_platform(data["platform"], egress=svc.settings.egress_policy())
-    schedule = parse_schedule(data["schedule"])
+    schedule = parse_schedule(data["schedule"], svc.settings.timezone)
     policy_request = data.get("policy") or {"preset": "standard"}
     chain = await org_ancestors(svc, p.org)
     _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix, chain)
@@ -172,12 +173,8 @@ async def create_class(request: web.Request) -> web.Response:
 
 async def list_classes(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
     p = await require_user(request)
-    if p.role == "teacher":
-        infos = await svc.store.classes_of_owner(p.username)
-    else:
-        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
+    infos = await visible_classes(svc, p)
     return web.json_response({"classes": [class_json(svc, i) for i in infos]})
 
 
@@ -215,7 +212,7 @@ async def put_roster(request: web.Request) -> web.Response:
             facts={"students": len(parsed.students),
                    "rejected": len(parsed.rejected)}) as out:
         students, removed = await svc.store.replace_roster(
-            info.id, [(s.name, s.external_id) for s in parsed.students]
+            info.id, [(s.name, s.external_id, s.email) for s in parsed.students]
         )
         out.facts.update(students=len(students), removed=len(removed))
     return web.json_response({
@@ -259,7 +256,7 @@ def _link_json(svc: Services, rec: LinkRecord, name: str, token: str) -> dict[st
 async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | None,
                       actor: str) -> list[dict[str, Any]]:
     assert svc.store is not None and svc.keyring is not None and svc.auditor is not None
-    roster = {s.id: s for s in await svc.store.roster(info.id)}
+    roster: dict[str, Student] = {s.id: s for s in await svc.store.roster(info.id)}
     targets = list(roster) if student_ids is None else student_ids
     for sid in targets:
         if sid not in roster:
@@ -371,7 +368,7 @@ async def get_links_pdf(request: web.Request) -> web.Response:
 async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
     assert svc.store is not None
     store = svc.store
-    roster = {s.id: s.name for s in await store.roster(info.id)}
+    roster: dict[str, str] = {s.id: s.name for s in await store.roster(info.id)}
     waiting_now = await store.waiting(info.id)
     gone = await store.gone_tickets(waiting_now)
     waiting = [
@@ -405,11 +402,11 @@ async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
     }
 
 
-def _named_ban(ban: dict[str, Any], roster: dict[StudentId, str],
+def _named_ban(ban: dict[str, Any], roster: dict[str, str],
                hints: dict[str, str]) -> dict[str, Any]:
     """A ban as the host sees it: the name of the student it was placed on, or for a
     device nobody on the roster used, the browser it was seen with (from its alert)."""
-    sid = StudentId(str(ban.get("student_id") or ""))
+    sid = str(ban.get("student_id") or "")
     if sid in roster:
         ban["name"] = roster[sid]
     hint = hints.get(str(ban.get("key")))

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import secrets
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,10 +20,12 @@ import redis.exceptions
 from aiohttp import WSMsgType, web
 
 from ..app import Services, services
-from ..auth import authenticate, is_staff_refusal, record_refusal, require_user
+from ..auth import Principal, authenticate, is_staff_refusal, record_refusal, require_user
+from ..authz import Action, allows
 from ..errors import ApiError
-from ..hostctl import ActionRequest, HostControls
+from ..hostctl import ActionRequest, HostControls, class_target
 from ..joinflow import JoinFlow
+from ..state import ClassInfo
 from ..web_util import loads_bounded
 from .classes import class_state, load_class
 
@@ -63,6 +66,7 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
     svc.sockets.setdefault(key, set()).add(ws)
     svc.metrics.open_sockets.labels("control").inc()
     controls = HostControls(svc)
+    lost = False  # the account may no longer host: the socket closes
     send_lock = asyncio.Lock()
 
     async def send(msg: dict[str, Any]) -> None:
@@ -76,7 +80,8 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
         await send(msg)
 
     async def on_revoke(msg: dict[str, Any]) -> None:
-        if p.session_id is not None and msg.get("sid_hash") == p.session_id:
+        if (p.session_id is not None and msg.get("sid_hash") == p.session_id) or \
+                (p.token_id is not None and msg.get("token_id") == p.token_id):
             await ws.close(code=4401, message=b"session revoked")
 
     async def heartbeat() -> None:
@@ -111,11 +116,15 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 continue
             req_id = data.pop("id", None) if isinstance(data, dict) else None
             try:
+                fresh = await store.get_class(info.id)
+                assert fresh is not None
+                if not await still_host(svc, p, fresh):
+                    lost = True
+                    raise ApiError(403, "forbidden", "only the class's teacher or an "
+                                   "administrator may do this")
                 if isinstance(data, dict) and data.get("action") == "refresh":
                     await send({"type": "state", **await class_state(svc, info)})
                     continue
-                fresh = await store.get_class(info.id)
-                assert fresh is not None
                 result = await controls.perform(p, fresh, ActionRequest.parse(data))
                 await send({"type": "result", "id": req_id, **result})
             except ApiError as exc:
@@ -128,6 +137,9 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
                 if exc.field:
                     err["field"] = exc.field
                 await send({"type": "error", "id": req_id, "error": err})
+                if lost:
+                    await ws.close(code=4403, message=b"no longer allowed")
+                    break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 # NOTE: answered as the HTTP routes answer an outage (503 there); the host
                 # refreshes to see what holds.
@@ -160,6 +172,15 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await asyncio.shield(gone)
     return ws
+
+
+async def still_host(svc: Services, p: Principal, info: ClassInfo) -> bool:
+    """The socket was authorized when it opened; every action asks again with the account
+    as it is now (disabled since, or gone), as a new request would be asked."""
+    assert svc.staff is not None
+    account = await svc.staff.get_user(p.username)
+    now = replace(p, disabled=account is None or account.disabled)
+    return allows(now, Action.HOST_CLASS, await class_target(svc, info))
 
 
 async def _host_gone(svc: Services, cid: str, conn_id: str) -> None:

@@ -15,6 +15,7 @@ import ipaddress
 import re
 import unicodedata
 import urllib.parse
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from aiohttp import BodyPartReader, web
 from .. import i18n
 from ..app import Services, services
 from ..auth import Principal, require_user
+from ..authz import Action, allows, listing_scope
 from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
-from ..hostctl import can_view
+from ..hostctl import class_target
 from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
 from ..state import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
@@ -138,7 +140,7 @@ async def class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
     """The class if this principal may report on it (404 otherwise, naming class_id)."""
     assert svc.store is not None and svc.staff is not None
     info = await svc.store.get_class(cid)
-    if info is None or not can_view(p, info, list(await svc.staff.org_ancestors(info.org))):
+    if info is None or not allows(p, Action.VIEW_CLASS, await class_target(svc, info)):
         raise ApiError(404, "not_found", "class not found", field="class_id")
     return info
 
@@ -162,11 +164,14 @@ async def visible_incidents(svc: Services, p: Principal, *, class_id: str | None
     subtree for IT staff and administrators."""
     assert svc.store is not None and svc.staff is not None
     store = incident_store(svc)
-    if p.role == "teacher":
+    scope = listing_scope(p, Action.VIEW_CLASS)
+    if scope == "subtree":
+        ids = await store.ids_of_orgs(sorted(await svc.staff.org_subtree(p.org)))
+    elif scope == "owned":
         classes = await svc.store.classes_of_owner(p.username)
         ids = await store.ids_of_classes([c.id for c in classes])
     else:
-        ids = await store.ids_of_orgs(sorted(await svc.staff.org_subtree(p.org)))
+        ids = []
     out = []
     for iid in ids:
         inc = await store.get(iid)
@@ -268,15 +273,16 @@ async def update(request: web.Request) -> web.Response:
     status = d.get("status")
     if status is not None and not isinstance(status, str):
         raise ApiError(400, "invalid_field", "status must be a string", field="status")
-    if (title is not None or description is not None) and \
-            p.role != "admin" and p.username != inc.created_by:
+    target = await class_target(svc, info)
+    if (title is not None or description is not None) and not allows(
+            p, Action.EDIT_INCIDENT, replace(target, owner=inc.created_by)):
         raise Refusal(403, "forbidden", "only the reporter and administrators edit an "
                       "incident", class_id=info.id, org=info.org)
     if status is not None and status != inc.status:
         if status == "exported":
             raise ApiError(400, "invalid_field", "an incident becomes exported by exporting it",
                            field="status")
-        if p.role != "admin":
+        if not allows(p, Action.DECIDE_INCIDENT, target):
             raise Refusal(403, "forbidden", "only administrators close or reopen an incident",
                           class_id=info.id, org=info.org)
         if status == "closed" and info.owner == p.username:
@@ -398,8 +404,8 @@ async def attach(request: web.Request) -> web.Response:
 async def evidence(request: web.Request) -> web.Response:
     svc = services(request)
     p = await require_user(request)
-    inc, _info = await load_incident(request, p)
-    if p.role != "admin":
+    inc, info = await load_incident(request, p)
+    if not allows(p, Action.EXPORT_EVIDENCE, await class_target(svc, info)):
         raise ApiError(403, "forbidden", "only administrators export evidence")
     lang = request.query.get("lang") or svc.settings.default_lang
     if lang not in i18n.LANGS:

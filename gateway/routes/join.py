@@ -166,10 +166,10 @@ async def join_code(request: web.Request) -> web.StreamResponse:
             raise ApiError(404, "unknown_code", "no class link has this code", field="code")
         return render(svc, "join.html", lang, status=404, code="",
                       error=i18n.t(lang, "join.bad_code"))
-    resp = _outcome_response(request, out)
-    if isinstance(resp, web.HTTPException):
-        raise resp
-    return resp
+    answer = _outcome_response(request, out)
+    if isinstance(answer, web.HTTPException):
+        raise answer
+    return answer
 
 
 async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticket) -> bool:

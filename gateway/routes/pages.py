@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -21,13 +21,17 @@ from zoneinfo import ZoneInfo
 from aiohttp import hdrs, web
 from babel.dates import format_datetime
 
+from policies.model import DEFAULT_TIMEZONE
+
 from .. import i18n
 from ..app import Services, services
 from ..auth import SESSION_COOKIE, Principal, authenticate
+from ..authz import Action, allows
 from ..errors import ApiError
+from ..hostctl import visible_classes
 from .session import login_user, set_session_cookie
 
-DEFAULT_TZ = "Asia/Ho_Chi_Minh"
+DEFAULT_TZ = DEFAULT_TIMEZONE
 LANG_COOKIE_MAX_AGE = 365 * 86400
 PageHandler = Callable[[web.Request, Principal, str], Awaitable[web.StreamResponse]]
 
@@ -56,6 +60,18 @@ def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium"
         return str(value)
 
 
+def zone_label(tz: str) -> str:
+    """``Asia/Ho_Chi_Minh, UTC+7``: a time zone's name and its offset now."""
+    try:
+        off = datetime.now(UTC).astimezone(ZoneInfo(tz)).utcoffset()
+    except (ValueError, LookupError):
+        return tz
+    minutes = int(off.total_seconds()) // 60 if off is not None else 0
+    sign = "+" if minutes >= 0 else "-"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"{tz}, UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
+
+
 def safe_next(value: str | None) -> str:
     """Only same-site paths may be a post-sign-in destination (no open redirect)."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
@@ -71,12 +87,15 @@ def nav_items(p: Principal | None) -> list[tuple[str, str]]:
     if p is None or p.must_change_password:
         return []
     items: list[tuple[str, str]] = []
-    if p.role in ("teacher", "admin"):
+    if allows(p, Action.HOST_CLASS):
         items.append(("/classes", "nav.classes"))
-    if p.role in ("it", "admin"):
-        items += [("/audit", "nav.audit"), ("/bans", "nav.bans")]
-    items.append(("/incidents", "nav.incidents"))
-    if p.role == "admin":
+    if allows(p, Action.READ_AUDIT):
+        items.append(("/audit", "nav.audit"))
+    if allows(p, Action.MANAGE_ORG_BANS):
+        items.append(("/bans", "nav.bans"))
+    if allows(p, Action.VIEW_CLASS):
+        items.append(("/incidents", "nav.incidents"))
+    if allows(p, Action.MANAGE_STAFF):
         items += [("/admin/staff", "nav.staff"), ("/admin/keys", "nav.keys")]
     return items
 
@@ -116,8 +135,8 @@ async def remember_lang(request: web.Request, response: web.StreamResponse) -> N
     jar: SimpleCookie = SimpleCookie()
     jar[i18n.LANG_COOKIE] = q
     morsel = jar[i18n.LANG_COOKIE]
-    morsel.update({"max-age": str(LANG_COOKIE_MAX_AGE), "path": "/", "httponly": True,
-                   "samesite": "Lax"})
+    morsel.update({"max-age": str(LANG_COOKIE_MAX_AGE), "path": "/", "samesite": "Lax"})
+    morsel["httponly"] = True
     if services(request).settings.cookie_secure:
         morsel["secure"] = True
     response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
@@ -127,11 +146,11 @@ def page_lang(request: web.Request) -> str:
     return i18n.request_lang(request, services(request).settings.default_lang)
 
 
-def staff_page(roles: Iterable[str]) -> Callable[[PageHandler], Callable[
+def staff_page(action: Action) -> Callable[[PageHandler], Callable[
         [web.Request], Awaitable[web.StreamResponse]]]:
-    """A page for signed-in staff of ``roles``: redirects to sign-in, and renders API
-    errors (404 not yours, 403 not allowed) as a page in the viewer's language."""
-    allowed = frozenset(roles)
+    """A page for signed-in staff who may do ``action`` (gateway/authz.py, on something
+    of their own): redirects to sign-in, and renders API errors (404 not yours, 403 not
+    allowed) as a page in the viewer's language."""
 
     def wrap(fn: PageHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -141,7 +160,7 @@ def staff_page(roles: Iterable[str]) -> Callable[[PageHandler], Callable[
                 raise web.HTTPSeeOther("/login?next=" + quote(request.path_qs, safe=""))
             if p.must_change_password:
                 raise web.HTTPSeeOther(change_password_url(request.path_qs))
-            if p.role not in allowed:
+            if not allows(p, action):
                 return page_response(request, "error.html", lang, status=403, user=p,
                                      message=i18n.t(lang, "error.forbidden"))
             try:
@@ -193,7 +212,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 
 
 def home_of(p: Principal) -> str:
-    home = "/classes" if p.role in ("teacher", "admin") else "/audit"
+    home = "/classes" if allows(p, Action.HOST_CLASS) else "/audit"
     return change_password_url(home) if p.must_change_password else home
 
 
@@ -222,7 +241,9 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                            nxt=nxt)
         resp.headers.update(exc.headers)
         return resp
-    if nxt == "/classes" and user.get("role") == "it":
+    if nxt == "/classes" and not allows(
+            Principal(str(user["username"]), str(user["role"]), str(user["org"]), "session"),
+            Action.HOST_CLASS):
         nxt = "/audit"
     if user.get("must_change_password"):
         nxt = change_password_url(nxt)
@@ -261,17 +282,13 @@ async def set_lang(request: web.Request) -> web.StreamResponse:
 
 # --- my classes ---------------------------------------------------------------------------
 
-@staff_page(("teacher", "admin", "it"))
+@staff_page(Action.VIEW_CLASS)
 async def classes_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
-    if p.role == "teacher":
-        infos = await svc.store.classes_of_owner(p.username)
-    else:
-        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
-    infos = sorted(infos, key=lambda i: i.schedule.starts_at, reverse=True)
+    infos = sorted(await visible_classes(svc, p), key=lambda i: i.schedule.starts_at,
+                   reverse=True)
     return page_response(request, "classes.html", lang, user=p, classes=infos,
-                         can_create=p.role in ("teacher", "admin"))
+                         can_create=allows(p, Action.CREATE_CLASS))
 
 
 async def favicon(request: web.Request) -> web.StreamResponse:
@@ -301,6 +318,9 @@ def install_filters(svc: Services) -> None:
     env = svc.templates
     env.filters["when"] = format_when
     env.globals["langs"] = i18n.LANGS
+    # the zone of times on pages (a page about one class passes its own as ``tz``)
+    env.globals["tz"] = svc.settings.timezone
+    env.globals["zone_label"] = zone_label
     env.globals["reasons"] = [r.value for r in Reason]
     env.globals["retry_reasons"] = RETRY_REASONS
     env.globals["advice_keys"] = frozenset(

@@ -11,12 +11,13 @@ from aiohttp import web
 
 from ..app import services
 from ..auth import Principal
+from ..authz import Action, allows
 from .pages import page_response, staff_page
 
 ROLES = ("teacher", "it", "admin")
 
 
-@staff_page(("admin",))
+@staff_page(Action.MANAGE_STAFF)
 async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.staff is not None
@@ -27,11 +28,11 @@ async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> 
                          roles=ROLES)
 
 
-@staff_page(("admin",))
+@staff_page(Action.MANAGE_STAFF)
 async def keys_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.staff is not None and svc.keyring is not None and svc.audit_key is not None
-    top = await svc.staff.is_root_admin(p.role, p.org)
+    top = allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target())
     return page_response(request, "admin_keys.html", lang, user=p, top=top,
                          keys=svc.keyring.list() if top else [],
                          read_only=svc.keyring.read_only,

@@ -27,7 +27,10 @@ from policies.schedule import current_window_utc
 
 from ..app import Services, services
 from ..auth import Principal
-from ..evidence_export import is_custody, revision_rows, wait_outbox_drained
+from ..authz import Action, allows
+from ..evidence_gather import is_custody, wait_outbox_drained
+from ..evidence_report import revision_rows, zone_of
+from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..state import ClassInfo, Student, valid_class_id
 from .incidents import (
@@ -40,12 +43,8 @@ from .incidents import (
     record_view,
     visible_incidents,
 )
-from .pages import DEFAULT_TZ, page_response, staff_page
+from .pages import page_response, staff_page
 
-ROLES = ("teacher", "it", "admin")
-LOCAL_TZ = ZoneInfo(DEFAULT_TZ)
-#: Asia/Ho_Chi_Minh keeps UTC+7 all year (no daylight saving time).
-LOCAL_OFFSET = "+07:00"
 #: Alerts that name the student whose link (or seat) was involved.
 PERSON_ALERTS = ("link_shared", "banned_returning", "intruder_in_room")
 #: How long the detail page waits for its own view record to be sequenced.
@@ -60,10 +59,19 @@ _UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty
 
 # --- formatting (pure) --------------------------------------------------------------------
 
-def local_input(moment: datetime) -> str:
-    """The wall clock in Asia/Ho_Chi_Minh, to the minute, day first (``dd/mm/yyyy
-    HH:MM``) as the form shows it; incidents.js sends it as ISO 8601."""
-    return moment.astimezone(LOCAL_TZ).strftime("%d/%m/%Y %H:%M")
+def local_input(moment: datetime, zone: ZoneInfo) -> str:
+    """The wall clock in ``zone``, to the minute, day first (``dd/mm/yyyy HH:MM``) as
+    the form shows it; incidents.js sends it as ISO 8601."""
+    return moment.astimezone(zone).strftime("%d/%m/%Y %H:%M")
+
+
+def utc_offset(zone: ZoneInfo, moment: datetime) -> str:
+    """``+07:00``: the offset the form appends to its wall-clock inputs (the zone's at
+    ``moment``; a window across a daylight-saving change is off by that hour)."""
+    off = moment.astimezone(zone).utcoffset() or timedelta()
+    minutes = int(off.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 def report_window(info: ClassInfo, now: datetime) -> tuple[datetime, datetime]:
@@ -234,7 +242,7 @@ async def _class_titles(svc: Services, ids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-@staff_page(ROLES)
+@staff_page(Action.VIEW_CLASS)
 async def list_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     status = request.query.get("status", "")
@@ -246,15 +254,11 @@ async def list_page(request: web.Request, p: Principal, lang: str) -> web.Stream
 
 
 async def _visible_classes(svc: Services, p: Principal) -> list[ClassInfo]:
-    assert svc.store is not None and svc.staff is not None
-    if p.role == "teacher":
-        infos = await svc.store.classes_of_owner(p.username)
-    else:
-        infos = await svc.store.classes_of_orgs(await svc.staff.org_subtree(p.org))
-    return sorted(infos, key=lambda i: i.schedule.starts_at, reverse=True)
+    return sorted(await visible_classes(svc, p), key=lambda i: i.schedule.starts_at,
+                  reverse=True)
 
 
-@staff_page(ROLES)
+@staff_page(Action.VIEW_CLASS)
 async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
@@ -264,6 +268,7 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
         return page_response(request, "incident_new.html", lang, user=p, info=None,
                              classes=await _visible_classes(svc, p))
     info = await class_for(svc, p, cid)
+    zone = zone_of(info.schedule.timezone, svc.settings.timezone)
     now = datetime.fromtimestamp(svc.clock(), UTC)
     since, until = report_window(info, now)
     roster = await svc.store.roster(info.id)
@@ -274,15 +279,17 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
     others = [s for s in roster if s.id not in named]
     return page_response(
         request, "incident_new.html", lang, user=p, info=info, classes=[],
-        since=local_input(since), until=local_input(until), offset=LOCAL_OFFSET,
+        since=local_input(since, zone), until=local_input(until, zone),
+        offset=utc_offset(zone, now), tz=zone.key,
         alerted=alerted, visitors=visitors, others=others)
 
 
-@staff_page(ROLES)
+@staff_page(Action.VIEW_CLASS)
 async def detail_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
     inc, info = await load_incident(request, p)
+    target = await class_target(svc, info)
     # NOTE: opening the page is a custody event, logged before the history is read so the
     # history shows this view too.
     await record_view(request, p, inc, info, via="page")
@@ -300,14 +307,17 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
     can_attach = inc.status != "closed" and len(inc.attachments) < MAX_ATTACHMENTS
     # Only administrators close and reopen, and never about a class of their own; the
     # API refuses the same (routes/incidents.py ``update``).
+    decides = allows(p, Action.DECIDE_INCIDENT, target)
     moves = sorted(s for s in TRANSITIONS.get(inc.status, frozenset()) if s != "exported"
-                   and p.role == "admin" and not (s == "closed" and info.owner == p.username))
+                   and decides and not (s == "closed" and info.owner == p.username))
     store = incident_store(svc)
-    revisions = revision_rows(lang, await store.history(inc.id))
+    zone = zone_of(info.schedule.timezone, svc.settings.timezone)
+    revisions = revision_rows(lang, await store.history(inc.id), zone)
     quota = svc.settings.attachment_org_quota_bytes
     used = await store.usage(inc.org)
     return page_response(
-        request, "incident.html", lang, user=p, inc=inc, info=info, students=students,
+        request, "incident.html", lang, user=p, inc=inc, info=info, tz=zone.key,
+        students=students,
         visitors=visitors, description_lines=inc.description.split("\n")
         if inc.description else [],
         attachments=[{**a.to_json(), "human": human_size(a.size, lang)}
@@ -316,7 +326,8 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         revisions=revisions, quota_human=human_size(quota, lang),
         used_human=human_size(used, lang),
         can_attach=can_attach,
-        can_export=p.role == "admin", can_proof=p.role in ("it", "admin"),
+        can_export=allows(p, Action.EXPORT_EVIDENCE, target),
+        can_proof=allows(p, Action.READ_AUDIT, target),
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),
         max_files=MAX_FILES_PER_UPLOAD, max_attachments=MAX_ATTACHMENTS,
         upload_errors=_UPLOAD_ERRORS,

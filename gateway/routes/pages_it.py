@@ -21,6 +21,7 @@ from audit import AuditError, AuditQuery
 from .. import i18n
 from ..app import Services, services
 from ..auth import Principal
+from ..authz import Action, allows
 from ..errors import ApiError
 from ..state import valid_class_id, valid_student_id
 from .audit import parse_query, record_read
@@ -56,7 +57,7 @@ async def visible_events(svc: Services, p: Principal, params: dict[str, str], li
     except AuditError as exc:
         raise ApiError(400, getattr(exc, "code", "invalid_query"), str(exc)) from exc
     subtree = await svc.staff.org_subtree(p.org)
-    is_root = await svc.staff.is_root_admin(p.role, p.org)
+    is_root = allows(p, Action.READ_DEPLOYMENT_AUDIT, await svc.staff.deployment_target())
     out = []
     for ev in found:
         org = ev.record.get("org")
@@ -108,7 +109,7 @@ async def _label_rows(svc: Any, rows: list[dict[str, Any]], lang: str) -> None:
             row["actor_label"] = names[(cid, sid)]
 
 
-@staff_page(("it", "admin"))
+@staff_page(Action.READ_AUDIT)
 async def audit_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.auditor is not None
@@ -117,7 +118,7 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
     error = None
     try:
         for k in ("since", "until"):
-            iso = _local_to_iso(form[k])
+            iso = _local_to_iso(form[k], svc.settings.timezone)
             if iso:
                 params[k] = iso
     except ApiError:
@@ -157,7 +158,7 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
     )
 
 
-@staff_page(("it", "admin"))
+@staff_page(Action.MANAGE_ORG_BANS)
 async def bans_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None and svc.staff is not None
@@ -182,7 +183,7 @@ async def bans_page(request: web.Request, p: Principal, lang: str) -> web.Stream
             class_bans.append(row)
     return page_response(request, "bans.html", lang, user=p, org_bans=org_bans,
                          class_bans=class_bans, orgs=subtree, home_org=p.org,
-                         can_lift_class=p.role == "admin", now=svc.clock())
+                         can_lift_class=allows(p, Action.HOST_CLASS), now=svc.clock())
 
 
 def setup(app: web.Application) -> None:

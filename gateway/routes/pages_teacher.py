@@ -10,6 +10,8 @@ the pages: it parses an upload exactly like ``PUT .../roster`` and saves nothing
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -22,14 +24,16 @@ from meeting_adapters import ADAPTERS, Capability, capability_matrix
 from policies import PRESETS, load_policy, weakened_checks
 
 from .. import i18n
-from ..app import services
+from ..app import Services, services
 from ..auth import Principal, require_user
+from ..authz import Action, allows
 from ..collation import name_key
 from ..errors import ApiError
-from ..hostctl import is_host
+from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
-from .classes import current_links, load_class, org_ancestors
-from .pages import DEFAULT_TZ, page_response, staff_page
+from ..state import ClassInfo
+from .classes import current_links, load_class
+from .pages import page_response, staff_page
 
 # The settings a teacher types for each platform (the adapters validate them).
 # (name, input type, required, placeholder, integer?)
@@ -60,11 +64,40 @@ _PLATFORM_FIELDS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
         ("registrant_email_domain", "text", True, "students.school.edu.vn", False),
         ("webhook_secret_token", "password", False, "", False),
     ],
+    "teams": [
+        ("tenant_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
+        ("client_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
+        ("client_secret", "password", True, "", False),
+        ("organizer_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
+    ],
+    "google_meet": [
+        ("service_account_key", "textarea", True, '{"type": "service_account", ...}', False),
+        ("organizer", "email", True, "teacher@school.edu.vn", False),
+        ("uses_meet_sdk", "checkbox", False, "", False),
+    ],
 }
+# What the class page warns about a class's own platform settings (catalogue keys).
+_PLATFORM_WARNINGS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
+    "google_meet": lambda s: [] if s.get("uses_meet_sdk") else [
+        "platform.google_meet.warn_all_entry_points"],
+}
+log = logging.getLogger("classguard.pages")
+
+
+def platform_warnings(svc: Services, info: ClassInfo) -> list[str]:
+    """Catalogue keys of warnings about the class's platform settings."""
+    rule = _PLATFORM_WARNINGS.get(info.platform_kind)
+    if rule is None:
+        return []
+    try:
+        return rule(HostControls(svc).sealed_platform(info)["settings"])
+    except Exception as exc:  # noqa: BLE001 - never break the page over a warning
+        log.warning("class %s: platform settings unreadable: %r", info.id, exc)
+        return []
 ALL_CAPS = [c.value for c in Capability]
 REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "missing_name",
                 "blank_line",
-                "duplicate", "invalid_item", "unknown_field", "duplicate_field")
+                "duplicate", "invalid_item", "unknown_field", "duplicate_field", "invalid_email")
 CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "unlocked",
                 "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",
                 "undone", "confirm_end", "in_class_since", "by_policy", "by_host", "bans_none",
@@ -73,6 +106,8 @@ CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "un
                 "reset_done", "ban_device_of", "ban_unknown_device", "ban_address", "ban_network")
 CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock", "unlock",
                    "mute_all", "end", "reset_device", "revoke_link")
+# Where an alert's sighting came from when not the live room (``gateway/presence.py``).
+ALERT_SOURCES = ("attendance_report",)
 ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
                "intruder_in_room", "device_reset_returned")
 
@@ -111,10 +146,10 @@ def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
     return lines
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.CREATE_CLASS)
 async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    now = datetime.fromtimestamp(svc.clock(), UTC).astimezone(ZoneInfo(DEFAULT_TZ))
+    now = datetime.fromtimestamp(svc.clock(), UTC).astimezone(ZoneInfo(svc.settings.timezone))
     start = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     return page_response(
         request, "class_new.html", lang, user=p,
@@ -129,12 +164,12 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
     )
 
 
-@staff_page(("teacher", "admin", "it"))
+@staff_page(Action.VIEW_CLASS)
 async def class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
     info = await load_class(request, p)
-    anc = await org_ancestors(svc, info.org)
+    target = await class_target(svc, info)
     roster = await svc.store.roster(info.id)
     try:
         weakened = list(weakened_checks(load_policy(info.policy)))
@@ -145,11 +180,12 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         caps=capability_matrix().get(info.platform_kind, []), all_caps=ALL_CAPS,
         presets=list(PRESETS), known_presets={f"preset.{k}" for k in PRESETS},
         policy_lines=policy_lines(lang, info.policy), weakened=weakened,
-        can_host=is_host(svc, p, info, anc),
+        can_host=allows(p, Action.HOST_CLASS, target),
+        platform_warnings=platform_warnings(svc, info),
     )
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.HOST_CLASS)
 async def roster_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
@@ -177,7 +213,8 @@ async def roster_preview(request: web.Request) -> web.Response:
     except RosterError as exc:
         raise ApiError(http_status(exc.code), f"roster_{exc.code}", exc.message) from exc
     return web.json_response({
-        "students": [{"line": s.line, "name": s.name, "external_id": s.external_id}
+        "students": [{"line": s.line, "name": s.name, "external_id": s.external_id,
+                      "email": s.email}
                      for s in parsed.students],
         "rejected": [{"line": r.line, "error": r.code, "message": r.message}
                      for r in parsed.rejected],
@@ -197,7 +234,7 @@ def qr_image(url: str) -> dict[str, Any]:
     return {"src": str(qr.svg_data_uri(scale=scale, border=2)), "size": modules * scale}
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.HOST_CLASS)
 async def links_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
     assert svc.store is not None
@@ -219,7 +256,7 @@ def incident_url(class_id: str) -> str:
     return f"/incidents/new?class_id={quote(class_id, safe='')}"
 
 
-@staff_page(("teacher", "admin"))
+@staff_page(Action.HOST_CLASS)
 async def control_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     info = await load_class(request, p, host=True)
     caps = set(capability_matrix().get(info.platform_kind, []))
@@ -227,6 +264,7 @@ async def control_page(request: web.Request, p: Principal, lang: str) -> web.Str
         request, "control.html", lang, user=p, info=info,
         can_mute=Capability.MUTE.value in caps, incident_url=incident_url(info.id),
         msg_keys=CONTROL_MSGS, actions=CONTROL_ACTIONS, alert_kinds=ALERT_KINDS,
+        alert_sources=ALERT_SOURCES,
     )
 
 

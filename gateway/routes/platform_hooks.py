@@ -1,71 +1,79 @@
 """Callbacks from meeting platforms, each authenticated, and the teacher's own entry.
 
-* ``POST /hooks/janus``: Janus's HTTP event handler (``janus.eventhandler.sampleevh``),
-  HTTP Basic with credentials of *one Janus server* (``janus.hook_credentials``: the user
-  names the server, the password is keyed by the secret in
-  ``<data dir>/keys/janus_hook.secret``; ``classguard janus-hook`` prints them). Events
-  are matched to classes by server and room number, so a server reports on its own rooms
-  only. A VideoRoom ``joined`` event carries the token used: the join of an admitted
-  student retires it (single use); a token used under another participant id, or a join
-  nobody was admitted for, is an intruder.
-* ``POST /hooks/bbb/{class_id}``: bbb-webhooks callbacks; the ``checksum`` on the URL
-  must be the one the class's shared secret gives (see ``bigbluebutton.callback_checksum_ok``).
-* ``POST /hooks/zoom/{class_id}``: Zoom webhooks; ``x-zm-signature`` must verify with the
-  class's webhook secret token and the timestamp be fresh; ``endpoint.url_validation``
-  is answered.
+* One ``POST`` route per webhook an adapter declares (``meeting_adapters.Webhook``, listed
+  by ``meeting_adapters.registry.webhooks``). The adapter verifies the raw request and
+  reads it into neutral events (``MeetingAdapter.read_webhook``); this module applies
+  them: a join is judged against the admitted students, an impostor is flagged
+  (``presence.Reconciler``: alerts, audit, removal).
+  - A per-class hook (``/hooks/<name>/{class_id}``) is checked with the class's own
+    platform settings; the class must be live and on that platform.
+  - A gateway-wide hook (one URL for every class) is checked with a secret kept in
+    ``<data dir>/keys/<name>_hook.secret``; its events name rooms
+    (``MeetingAdapter.room_key``), matched to classes through the index
+    ``presence.register_room`` keeps, and to the room the class really has.
 * ``POST /api/v1/classes/{class_id}/host_join``: the teacher's personal credential
   (moderator) for platforms that have one.
 
-Refusals answer 401 without detail; accepted events answer 200 quickly.
+Refusals answer 401 without detail; accepted events answer 200 at once (or the answer
+the platform expects, e.g. a URL validation challenge) and are handled beside.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import logging
 import os
 import secrets
-from collections.abc import Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
-from meeting_adapters import AdapterError, Participant, Present, Unsupported
+from meeting_adapters import (
+    AdapterError,
+    HookEvent,
+    HookEventKind,
+    HookMalformed,
+    HookRefused,
+    HookRequest,
+    Participant,
+    Room,
+    Unsupported,
+    Webhook,
+)
+from meeting_adapters.registry import webhooks
 
 from ..app import SERVICES, Services, services
 from ..auth import require_user
 from ..errors import ApiError
 from ..hostctl import HostControls
-from ..presence import Reconciler, janus_room_key
+from ..presence import Reconciler, room_index_key
 from ..state import ClassInfo
-from ..web_util import loads_bounded
 
 log = logging.getLogger("classguard.hooks")
 
-JANUS_HOOK_USER: Final = "janus"
-
 
 @dataclass(slots=True)
-class HookSecret:
-    """Filled at start-up (the app's state is frozen by then; this holder is not)."""
+class HookSecrets:
+    """The gateway-wide hooks' secrets by hook name, filled at start-up (the app's state
+    is frozen by then; this holder is not)."""
 
-    value: str = ""
+    values: dict[str, str] = field(default_factory=dict)
 
 
-JANUS_HOOK_SECRET: web.AppKey[HookSecret] = web.AppKey("janus_hook_secret", HookSecret)
+HOOK_SECRETS: web.AppKey[HookSecrets] = web.AppKey("hook_secrets", HookSecrets)
 MAX_HOOK_BYTES: Final = 256 * 1024
 
 
-def janus_hook_secret_path(data_dir: Path) -> Path:
-    return Path(data_dir) / "keys" / "janus_hook.secret"
+def hook_secret_path(data_dir: Path, name: str) -> Path:
+    """Where the secret of the gateway-wide webhook ``name`` is kept."""
+    return Path(data_dir) / "keys" / f"{name}_hook.secret"
 
 
 def load_or_create_hook_secret(path: Path) -> str:
-    """The Janus event handler's password: random, kept in the data dir (mode 0600)."""
+    """A gateway-wide hook's secret: random, kept in the data dir (mode 0600)."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -98,51 +106,46 @@ async def _class(svc: Services, cid: str) -> ClassInfo | None:
     return info if info is not None and not info.ended else None
 
 
-# --- Janus ----------------------------------------------------------------------------------
+# --- one generic route per declared webhook ---------------------------------------------
 
 
-def janus_server_of(header: str, secret: str) -> str | None:
-    """The Janus server (``janus.server_id``) whose event handler credentials ``header``
-    carries, or ``None`` when they are not valid credentials of any server."""
-    from meeting_adapters.janus import hook_password
+def hook_handler(kind: str, hook: Webhook) -> Callable[[web.Request],
+                                                       Awaitable[web.Response]]:
+    """The route of ``kind``'s webhook ``hook``: verify, answer, then apply the events."""
 
-    if not secret or not header.startswith("Basic "):
-        return None
-    try:
-        got = base64.b64decode(header[6:], validate=True).decode("ascii")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    user, sep, password = got.partition(":")
-    prefix = f"{JANUS_HOOK_USER}-"
-    sid = user[len(prefix):]
-    if not sep or not user.startswith(prefix) or len(sid) != 24 or not all(
-            c in "0123456789abcdef" for c in sid):
-        return None
-    expected = hook_password(secret, sid)
-    return sid if hmac.compare_digest(expected.encode(), password.encode()) else None
+    async def handle(request: web.Request) -> web.Response:
+        svc = services(request)
+        controls = HostControls(svc)
+        public = svc.settings.public_url
+        info: ClassInfo | None = None
+        room: Room | None = None
+        if hook.per_class:
+            info = await _class(svc, request.match_info["class_id"])
+            if info is None or info.platform_kind != kind:
+                return _unauthorized()
+            adapter, room = controls.adapter_and_room(info)
+            url, secret = hook.url(public, info.id), ""
+        else:
+            adapter = controls.adapter(kind)
+            url, secret = hook.url(public), request.app[HOOK_SECRETS].values.get(hook.name, "")
+        hook_request = HookRequest(headers=request.headers, query=request.query,
+                                   body=await _body(request), url=url, secret=secret)
+        try:
+            result = adapter.read_webhook(hook, hook_request, room)
+        except HookRefused as exc:
+            log.info("%s webhook refused%s: %s", hook.name,
+                     f" for {info.id}" if info is not None else "", exc.why)
+            return _unauthorized()
+        except HookMalformed as exc:
+            raise ApiError(400, "invalid_body", str(exc) or "unreadable event") from None
+        for event in result.events:
+            # NOTE: answered at once, handled beside: the work may call the platform
+            # back, and the platform must not wait on us while we wait on it.
+            spawn(svc, apply_event(svc, kind, event, info))
+        return web.json_response(dict(result.reply) if result.reply is not None
+                                 else {"ok": True})
 
-
-async def janus_events(request: web.Request) -> web.Response:
-    svc = services(request)
-    server = janus_server_of(request.headers.get("Authorization", ""),
-                             request.app[JANUS_HOOK_SECRET].value)
-    if server is None:
-        return _unauthorized()
-    try:
-        data = loads_bounded(await _body(request), max_depth=64)
-    except ValueError:
-        raise ApiError(400, "invalid_body", "expected JSON") from None
-    events = data if isinstance(data, list) else [data]
-    for ev in events[:200]:
-        inner = (ev.get("event") or {}) if isinstance(ev, dict) else {}
-        if inner.get("plugin") != "janus.plugin.videoroom":
-            continue
-        d = inner.get("data") or {}
-        if d.get("event") == "joined" and "room" in d and "id" in d:
-            # NOTE: answered at once, handled beside: the work calls Janus back, and Janus
-            # must not wait on us while we wait on it.
-            spawn(svc, _janus_joined(svc, server, d))
-    return web.json_response({"ok": True})
+    return handle
 
 
 def spawn(svc: Services, coro: Coroutine[Any, Any, None]) -> None:
@@ -161,97 +164,32 @@ async def _guarded(coro: Coroutine[Any, Any, None]) -> None:
         log.warning("platform event handling failed: %r", exc)
 
 
-async def _janus_joined(svc: Services, server: str, d: dict[str, Any]) -> None:
-    from meeting_adapters.janus import server_id, token_owner
-
-    cid = await svc.r.get(janus_room_key(svc, server, str(d["room"])))
-    info = await _class(svc, str(cid)) if cid else None
-    if info is None or info.platform_kind != "janus":
+async def apply_event(svc: Services, kind: str, event: HookEvent,
+                      info: ClassInfo | None) -> None:
+    """Judge one event: the class is the per-class hook's, or the one indexed for the
+    event's room."""
+    if event.room_key is not None:
+        cid = await svc.r.get(room_index_key(svc, kind, event.room_key))
+        info = await _class(svc, str(cid)) if cid else None
+        if info is None or info.platform_kind != kind:
+            return
+    if info is None:
         return
     adapter, room = HostControls(svc).adapter_and_room(info)
-    if server_id(str(room.data.get("ws_url"))) != server:
+    if event.room_key is not None and adapter.room_key(room) != event.room_key:
         # NOTE: the event must come from the server the class's room lives on.
-        log.warning("janus event of server %s refused for class %s", server, info.id)
+        log.warning("%s event for room %s refused for class %s", kind, event.room_key,
+                    info.id)
         return
-    present = Present(upstream_id=str(d["id"]), display_name=str(d.get("display") or ""),
-                      student_id=None, joined_at=None)
     rec = Reconciler(svc)
-    token = str(d.get("token") or "")
-    if token and token_owner(token) != int(d["id"]):
-        # NOTE: a token used under another participant id was passed on or stolen; the
-        # person inside is not who the token was minted for.
-        await rec.flag(info, adapter, room, present, {})
+    if event.kind is HookEventKind.IMPOSTOR:
+        await rec.flag(info, adapter, room, event.present, {})
         return
     try:
-        await rec.judge(info, adapter, room, [present])
+        await rec.judge(info, adapter, room, [event.present])
     except AdapterError as exc:
-        svc.metrics.upstream_errors.labels("janus").inc()
-        log.warning("janus event handling failed: %s", exc)
-
-
-# --- BigBlueButton ---------------------------------------------------------------------------
-
-
-async def bbb_events(request: web.Request) -> web.Response:
-    svc = services(request)
-    info = await _class(svc, request.match_info["class_id"])
-    if info is None or info.platform_kind != "bigbluebutton":
-        return _unauthorized()
-    adapter, room = HostControls(svc).adapter_and_room(info)
-    body = (await _body(request)).decode("utf-8", "replace")
-    from urllib.parse import parse_qsl
-
-    form = dict(parse_qsl(body, keep_blank_values=True))
-    callback = f"{svc.settings.public_url.rstrip('/')}/hooks/bbb/{info.id}"
-    if not adapter.verify_callback(room, callback, form, request.query.get("checksum", "")):
-        return _unauthorized()
-    try:
-        events = loads_bounded(form.get("event") or "[]", max_depth=64)
-    except ValueError:
-        events = []
-    for ev in events if isinstance(events, list) else [events]:
-        d = (ev or {}).get("data") or {}
-        if d.get("id") != "user-joined":
-            continue
-        user = (d.get("attributes") or {}).get("user") or {}
-        if str(user.get("role", "")).upper() == "MODERATOR":
-            continue
-        uid = str(user.get("external-user-id") or "")
-        p = Present(upstream_id=uid, display_name=str(user.get("name") or ""),
-                    student_id=uid or None, joined_at=None)
-        spawn(svc, _judge(svc, info, adapter, room, p))
-    return web.json_response({"ok": True})
-
-
-async def _judge(svc: Services, info: ClassInfo, adapter: Any, room: Any, p: Present) -> None:
-    await Reconciler(svc).judge(info, adapter, room, [p])
-
-
-# --- Zoom ------------------------------------------------------------------------------------
-
-
-async def zoom_events(request: web.Request) -> web.Response:
-    svc = services(request)
-    info = await _class(svc, request.match_info["class_id"])
-    if info is None or info.platform_kind != "zoom":
-        return _unauthorized()
-    adapter, room = HostControls(svc).adapter_and_room(info)
-    body = await _body(request)
-    why = adapter.verify_webhook(room, request.headers, body)
-    if why is not None:
-        log.info("zoom webhook refused for %s: %s", info.id, why)
-        return _unauthorized()
-    from meeting_adapters.zoom import event_json
-
-    event = event_json(body)
-    kind = event.get("event")
-    if kind == "endpoint.url_validation":
-        return web.json_response(adapter.url_validation(room, event))
-    if kind in ("meeting.participant_joined", "meeting.participant_joined_waiting_room"):
-        p = adapter.webhook_present(room, event)
-        if p is not None:
-            spawn(svc, _judge(svc, info, adapter, room, p))
-    return web.json_response({"ok": True})
+        svc.metrics.upstream_errors.labels(kind).inc()
+        log.warning("%s event handling failed: %s", kind, exc)
 
 
 # --- the teacher's entry -------------------------------------------------------------------
@@ -276,20 +214,22 @@ async def host_join(request: web.Request) -> web.Response:
     return web.json_response({"url": url})
 
 
-async def _load_secret(app: web.Application) -> None:
+async def _load_secrets(app: web.Application) -> None:
     svc = app[SERVICES]
-    app[JANUS_HOOK_SECRET].value = await asyncio.to_thread(
-        load_or_create_hook_secret, janus_hook_secret_path(Path(svc.settings.data_dir)))
+    data_dir = Path(svc.settings.data_dir)
+    for _, hook in webhooks():
+        if not hook.per_class:
+            app[HOOK_SECRETS].values[hook.name] = await asyncio.to_thread(
+                load_or_create_hook_secret, hook_secret_path(data_dir, hook.name))
 
 
 def setup(app: web.Application) -> None:
     r = app.router
-    r.add_post("/hooks/janus", janus_events)
-    r.add_post("/hooks/bbb/{class_id}", bbb_events)
-    r.add_post("/hooks/zoom/{class_id}", zoom_events)
+    for kind, hook in webhooks():
+        r.add_post(hook.path, hook_handler(kind, hook))
     r.add_post("/api/v1/classes/{class_id}/host_join", host_join)
-    app[JANUS_HOOK_SECRET] = HookSecret()
-    app.on_startup.append(_load_secret)
+    app[HOOK_SECRETS] = HookSecrets()
+    app.on_startup.append(_load_secrets)
 
 
-__all__ = ["JANUS_HOOK_SECRET", "load_or_create_hook_secret", "setup"]
+__all__ = ["HOOK_SECRETS", "hook_secret_path", "load_or_create_hook_secret", "setup"]

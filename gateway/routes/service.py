@@ -99,7 +99,8 @@ async def readyz(request: web.Request) -> web.Response:
                                   "audit log before writes are refused")
             components["redis_memory"] = mem
             ok = ok and not full
-    body = {"status": "ready" if ok else "not_ready", "components": components}
+    body: dict[str, object] = {"status": "ready" if ok else "not_ready",
+                               "components": components}
     if not ok:
         failing = [k for k, v in components.items() if not v.get("ok")]
         body["error"] = {

@@ -55,7 +55,9 @@ async def _audit_refused(request: web.Request, ip: str, code: str, username: str
     )
 
 
-async def login_user(request: web.Request, username: str, password: str) -> tuple[str, str, dict[str, Any]]:
+async def login_user(
+    request: web.Request, username: str, password: str
+) -> tuple[str, str, dict[str, Any]]:
     """Shared by the API and the sign-in page: (cookie, csrf, user json) or ApiError."""
     svc = services(request)
     assert svc.staff is not None and svc.auditor is not None

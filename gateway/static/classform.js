@@ -10,7 +10,7 @@
     form.querySelectorAll(".platform").forEach(function (box) {
       var on = box.dataset.kind === kind.value;
       box.hidden = !on;
-      box.querySelectorAll("input").forEach(function (i) { i.disabled = !on; });
+      box.querySelectorAll("input, textarea").forEach(function (i) { i.disabled = !on; });
     });
   }
   kind.addEventListener("change", showKind);
@@ -42,11 +42,12 @@
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     var v = function (id) { return document.getElementById(id).value.trim(); };
-    var tz = v("timezone") || "Asia/Ho_Chi_Minh";
+    var tz = v("timezone") || document.body.dataset.tz;
     var platform = { kind: kind.value };
-    form.querySelectorAll('.platform[data-kind="' + kind.value + '"] input').forEach(function (i) {
-      if (i.value.trim() === "") { return; }
+    form.querySelectorAll('.platform[data-kind="' + kind.value + '"] input, .platform[data-kind="' + kind.value + '"] textarea').forEach(function (i) {
       var key = i.name.replace(/^platform\./, "");
+      if (i.type === "checkbox") { platform[key] = i.checked; return; }
+      if (i.value.trim() === "") { return; }
       platform[key] = i.dataset.int ? Number(i.value) : i.value.trim();
     });
     var weekly = [];

@@ -17,7 +17,7 @@
   var queue = [];            // actions typed while disconnected
   var ws = null, delay = 1000, seq = 0, locked = false, ended = false, hostPresent = true;
   var fmt = new Intl.DateTimeFormat(d.lang === "en" ? "en-GB" : "vi-VN",
-    { timeZone: d.tz || "Asia/Ho_Chi_Minh", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+    { timeZone: d.tz || document.body.dataset.tz, hour: "2-digit", minute: "2-digit", second: "2-digit" });
 
   function camel(prefix, s) {
     return prefix + String(s || "").replace(/(^|_)([a-z])/g, function (m, a, c) { return c.toUpperCase(); });
@@ -85,7 +85,9 @@
   }
   function alertText(a) {
     var tpl = d[camel("alert", a.kind)] || a.kind;
-    return String(tpl).replace("{name}", a.name || "?").replace("{device}", a.device_hint || d.deviceUnknown);
+    var text = String(tpl).replace("{name}", a.name || "?").replace("{device}", a.device_hint || d.deviceUnknown);
+    var source = a.source ? d[camel("alertSource", a.source)] : null;
+    return source ? text + " " + source : text;
   }
   // A ban is named by the student it was placed on, else by what it blocks: a device
   // nobody on the roster used (with the hint of the browser it was seen with), or an

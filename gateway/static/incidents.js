@@ -19,8 +19,8 @@
     var fd = form.dataset;
     var csrf = form.querySelector("input[name=csrf_token]").value;
     var formError = document.getElementById("form-error");
-    // "23/11/2026 07:30" (Vietnam wall clock, as the form shows it; ISO is accepted
-    // too) -> "2026-11-23T07:30:00+07:00"
+    // "23/11/2026 07:30" (the class's wall clock, as the form shows it; ISO is accepted
+    // too) -> "2026-11-23T07:30:00+07:00" (its offset)
     var pad = function (n) { return (String(n).length < 2 ? "0" : "") + n; };
     var toIso = function (value) {
       if (!value) { return ""; }

@@ -39,7 +39,7 @@
     tbody.textContent = "";
     students.forEach(function (s) {
       var tr = document.createElement("tr");
-      [s.name, s.external_id || ""].forEach(function (v) {
+      [s.name, s.external_id || "", s.email || ""].forEach(function (v) {
         var td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
       });
       tbody.appendChild(tr);
@@ -64,7 +64,7 @@
       tbody.textContent = "";
       res.data.students.forEach(function (s, i) {
         var tr = document.createElement("tr");
-        [String(i + 1), s.name, s.external_id || ""].forEach(function (v) {
+        [String(i + 1), s.name, s.external_id || "", s.email || ""].forEach(function (v) {
           var td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
         });
         tbody.appendChild(tr);

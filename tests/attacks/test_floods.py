@@ -94,8 +94,11 @@ async def test_rate_limited_attempts_are_audited(deployment: Deployment) -> None
         answers += [await attacker.enter_code(_code(n)) for n in range(15)]
         assert 429 in [r.status for r in answers]
         assert_kept_out(attacker)
-        events = await s.await_audit(lambda ev: len(ev) >= 10, reader="qt.hoa",
-                                     ip=attacker.ip, within_s=3)
+        # The sequencer indexes records asynchronously, later under load: wait until the
+        # refusals are searchable (the bound is generous; the wait ends as soon as they are).
+        events = await s.await_audit(
+            lambda ev: len(ev) >= 10 and "rate_limited" in reasons(ev), reader="qt.hoa",
+            ip=attacker.ip, within_s=60)
         assert "rate_limited" in reasons(events)
 
 

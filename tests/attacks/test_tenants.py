@@ -127,7 +127,7 @@ async def _post_joined(gw: Gateway, ws_url: str, room: int, pid: int, name: str)
     """What the event handler of the Janus at ``ws_url`` posts when someone joins."""
     from meeting_adapters.janus import hook_credentials
 
-    user, password = hook_credentials(gw.server.app[_hook_key()].value, ws_url)
+    user, password = hook_credentials(_hook_secret(gw), ws_url)
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
     event = [{"emitter": "janus", "type": 64, "timestamp": 1, "session_id": 1, "handle_id": 2,
               "event": {"plugin": "janus.plugin.videoroom",
@@ -139,10 +139,10 @@ async def _post_joined(gw: Gateway, ws_url: str, room: int, pid: int, name: str)
         return r.status
 
 
-def _hook_key() -> Any:
-    from gateway.routes.platform_hooks import JANUS_HOOK_SECRET
+def _hook_secret(gw: Gateway) -> str:
+    from gateway.routes.platform_hooks import HOOK_SECRETS
 
-    return JANUS_HOOK_SECRET
+    return gw.server.app[HOOK_SECRETS].values["janus"]
 
 
 async def _names(api: aiohttp.ClientSession, cid: str) -> list[str]:
@@ -186,9 +186,9 @@ async def test_janus_answering_another_class_room_number_gets_none_of_its_events
             # and the school's credentials are no credentials for the rogue server's name
             from meeting_adapters.janus import hook_credentials
 
-            user, password = hook_credentials(gw.server.app[_hook_key()].value,
+            user, password = hook_credentials(_hook_secret(gw),
                                               school_janus.ws_url)
-            rogue_user, _ = hook_credentials(gw.server.app[_hook_key()].value, rogue.ws_url)
+            rogue_user, _ = hook_credentials(_hook_secret(gw), rogue.ws_url)
             forged = base64.b64encode(f"{rogue_user}:{password}".encode()).decode()
             async with aiohttp.ClientSession() as s, s.post(
                     gw.url("/hooks/janus"), json=[],

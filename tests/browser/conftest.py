@@ -254,7 +254,8 @@ async def horizontal_overflow(page: Page) -> dict[str, Any] | None:
         const r = el.getBoundingClientRect();
         if (r.right > window.innerWidth + 0.5 && r.width > 0) {
           wide.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") +
-                    (el.className && typeof el.className === "string" ? "." + el.className.split(" ").join(".") : "") +
+                    (el.className && typeof el.className === "string"
+                       ? "." + el.className.split(" ").join(".") : "") +
                     " right=" + Math.round(r.right));
         }
       }
@@ -299,7 +300,8 @@ VISIBLE_TEXT = """() => {
   const body = document.body.cloneNode(true);
   // Text in another language on purpose (the language switch) and raw records
   // (the audit explorer shows event types and reason codes as they are stored).
-  body.querySelectorAll('[lang]:not([lang="' + document.documentElement.lang + '"]), pre, code, script, [hidden], [data-raw]')
+  body.querySelectorAll('[lang]:not([lang="' + document.documentElement.lang + '"]), ' +
+                        'pre, code, script, [hidden], [data-raw]')
       .forEach(e => e.remove());
   return body.innerText;
 }"""
@@ -319,7 +321,8 @@ LOW_CONTRAST = """() => {
   const background = el => { const layers = [];
     for (let e = el; e; e = e.parentElement) { const s = getComputedStyle(e);
       if (s.backgroundImage !== 'none') return null;
-      const c = parse(s.backgroundColor); if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+      const c = parse(s.backgroundColor);
+      if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
     let bg = [255, 255, 255, 1];
     for (let i = layers.length - 1; i >= 0; i--) bg = over(layers[i], bg);
     return bg; };
@@ -331,13 +334,16 @@ LOW_CONTRAST = """() => {
     seen.add(el);
     if (el.closest('[disabled], [aria-disabled="true"], [hidden], .sr-only, option')) continue;
     const r = el.getBoundingClientRect(); if (!r.width || !r.height) continue;
-    const s = getComputedStyle(el); if (s.visibility !== 'visible' || Number(s.opacity) === 0) continue;
+    const s = getComputedStyle(el);
+    if (s.visibility !== 'visible' || Number(s.opacity) === 0) continue;
     const bg = background(el); const fg = parse(s.color); if (!bg || !fg) continue;
     const c = over(fg, bg); const L1 = lum(c), L2 = lum(bg);
     const ratio = (Math.max(L1, L2) + 0.05) / (Math.min(L1, L2) + 0.05);
     const size = parseFloat(s.fontSize), bold = Number(s.fontWeight) >= 700;
     const need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
-    if (ratio < need) out.push(n.textContent.trim().slice(0, 40) + ' ' + ratio.toFixed(2) + '<' + need);
+    if (ratio < need) {
+      out.push(n.textContent.trim().slice(0, 40) + ' ' + ratio.toFixed(2) + '<' + need);
+    }
   }
   return out.slice(0, 10);
 }"""
@@ -346,8 +352,10 @@ LOW_CONTRAST = """() => {
 FOCUSED = """() => { const e = document.activeElement;
   if (!e || e === document.body) return null;
   const s = getComputedStyle(e);
-  const ring = (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== 'none';
-  return {tag: e.tagName, text: (e.innerText || e.value || e.getAttribute('aria-label') || '').trim().slice(0, 30), ring: ring}; }"""
+  const ring = (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0)
+               || s.boxShadow !== 'none';
+  const text = (e.innerText || e.value || e.getAttribute('aria-label') || '').trim();
+  return {tag: e.tagName, text: text.slice(0, 30), ring: ring}; }"""
 
 
 async def keyboard_focus_problems(page: Page, presses: int = 25) -> list[str]:

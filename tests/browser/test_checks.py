@@ -10,7 +10,6 @@ from tests.gateway.helpers import Gateway
 
 from .conftest import check_page, horizontal_overflow, new_context, unnamed_controls
 
-
 FAULTS = [
     ("csp", """() => { const s = document.createElement("script");
                        s.textContent = "window.x = 1"; document.body.appendChild(s); }"""),
@@ -24,7 +23,8 @@ FAULTS = [
     ("overflow", """() => { const l = document.createElement("span"); l.className = "sr-only";
                             l.textContent = "hidden"; const box = document.createElement("div");
                             box.style.overflowX = "auto"; box.style.marginLeft = "500px";
-                            box.appendChild(l); document.querySelector("main").appendChild(box); }"""),
+                            box.appendChild(l);
+                            document.querySelector("main").appendChild(box); }"""),
     ("unnamed", """() => { document.querySelector("form").appendChild(
                              document.createElement("input")); }"""),
     ("unnamed", """() => { document.querySelector("form").appendChild(
@@ -32,13 +32,15 @@ FAULTS = [
     ("untranslated", """() => { document.querySelector("h1").textContent = "login.title"; }"""),
     ("untranslated", """() => { document.querySelector("h1").textContent = "denied_by_host"; }"""),
     ("untranslated", """() => { document.querySelector("h1").textContent = "Đăng nhập"; }"""),
-    ("raw time", """() => { document.querySelector("h1").textContent = "2026-11-23 07:30:00+00:00"; }"""),
+    ("raw time", """() => { document.querySelector("h1").textContent =
+                              "2026-11-23 07:30:00+00:00"; }"""),
     ("contrast", """() => { document.querySelector("h1").style.color = "#bbbbbb"; }"""),
     ("contrast", """() => { const p = document.createElement("p"); p.textContent = "small grey";
                             p.style.color = "#8a8a8a"; p.style.fontSize = "14px";
                             document.querySelector("main").appendChild(p); }"""),
     ("focus", """() => { const s = new CSSStyleSheet();
-                         s.replaceSync("* { outline: none !important; box-shadow: none !important; }");
+                         s.replaceSync("* { outline: none !important; " +
+                                       "box-shadow: none !important; }");
                          document.adoptedStyleSheets = [...document.adoptedStyleSheets, s]; }"""),
 
 ]

@@ -25,8 +25,8 @@ STUDENTS = [
     {"name": "Võ Minh Đức", "external_id": "HS005"},
 ]
 # What the school typed: it stays as typed on the English pages.
-DATA = ("Toán 10A1", "Người lạ vào bằng link của Nguyễn Văn An", "Một người lạ vào lớp.", "Sở Giáo dục và Đào tạo", "Trường THPT A",
-        *(s["name"] for s in STUDENTS))
+DATA = ("Toán 10A1", "Người lạ vào bằng link của Nguyễn Văn An", "Một người lạ vào lớp.",
+        "Sở Giáo dục và Đào tạo", "Trường THPT A", *(s["name"] for s in STUDENTS))
 
 
 async def school(gw: Gateway) -> dict[str, Any]:

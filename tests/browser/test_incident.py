@@ -5,6 +5,7 @@ verifies offline and names the student whose link it was."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import zipfile
@@ -84,7 +85,7 @@ async def test_teacher_reports_and_admin_exports(browser: Browser, gateway: Gate
     async with page.expect_download() as dl:
         await page.get_by_role("link", name=t(VI, "incident.export_vi")).click()
     download = await dl.value
-    bundle = Path(await download.path()).read_bytes()
+    bundle = await asyncio.to_thread(Path(await download.path()).read_bytes)
     report = verify_bundle(bundle, gw.svc.audit_key.verifier() if gw.svc.audit_key else None)
     assert report.ok, report.to_json()
     with zipfile.ZipFile(BytesIO(bundle)) as z:

@@ -92,7 +92,8 @@ async def test_teacher_runs_a_class_and_students_join_from_phones(
             await issue.click()
     cards = page.locator("li.linkcard")
     await expect(cards).to_have_count(3)
-    await expect(cards.locator("img.qr").first).to_have_attribute("src", re.compile("^data:image/svg"))
+    await expect(cards.locator("img.qr").first).to_have_attribute(
+        "src", re.compile("^data:image/svg"))
     await shot(page, artifacts, "journey-03-links-vi-1280")
 
     def link_of(name: str):  # type: ignore[no-untyped-def]

@@ -129,15 +129,18 @@ def token_of(link: dict[str, Any]) -> str:
     return str(link["url"]).rsplit("/j/", 1)[1]
 
 
-async def open_link(client: aiohttp.ClientSession, link: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+async def open_link(
+    client: aiohttp.ClientSession, link: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
     r = await client.get(f"/j/{token_of(link)}", headers={"Accept": "application/json"},
                          allow_redirects=False)
     return r.status, await r.json()
 
 
-async def next_message(ws: aiohttp.ClientWebSocketResponse, *, type_: str | None = None,
-                       timeout: float = 5.0) -> dict[str, Any]:
-    """The next JSON message (of ``type_`` if given)."""
+async def next_message(ws: aiohttp.ClientWebSocketResponse, *,
+                       type_: str | None = None) -> dict[str, Any]:
+    """The next JSON message (of ``type_`` if given), within 5 s; a caller that expects
+    silence bounds it tighter with ``asyncio.timeout``."""
     async def _read() -> dict[str, Any]:
         while True:
             msg = await ws.receive()
@@ -147,7 +150,7 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, *, type_: str | None
             if type_ is None or data.get("type") == type_:
                 return data
 
-    return await asyncio.wait_for(_read(), timeout)
+    return await asyncio.wait_for(_read(), 5.0)
 
 
 async def host_control(api: aiohttp.ClientSession, cid: str) -> aiohttp.ClientWebSocketResponse:

@@ -44,7 +44,8 @@ async def test_audit_search_proofs_and_verify(tmp_path: Path, redis_url: str,
             r = await it.get("/api/v1/audit/checkpoint")
             if r.status == 200:
                 note = await r.text()
-                vkey = AuditVerifierKey.parse((await (await it.get("/api/v1/audit/key")).text()).strip())
+                key_text = await (await it.get("/api/v1/audit/key")).text()
+                vkey = AuditVerifierKey.parse(key_text.strip())
                 cp = open_checkpoint(note, vkey)
                 if cp.size > ev["index"]:
                     break

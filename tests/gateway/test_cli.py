@@ -206,8 +206,8 @@ async def test_audit_verify_checkpoint_tail_and_tampering(
         # the condition, not a time, however slowly the command starts.
         out_path, err_path = tmp_path / "tail.out", tmp_path / "tail.err"
         with out_path.open("w") as out_fh, err_path.open("w") as err_fh:
-            tail = subprocess.Popen(CLI + ["audit", "tail"], env=env, stdout=out_fh,
-                                    stderr=err_fh, text=True)
+            tail = await asyncio.to_thread(subprocess.Popen, CLI + ["audit", "tail"], env=env,
+                                           stdout=out_fh, stderr=err_fh, text=True)
 
         def printed() -> list[dict[str, Any]]:
             return [json.loads(x) for x in out_path.read_text().splitlines()

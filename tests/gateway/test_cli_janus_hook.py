@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.routes.platform_hooks import janus_hook_secret_path
+from gateway.routes.platform_hooks import hook_secret_path
 from meeting_adapters.janus import hook_credentials
 
 CLI = [sys.executable, "-m", "gateway.cli", "janus-hook"]
@@ -24,7 +24,7 @@ def test_prints_per_server_credentials(tmp_path: Path) -> None:
     a = _run(tmp_path, "--ws-url", "wss://janus-a.truong.edu.vn/ws")
     b = _run(tmp_path, "--ws-url", "wss://janus-b.truong.edu.vn/ws")
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
-    secret = janus_hook_secret_path(tmp_path / "data").read_text().strip()
+    secret = hook_secret_path(tmp_path / "data", "janus").read_text().strip()
     user, password = hook_credentials(secret, "wss://janus-a.truong.edu.vn/ws")
     assert a.stdout.splitlines() == [
         'backend = "https://classguard.truong.edu.vn/hooks/janus"',

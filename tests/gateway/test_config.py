@@ -265,3 +265,12 @@ def test_redacted_hides_redis_password() -> None:
     assert (
         redact_url("unix:///run/r.sock?db=1&password=pw") == "unix:///run/r.sock?db=1&password=***"
     )
+
+
+def test_timezone_is_a_known_zone() -> None:
+    assert Settings().timezone == "Asia/Ho_Chi_Minh"
+    assert load_settings({}, {"CLASSGUARD_TIMEZONE": "Asia/Bangkok"}, None).timezone \
+        == "Asia/Bangkok"
+    for bad in ("Mars/Olympus_Mons", "../../etc/passwd", ""):
+        with pytest.raises(ConfigError, match="^timezone: must be an IANA time zone"):
+            Settings(timezone=bad)

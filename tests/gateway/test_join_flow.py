@@ -30,7 +30,7 @@ async def test_strict_flow_admit_go_once(tmp_path: Path, redis_url: str, redis_p
         api = gw.api(await gw.staff_user("co.lan"))
         cid, links = await make_class(gw, api)
         assert len(links) == 3
-        assert all(len(l["code"]) == 11 and l["code"][5] == "-" for l in links)
+        assert all(len(link["code"]) == 11 and link["code"][5] == "-" for link in links)
         # names never travel in the token
         assert "Nguy" not in token_of(links[0])
 
@@ -301,9 +301,11 @@ async def test_waiting_room_sockets_newest_wins(tmp_path: Path, redis_url: str,
         left = await next_message(teacher, type_="left")
         assert left["ticket"] == body["ticket"]
         with pytest.raises(asyncio.TimeoutError):
-            await next_message(teacher, type_="left", timeout=0.5)
+            async with asyncio.timeout(0.5):
+                await next_message(teacher, type_="left")
         with pytest.raises(asyncio.TimeoutError):  # internal to the gateway processes
-            await next_message(teacher, type_="socket_replaced", timeout=0.2)
+            async with asyncio.timeout(0.2):
+                await next_message(teacher, type_="socket_replaced")
         # handshakes on one ticket are budgeted: a burst of 4, then 429
         fourth = await phone.ws_connect(body["ws"])
         with pytest.raises(aiohttp.WSServerHandshakeError) as exc:

@@ -58,8 +58,8 @@ class Page(HTMLParser):
                 self.style_attrs += 1
             if k.startswith("on"):
                 self.handler_attrs += 1
-            if k in ("aria-label", "title", "placeholder", "alt", "value") or k.startswith("data-msg") \
-                    or k.startswith("data-action") or k.startswith("data-alert"):
+            if k in ("aria-label", "title", "placeholder", "alt", "value") \
+                    or k.startswith(("data-msg", "data-action", "data-alert")):
                 # (inside a data-raw region, as its text: the record's raw codes on purpose)
                 if v and k != "value" and not (self._stack and self._stack[-1]):
                     self.attr_text.append(v)
@@ -111,9 +111,11 @@ async def sign_in(gw: Gateway, username: str, lang: str = "vi") -> aiohttp.Clien
     r = await s.get(f"/login?lang={lang}")
     assert r.status == 200
     page = parse(await r.text())
-    token = next(i["value"] for f in page.forms for i in f["inputs"] if i.get("name") == "csrf_token")
-    r = await s.post(f"/login?lang={lang}", data={"username": username, "password": TEACHER_PASSWORD,
-                                                  "csrf_token": token, "next": "/classes"},
+    token = next(i["value"] for f in page.forms for i in f["inputs"]
+                 if i.get("name") == "csrf_token")
+    r = await s.post(f"/login?lang={lang}",
+                     data={"username": username, "password": TEACHER_PASSWORD,
+                           "csrf_token": token, "next": "/classes"},
                      allow_redirects=False)
     assert r.status == 303, await r.text()
     return s
@@ -252,7 +254,8 @@ async def test_escaping_of_user_supplied_text(tmp_path: Path, redis_url: str, re
                      f"/classes/{cid}/roster", f"/classes/{cid}/control"):
             html = await (await s.get(path)).text()
             assert "<script>alert" not in html, path
-            assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;Toán&#34;" in html, path
+            escaped = "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &#34;Toán&#34;"
+            assert escaped in html, path
         html = await (await s.get(f"/classes/{cid}/links")).text()
         assert "O&#39;Brien &#34;Bé&#34; &amp; Tí" in html
         assert 'src="data:image/svg+xml' in html  # QR made locally
@@ -285,7 +288,8 @@ async def test_forms_carry_csrf_and_sign_in_checks_it(tmp_path: Path, redis_url:
         r = await s.post("/logout", data={}, allow_redirects=False)
         assert r.status == 403
         page = parse(await (await s.get("/classes")).text())
-        tok = next(i["value"] for f in page.forms for i in f["inputs"] if i.get("name") == "csrf_token")
+        tok = next(i["value"] for f in page.forms for i in f["inputs"]
+                   if i.get("name") == "csrf_token")
         r = await s.post("/logout", data={"csrf_token": tok}, allow_redirects=False)
         assert r.status == 303
         r = await s.get("/classes", allow_redirects=False)
@@ -299,7 +303,8 @@ async def test_roles_and_redirects(tmp_path: Path, redis_url: str, redis_prefix:
         await gw.staff_user("co.hoa", "teacher", org="thpt-a")
         anon = gw.client()
         r = await anon.get("/audit", allow_redirects=False)
-        assert r.status == 303 and r.headers["Location"] in ("/login?next=%2Faudit", "/login?next=/audit")
+        assert r.status == 303
+        assert r.headers["Location"] in ("/login?next=%2Faudit", "/login?next=/audit")
         r = await anon.get("/login?next=//evil.example/x")
         assert 'name="next" value="/classes"' in await r.text()
         teacher = await sign_in(gw, "co.lan")
@@ -324,13 +329,15 @@ async def test_roster_preview_saves_nothing(tmp_path: Path, redis_url: str, redi
         api = gw.api(token)
         r = await api.post("/api/v1/classes", json=class_body())
         cid = (await r.json())["id"]
-        csv = "Họ và tên,Mã học sinh\nNguyễn Văn An,HS001\n=HYPERLINK(\"x\"),HS002\nTrần Bình,HS003\n"
+        csv = ("Họ và tên,Mã học sinh\nNguyễn Văn An,HS001\n=HYPERLINK(\"x\"),HS002\n"
+               "Trần Bình,HS003\n")
         r = await api.post(f"/api/v1/classes/{cid}/roster/preview", data=csv.encode(),
                            headers={"Content-Type": "text/csv"})
         assert r.status == 200
         body = await r.json()
         assert [s["name"] for s in body["students"]] == ["Nguyễn Văn An", "Trần Bình"]
-        assert body["rejected"] == [{"line": 3, "error": "formula", "message": body["rejected"][0]["message"]}]
+        assert body["rejected"] == [{"line": 3, "error": "formula",
+                                     "message": body["rejected"][0]["message"]}]
         r = await api.get(f"/api/v1/classes/{cid}/roster")
         assert (await r.json())["students"] == []
         r = await api.post(f"/api/v1/classes/{cid}/roster/preview", data=b"PK\x03\x04broken",

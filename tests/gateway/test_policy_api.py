@@ -3,6 +3,7 @@ and the command line."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -73,7 +74,8 @@ async def test_cli_policy_explain(tmp_path: Path, redis_url: str, redis_prefix: 
         cid, links = await make_class(gw, api)
         env = dict(os.environ, CLASSGUARD_REDIS_PREFIX=redis_prefix,
                    CLASSGUARD_PUBLIC_URL="http://classguard.test")
-        res = subprocess.run(
+        res = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "gateway.cli", "policy", "explain", "--class", cid,
              "--token", links[0]["url"], "--data-dir", str(tmp_path / "data"),
              "--redis-url", redis_url],
@@ -81,7 +83,8 @@ async def test_cli_policy_explain(tmp_path: Path, redis_url: str, redis_prefix: 
         assert res.returncode == 0, res.stderr
         assert "decision: wait (awaiting_host) by rule admission" in res.stdout
         assert "token_signature" in res.stdout
-        res = subprocess.run(
+        res = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "gateway.cli", "policy", "explain", "--class", cid,
              "--token", token_of(links[0])[:-4] + "AAAA", "--data-dir", str(tmp_path / "data"),
              "--redis-url", redis_url],

@@ -375,7 +375,7 @@ def test_json_roster() -> None:
         {"name": BINH},
         {"name": CUONG, "external_id": None},
         {"name": DUNG, "external_id": 42},
-        {"name": HIEU, "email": "x@example.org"},
+        {"name": HIEU, "phone": "0901234567"},
         "just a string",
         {},
         {"name": 5},
@@ -389,10 +389,28 @@ def test_json_roster() -> None:
         (DUNG, "42", 4),
     ]
     assert parsed.rejected == [
-        Rejection(5, "unknown_field", "unknown field 'email'"),
+        Rejection(5, "unknown_field", "unknown field 'phone'"),
         Rejection(6, "invalid_item", "each item must be an object"),
         Rejection(8, "invalid_item", "name must be a string, external_id a string"),
     ]
+
+
+def test_school_account_email_column() -> None:
+    csv_body = ("Họ và tên,Mã HS,Email\n"
+                f"{AN},A1,An.Nguyen@School.edu.vn\n"
+                f"{BINH},A2,\n"
+                f"{CUONG},A3,not-an-address\n"
+                f"{DUNG},A4,an.nguyen@school.edu.vn\n").encode()
+    parsed = parse_roster(csv_body, content_type="text/csv", filename=None)
+    assert [(s.name, s.email) for s in parsed.students] == [
+        (AN, "an.nguyen@school.edu.vn"), (BINH, None)]
+    assert [(r.line, r.code) for r in parsed.rejected] == [(4, "invalid_email"),
+                                                            (5, "duplicate")]
+    doc = [{"name": AN, "email": "an@school.edu.vn"}, {"name": BINH, "email": 7}]
+    parsed = parse_roster(json.dumps(doc).encode(), content_type="application/json",
+                          filename=None)
+    assert [(s.name, s.email) for s in parsed.students] == [(AN, "an@school.edu.vn")]
+    assert [r.code for r in parsed.rejected] == ["invalid_item"]
 
 
 def test_json_duplicate_member_is_rejected() -> None:

@@ -12,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway import staff_secrets as sec
+from gateway.authz import Action, allows
 from gateway.staff import (
     TOKEN_DEFAULT_LIFETIME_S,
     TOKEN_MAX_LIFETIME_S,
@@ -19,16 +20,16 @@ from gateway.staff import (
     StaffError,
     StaffStore,
     User,
-    can_export_evidence,
-    can_host,
-    can_manage_class,
-    can_read_audit,
     check_csrf,
 )
 
 FAST_N = 2**14
 PASSWORD = "correct horse battery"
 IP = "203.0.113.7"
+
+
+def u(role: str, org: str, name: str = "someone", disabled: bool = False) -> User:
+    return User(name, role, org, disabled=disabled)  # type: ignore[arg-type]
 
 
 class FakeClock:
@@ -191,7 +192,8 @@ async def test_create_user_needs_an_existing_org(store: StaffStore) -> None:
 
 async def test_deployment_root_is_set_once(store: StaffStore) -> None:
     assert await store.deployment_root() is None
-    assert not await store.is_root_admin("admin", "so-gd")  # no root: nobody is
+    # no root: nobody acts for the deployment
+    assert not allows(u("admin", "so-gd"), Action.ROTATE_KEYS, await store.deployment_target())
     await store.init_root("so-gd", name="Sở GD&ĐT")
     await store.init_root("so-gd")  # the same again: a no-op
     await store.ensure_org("thpt-a", parent="so-gd")
@@ -201,10 +203,12 @@ async def test_deployment_root_is_set_once(store: StaffStore) -> None:
             await store.init_root(other)
         assert exc.value.code == "org_conflict"
     assert await store.deployment_root() == "so-gd"
-    assert await store.is_root_admin("admin", "so-gd")
-    assert not await store.is_root_admin("it", "so-gd")
-    assert not await store.is_root_admin("admin", "thpt-a")
-    assert not await store.is_root_admin("admin", "hanoi")
+    root = await store.deployment_target()
+    assert allows(u("admin", "so-gd"), Action.ROTATE_KEYS, root)
+    assert not allows(u("admin", "so-gd", disabled=True), Action.ROTATE_KEYS, root)
+    assert not allows(u("it", "so-gd"), Action.ROTATE_KEYS, root)
+    assert not allows(u("admin", "thpt-a"), Action.ROTATE_KEYS, root)
+    assert not allows(u("admin", "hanoi"), Action.ROTATE_KEYS, root)
 
 
 async def test_create_user_generates_one_time_password(store: StaffStore) -> None:
@@ -868,44 +872,6 @@ def test_token_formats_parse_by_length() -> None:
         assert sec.api_secret_matches(parsed[1], digest)
         sid, secret = sec.new_session_ids()
         assert sec.parse_session_cookie(sec.session_cookie(sid, secret)) == (sid, secret)
-
-
-# -- authorisation -------------------------------------------------------------------------
-
-ANCESTORS = ["thpt-a", "q1", "hcm"]  # a class of school thpt-a, district q1, province hcm
-
-
-def u(role: str, org: str, name: str = "someone", disabled: bool = False) -> User:
-    return User(name, role, org, disabled=disabled)  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("user", "manage", "host", "audit", "evidence"),
-    [
-        (u("teacher", "thpt-a", "owner"), True, True, False, False),
-        (u("teacher", "thpt-a", "colleague"), False, False, False, False),
-        (u("teacher", "hcm", "province.teacher"), False, False, False, False),
-        (u("it", "thpt-a"), True, False, True, False),
-        (u("it", "q1"), True, False, True, False),
-        (u("it", "q3"), False, False, False, False),
-        (u("admin", "hcm"), True, True, True, True),
-        (u("admin", "thpt-a"), True, True, True, True),
-        (u("admin", "thpt-b"), False, False, False, False),
-        (u("admin", "hcm", disabled=True), False, False, False, False),
-        (u("teacher", "thpt-a", "owner", disabled=True), False, False, False, False),
-    ],
-)
-def test_authorisation(user: User, manage: bool, host: bool, audit: bool, evidence: bool) -> None:
-    assert can_manage_class(user, "owner", "thpt-a", ANCESTORS) is manage
-    assert can_host(user, "owner", ANCESTORS) is host
-    assert can_read_audit(user, ANCESTORS) is audit
-    assert can_export_evidence(user, ANCESTORS) is evidence
-
-
-def test_can_manage_class_counts_the_class_org_itself() -> None:
-    # an ancestor list without the org itself still lets that org's IT staff in
-    assert can_manage_class(u("it", "thpt-a"), "owner", "thpt-a", ["q1", "hcm"])
-    assert not can_manage_class(u("it", "thpt-a"), "owner", "thpt-b", [])
 
 
 async def test_session_dataclass_is_frozen(store: StaffStore, teacher: User) -> None:

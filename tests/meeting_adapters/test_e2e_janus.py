@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from gateway.app import SERVICES
 from gateway.hostctl import HostControls
 from gateway.janus_runner import JanusConfig, free_port
-from gateway.routes.platform_hooks import JANUS_HOOK_SECRET
+from gateway.routes.platform_hooks import HOOK_SECRETS
 from meeting_adapters.egress import EgressPolicy
 from meeting_adapters.janus import JanusClient, hook_credentials
 from tests.gateway.helpers import audit_events, running_gateway
@@ -119,7 +119,7 @@ async def test_janus_event_handler_retires_tokens(tmp_path: Path, redis_url: str
 async def _event_test(gw: Any, tmp_path: Path) -> Any:
     """Returns the Janus process, stopped by the caller once the gateway is closed (Janus
     posts events until it stops)."""
-    secret = gw.server.app[JANUS_HOOK_SECRET].value
+    secret = gw.server.app[HOOK_SECRETS].values["janus"]
     base = free_port() % 500
     port = free_port()
     user, password = hook_credentials(secret, f"ws://127.0.0.1:{port}")
@@ -173,8 +173,8 @@ async def _event_test(gw: Any, tmp_path: Path) -> Any:
     return proc
 
 
-async def test_demo_uses_a_local_janus(tmp_path: Path, redis_url: str, redis_prefix: str,
-                                       capsys: Any) -> None:
+async def test_demo_uses_a_local_janus(tmp_path: Path, redis_url: str,
+                                       redis_prefix: str) -> None:
     """`classguard demo` with the janus program: a loopback Janus, a Janus class, a client
     page allowed to reach that Janus only."""
     from tests.conftest import require_program
@@ -184,7 +184,7 @@ async def test_demo_uses_a_local_janus(tmp_path: Path, redis_url: str, redis_pre
 
     from gateway.app import create_app
     from gateway.config import load_settings
-    from gateway.demo import DEMO_JANUS, add_demo
+    from gateway.demo import DEMO_JANUS, add_demo, announcement
 
     settings = load_settings({"data_dir": str(tmp_path / "data"), "redis_url": redis_url,
                               "redis_prefix": redis_prefix, "public_url": "http://127.0.0.1:9",
@@ -194,7 +194,7 @@ async def test_demo_uses_a_local_janus(tmp_path: Path, redis_url: str, redis_pre
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        out = capsys.readouterr().out
+        out = announcement(app) or ""
         assert "Meeting:         janus" in out, out
         ws_url = app[DEMO_JANUS].ws_url
         async with Peer(ws_url) as p:  # the Janus is up, and refuses a tokenless join
@@ -206,7 +206,13 @@ async def test_demo_uses_a_local_janus(tmp_path: Path, redis_url: str, redis_pre
         async with aiohttp.ClientSession() as s:
             r = await s.get(server.make_url("/demo/janus?room=1&id=2&token=t&name=x"))
             assert r.status == 200
-            assert ws_url in r.headers["Content-Security-Policy"]
+            # the browser reaches Janus through the gateway (a phone has no loopback Janus)
+            assert "ws://127.0.0.1:9/demo/janus/ws" in r.headers["Content-Security-Policy"]
+            async with s.ws_connect(server.make_url("/demo/janus/ws"),
+                                    protocols=("janus-protocol",)) as relayed:
+                await relayed.send_json({"janus": "info", "transaction": "t1"})
+                info = await relayed.receive_json(timeout=10)
+                assert info["janus"] == "server_info" and info["transaction"] == "t1"
             assert "camera=(self)" in r.headers["Permissions-Policy"]
             r = await s.get(server.make_url("/static/janus_room.js"))
             assert r.status == 200

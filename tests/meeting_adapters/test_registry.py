@@ -57,7 +57,7 @@ def test_create_adapter() -> None:
     assert isinstance(adapter, GenericAdapter)
     assert isinstance(adapter, MeetingAdapter)
     with pytest.raises(InvalidSettings) as info:
-        create_adapter("teams")
+        create_adapter("skype")
     assert info.value.field == "platform.kind"
 
 
@@ -89,7 +89,7 @@ def test_validate_platform_ok() -> None:
 
 def test_unknown_kind_message_lists_available() -> None:
     with pytest.raises(InvalidSettings, match="available: .*generic") as info:
-        validate_platform({"kind": "google_meet"})
+        validate_platform({"kind": "webex"})
     assert "janus" in info.value.message
 
 
