@@ -18,7 +18,7 @@ from gateway.i18n import t
 from tests.conftest import require_program
 from tests.gateway.helpers import ROSTER, Gateway, class_body
 
-from .conftest import PHONE, check_page, new_context
+from .conftest import _free_port, check_page, new_context
 
 VIEWS = [("vi", 360), ("vi", 1280), ("en", 360), ("en", 1280)]
 NAMES = ("Toán 10A1", "Nguyễn Văn An", "Trần Thị Bình", "Lê Hoàng Cường")
@@ -39,8 +39,6 @@ async def _class(gw: Gateway, **schedule: Any) -> tuple[Any, str, dict[str, dict
 
 
 async def _student(browser: Browser, lang: str, width: int) -> Any:
-    extra = dict(PHONE) if width == 360 else {}
-    extra.pop("viewport", None)
     return await new_context(browser, phone=width == 360, width=width,
                              locale="vi-VN" if lang == "vi" else "en-GB")
 
@@ -105,12 +103,14 @@ async def demo_gateway(tmp_path: Path, redis_url: str, redis_prefix: str,
     from gateway.config import load_settings
     from gateway.demo import add_demo
 
+    port = _free_port()  # the page reaches Janus through the gateway's public address
     settings = load_settings({"data_dir": str(tmp_path / "data"), "redis_url": redis_url,
-                              "redis_prefix": redis_prefix, "public_url": "http://127.0.0.1:9",
+                              "redis_prefix": redis_prefix,
+                              "public_url": f"http://127.0.0.1:{port}",
                               "cookie_secure": False}, {}, None)
     app = create_app(settings)
     add_demo(app)
-    server = TestServer(app, host="127.0.0.1")
+    server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
         yield str(server.make_url(""))
