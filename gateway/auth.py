@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import services
 from .auditing import milestone
 from .errors import ApiError, Refusal
+from .services import services
 from .staff import check_csrf
 from .staff_secrets import parse_api_token
 from .web_util import client_ip, read_form
@@ -62,7 +62,6 @@ async def authenticate(request: web.Request, *, csrf: bool = True,
     NOTE: bearer tokens are not held back by the flag: they are issued by the operator
     on the command line, separately from the password, expire and can be revoked."""
     svc = services(request)
-    assert svc.staff is not None
     auth = request.headers.get("Authorization", "")
     if auth:
         scheme, _, token = auth.partition(" ")
@@ -155,7 +154,6 @@ def is_staff_refusal(request: web.Request, exc: ApiError) -> bool:
 async def record_refusal(request: web.Request, exc: ApiError) -> None:
     """Append the ``staff.refused`` event for ``exc`` (see ``refusal_middleware``)."""
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     p = request[PRINCIPAL]
     ip = client_ip(request, svc.settings.trusted_proxies)
     n, _first = await svc.store.count_refusals(f"staff:{p.username}", 60)

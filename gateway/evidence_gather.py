@@ -34,9 +34,9 @@ from audit.evidence import BundleEvent
 from audit.records import decode_personal
 from audit.store import student_ids
 
-from .app import Services
 from .evidence_report import ClassContext, StudentInfo
 from .incidents import Incident, IncidentError
+from .services import Services
 
 ALERT_TYPES = ("presence.",)
 PROOF_CONCURRENCY = 32

@@ -32,8 +32,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from .app import make_templates
 from .evidence_report import ReportModel
+from .services import make_templates
 
 __all__ = ["render_html", "render_pdf"]
 

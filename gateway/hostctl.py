@@ -16,17 +16,18 @@ from typing import Any
 from meeting_adapters import (
     AdapterError,
     Capability,
+    Feature,
     MeetingAdapter,
     Room,
     Unsupported,
     create_adapter,
 )
 
-from .app import Services
 from .auth import Principal
 from .authz import Action, Target, allows, listing_scope
 from .bans import make_key
 from .errors import ApiError
+from .services import Services
 from .state import ClassInfo, split_ticket, valid_student_id
 
 log = logging.getLogger("classguard.host")
@@ -125,13 +126,20 @@ async def _require_org_wide(svc: Services, p: Principal, info: ClassInfo, messag
         raise ApiError(403, "forbidden", message)
 
 
+def room_capabilities(adapter: MeetingAdapter, room: Room) -> frozenset[Capability]:
+    """The capabilities of this class's room (a platform may add some per room:
+    ``Feature.ROOM_CAPABILITIES``, e.g. Jitsi with a kick endpoint)."""
+    if Feature.ROOM_CAPABILITIES in adapter.features:
+        return frozenset(adapter.room_capabilities(room))
+    return adapter.capabilities
+
+
 class HostControls:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
     def sealed_platform(self, info: ClassInfo) -> dict[str, Any]:
         """The class's platform settings and provisioned room, decrypted."""
-        assert self.svc.secretbox is not None
         raw = self.svc.secretbox.decrypt(info.platform_sealed, aad=info.id.encode())
         data: dict[str, Any] = json.loads(raw)
         return data
@@ -171,12 +179,10 @@ class HostControls:
         """Carry out a host action. Its ``intent`` is recorded before any effect and its
         outcome (``host.<action>``) after (Auditor.intended)."""
         svc = self.svc
-        assert svc.auditor is not None
         a = req.action
         subject = req.student_id
         if a == "admit_all":
             # the intent names who may be admitted, before anyone is
-            assert svc.store is not None
             waiting = await svc.store.waiting(info.id)
             gone = await svc.store.gone_tickets(waiting)
             subject = ",".join(sorted({str(w.get("student_id")) for tk, w in waiting.items()
@@ -202,7 +208,6 @@ class HostControls:
                        ) -> tuple[dict[str, Any], list[str]]:
         svc = self.svc
         store, bus = svc.store, svc.bus
-        assert store is not None and bus is not None
         cid = info.id
         result: dict[str, Any] = {"ok": True, "action": req.action}
         affected: list[str] = []
@@ -297,8 +302,6 @@ class HostControls:
                 result["upstream"] = await self._upstream(info, Capability.LOCK, "lock")
             await bus.publish(cid, {"type": "state", "locked": a == "lock"})
         elif a == "mute_all":
-            from .presence import room_capabilities
-
             adapter, room = self.adapter_and_room(info)
             if Capability.MUTE not in room_capabilities(adapter, room):
                 raise ApiError(409, "unsupported_by_platform",
@@ -330,7 +333,7 @@ class HostControls:
 
     async def _ban_handle(self, p: Principal, info: ClassInfo, req: ActionRequest) -> str:
         store = self.svc.store
-        assert store is not None and req.ban is not None
+        assert req.ban is not None
         kind, _, value = req.ban.partition(":")
         if kind == "d":
             key = make_key(device=value)
@@ -353,7 +356,6 @@ class HostControls:
         Returns the kinds of ban key added and, for a ban without a scope, until when
         the device's address is banned with it (see ADDRESS_FOLLOW_S)."""
         store = self.svc.store
-        assert store is not None
         if req.org_wide:
             await _require_org_wide(self.svc, p, info, "only administrators ban across the org")
         scope = req.scope or "device"
@@ -396,18 +398,15 @@ class HostControls:
             raise ApiError(404, "not_found", "no such ticket in this class", field="ticket")
 
     async def _name(self, cid: str, sid: str) -> str | None:
-        assert self.svc.store is not None
         st = await self.svc.store.student(cid, sid)
         return st.name if st else None
 
     async def _require_student(self, cid: str, sid: str) -> None:
-        assert self.svc.store is not None
         if await self.svc.store.student(cid, sid) is None:
             raise ApiError(404, "not_found", "no such student in this class", field="student_id")
 
     async def _target(self, cid: str, req: ActionRequest) -> tuple[str, Any]:
         store = self.svc.store
-        assert store is not None
         if req.ticket:
             self._same_class(cid, req.ticket)
             t = await store.ticket(req.ticket)
@@ -423,12 +422,10 @@ class HostControls:
                        field="student_id")
 
     async def _bound_device(self, cid: str, sid: str) -> str | None:
-        assert self.svc.store is not None
         v = await self.svc.store.r.hget(self.svc.store.k.bind(cid), sid)
         return str(v) if v else None
 
     async def _ip_of(self, cid: str, sid: str) -> str | None:
-        assert self.svc.store is not None
         v = await self.svc.store.r.hget(self.svc.store.k.c(cid, "last_ip"), sid)
         return str(v) if v else None
 

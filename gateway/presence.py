@@ -48,9 +48,9 @@ from meeting_adapters import (
     Unsupported,
 )
 
-from .app import Services
-from .hostctl import HostControls
+from .hostctl import HostControls, room_capabilities
 from .joinflow import JoinFlow, policy_of
+from .services import Services
 from .state import ClassInfo
 
 log = logging.getLogger("classguard.presence")
@@ -73,14 +73,6 @@ return 0
 
 
 # --- pure ----------------------------------------------------------------------------------
-
-
-def room_capabilities(adapter: MeetingAdapter, room: Room) -> frozenset[Capability]:
-    """The capabilities of this class's room (a platform may add some per room:
-    ``Feature.ROOM_CAPABILITIES``)."""
-    if Feature.ROOM_CAPABILITIES in adapter.features:
-        return frozenset(adapter.room_capabilities(room))
-    return adapter.capabilities
 
 
 def has_feature(kind: str, feature: Feature) -> bool:
@@ -136,7 +128,7 @@ async def watch_class(svc: Services, info: ClassInfo) -> None:
     classes, _ = _keys(svc)
     s = info.schedule
     end = (s.term_ends_at or s.ends_at).timestamp() + 86400
-    await svc.r.zadd(classes, {info.id: end})
+    await svc.redis.zadd(classes, {info.id: end})
     if has_feature(info.platform_kind, Feature.ROOM_INDEX):
         await register_room(svc, info, end)
 
@@ -148,7 +140,7 @@ async def register_room(svc: Services, info: ClassInfo, end: float) -> None:
     if room_key is None:
         return
     key = room_index_key(svc, info.platform_kind, room_key)
-    held = await svc.r.get(key)
+    held = await svc.redis.get(key)
     if held == info.id:
         return
     if held and svc.store is not None:
@@ -159,7 +151,7 @@ async def register_room(svc: Services, info: ClassInfo, end: float) -> None:
             log.warning("%s room %s already belongs to class %s; class %s gets no "
                         "room events", info.platform_kind, room.upstream_id, held, info.id)
             return
-    await svc.r.set(key, info.id, exat=int(end))
+    await svc.redis.set(key, info.id, exat=int(end))
 
 
 # --- the reconciler ------------------------------------------------------------------------
@@ -192,7 +184,7 @@ class Reconciler:
 
     async def hold_lease(self) -> bool:
         _, lease = _keys(self.svc)
-        r = self.svc.r
+        r = self.svc.redis
         if self.leader:
             self.leader = bool(await r.eval(_RENEW, 1, lease, self.token, self.lease_ms))
             if not self.leader:
@@ -207,7 +199,7 @@ class Reconciler:
         _, lease = _keys(self.svc)
         if self.leader:
             with contextlib.suppress(Exception):
-                await self.svc.r.eval(_RELEASE, 1, lease, self.token)
+                await self.svc.redis.eval(_RELEASE, 1, lease, self.token)
         self.leader = False
 
     async def run(self) -> None:
@@ -234,12 +226,11 @@ class Reconciler:
     async def sweep(self) -> int:
         """One pass over the live classes; returns how many were reconciled."""
         svc = self.svc
-        assert svc.store is not None
         classes, _ = _keys(svc)
         now = svc.clock()
-        await svc.r.zremrangebyscore(classes, "-inf", now)
+        await svc.redis.zremrangebyscore(classes, "-inf", now)
         done = 0
-        for raw in await svc.r.zrange(classes, 0, -1):
+        for raw in await svc.redis.zrange(classes, 0, -1):
             cid = str(raw)
             info = await svc.store.get_class(cid)
             if info is not None and info.ended and has_feature(info.platform_kind,
@@ -249,7 +240,7 @@ class Reconciler:
                     await self.attendance(info)
                 continue
             if info is None or info.ended:
-                await svc.r.zrem(classes, cid)
+                await svc.redis.zrem(classes, cid)
                 continue
             if cid not in self._indexed_rooms and has_feature(info.platform_kind,
                                                                Feature.ROOM_INDEX):
@@ -284,7 +275,6 @@ class Reconciler:
     async def reconcile(self, info: ClassInfo) -> list[Present] | None:
         """Compare one class; the intruders found, or None when it could not be checked."""
         svc = self.svc
-        assert svc.store is not None
         adapter, room = HostControls(svc).adapter_and_room(info)
         caps = room_capabilities(adapter, room)
         await self._refresh_hooks(info, adapter, room)
@@ -321,7 +311,7 @@ class Reconciler:
             return None
         self._attendance_at[info.id] = svc.clock()
         key = f"{svc.settings.redis_prefix}presence:reports:{{c:{info.id}}}"
-        known = {str(x) for x in await svc.r.smembers(key)}
+        known = {str(x) for x in await svc.redis.smembers(key)}
         roster = [RosterName(s.id, s.name, s.external_id)
                   for s in await svc.store.roster(info.id)]
         try:
@@ -341,15 +331,14 @@ class Reconciler:
                 if p.student_id is None:
                     await self.flag(info, adapter, room, p, {}, source="attendance_report")
                     unknown.append(p)
-            await svc.r.sadd(key, report.report_id)
-            await svc.r.expire(key, 40 * 86400)
+            await svc.redis.sadd(key, report.report_id)
+            await svc.redis.expire(key, 40 * 86400)
         return unknown
 
     async def judge(self, info: ClassInfo, adapter: MeetingAdapter, room: Room,
                     present: list[Present]) -> list[Present]:
         """Flag (and maybe remove) everyone present who was not admitted."""
         svc = self.svc
-        assert svc.store is not None
         admitted = list(await svc.store.admitted(info.id))
         identify: Mapping[str, str] = {}
         if Feature.IDENTIFY in adapter.features:
@@ -379,7 +368,6 @@ class Reconciler:
         ``source``: where the sighting comes from when not the live room
         (``attendance_report``: after the session, nobody can be removed)."""
         svc = self.svc
-        assert svc.auditor is not None
         policy = policy_of(info)
         sid = who_is_it(p, identify)
         action = "flagged"
@@ -393,7 +381,7 @@ class Reconciler:
         prefix = svc.settings.redis_prefix
         failed_key = f"{prefix}presence:evict_failed:{{c:{info.id}}}:{p.upstream_id}"
         if policy.auto_remove_intruders:
-            if can_remove and await svc.r.exists(failed_key):
+            if can_remove and await svc.redis.exists(failed_key):
                 # NOTE: a removal the platform refused is retried after a pause, not at
                 # every sweep: each attempt writes two records (its intent, its outcome).
                 action = "remove_failed"
@@ -411,14 +399,14 @@ class Reconciler:
                         svc.metrics.upstream_errors.labels(info.platform_kind).inc()
                         log.warning("presence: could not remove an intruder: %s", exc)
                         action = "remove_failed"
-                        await svc.r.set(failed_key, "1", ex=EVICT_RETRY_S)
+                        await svc.redis.set(failed_key, "1", ex=EVICT_RETRY_S)
                     out.reason = INTRUDER
                     out.facts["action"] = action
                 recorded = True
             else:
                 action = "unsupported"
         key = f"{prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
-        first = await svc.r.set(key, action, nx=True, ex=6 * 3600)
+        first = await svc.redis.set(key, action, nx=True, ex=6 * 3600)
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,

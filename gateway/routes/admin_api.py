@@ -18,11 +18,11 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
 from ..errors import ApiError
 from ..keys import KeyringError
+from ..services import Services, services
 from ..staff import StaffError
 from ..web_util import read_json, require_fields
 from .classes import load_class
@@ -49,14 +49,12 @@ def _user_json(u: Any) -> dict[str, Any]:
 
 async def list_users(request: web.Request) -> web.Response:
     svc, p = await _admin(request)
-    assert svc.staff is not None
     users = await svc.staff.list_users(org_subtree=p.org)
     return web.json_response({"users": [_user_json(u) for u in users]})
 
 
 async def create_user(request: web.Request) -> web.Response:
     svc, p = await _admin(request)
-    assert svc.staff is not None and svc.auditor is not None
     data = require_fields(await read_json(request), required=("username", "role", "org"))
     org = data["org"]
     if not isinstance(org, str) or org not in await svc.staff.org_subtree(p.org):
@@ -76,7 +74,6 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
     svc, p = await _admin(request)
-    assert svc.staff is not None and svc.auditor is not None
     name = request.match_info["username"]
     target = await svc.staff.get_user(name)
     if target is None or target.org not in await svc.staff.org_subtree(p.org):
@@ -95,7 +92,6 @@ async def reset_password(request: web.Request) -> web.Response:
     """A new one-time password for an account of the administrator's subtree, to be
     changed at its next sign-in; the account's sessions end (its API tokens stay)."""
     svc, p = await _admin(request)
-    assert svc.staff is not None and svc.auditor is not None
     target = await svc.staff.get_user(request.match_info["username"])
     if target is None or target.org not in await svc.staff.org_subtree(p.org):
         raise ApiError(404, "not_found", "user not found")
@@ -120,7 +116,6 @@ async def enable_user(request: web.Request) -> web.Response:
 
 async def list_orgs(request: web.Request) -> web.Response:
     svc, p = await _admin(request, Action.MANAGE_ORGS)
-    assert svc.staff is not None
     subtree = await svc.staff.org_subtree(p.org)
     orgs = [o for o in await svc.staff.list_orgs() if o.slug in subtree]
     return web.json_response({"orgs": [{"slug": o.slug, "name": o.name, "parent": o.parent}
@@ -129,7 +124,6 @@ async def list_orgs(request: web.Request) -> web.Response:
 
 async def create_org(request: web.Request) -> web.Response:
     svc, p = await _admin(request, Action.MANAGE_ORGS)
-    assert svc.staff is not None and svc.auditor is not None
     data = require_fields(await read_json(request), required=("slug", "parent"),
                           optional=("name",))
     parent = data["parent"]
@@ -154,7 +148,6 @@ async def create_org(request: web.Request) -> web.Response:
 
 async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
     svc, p = await _admin(request)
-    assert svc.staff is not None
     if not allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target()):
         raise ApiError(403, "forbidden",
                        "only administrators of the deployment root org manage keys")
@@ -162,7 +155,6 @@ async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
 
 
 def _keys_json(svc: Services) -> dict[str, Any]:
-    assert svc.keyring is not None
     return {"keys": [{"kid": k.kid, "state": k.state, "created_at": k.created_at,
                       "retired_at": k.retired_at, "not_after": k.not_after}
                      for k in svc.keyring.list()],
@@ -176,7 +168,6 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     svc, p = await _key_admin(request)
-    assert svc.keyring is not None and svc.auditor is not None
     if svc.keyring.read_only:
         raise ApiError(409, "read_only", "the join-token keys are given by files; rotate them "
                                           "where they are managed")
@@ -204,7 +195,6 @@ def _expiry(data: Any) -> int | None:
 
 async def _reexpire(svc: Services, p: Principal, *, key: str, class_id: str | None,
                     org: str | None, exp: int | None, audit_org: str) -> web.Response:
-    assert svc.store is not None and svc.auditor is not None
     current = {b.key: b for b in await svc.store.bans(class_id=class_id, org=org)}
     ban = current.get(key)
     if ban is None:

@@ -14,16 +14,17 @@ from meeting_adapters import RoomSpec, validate_platform
 from policies import load_policy, weakened_checks
 from policies.model import DEFAULT_TIMEZONE, ClassId, Jti, Schedule, StudentId
 
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
 from ..codes import code_lookup_key, format_code, new_code
 from ..collation import name_key
 from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, class_target, visible_classes
+from ..joinflow import JoinFlow
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
+from ..services import Services, services
 from ..state import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
@@ -91,7 +92,6 @@ def parse_schedule(data: Any, default_tz: str = DEFAULT_TIMEZONE) -> Schedule:
 
 
 async def org_ancestors(svc: Services, org: str) -> list[str]:
-    assert svc.staff is not None
     return list(await svc.staff.org_ancestors(org))
 
 
@@ -99,7 +99,6 @@ async def load_class(request: web.Request, p: Principal, *, host: bool = False) 
     """The class named in the URL, if this principal may see it (404 otherwise, so
     nobody learns which class ids exist)."""
     svc = services(request)
-    assert svc.store is not None
     info = await svc.store.get_class(request.match_info["class_id"])
     if info is None:
         raise Refusal(404, "not_found", "class not found")
@@ -133,7 +132,6 @@ def class_json(svc: Services, info: ClassInfo) -> dict[str, Any]:
 
 async def seal_platform(svc: Services, cid: str, title: str, platform: dict[str, Any]) -> str:
     """Provision the upstream room and seal settings + room (AES-GCM, bound to the class)."""
-    assert svc.secretbox is not None
     adapter = HostControls(svc).adapter(str(platform["kind"]))
     room = await adapter.provision(RoomSpec(class_id=cid, title=title, settings=platform))
     body = {"settings": platform, "room": room.to_dict()}
@@ -142,7 +140,6 @@ async def seal_platform(svc: Services, cid: str, title: str, platform: dict[str,
 
 async def create_class(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.secretbox is not None and svc.auditor is not None
     p = await require_user(request)
     if not allows(p, Action.CREATE_CLASS):
         raise ApiError(403, "forbidden", "only teachers and administrators create classes")
@@ -153,7 +150,7 @@ async def create_class(request: web.Request) -> web.Response:
     schedule = parse_schedule(data["schedule"], svc.settings.timezone)
     policy_request = data.get("policy") or {"preset": "standard"}
     chain = await org_ancestors(svc, p.org)
-    _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix, chain)
+    _, defaults = await org_defaults(svc.redis, svc.settings.redis_prefix, chain)
     policy_data = resolve(policy_request, defaults)
     cid = ClassId(new_id("c"))
     # Intent first: the upstream room and the class exist only after their record.
@@ -187,7 +184,6 @@ async def get_class(request: web.Request) -> web.Response:
 
 async def put_roster(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     limit = svc.settings.roster_max_bytes
@@ -228,7 +224,6 @@ def _rej(r: Any) -> dict[str, Any]:
 
 async def get_roster(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     return web.json_response({"students": [s.to_json() for s in await svc.store.roster(info.id)]})
@@ -255,7 +250,6 @@ def _link_json(svc: Services, rec: LinkRecord, name: str, token: str) -> dict[st
 
 async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | None,
                       actor: str) -> list[dict[str, Any]]:
-    assert svc.store is not None and svc.keyring is not None and svc.auditor is not None
     roster: dict[str, Student] = {s.id: s for s in await svc.store.roster(info.id)}
     targets = list(roster) if student_ids is None else student_ids
     for sid in targets:
@@ -285,7 +279,6 @@ async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | N
             if retired.jti is not None or retired.ticket is not None:
                 if retired.jti is not None:
                     reissued += 1
-                assert svc.bus is not None
                 await svc.bus.publish(info.id, {"type": "removed", "student_id": sid,
                                                 "ticket": retired.ticket,
                                                 "reason": "token_revoked"})
@@ -321,7 +314,6 @@ async def post_links(request: web.Request) -> web.Response:
 async def current_links(svc: Services, info: ClassInfo) -> list[dict[str, Any]]:
     """The students' current links, signed again from their stored claims (Ed25519
     signatures are deterministic, so the link is the one issued while the key lasts)."""
-    assert svc.store is not None and svc.keyring is not None
     roster = {s.id: s for s in await svc.store.roster(info.id)}
     recs = await svc.store.current_links(info.id)
     key = svc.keyring.signing_key()
@@ -348,7 +340,6 @@ async def get_links_pdf(request: web.Request) -> web.Response:
     from ..linksheet import render_link_sheet
 
     svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     links = await current_links(svc, info)
@@ -366,7 +357,6 @@ async def get_links_pdf(request: web.Request) -> web.Response:
 
 
 async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
-    assert svc.store is not None
     store = svc.store
     roster: dict[str, str] = {s.id: s.name for s in await store.roster(info.id)}
     waiting_now = await store.waiting(info.id)
@@ -433,11 +423,10 @@ async def post_action(request: web.Request) -> web.Response:
 async def put_policy(request: web.Request) -> web.Response:
     """Replace the class's policy; an invalid one is refused and the old one stays."""
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None and svc.staff is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     data = await read_json(request)
-    _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix,
+    _, defaults = await org_defaults(svc.redis, svc.settings.redis_prefix,
                                      await org_ancestors(svc, info.org))
     resolved = resolve(data, defaults, field="policy")
     async with svc.auditor.intended(
@@ -451,10 +440,7 @@ async def put_policy(request: web.Request) -> web.Response:
 async def get_explain(request: web.Request) -> web.Response:
     """Why a student's next attempt would get its decision, from the same code that
     enforces it (their current link, their bound device, their last address)."""
-    from ..joinflow import JoinFlow
-
     svc = services(request)
-    assert svc.store is not None
     p = await require_user(request)
     info = await load_class(request, p)
     sid = request.query.get("student_id", "")

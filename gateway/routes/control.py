@@ -19,12 +19,12 @@ from urllib.parse import urlsplit
 import redis.exceptions
 from aiohttp import WSMsgType, web
 
-from ..app import Services, services
 from ..auth import Principal, authenticate, is_staff_refusal, record_refusal, require_user
 from ..authz import Action, allows
 from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls, class_target
 from ..joinflow import JoinFlow
+from ..services import Services, services
 from ..state import ClassInfo
 from ..web_util import loads_bounded
 from .classes import class_state, load_class
@@ -48,7 +48,6 @@ def _same_origin(request: web.Request, public_url: str) -> bool:
 
 async def control_ws(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.bus is not None
     if request.headers.get("Authorization") is None and not _same_origin(
         request, svc.settings.public_url
     ):
@@ -184,7 +183,6 @@ async def still_host(svc: Services, p: Principal, info: ClassInfo) -> bool:
 
 
 async def _host_gone(svc: Services, cid: str, conn_id: str) -> None:
-    assert svc.store is not None and svc.bus is not None
     try:
         if await svc.store.host_gone(cid, conn_id):
             await svc.bus.publish(cid, {"type": "state", "host_present": False})

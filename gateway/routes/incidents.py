@@ -23,13 +23,13 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from .. import i18n
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows, listing_scope
 from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
 from ..hostctl import class_target
 from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
+from ..services import Services, services
 from ..state import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
@@ -44,8 +44,7 @@ _CONTROL = {"Cc", "Cf", "Zl", "Zp"}
 
 
 def incident_store(svc: Services) -> IncidentStore:
-    assert svc.secretbox is not None
-    return IncidentStore(svc.r, svc.settings.redis_prefix, clock=svc.clock,
+    return IncidentStore(svc.redis, svc.settings.redis_prefix, clock=svc.clock,
                          secretbox=svc.secretbox,
                          blob_dir=Path(svc.settings.data_dir) / "attachments")
 
@@ -138,7 +137,6 @@ def _custody_personal(request: web.Request) -> dict[str, str]:
 
 async def class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
     """The class if this principal may report on it (404 otherwise, naming class_id)."""
-    assert svc.store is not None and svc.staff is not None
     info = await svc.store.get_class(cid)
     if info is None or not allows(p, Action.VIEW_CLASS, await class_target(svc, info)):
         raise ApiError(404, "not_found", "class not found", field="class_id")
@@ -162,7 +160,6 @@ async def visible_incidents(svc: Services, p: Principal, *, class_id: str | None
                             status: str | None = None) -> list[Incident]:
     """Incidents this principal may see, newest first: a teacher's own classes, the org
     subtree for IT staff and administrators."""
-    assert svc.store is not None and svc.staff is not None
     store = incident_store(svc)
     scope = listing_scope(p, Action.VIEW_CLASS)
     if scope == "subtree":
@@ -186,7 +183,6 @@ async def record_view(request: web.Request, p: Principal, inc: Incident, info: C
                       via: str | None = None) -> str:
     """Log that ``p`` opened the incident (``incident.view``, a custody event)."""
     svc = services(request)
-    assert svc.auditor is not None
     return await svc.auditor.record(
         "incident.view", actor=p.actor, org=info.org, class_id=info.id,
         facts={"incident": inc.id, "via": via}, personal=_custody_personal(request))
@@ -194,7 +190,6 @@ async def record_view(request: web.Request, p: Principal, inc: Incident, info: C
 
 async def create(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     p = await require_user(request)
     d = require_fields(await read_json(request),
                        required=("class_id", "title", "since", "until"),
@@ -257,7 +252,6 @@ async def update(request: web.Request) -> web.Response:
     or reopen (administrators, with a reason, never about a class of their own). Every
     change is kept as a revision (``GET .../history``); nothing is overwritten unseen."""
     svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
     inc, info = await load_incident(request, p)
     d = require_fields(await read_json(request), required=(),
@@ -337,7 +331,6 @@ def _over_quota(used: int, quota: int) -> ApiError:
 
 async def attach(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
     inc, info = await load_incident(request, p)
     if inc.status == "closed":

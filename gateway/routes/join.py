@@ -15,12 +15,12 @@ from meeting_adapters import AdapterError, Participant, UpstreamUnavailable
 from policies.model import Action
 
 from .. import i18n
-from ..app import Services, services
 from ..auditing import milestone
 from ..codes import code_lookup_key, normalize_code
 from ..errors import ApiError
 from ..hostctl import HostControls
 from ..joinflow import DEVICE_COOKIE, RATE_LIMIT_AUDIT_WINDOW_S, JoinFlow, JoinOutcome
+from ..services import Services, services
 from ..state import WAIT_SOCKET_REFRESH_S, Limit, Ticket, device_hash, split_ticket
 from ..web_util import client_ip, read_form, read_json
 
@@ -158,7 +158,6 @@ async def join_code(request: web.Request) -> web.StreamResponse:
         resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
         return resp
     if out is None:
-        assert svc.auditor is not None
         await svc.auditor.record("join.code_failed", actor="visitor", reason="token_invalid",
                                  ip=ip, user_agent=request.headers.get("User-Agent", ""))
         svc.metrics.join_attempts.labels("deny", "token_invalid").inc()
@@ -174,7 +173,6 @@ async def join_code(request: web.Request) -> web.StreamResponse:
 
 async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticket) -> bool:
     """Send the ticket's current status; False when the socket should close."""
-    assert svc.store is not None
     if t.status == "waiting":
         await ws.send_json({"type": "waiting", "reason": t.reason})
         return True
@@ -193,7 +191,6 @@ async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticke
 async def _socket_limited(request: web.Request, svc: Services, flow: JoinFlow, ip: str,
                           limits: list[Limit]) -> None:
     """429 (with Retry-After) when a handshake budget refuses; audited in aggregate."""
-    assert svc.store is not None
     wait, limit = await svc.store.rate_limit_check(limits)
     if wait <= 0:
         return
@@ -219,7 +216,6 @@ async def _socket_refused(request: web.Request, flow: JoinFlow, ip: str,
 async def _socket_gone(svc: Services, t: Ticket, socket_id: str) -> None:
     """Unregister a closed waiting-room socket; the host is told the student left only
     when their last socket is gone and they were still waiting."""
-    assert svc.store is not None and svc.bus is not None
     try:
         left = await svc.store.socket_closed(t.id, socket_id)
         now = await svc.store.ticket(t.id)
@@ -232,7 +228,6 @@ async def _socket_gone(svc: Services, t: Ticket, socket_id: str) -> None:
 
 async def ws_wait(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.bus is not None
     ticket_id = request.match_info["ticket"]
     if split_ticket(ticket_id) is None:
         raise ApiError(404, "not_found", "no such ticket")
@@ -352,7 +347,6 @@ async def _go_refused(request: web.Request, svc: Services, ip: str, status: str,
     NOTE: refusals are audited per source, reason and window in aggregate, like
     garbage at /j/: the first in full, then the 10th, 100th, ... with the count so far
     (an unauthenticated flood must not fill the log, and must not vanish from it)."""
-    assert svc.store is not None and svc.auditor is not None
     n, first = await svc.store.count_refusals(f"go:{status}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
     if milestone(n):
         await svc.auditor.record(
@@ -365,7 +359,6 @@ async def _go_refused(request: web.Request, svc: Services, ip: str, status: str,
 
 async def go(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     lang = i18n.request_lang(request, svc.settings.default_lang)
     nonce = request.match_info["nonce"]
     cookie = _device_cookie(request)

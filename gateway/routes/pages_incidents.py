@@ -25,13 +25,13 @@ from babel.numbers import format_decimal
 from audit import AuditQuery
 from policies.schedule import current_window_utc
 
-from ..app import Services, services
 from ..auth import Principal
 from ..authz import Action, allows
 from ..evidence_gather import is_custody, wait_outbox_drained
 from ..evidence_report import revision_rows, zone_of
 from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
+from ..services import Services, services
 from ..state import ClassInfo, Student, valid_class_id
 from .incidents import (
     MAX_FILES_PER_UPLOAD,
@@ -189,7 +189,6 @@ async def wait_indexed(svc: Services, class_id: str,
     show the view it has just recorded. False when it did not happen in time (the page
     then says that the newest records are still being indexed)."""
     log, rb = svc.audit_log, svc.redis_bytes
-    assert log is not None and rb is not None
     deadline = time.monotonic() + timeout_s
     # the class's records (this view among them) reach the stream through its outbox
     if not await wait_outbox_drained(svc, class_id, deadline=deadline):
@@ -214,7 +213,6 @@ async def custody_history(svc: Services, inc: Incident, lang: str
     whether that is all of them (a page reads at most the newest CUSTODY_SHOWN records
     and scans at most CUSTODY_SCAN records of the class; the bundle holds every one)."""
     log = svc.audit_log
-    assert log is not None
     q = AuditQuery(class_id=inc.class_id, since_ms=int(inc.created_at * 1000) - 60_000)
     found: list[tuple[int, Mapping[str, Any]]] = []
     cursor: str | None = None
@@ -234,7 +232,6 @@ async def custody_history(svc: Services, inc: Incident, lang: str
 # --- pages ----------------------------------------------------------------------------------
 
 async def _class_titles(svc: Services, ids: Sequence[str]) -> dict[str, str]:
-    assert svc.store is not None
     out: dict[str, str] = {}
     for cid in dict.fromkeys(ids):
         info = await svc.store.get_class(cid)
@@ -261,7 +258,6 @@ async def _visible_classes(svc: Services, p: Principal) -> list[ClassInfo]:
 @staff_page(Action.VIEW_CLASS)
 async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     cid = request.query.get("class_id", "")
     if not cid or not valid_class_id(cid):
         # no class chosen yet: pick one of the classes this person may report on
@@ -287,7 +283,6 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
 @staff_page(Action.VIEW_CLASS)
 async def detail_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     inc, info = await load_incident(request, p)
     target = await class_target(svc, info)
     # NOTE: opening the page is a custody event, logged before the history is read so the

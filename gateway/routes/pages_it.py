@@ -19,10 +19,10 @@ from aiohttp import web
 from audit import AuditError, AuditQuery
 
 from .. import i18n
-from ..app import Services, services
 from ..auth import Principal
 from ..authz import Action, allows
 from ..errors import ApiError
+from ..services import Services, services
 from ..state import valid_class_id, valid_student_id
 from .audit import parse_query, record_read
 from .pages import DEFAULT_TZ, page_response, staff_page
@@ -49,7 +49,6 @@ def _local_to_iso(value: str, tz: str = DEFAULT_TZ) -> str | None:
 async def visible_events(svc: Services, p: Principal, params: dict[str, str], limit: int,
                          cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """One page of events this principal may see, newest first (as the audit API)."""
-    assert svc.audit_log is not None and svc.staff is not None
     try:
         q = AuditQuery.from_params(params)
         found, next_cursor = await svc.audit_log.query(
@@ -112,7 +111,6 @@ async def _label_rows(svc: Any, rows: list[dict[str, Any]], lang: str) -> None:
 @staff_page(Action.READ_AUDIT)
 async def audit_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.auditor is not None
     form = {k: request.query.get(k, "").strip()[:200] for k in FILTERS}
     params = {k: v for k, v in form.items() if v and k not in ("since", "until")}
     error = None
@@ -161,7 +159,6 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
 @staff_page(Action.MANAGE_ORG_BANS)
 async def bans_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
     subtree = sorted(await svc.staff.org_subtree(p.org))
     org_bans = []
     for org in subtree:

@@ -24,13 +24,13 @@ from meeting_adapters import ADAPTERS, Capability, capability_matrix
 from policies import PRESETS, load_policy, weakened_checks
 
 from .. import i18n
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
 from ..collation import name_key
 from ..errors import ApiError
 from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
+from ..services import Services, services
 from ..state import ClassInfo
 from .classes import current_links, load_class
 from .pages import page_response, staff_page
@@ -167,7 +167,6 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
 @staff_page(Action.VIEW_CLASS)
 async def class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p)
     target = await class_target(svc, info)
     roster = await svc.store.roster(info.id)
@@ -188,7 +187,6 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
 @staff_page(Action.HOST_CLASS)
 async def roster_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p, host=True)
     students = sorted(await svc.store.roster(info.id), key=lambda s: (name_key(s.name), s.id))
     return page_response(request, "roster.html", lang, user=p, info=info, students=students,
@@ -237,7 +235,6 @@ def qr_image(url: str) -> dict[str, Any]:
 @staff_page(Action.HOST_CLASS)
 async def links_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p, host=True)
     roster = await svc.store.roster(info.id)
     links = await current_links(svc, info)

@@ -6,11 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from ..app import services
 from ..auditing import milestone
 from ..auth import SESSION_COOKIE, authenticate
 from ..errors import ApiError, rate_limited
 from ..joinflow import RATE_LIMIT_AUDIT_WINDOW_S
+from ..services import services
 from ..state import Limit
 from ..web_util import client_ip, read_json, require_fields
 
@@ -41,7 +41,6 @@ async def _audit_refused(request: web.Request, ip: str, code: str, username: str
     then the 10th, 100th, ... with the count so far, so a flood of wrong passwords
     (or of attempts refused by regulation or the rate limit) cannot fill the log."""
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     n, first = await svc.store.count_refusals(f"login:{code}:{ip}",
                                               RATE_LIMIT_AUDIT_WINDOW_S)
     if not milestone(n):
@@ -60,12 +59,10 @@ async def login_user(
 ) -> tuple[str, str, dict[str, Any]]:
     """Shared by the API and the sign-in page: (cookie, csrf, user json) or ApiError."""
     svc = services(request)
-    assert svc.staff is not None and svc.auditor is not None
     if not isinstance(username, str) or not isinstance(password, str) or len(username) > 128 \
             or len(password) > 1024:
         raise ApiError(400, "invalid_body", "username and password must be short strings")
     ip = client_ip(request, svc.settings.trusted_proxies)
-    assert svc.store is not None
     wait = await svc.store.rate_limit(
         [Limit(f"login:ip:{ip}", per_second=SIGN_INS_PER_S, burst=SIGN_INS_BURST)])
     if wait > 0:
@@ -109,7 +106,6 @@ async def post_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.staff is not None
     p = await authenticate(request, allow_must_change=True)
     cookie = request.cookies.get(SESSION_COOKIE)
     if p is not None and cookie:

@@ -17,8 +17,9 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from gateway.app import SERVICES, Services, create_app
+from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.services import Services, services_of
 
 TEACHER_PASSWORD = "correct horse battery staple"
 
@@ -30,7 +31,7 @@ class Gateway:
 
     @property
     def svc(self) -> Services:
-        return self.server.app[SERVICES]
+        return services_of(self.server.app)
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
