@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import ipaddress
 import logging
 import secrets
@@ -129,14 +128,10 @@ async def _stop_janus(app: web.Application) -> None:
         await proc.stop()
 
 
-_JANUS_PAGE = """<!doctype html>
-<html lang="vi"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ClassGuard demo room</title><link rel="stylesheet" href="/static/style.css"></head>
-<body><main id="room" data-janus="{ws}">
-<h1>Janus VideoRoom</h1><p id="status">…</p><div id="videos"></div>
-</main><script src="/static/janus_room.js"></script></body></html>
-"""
+# What the demo's meeting page says; "room.<key>" in the catalogue.
+JANUS_ROOM_MSGS = ("connecting", "joined", "joined_no_media", "refused", "refused_advice",
+                   "removed", "removed_advice", "ended", "ended_advice", "lost",
+                   "lost_advice", "error", "me")
 
 
 def _janus_ws_key(prefix: str) -> str:
@@ -197,9 +192,14 @@ async def _janus_ws_proxy(request: web.Request) -> web.StreamResponse:
 
 async def _janus_page(request: web.Request) -> web.Response:
     await _janus_upstream(request)
-    ws = _browser_ws_url(request.app[FOUNDATION].settings)
-    resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
-                        content_type="text/html")
+    found = request.app[FOUNDATION]
+    ws = _browser_ws_url(found.settings)
+    # In the language the student chose on the way in (cookie or browser). No language
+    # switch here: reloading would spend the page's single-use Janus token.
+    lang = i18n.request_lang(request, found.settings.default_lang)
+    page = found.templates.get_template("janus_room.html").render(
+        lang=lang, ws=ws, room_msgs=JANUS_ROOM_MSGS, lang_switch="")
+    resp = web.Response(text=page, content_type="text/html")
     # NOTE: this page alone may reach the demo's Janus and use the camera and microphone.
     resp.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

@@ -184,7 +184,9 @@ class HostControls:
         if a == "admit_all":
             # the intent names who may be admitted, before anyone is
             waiting = await svc.store.waiting(info.id)
-            subject = ",".join(sorted({str(w.get("student_id")) for w in waiting.values()}))
+            gone = await svc.store.gone_tickets(waiting)
+            subject = ",".join(sorted({str(w.get("student_id")) for tk, w in waiting.items()
+                                       if tk not in gone}))
         async with svc.auditor.intended(
                 f"host.{a}", actor=p.actor, org=info.org, class_id=info.id,
                 subject=subject[:2000] if subject else None,
@@ -248,7 +250,14 @@ class HostControls:
                                     "reason": "denied_by_host"})
             affected.append(sid)
         elif a == "admit_all":
-            for ticket in list(await store.waiting(cid)):
+            # Only students whose waiting page is still open: one who closed it is not
+            # there to be let in (the teacher may still admit them one by one).
+            waiting = list(await store.waiting(cid))
+            gone = await store.gone_tickets(waiting)
+            result["skipped_gone"] = len(gone)
+            for ticket in waiting:
+                if ticket in gone:
+                    continue
                 w = await store.admit_ticket(ticket, by=p.username)
                 if w is not None:
                     sid = str(w["student_id"])
@@ -313,6 +322,8 @@ class HostControls:
                                field="student_id")
             await self._require_student(cid, req.student_id)
             await store.reset_device(cid, req.student_id)
+            result["student_id"] = req.student_id
+            result["name"] = await self._name(cid, req.student_id)
             affected.append(req.student_id)
             await bus.publish(cid, {"type": "state", "reset_device": req.student_id})
 
@@ -368,13 +379,15 @@ class HostControls:
             {"class_id": info.id, "org": None}
         reason = req.reason or "banned_by_host"
         for key in keys:
-            await store.add_ban(**where, key=key, reason=reason, by=p.username, until=until)
+            await store.add_ban(**where, key=key, reason=reason, by=p.username, until=until,
+                                student_id=sid)
         address_until = None
         if req.scope is None and ip:
             address_until = min(now + ADDRESS_FOLLOW_S, until or float("inf"))
             # never shortens a ban of that address the host already placed
             if not await store.add_ban(**where, key=make_key(ip=ip), reason=reason,
-                                       by=p.username, until=address_until, only_new=True):
+                                       by=p.username, until=address_until, only_new=True,
+                                       student_id=sid):
                 address_until = None
         return [k.split(":", 1)[0] for k in keys], address_until
 

@@ -454,6 +454,14 @@ class JoinFlow:
             return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
         policy = policy_of(snap.info)
         decision = evaluate(attempt, snap.state, policy, now)
+        if policy.device_binding and snap.state.bound_device is None and \
+                snap.student is not None and facts.student_id and \
+                await store.take_device_reset(snap.info.id, facts.student_id):
+            # The teacher reset this student's device: say which device came back,
+            # whatever the policy decides for it.
+            await self.alert(snap.info.id, "device_reset_returned",
+                             dedup=f"{facts.student_id}|{dev}", student_id=facts.student_id,
+                             name=snap.student.name, device_hint=device_hint(user_agent))
         if decision.action is Action.DENY:
             return await self._finish_deny(decision, snap, facts, ip=ip, dev=dev,
                                            fresh_cookie=fresh_cookie, user_agent=user_agent)

@@ -17,6 +17,7 @@ from policies.model import DEFAULT_TIMEZONE, ClassId, Jti, Schedule, StudentId
 from ..auth import Principal, require_user
 from ..authz import Action, allows
 from ..codes import code_lookup_key, format_code, new_code
+from ..collation import name_key
 from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, class_target, visible_classes
 from ..joinflow import JoinFlow
@@ -317,7 +318,7 @@ async def current_links(svc: Services, info: ClassInfo) -> list[dict[str, Any]]:
     recs = await svc.store.current_links(info.id)
     key = svc.keyring.signing_key()
     out = []
-    for s in sorted(roster.values(), key=lambda s: (s.name.casefold(), s.id)):
+    for s in sorted(roster.values(), key=lambda s: (name_key(s.name), s.id)):
         rec = recs.get(s.id)
         if rec is None:
             continue
@@ -358,19 +359,25 @@ async def get_links_pdf(request: web.Request) -> web.Response:
 async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
     store = svc.store
     roster: dict[str, str] = {s.id: s.name for s in await store.roster(info.id)}
+    waiting_now = await store.waiting(info.id)
+    gone = await store.gone_tickets(waiting_now)
     waiting = [
         {"ticket": tk, "student_id": w["student_id"], "name": roster.get(w["student_id"]),
-         "since": w.get("since"), "device_hint": w.get("device_hint"), "reason": w.get("reason")}
-        for tk, w in (await store.waiting(info.id)).items()
+         "since": w.get("since"), "device_hint": w.get("device_hint"), "reason": w.get("reason"),
+         "gone": tk in gone}
+        for tk, w in waiting_now.items()
     ]
     waiting.sort(key=lambda w: w.get("since") or 0)
     admitted = [
         {"student_id": sid, "name": roster.get(sid), "at": a.get("at"), "by": a.get("by")}
         for sid, a in (await store.admitted(info.id)).items()
     ]
-    admitted.sort(key=lambda a: (a["name"] or "").casefold())
+    admitted.sort(key=lambda a: name_key(a["name"] or ""))
     fresh = await store.get_class(info.id)
     assert fresh is not None
+    alerts = await store.alerts(info.id)
+    hints = {str(a[k]): str(a["device_hint"]) for a in alerts for k in ("ban_device", "ban_ip")
+             if a.get(k) and a.get("device_hint")}
     return {
         "class_id": info.id,
         "title": info.title,
@@ -379,9 +386,23 @@ async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
         "host_present": await store.host_present(info.id),
         "waiting": waiting,
         "admitted": admitted,
-        "alerts": await store.alerts(info.id),
-        "bans": [b.to_json() for b in await store.bans(class_id=info.id)],
+        "alerts": alerts,
+        "bans": [_named_ban(b.to_json(), roster, hints)
+                 for b in await store.bans(class_id=info.id)],
     }
+
+
+def _named_ban(ban: dict[str, Any], roster: dict[str, str],
+               hints: dict[str, str]) -> dict[str, Any]:
+    """A ban as the host sees it: the name of the student it was placed on, or for a
+    device nobody on the roster used, the browser it was seen with (from its alert)."""
+    sid = str(ban.get("student_id") or "")
+    if sid in roster:
+        ban["name"] = roster[sid]
+    hint = hints.get(str(ban.get("key")))
+    if hint:
+        ban["device_hint"] = hint
+    return ban
 
 
 async def get_state(request: web.Request) -> web.Response:

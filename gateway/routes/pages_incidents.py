@@ -62,8 +62,9 @@ _UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty
 # --- formatting (pure) --------------------------------------------------------------------
 
 def local_input(moment: datetime, zone: ZoneInfo) -> str:
-    """A ``datetime-local`` value: the wall clock in ``zone``, to the minute."""
-    return moment.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    """The wall clock in ``zone``, to the minute, day first (``dd/mm/yyyy HH:MM``) as
+    the form shows it; incidents.js sends it as ISO 8601."""
+    return moment.astimezone(zone).strftime("%d/%m/%Y %H:%M")
 
 
 def utc_offset(zone: ZoneInfo, moment: datetime) -> str:
@@ -79,7 +80,7 @@ def report_window(info: ClassInfo, now: datetime) -> tuple[datetime, datetime]:
     """The form's suggested window: from the start of the class's current (or latest)
     session to now, in whole minutes and at most the API's 31 days.
 
-    NOTE: ``until`` is rounded *up* to the next minute: a ``datetime-local`` input holds
+    NOTE: ``until`` is rounded *up* to the next minute: the form's time field holds
     minutes, and rounding down would leave out what happened in the last seconds.
     """
     until = now.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)

@@ -19,9 +19,13 @@
     var fd = form.dataset;
     var csrf = form.querySelector("input[name=csrf_token]").value;
     var formError = document.getElementById("form-error");
-    // "2026-11-23T07:30" (the class's wall clock) -> "2026-11-23T07:30:00+07:00" (its offset)
+    // "23/11/2026 07:30" (the class's wall clock, as the form shows it; ISO is accepted
+    // too) -> "2026-11-23T07:30:00+07:00" (its offset)
+    var pad = function (n) { return (String(n).length < 2 ? "0" : "") + n; };
     var toIso = function (value) {
       if (!value) { return ""; }
+      var m = /^(\d{1,2})\/(\d{1,2})\/(\d{4})[ T](\d{1,2}):(\d{2})$/.exec(value.trim());
+      if (m) { value = m[3] + "-" + pad(m[2]) + "-" + pad(m[1]) + "T" + pad(m[4]) + ":" + m[5]; }
       return (value.length === 16 ? value + ":00" : value) + fd.offset;
     };
     var clearErrors = function () {

@@ -34,7 +34,7 @@ from .keys import AuditKeys, Keys
 from .limits import Limit, Limits
 from .links import RELEASED_TTL_S, LinkRecord, Links, Retired
 from .outbox import RecordedWrites
-from .room import HOST_TTL_S, Room, Ticket
+from .room import HOST_TTL_S, WAIT_SOCKET_REFRESH_S, WAIT_SOCKET_STALE_S, Room, Ticket
 
 Clock = Callable[[], float]
 
@@ -96,10 +96,13 @@ class ClassStore:
         self.clear_room = self.room.clear_room
         self.bound_device = self.room.bound_device
         self.reset_device = self.room.reset_device
+        self.take_device_reset = self.room.take_device_reset
         self.note_ip = self.room.note_ip
         self.last_ip = self.room.last_ip
         self.socket_opened = self.room.socket_opened
         self.socket_closed = self.room.socket_closed
+        self.socket_seen = self.room.socket_seen
+        self.gone_tickets = self.room.gone_tickets
         self.mint_nonce = self.room.mint_nonce
         self.consume_nonce = self.room.consume_nonce
         self.host_heartbeat = self.room.host_heartbeat
@@ -129,6 +132,8 @@ class ClassStore:
 __all__ = [
     "ALERTS_PER_KIND",
     "ALERT_TTL_S",
+    "WAIT_SOCKET_REFRESH_S",
+    "WAIT_SOCKET_STALE_S",
     "HOST_TTL_S",
     "RELEASED_TTL_S",
     "Alerts",

@@ -25,13 +25,13 @@ class Bans:
 
     async def add_ban(
         self, *, class_id: str | None, org: str | None, key: str, reason: str, by: str,
-        until: float | None, only_new: bool = False,
+        until: float | None, only_new: bool = False, student_id: str | None = None,
     ) -> bool:
         """A class ban (class_id) or an org-wide ban (org); ``key`` from bans.make_key.
         With ``only_new``, a ban already on that key stays as it is; returns whether
         the ban was written."""
         target = self._target(class_id, org)
-        value = encode_ban(reason, by, self.clock(), until)
+        value = encode_ban(reason, by, self.clock(), until, student_id)
         if only_new:
             return bool(await self.r.hsetnx(target, key, value))
         await self.r.hset(target, key, value)

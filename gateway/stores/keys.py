@@ -47,6 +47,9 @@ class Keys:
     def released(self, cid: str) -> str:  # student -> devices bound to their revoked links
         return self.c(cid, "released")
 
+    def device_resets(self, cid: str) -> str:  # student -> when the host reset their device
+        return self.c(cid, "device_resets")
+
     def last_ip(self, cid: str) -> str:  # student -> their last address (a day)
         return self.c(cid, "last_ip")
 

@@ -4,7 +4,7 @@ devices and addresses students join from, and the hosts' presence."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,6 +22,12 @@ Clock = Callable[[], float]
 
 # A host's heartbeat keeps them present this long.
 HOST_TTL_S = 30.0
+# A waiting-room socket marks itself live every WAIT_SOCKET_REFRESH_S; one not marked
+# for WAIT_SOCKET_STALE_S (its process died) no longer keeps its student present.
+WAIT_SOCKET_REFRESH_S = 20.0
+WAIT_SOCKET_STALE_S = 60.0
+# How long a device reset is remembered for the host's alert when the student returns.
+DEVICE_RESET_TTL_S = 180 * 86400
 
 _ADMIT_TICKET = Script.load("gateway.stores", "admit_ticket")
 _DENY_TICKET = Script.load("gateway.stores", "deny_ticket")
@@ -154,10 +160,18 @@ class Room:
         return await reads.hget(self.r, self.k.bind(cid), sid)
 
     async def reset_device(self, cid: str, sid: str) -> None:
+        """Forget the student's device; the next device they join from is remembered
+        for the host's alert (take_device_reset)."""
         async with self.r.pipeline(transaction=True) as p:
             p.hdel(self.k.bind(cid), sid)
             p.hdel(self.k.rebinds(cid), sid)
+            p.hset(self.k.device_resets(cid), sid, repr(self.clock()))
+            p.expire(self.k.device_resets(cid), DEVICE_RESET_TTL_S)
             await p.execute()
+
+    async def take_device_reset(self, cid: str, sid: str) -> bool:
+        """True once after the student's device was reset (see reset_device)."""
+        return bool(await self.r.hdel(self.k.device_resets(cid), sid))
 
     async def note_ip(self, cid: str, sid: str, ip: str) -> None:
         """The student's last address, kept for a day so the host can ban it."""
@@ -174,28 +188,56 @@ class Room:
     # --- waiting-room sockets -------------------------------------------------------
 
     async def socket_opened(self, ticket: str, socket_id: str, *, keep: int,
-                            ttl_s: int = 12 * 3600) -> list[str]:
+                            ttl_s: int = 12 * 3600) -> tuple[list[str], bool]:
         """Register a socket on ``ticket`` (across every process); returns the ids of
-        the older sockets beyond the newest ``keep``, which their processes close."""
+        the older sockets beyond the newest ``keep``, which their processes close, and
+        whether the student's page had left and is back."""
         parsed = split_ticket(ticket)
         if parsed is None:
-            return []
+            return [], False
         cid, rand = parsed
-        res = await self.scripts.run(_SOCKET_OPEN, [self.k.ticket_sockets(cid, rand)],
-                                     [socket_id, repr(self.clock()), keep, ttl_s])
-        return [str(x) for x in res]
+        now = self.clock()
+        res = await self.scripts.run(
+            _SOCKET_OPEN, [self.k.ticket_sockets(cid, rand), self.k.ticket(cid, rand)],
+            [socket_id, repr(now), keep, ttl_s, repr(now - WAIT_SOCKET_STALE_S)])
+        return [str(x) for x in res[1:]], bool(int(res[0]))
+
+    async def socket_seen(self, ticket: str, socket_id: str) -> None:
+        """A live socket's periodic mark: sockets of a process that died without
+        closing them go stale after WAIT_SOCKET_STALE_S."""
+        parsed = split_ticket(ticket)
+        if parsed is not None:
+            await self.r.zadd(self.k.ticket_sockets(*parsed), {socket_id: self.clock()},
+                              xx=True)
 
     async def socket_closed(self, ticket: str, socket_id: str) -> int:
-        """Unregister a socket; returns how many sockets the ticket still has."""
+        """Unregister a socket; returns how many live sockets the ticket still has."""
         parsed = split_ticket(ticket)
         if parsed is None:
             return 0
         key = self.k.ticket_sockets(*parsed)
         async with self.r.pipeline(transaction=True) as p:
             p.zrem(key, socket_id)
-            p.zcard(key)
+            p.zcount(key, self.clock() - WAIT_SOCKET_STALE_S, "+inf")
             _, left = await p.execute()
         return int(left)
+
+    async def gone_tickets(self, tickets: Iterable[str]) -> set[str]:
+        """The waiting tickets whose page was open and no longer is (closed, or its
+        socket silent for WAIT_SOCKET_STALE_S). A ticket that never had a page open
+        (an API client, or a page still loading) is not gone."""
+        parsed = [(tk, split_ticket(tk)) for tk in tickets]
+        valid = [(tk, pr) for tk, pr in parsed if pr is not None]
+        if not valid:
+            return set()
+        stale = self.clock() - WAIT_SOCKET_STALE_S
+        async with self.r.pipeline(transaction=False) as p:
+            for _, (cid, rand) in valid:
+                p.hget(self.k.ticket(cid, rand), "ws")
+                p.zcount(self.k.ticket_sockets(cid, rand), stale, "+inf")
+            res = await p.execute()
+        return {tk for i, (tk, _) in enumerate(valid)
+                if res[2 * i] in ("1", b"1") and int(res[2 * i + 1]) == 0}
 
     # --- /go nonces ---------------------------------------------------------------
 
