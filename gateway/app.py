@@ -318,6 +318,11 @@ def create_app(settings: Settings, *, clock: Clock = time.time,
     for module in (service, session, classes, control, join, pages, audit, orgs,
                    platform_hooks, incidents, audit_admin):
         module.setup(app)
+    # Second factor and the session list (gateway/routes/mfa.py, sessions_page.py).
+    from .routes import mfa as mfa_routes
+    from .routes import sessions_page
+    mfa_routes.setup(app)
+    sessions_page.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)
     return app

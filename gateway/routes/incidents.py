@@ -30,6 +30,7 @@ from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
 from ..hostctl import class_target
 from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
+from ..signin import require_fresh_second_factor
 from ..state import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
@@ -407,6 +408,7 @@ async def evidence(request: web.Request) -> web.Response:
     inc, info = await load_incident(request, p)
     if not allows(p, Action.EXPORT_EVIDENCE, await class_target(svc, info)):
         raise ApiError(403, "forbidden", "only administrators export evidence")
+    await require_fresh_second_factor(request, p)
     lang = request.query.get("lang") or svc.settings.default_lang
     if lang not in i18n.LANGS:
         raise ApiError(400, "invalid_field", "lang must be vi or en", field="lang")

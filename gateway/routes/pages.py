@@ -29,7 +29,8 @@ from ..auth import SESSION_COOKIE, Principal, authenticate
 from ..authz import Action, allows
 from ..errors import ApiError
 from ..hostctl import visible_classes
-from .session import login_user, set_session_cookie
+from ..signin import set_pending_cookie
+from .session import SecondFactorRequired, login_user, set_session_cookie
 
 DEFAULT_TZ = DEFAULT_TIMEZONE
 LANG_COOKIE_MAX_AGE = 365 * 86400
@@ -229,6 +230,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                            username=username, nxt=nxt)
     try:
         cookie, _csrf, user = await login_user(request, username, password)
+    except SecondFactorRequired as exc:
+        step = web.HTTPSeeOther("/login/second-factor?" + urlencode({"next": nxt, "lang": lang}))
+        set_pending_cookie(request, step, exc.pending)
+        step.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
+        raise step from None
     except ApiError as exc:
         if exc.status == 429:
             secs = exc.headers.get("Retry-After", "60")
