@@ -36,7 +36,7 @@ def _mfa_error(exc: MfaError) -> ApiError:
     if exc.code == "regulated":
         return rate_limited(exc.retry_after or 60)
     status = {"invalid_code": 401, "invalid_credential": 400, "already_enrolled": 409,
-              "not_pending": 409, "no_challenge": 409, "not_enrolled": 404}.get(exc.code, 400)
+              "not_pending": 409, "no_challenge": 409, "not_enrolled": 409}.get(exc.code, 400)
     return ApiError(status, exc.code, exc.message)
 
 
@@ -147,10 +147,9 @@ async def remove(request: web.Request) -> web.Response:
         removed = await mfa.remove_totp(p.username)
     else:
         removed = await mfa.remove_passkeys(p.username)
-    if not removed:
-        raise ApiError(404, "not_enrolled", "nothing of that kind is enrolled")
-    await _audit(svc, p, "staff.second_factor_removed", p.org,
-                 method="totp" if method == "totp" else "webauthn")
+    if removed:
+        await _audit(svc, p, "staff.second_factor_removed", p.org,
+                     method="totp" if method == "totp" else "webauthn")
     return web.Response(status=204)
 
 
@@ -281,7 +280,7 @@ async def put_policy(request: web.Request) -> web.Response:
     svc = services(request)
     assert svc.staff is not None and svc.auditor is not None
     p = await require_user(request)
-    slug = request.match_info["slug"]
+    slug = request.match_info["org"]
     chain = await svc.staff.org_ancestors(slug)
     if not chain or not allows(p, Action.SET_ORG_POLICY, Target.of_org(chain)):
         raise ApiError(403, "forbidden", "only administrators of the org set its policy")
@@ -404,7 +403,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/v1/account/step-up/passkey/options", step_up_passkey_options)
     r.add_post("/api/v1/session/second-factor", post_second_factor)
     r.add_post("/api/v1/session/second-factor/passkey/options", pending_passkey_options)
-    r.add_put("/api/v1/orgs/{slug}/second-factor-policy", put_policy)
+    r.add_put("/api/v1/orgs/{org}/second-factor-policy", put_policy)
     r.add_get("/login/second-factor", second_factor_page)
     r.add_post("/login/second-factor", second_factor_page)
     r.add_get("/account/verify", verify_page)

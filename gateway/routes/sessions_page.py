@@ -8,6 +8,7 @@ close code 4401).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from aiohttp import web
@@ -34,6 +35,13 @@ async def _sessions_json(svc: Services, username: str, current: str | None
     return out
 
 
+def _sid(request: web.Request) -> str:
+    sid = request.match_info["sid"]
+    if not re.fullmatch(r"[0-9a-f]{64}", sid):
+        raise ApiError(400, "invalid_field", "not a session id", field="sid")
+    return sid
+
+
 async def _end(svc: Services, actor: Principal, username: str, org: str, sid_hash: str
                ) -> bool:
     assert svc.staff is not None and svc.auditor is not None
@@ -58,7 +66,7 @@ async def list_own(request: web.Request) -> web.Response:
 async def end_own(request: web.Request) -> web.Response:
     svc = services(request)
     p = await require_user(request)
-    if not await _end(svc, p, p.username, p.org, request.match_info["sid"]):
+    if not await _end(svc, p, p.username, p.org, _sid(request)):
         raise ApiError(404, "not_found", "no such session of yours")
     return web.Response(status=204)
 
@@ -84,8 +92,8 @@ async def list_user(request: web.Request) -> web.Response:
 
 async def end_user(request: web.Request) -> web.Response:
     svc, p, username, org = await _managed(request)
-    sid = request.match_info.get("sid")
-    if sid is not None:
+    if "sid" in request.match_info:
+        sid = _sid(request)
         if not await _end(svc, p, username, org, sid):
             raise ApiError(404, "not_found", "no such session")
         return web.Response(status=204)
