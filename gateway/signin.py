@@ -113,15 +113,19 @@ def verify_url(nxt: str) -> str:
     return "/account/verify?next=" + quote(nxt, safe="")
 
 
+async def has_fresh_second_factor(svc: Services, p: Principal) -> bool:
+    """May ``p`` take a step-up action now (a recent second factor, or none needed)?"""
+    if not await step_up_needed(svc, p):
+        return True
+    assert p.session_id is not None
+    age = await mfa_store(svc).fresh_age(p.session_id)
+    return age is not None and 0 <= age < STEP_UP_MAX_AGE_S
+
+
 async def require_fresh_second_factor(request: web.Request, p: Principal) -> None:
     """403 ``step_up_required`` unless the session proved a second factor less than five
     minutes ago (or needs none: see :func:`step_up_needed`)."""
-    svc = services(request)
-    if not await step_up_needed(svc, p):
-        return
-    assert p.session_id is not None
-    age = await mfa_store(svc).fresh_age(p.session_id)
-    if age is not None and 0 <= age < STEP_UP_MAX_AGE_S:
+    if await has_fresh_second_factor(services(request), p):
         return
     nxt = request.headers.get("Referer") or "/"
     nxt = urlsplit(nxt).path or "/"

@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pyotp
@@ -156,8 +157,14 @@ async def test_step_up_for_evidence_export(tmp_path: Path, redis_url: str, redis
         body = await r.json()
         assert body["error"]["code"] == "step_up_required"
         assert body["error"]["verify_url"].startswith("/account/verify?next=")
+        # the incident page leads to re-verification instead of the downloads
+        page = f"/incidents/{s.incident['id']}"
+        html = await (await c.get(page)).text()
+        assert 'id="export-verify"' in html and "evidence.zip" not in html
+        assert "/account/verify?next=" + quote(page, safe="") in html
         # enrolling proves the factor: the export works now
         secret, _codes = await enrol_totp(c, csrf, clock)
+        assert "evidence.zip" in await (await c.get(page)).text()
         r = await c.get(url)
         assert r.status == 200
         assert r.headers["Content-Type"] == "application/zip"
