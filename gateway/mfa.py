@@ -336,6 +336,10 @@ class MfaStore:
             "created": self._clock()}))
         return await self._new_recovery_codes_if_none(username)
 
+    async def forget_recovery_codes(self, username: str) -> None:
+        """With no factor left, recovery codes would stand in for nothing."""
+        await self._r.delete(self._k("recovery", username))
+
     async def remove_passkeys(self, username: str) -> bool:
         return bool(await self._r.delete(self._k("webauthn", username)))
 

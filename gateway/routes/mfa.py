@@ -147,6 +147,8 @@ async def remove(request: web.Request) -> web.Response:
         removed = await mfa.remove_totp(p.username)
     else:
         removed = await mfa.remove_passkeys(p.username)
+    if not await mfa.methods(p.username):
+        await mfa.forget_recovery_codes(p.username)
     if removed:
         await _audit(svc, p, "staff.second_factor_removed", p.org,
                      method="totp" if method == "totp" else "webauthn")

@@ -129,6 +129,25 @@ async def test_totp_enrolment_sign_in_replay_and_recovery_codes(
         assert r.status == 401
         assert await redis.hlen(f"{redis_prefix}mfa:recovery:thay.hieu") == RECOVERY_CODES - 1
 
+        # removing the app needs the fresh factor of this sign-in; then the password
+        # alone opens a session again, and the recovery codes are gone with the factor
+        r = await e.get("/api/v1/account/second-factor")
+        assert (await r.json())["methods"] == ["totp"]
+        cookies_e = e.cookie_jar.filter_cookies(gw.server.make_url("/"))
+        assert "cg_session" in cookies_e
+        g, r = await sign_in(gw, "thay.hieu")
+        clock.t += 30
+        r = await g.post("/api/v1/session/second-factor", json={"code": totp.at(int(clock.t))})
+        assert r.status == 200
+        h = {"X-CSRF-Token": (await r.json())["csrf_token"]}
+        r = await g.delete("/api/v1/account/second-factor/totp", headers=h)
+        assert r.status == 204
+        assert await redis.hlen(f"{redis_prefix}mfa:recovery:thay.hieu") == 0
+        _, r = await sign_in(gw, "thay.hieu")
+        assert r.status == 200
+        removed = await audit_events(reader, at_least=1, type="staff.second_factor_removed")
+        assert removed[0]["facts"]["method"] == "totp"
+
         events = await audit_events(reader, at_least=1, type="staff.second_factor_enrolled")
         assert events and events[0]["facts"]["method"] == "totp"
         used = await audit_events(reader, at_least=1, type="staff.recovery_code_used")
