@@ -27,6 +27,7 @@ from .routes import (
     control,
     incidents,
     join,
+    mfa,
     orgs,
     pages,
     pages_admin,
@@ -36,6 +37,7 @@ from .routes import (
     platform_hooks,
     service,
     session,
+    sessions_page,
 )
 from .services import FOUNDATION, Clock, Foundation, make_templates, open_services
 
@@ -92,7 +94,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time,
     # machinery of routes/pages.py.
     for module in (service, session, classes, control, join, pages, pages_teacher, pages_it,
                    pages_admin, pages_incidents, admin_api, account, audit, orgs,
-                   platform_hooks, incidents, audit_admin):
+                   platform_hooks, incidents, audit_admin, mfa, sessions_page):
         module.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)

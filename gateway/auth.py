@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .auditing import milestone
 from .errors import ApiError, Refusal
+from .mfa import touch_session
 from .services import services
 from .staff import check_csrf
 from .staff_secrets import parse_api_token
@@ -99,6 +100,8 @@ async def authenticate(request: web.Request, *, csrf: bool = True,
         failed_recent=session.failed_recent,
     )
     request[PRINCIPAL] = p
+    assert svc.redis is not None
+    await touch_session(svc.redis, svc.settings.redis_prefix, session.sid_hash, svc.clock())
     if csrf and request.method not in SAFE_METHODS:
         header = request.headers.get("X-CSRF-Token", "")
         if not header and request.content_type == "application/x-www-form-urlencoded":

@@ -930,6 +930,31 @@ class StaffStore:
         await self._announce({"kind": "staff_session", "sid_hash": sid_hash})
         return bool(deleted)
 
+    async def session_ids(self, username: str) -> list[str]:
+        """The sid hashes of the account's live sessions, oldest expiry first."""
+        index = self._user_sessions_key(normalize_username(username))
+        hashes = cast(list[str], await self._r.zrangebyscore(index, self._clock(), "+inf"))
+        if not hashes:
+            return []
+        alive = await self._r.exists(*(self._session_key(h) for h in hashes))
+        if alive == len(hashes):
+            return hashes
+        out = []
+        for h in hashes:
+            if await self._r.exists(self._session_key(h)):
+                out.append(h)
+        return out
+
+    async def revoke_session_of(self, username: str, sid_hash: str) -> bool:
+        """End one session of ``username`` by its sid hash (its owner's session list, an
+        administrator's): False when it is not one of theirs."""
+        name = normalize_username(username)
+        if not re.fullmatch(r"[0-9a-f]{64}", sid_hash) or \
+                await self._r.zscore(self._user_sessions_key(name), sid_hash) is None:
+            return False
+        await self._r.zrem(self._user_sessions_key(name), sid_hash)
+        return await self.revoke_session(sid_hash)
+
     async def revoke_user_sessions(self, username: str) -> int:
         """End every session of an account; returns how many were live."""
         name = normalize_username(username)

@@ -24,6 +24,7 @@ from ..config import valid_email
 from ..errors import ApiError
 from ..keys import KeyringError
 from ..services import Services, services
+from ..signin import require_fresh_second_factor
 from ..staff import StaffError
 from ..web_util import read_json, require_fields
 from .classes import load_class
@@ -36,6 +37,8 @@ async def _admin(request: web.Request, action: Action = Action.MANAGE_STAFF
     p = await require_user(request)
     if not allows(p, action):
         raise ApiError(403, "forbidden", "only administrators manage staff and keys")
+    if action is Action.MANAGE_STAFF and request.method != "GET":
+        await require_fresh_second_factor(request, p)
     return svc, p
 
 

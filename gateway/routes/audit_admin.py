@@ -27,6 +27,7 @@ from ..erasure import MAX_INDEXES, erase_order
 from ..errors import ApiError, Refusal
 from ..roster import csv_safe
 from ..services import services
+from ..signin import require_fresh_second_factor
 from ..web_util import read_json, require_fields
 from .incidents import _text, class_for
 
@@ -41,6 +42,7 @@ async def erase(request: web.Request) -> web.Response:
     p = await require_user(request)
     if not allows(p, Action.ERASE_PERSONAL_DATA):
         raise Refusal(403, "forbidden", "only administrators order erasures")
+    await require_fresh_second_factor(request, p)
     d = require_fields(await read_json(request), required=("reason",),
                        optional=("student_id", "class_id", "indexes"))
     reason = _text(d["reason"], "reason", max_len=1000, multiline=True)

@@ -44,6 +44,7 @@ from ..incidents import (
     Visitor,
 )
 from ..services import Services, services
+from ..signin import require_fresh_second_factor
 from ..stores import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
@@ -465,6 +466,7 @@ async def evidence(request: web.Request) -> web.Response:
     inc, info = await load_incident(request, p)
     if not allows(p, Action.EXPORT_EVIDENCE, await class_target(svc, info)):
         raise ApiError(403, "forbidden", "only administrators export evidence")
+    await require_fresh_second_factor(request, p)
     lang = request.query.get("lang") or svc.settings.default_lang
     if lang not in i18n.LANGS:
         raise ApiError(400, "invalid_field", "lang must be vi or en", field="lang")

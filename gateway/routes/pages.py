@@ -32,7 +32,8 @@ from ..authz import Action, allows
 from ..errors import ApiError
 from ..hostctl import visible_classes
 from ..services import FOUNDATION, services
-from .session import login_user, set_session_cookie
+from ..signin import set_pending_cookie
+from .session import SecondFactorRequired, login_user, set_session_cookie
 
 DEFAULT_TZ = DEFAULT_TIMEZONE
 LANG_COOKIE_MAX_AGE = 365 * 86400
@@ -232,6 +233,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                            username=username, nxt=nxt)
     try:
         cookie, _csrf, user = await login_user(request, username, password)
+    except SecondFactorRequired as exc:
+        step = web.HTTPSeeOther("/login/second-factor?" + urlencode({"next": nxt, "lang": lang}))
+        set_pending_cookie(request, step, exc.pending)
+        step.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
+        raise step from None
     except ApiError as exc:
         if exc.status == 429:
             secs = exc.headers.get("Retry-After", "60")

@@ -34,6 +34,7 @@ from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
 from ..notify import NotifyQueue
 from ..services import Services, services
+from ..signin import has_fresh_second_factor, verify_url
 from ..stores import ClassInfo, Student, valid_class_id
 from .incidents import (
     MAX_FILES_PER_UPLOAD,
@@ -323,7 +324,10 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         revisions=revisions, quota_human=human_size(quota, lang),
         used_human=human_size(used, lang),
         can_attach=can_attach,
-        can_export=allows(p, Action.EXPORT_EVIDENCE, target),
+        can_export=(can_export := allows(p, Action.EXPORT_EVIDENCE, target)),
+        # a link there and back instead of the downloads while a step-up is due
+        export_verify=None if not can_export or await has_fresh_second_factor(svc, p)
+        else verify_url(request.path),
         can_proof=allows(p, Action.READ_AUDIT, target),
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),
         max_files=MAX_FILES_PER_UPLOAD, max_attachments=MAX_ATTACHMENTS,

@@ -11,8 +11,19 @@ from ..auth import SESSION_COOKIE, authenticate
 from ..errors import ApiError, rate_limited
 from ..joinflow import RATE_LIMIT_AUDIT_WINDOW_S
 from ..services import services
+from ..signin import complete_primary_sign_in, set_pending_cookie
 from ..stores import Limit
 from ..web_util import client_ip, read_json, require_fields
+
+
+class SecondFactorRequired(ApiError):
+    """The password was right; the account's second factor comes next."""
+
+    def __init__(self, pending: str, methods: tuple[str, ...]) -> None:
+        super().__init__(401, "second_factor_required", "prove your second factor: "
+                         "POST /api/v1/session/second-factor",
+                         extra={"methods": list(methods)})
+        self.pending = pending
 
 
 def set_session_cookie(request: web.Request, resp: web.StreamResponse, value: str) -> None:
@@ -76,11 +87,11 @@ async def login_user(
             raise rate_limited(res.retry_after or 1)
         raise ApiError(401, "invalid_credentials", "wrong username or password")
     assert res.user is not None
-    cookie, csrf, _session = await svc.staff.create_session(
-        res.user, ip=ip, user_agent=request.headers.get("User-Agent", ""), failures=res.failures
-    )
-    await svc.auditor.record("staff.login", actor=f"user:{res.user.username}", org=res.user.org,
-                             ip=ip, user_agent=request.headers.get("User-Agent", ""))
+    done = await complete_primary_sign_in(request, res.user, failures=res.failures)
+    if done.pending is not None:
+        raise SecondFactorRequired(done.pending, done.methods)
+    assert done.cookie is not None and done.csrf is not None
+    cookie, csrf = done.cookie, done.csrf
     user = {"username": res.user.username, "role": res.user.role, "org": res.user.org,
             **account_notices(res.user.must_change_password, res.failures.count,
                               res.failures.recent)}
@@ -98,7 +109,13 @@ def account_notices(must_change: bool, failed: int,
 
 async def post_session(request: web.Request) -> web.Response:
     data = require_fields(await read_json(request), required=("username", "password"))
-    cookie, csrf, user = await login_user(request, data["username"], data["password"])
+    try:
+        cookie, csrf, user = await login_user(request, data["username"], data["password"])
+    except SecondFactorRequired as exc:
+        pending = web.json_response({"error": {"code": exc.code, "message": exc.message,
+                                               "methods": exc.extra["methods"]}}, status=401)
+        set_pending_cookie(request, pending, exc.pending)
+        return pending
     resp = web.json_response({"user": user, "csrf_token": csrf})
     set_session_cookie(request, resp, cookie)
     return resp
