@@ -1,4 +1,4 @@
-"""One place that turns every failure into the error JSON of API.md.
+"""One place that turns every failure into the error JSON of docs/api.md.
 
 ``{"error": {"code": ..., "message": ..., "field": ...}}`` with a fitting status; never a
 stack trace. Package errors (PolicyError, StaffError, AdapterError, RosterError, ...)

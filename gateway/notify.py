@@ -87,7 +87,6 @@ POLL_S = 0.5
 CLAIM_BATCH = 20
 ACTOR = "system:notify"
 SEALED_PASSWORD_AAD = b"settings:smtp_password"
-_TZ = ZoneInfo("Asia/Ho_Chi_Minh")
 
 Reason = Literal["opened", "serious", "unacknowledged"]
 
@@ -284,15 +283,22 @@ def incident_url(settings: Settings, iid: str) -> str:
     return f"{settings.public_url.rstrip('/')}/incidents/{iid}"
 
 
-def local_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).astimezone(_TZ).strftime("%H:%M %d/%m/%Y (UTC+7)")
+def local_time(ts: float, zone: str) -> str:
+    """The time in the deployment's zone (setting ``timezone``), with its UTC offset."""
+    local = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(zone))
+    off = local.utcoffset()
+    minutes = int(off.total_seconds()) // 60 if off is not None else 0
+    hours, rest = divmod(abs(minutes), 60)
+    sign = "+" if minutes >= 0 else "-"
+    return local.strftime("%H:%M %d/%m/%Y") + f" (UTC{sign}{hours}" + (
+        f":{rest:02d})" if rest else ")")
 
 
 def build_message(settings: Settings, *, iid: str, class_title: str, created_at: float,
                   level: int, reason: str, recipients: Sequence[str]) -> EmailMessage:
     """The email: Vietnamese, then English. Only the class name, the time and the link:
     no student, no description, no reporter (THREAT_MODEL.md)."""
-    params = {"cls": class_title, "time": local_time(created_at),
+    params = {"cls": class_title, "time": local_time(created_at, settings.timezone),
               "minutes": max(1, round(settings.incident_ack_timeout_s / 60)),
               "url": incident_url(settings, iid)}
     parts = []

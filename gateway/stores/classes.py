@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from policies.model import ClassId, Schedule, StudentId
+from policies.model import DEFAULT_TIMEZONE, ClassId, Schedule, StudentId
 
 from . import reads
 from .ids import new_id, pairs, valid_class_id
@@ -65,7 +65,7 @@ def schedule_from_json(d: Mapping[str, Any]) -> Schedule:
     return Schedule(
         starts_at=datetime.fromisoformat(d["starts_at"]),
         ends_at=datetime.fromisoformat(d["ends_at"]),
-        timezone=d.get("timezone") or "Asia/Ho_Chi_Minh",
+        timezone=d.get("timezone") or DEFAULT_TIMEZONE,
         term_ends_at=datetime.fromisoformat(d["term_ends_at"]) if d.get("term_ends_at") else None,
         weekly=tuple(d.get("weekly") or ()),
     )
