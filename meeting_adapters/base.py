@@ -2,7 +2,8 @@
 
 Every platform module has the same inner shape (docs/adapters.md, "Adding a platform"):
 pure code that builds requests and parses answers, a client doing the I/O through an
-injected HTTP session, a capability set, and ``validate_settings`` / ``redact`` for the class's platform settings.
+injected HTTP session, a capability set, and ``validate_settings`` / ``redact`` for the
+class's platform settings.
 
 Capabilities are honest: a method the platform cannot do raises ``Unsupported``; the UI
 shows the capability set so a teacher knows what ClassGuard can and cannot enforce there.
