@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -131,16 +133,19 @@ async def test_permissions_validation_and_custody(tmp_path: Path, redis_url: str
         # every view, edit, attachment and export is in the log
         log = gw.svc.audit_log
         assert log is not None
-        for _ in range(100):
-            events, _c = await log.query({"class": cid}, limit=200)
+        expected = {"incident.create", "incident.view", "incident.attach", "incident.export",
+                    "incident.update", "incident.hold"}
+        # the sequencer indexes the records in the background: wait for all of them (a
+        # bounded wait on the condition, not a fixed time)
+        deadline = time.monotonic() + 30
+        while True:
+            events, _c = await log.query({"class": cid}, limit=500)
             types = [e.record["type"] for e in events
                      if (e.record.get("facts") or {}).get("incident") == iid]
-            if types.count("incident.update") >= 1 and "incident.export" in types:
+            if expected <= set(types) or time.monotonic() > deadline:
                 break
-            import asyncio
             await asyncio.sleep(0.05)
-        assert {"incident.create", "incident.view", "incident.attach", "incident.export",
-                "incident.update", "incident.hold"} <= set(types)
+        assert expected <= set(types)
 
 
 async def test_incident_changes_record_their_intent_first(tmp_path: Path, redis_url: str,
