@@ -26,9 +26,11 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from redis.exceptions import (
     AuthenticationError,
+    BusyLoadingError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,11 +43,14 @@ CONNECT_TIMEOUT_S = 5.0
 # Commands in flight before new ones are refused outright (memory bound under a stall).
 MAX_IN_FLIGHT = 20_000
 
-_ERRORS: dict[str, type[ResponseError]] = {"NOSCRIPT": NoScriptError, "READONLY": ReadOnlyError,
-                                           "OOM": OutOfMemoryError}
+# The replies redis-py turns into exceptions of their own, as it does. LOADING (a server
+# still reading its append-only file after a restart) is a connection-level error there:
+# the gateway answers 503 "unavailable", never 500.
+_ERRORS: dict[str, type[RedisError]] = {"NOSCRIPT": NoScriptError, "READONLY": ReadOnlyError,
+                                        "OOM": OutOfMemoryError, "LOADING": BusyLoadingError}
 
 
-def _error(reply: ResponseError) -> ResponseError:
+def _error(reply: ResponseError) -> RedisError:
     text = str(reply)
     kind = _ERRORS.get(text.split(" ", 1)[0])
     return kind(text) if kind is not None else reply

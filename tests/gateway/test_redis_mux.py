@@ -197,3 +197,16 @@ async def test_audit_appends_through_the_shared_connection(
     finally:
         await fast.aclose()
 
+
+
+def test_a_loading_server_is_a_connection_error_as_in_redis_py() -> None:
+    """A Redis still loading its append-only file after a restart answers LOADING: the
+    join path's transport raises what redis-py raises (a ConnectionError), so the gateway
+    answers 503 "unavailable" rather than 500."""
+    from redis.exceptions import BusyLoadingError, ConnectionError, ResponseError
+
+    from gateway.redis_mux import _error
+
+    err = _error(ResponseError("LOADING Redis is loading the dataset in memory"))
+    assert isinstance(err, BusyLoadingError) and isinstance(err, ConnectionError)
+    assert type(_error(ResponseError("ERR unknown command"))) is ResponseError
