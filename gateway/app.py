@@ -297,6 +297,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time,
         control,
         incidents,
         join,
+        oidc,
         orgs,
         pages,
         platform_hooks,
@@ -316,7 +317,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time,
     app[SERVICES] = svc
     app.cleanup_ctx.append(_resources)
     for module in (service, session, classes, control, join, pages, audit, orgs,
-                   platform_hooks, incidents, audit_admin):
+                   platform_hooks, incidents, audit_admin, oidc):
         module.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)

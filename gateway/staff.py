@@ -321,6 +321,11 @@ class StaffStore:
         return cast(set[str], await self._r.smembers(key))
 
     @property
+    def regulator(self) -> LoginRegulator:
+        """Sign-in regulation, for other ways of signing in (gateway/routes/oidc.py)."""
+        return self._regulator
+
+    @property
     def revoke_channel(self) -> str:
         return f"{self._p}revoke"
 
