@@ -359,7 +359,7 @@ class OidcStore:
 
 async def fetch_json(http: aiohttp.ClientSession, url: str, *,
                      data: dict[str, str] | None = None,
-                     auth: aiohttp.BasicAuth | None = None) -> dict[str, Any]:
+                     authorization: str | None = None) -> dict[str, Any]:
     """GET (or POST a form to) a provider URL through the egress-checked session; never
     follows redirects. ``OidcRefused("provider_unavailable")`` for anything but JSON."""
     try:
@@ -367,8 +367,10 @@ async def fetch_json(http: aiohttp.ClientSession, url: str, *,
             resp_cm = http.get(url, allow_redirects=False,
                                headers={"Accept": "application/json"})
         else:
-            resp_cm = http.post(url, data=data, auth=auth, allow_redirects=False,
-                                headers={"Accept": "application/json"})
+            headers = {"Accept": "application/json"}
+            if authorization:
+                headers["Authorization"] = authorization
+            resp_cm = http.post(url, data=data, allow_redirects=False, headers=headers)
         async with resp_cm as resp:
             body = await resp.content.read(_MAX_DOC_BYTES + 1)
             status = resp.status
@@ -488,6 +490,15 @@ async def validate_id_token(store: OidcStore, http: aiohttp.ClientSession, doc: 
     if await store.nonce_seen(nonce):
         raise OidcRefused("wrong_nonce", "ID token already used")
     return claims
+
+
+def client_secret_basic(client_id: str, secret: str) -> str:
+    """The ``Authorization`` header of RFC 6749 section 2.3.1: both parts form-encoded."""
+    import base64
+    from urllib.parse import quote_plus
+
+    pair = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def _b64(raw: bytes) -> str:

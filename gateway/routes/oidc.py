@@ -28,6 +28,7 @@ from ..oidc import (
     OidcStore,
     OrgOidc,
     authorization_url,
+    client_secret_basic,
     email_domain,
     fetch_json,
     identity_of,
@@ -98,12 +99,14 @@ async def start(request: web.Request) -> web.StreamResponse:
     state, pending = await store.begin(org, safe_next(request.query.get("next")))
     url = authorization_url(doc, settings, redirect_uri=redirect_uri(svc), state=state,
                             pending=pending, login_hint=email)
-    resp = web.HTTPSeeOther(url)
+    # A page that moves on to the provider, not a redirect: the sign-in form's page
+    # allows forms to lead only to this site (Content-Security-Policy form-action).
+    resp = page_response(request, "oidc_redirect.html", page_lang(request), url=url)
     # Binds the sign-in to this browser: a state carried to another browser is refused.
     # Lax: the provider's redirect back is a top-level cross-site navigation.
     resp.set_cookie(STATE_COOKIE, state, max_age=600, httponly=True,
                     secure=svc.settings.cookie_secure, samesite="Lax", path="/auth/oidc")
-    raise resp
+    return resp
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
@@ -168,8 +171,8 @@ async def _complete(request: web.Request, svc: Services, store: OidcStore, setti
     form = {"grant_type": "authorization_code", "code": code,
             "redirect_uri": redirect_uri(svc), "code_verifier": verifier,
             "client_id": settings.client_id}
-    auth = aiohttp.BasicAuth(settings.client_id, secret) if secret else None
-    tokens = await fetch_json(http, str(doc["token_endpoint"]), data=form, auth=auth)
+    auth = client_secret_basic(settings.client_id, secret) if secret else None
+    tokens = await fetch_json(http, str(doc["token_endpoint"]), data=form, authorization=auth)
     claims = await validate_id_token(store, http, doc, settings, secret,
                                      str(tokens.get("id_token", "")), nonce, svc.clock())
     identity = identity_of(settings, claims)
