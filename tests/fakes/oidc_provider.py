@@ -58,6 +58,12 @@ class Provider:
     process: subprocess.Popen[str]
 
 
+def _spawn(node: str, config: dict[str, Any]) -> subprocess.Popen[str]:
+    return subprocess.Popen([node, str(HERE / "provider.js")], cwd=HERE, text=True,
+                            env={**os.environ, "OIDC_TEST_CONFIG": json.dumps(config)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 @asynccontextmanager
 async def running_provider(*, redirect_uris: list[str],
                            accounts: dict[str, dict[str, Any]]) -> AsyncIterator[Provider]:
@@ -79,9 +85,7 @@ async def running_provider(*, redirect_uris: list[str],
                      "token_endpoint_auth_method": "client_secret_basic"}],
         "jwks": {"keys": [key.as_dict(private=True)]},
     }
-    proc = subprocess.Popen([node, str(HERE / "provider.js")], cwd=HERE, text=True,
-                            env={**os.environ, "OIDC_TEST_CONFIG": json.dumps(config)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _spawn(node, config)
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
