@@ -355,3 +355,43 @@ async def test_real_provider_answers_cannot_be_replayed(
         old_code = parse_qs(urlsplit(back).query)["code"][0]
         status, got, _ = await callback(browser, q2["state"], code=old_code)
         assert got == "token_refused", (status, got)
+
+
+async def test_passwords_turned_off_for_an_org(gw: Gateway, forge: Forge) -> None:
+    admin = await configure(gw, forge.url)
+    await gw.staff_user("co.khac", "teacher", "truong-khac")
+    password = "correct horse battery staple"
+    r = await gw.client().post("/api/v1/session",
+                               json={"username": "co.mai", "password": password})
+    assert r.status == 200  # passwords stay available until the org turns them off
+    r = await admin.get(f"/api/v1/orgs/{ORG}/oidc")
+    body = await r.json()
+    assert "client_secret" not in body and body["passwords"] is True
+    body.update(passwords=False)
+    del body["org"], body["redirect_path"]
+    r = await admin.put(f"/api/v1/orgs/{ORG}/oidc", json=body)  # the secret is kept
+    assert r.status == 200, await r.text()
+    for pw in (password, "a wrong password, whatever"):
+        r = await gw.client().post("/api/v1/session", json={"username": "co.mai",
+                                                            "password": pw})
+        assert r.status == 403 and (await r.json())["error"]["code"] == "password_sign_in_off"
+    # The sign-in form says why, in the visitor's language.
+    client = gw.client()
+    page = await client.get("/login?lang=en")
+    token = re.search(r'name="csrf_token" value="([^"]+)"', await page.text())
+    assert token
+    r = await client.post("/login?lang=en", data={"username": "co.mai", "password": password,
+                                                  "csrf_token": token.group(1), "next": ""},
+                          allow_redirects=False)
+    assert r.status == 403 and t("en", "oidc.password_off") in html.unescape(await r.text())
+    # Another org's accounts are not affected; the org's provider still signs in.
+    r = await gw.client().post("/api/v1/session",
+                               json={"username": "co.khac", "password": password})
+    assert r.status == 200
+    client = gw.client()
+    _url, q = await begin(client)
+    forge.token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims_for(forge, q["nonce"]),
+                             forge.key)
+    status, _got, _ = await callback(client, q["state"])
+    assert status == 303
+    assert "password_sign_in_off" in await failed_reasons(gw, {"password_sign_in_off"})
