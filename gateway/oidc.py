@@ -549,7 +549,8 @@ def identity_of(settings: OrgOidc, claims: dict[str, Any]) -> Identity:
 
 def username_candidates(email: str) -> list[str]:
     """Usernames to try for a new account: the address's local part, then numbered."""
-    local = re.sub(r"[^a-z0-9._-]", "", email.split("@", 1)[0].lower())[:60] or "staff"
+    mailbox = email.split("@", 1)[0].split("+", 1)[0].lower()  # no "+tag"
+    local = re.sub(r"[^a-z0-9._-]", "", mailbox)[:60] or "staff"
     if len(local) < 2:
         local = local + "-staff"
     return [local] + [f"{local}{i}" for i in range(2, 50)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import replace
 from urllib.parse import urlencode
 
 import aiohttp
@@ -142,6 +143,9 @@ async def callback(request: web.Request) -> web.StreamResponse:
         await svc.staff.regulator.failed(attempt)
         return await refusal_page(request, exc, org=pending.org if pending else None)
     await svc.staff.regulator.succeeded(attempt)
+    # The provider proved who this is: a one-time password the account was created with
+    # (and never used) is not asked to be changed in this session.
+    user = replace(user, must_change_password=False)
     cookie, _csrf, _session = await svc.staff.create_session(
         user, ip=ip, user_agent=request.headers.get("User-Agent", ""))
     await svc.auditor.record("staff.login", actor=f"user:{user.username}", org=user.org, ip=ip,

@@ -395,3 +395,25 @@ async def test_passwords_turned_off_for_an_org(gw: Gateway, forge: Forge) -> Non
     status, _got, _ = await callback(client, q["state"])
     assert status == 303
     assert "password_sign_in_off" in await failed_reasons(gw, {"password_sign_in_off"})
+
+
+async def test_account_made_with_a_one_time_password_signs_in_through_the_provider(
+        gw: Gateway, forge: Forge) -> None:
+    """An administrator creates the account the usual way (a one-time password to change);
+    signing in through the provider does not ask for a password the person never needs."""
+    admin = await configure(gw, forge.url)
+    staff = gw.svc.staff
+    assert staff is not None
+    user, one_time = await staff.create_user("thay.tuan", role="teacher", org=ORG)
+    assert one_time and user.must_change_password
+    r = await admin.put(f"/api/v1/orgs/{ORG}/oidc/emails",
+                        json={"username": "thay.tuan", "email": f"thay.tuan@{DOMAIN}"})
+    assert r.status == 200
+    client = gw.client()
+    _url, q = await begin(client)
+    forge.token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims_for(
+        forge, q["nonce"], sub="tuan-1", email=f"thay.tuan@{DOMAIN}"), forge.key)
+    status, got, r = await callback(client, q["state"])
+    assert (status, r.headers.get("Location")) == (303, "/classes"), got
+    r = await client.get("/api/v1/classes")
+    assert r.status == 200, await r.text()
