@@ -350,6 +350,12 @@ class OidcStore:
         for name in ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not isinstance(doc.get(name), str):
                 raise OidcRefused("provider_unavailable", f"discovery lacks {name}", status=502)
+        # OpenID Connect Discovery 1.0, section 4.3: the document names the issuer it was
+        # fetched for (Entra's multi-tenant template is checked per token instead).
+        issuer = str(doc["issuer"]).rstrip("/")
+        if ENTRA_TENANT_TEMPLATE not in issuer and settings.discovery_url != (
+                issuer + "/.well-known/openid-configuration"):
+            raise OidcRefused("wrong_issuer", f"discovery names issuer {issuer!r}", status=502)
         return doc
 
     async def jwks(self, http: aiohttp.ClientSession, url: str, *,

@@ -171,6 +171,11 @@ async def _complete(request: web.Request, svc: Services, store: OidcStore, setti
         raise OidcRefused("bad_token", "no authorization code")
     http = _http(svc)
     doc = await store.discovery(http, settings)
+    # RFC 9207: a provider that names itself in the answer must be the org's (mix-up).
+    answered_by = request.query.get("iss")
+    if answered_by is not None and "{tenantid}" not in str(doc["issuer"]) \
+            and answered_by != doc["issuer"]:
+        raise OidcRefused("wrong_issuer", f"answer from {answered_by[:200]!r}")
     secret = await store.client_secret(settings.org)
     form = {"grant_type": "authorization_code", "code": code,
             "redirect_uri": redirect_uri(svc), "code_verifier": verifier,

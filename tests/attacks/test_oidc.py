@@ -246,6 +246,11 @@ async def test_state_error_and_browser_binding(gw: Gateway, forge: Forge) -> Non
                              forge.key)
     status, got, _ = await callback(victim, q["state"])
     assert status == 303, got
+    # An answer naming another provider (RFC 9207 mix-up): refused before the code is used.
+    client = gw.client()
+    _url, q = await begin(client)
+    status, got, _ = await callback(client, q["state"], iss="https://accounts.google.com")
+    assert got == "wrong_issuer"
     # A made-up state, no state at all.
     for state in ("A" * 43, ""):
         status, got, _ = await callback(gw.client(), state)
