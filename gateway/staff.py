@@ -326,6 +326,11 @@ class StaffStore:
         return self._regulator
 
     @property
+    def redis_client(self) -> aioredis.Redis:
+        """The client this store uses, for stores kept beside it (gateway/oidc_cli.py)."""
+        return self._r
+
+    @property
     def revoke_channel(self) -> str:
         return f"{self._p}revoke"
 

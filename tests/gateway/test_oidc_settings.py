@@ -3,6 +3,13 @@ templates, claims to account."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from gateway.oidc import (
@@ -98,3 +105,33 @@ def test_claims_to_identity() -> None:
 def test_username_candidates() -> None:
     assert username_candidates("Co.Lan+x@a.vn")[:2] == ["co.lan", "co.lan2"]
     assert username_candidates("é@a.vn")[0] == "staff"
+
+
+def test_cli_sets_shows_and_links(tmp_path: Path, redis_url: str, redis_prefix: str,
+                                  redis: Any) -> None:
+    """``classguard oidc``: the settings from standard input (the secret never on argv),
+    shown without the secret, an account linked to its email; every change audited."""
+    env = {**os.environ, "CLASSGUARD_DATA_DIR": str(tmp_path / "data"),
+           "CLASSGUARD_REDIS_URL": redis_url, "CLASSGUARD_REDIS_PREFIX": redis_prefix,
+           "CLASSGUARD_LOG_LEVEL": "warning", "PYTHONPATH": str(Path.cwd())}
+
+    def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env,
+                              input=stdin, capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    assert cli("init", "--org", "thpt-a", "--admin", "qt.an").returncode == 0
+    body = json.dumps({"provider": "google", "client_id": "cid",
+                       "client_secret": "very-secret", "domains": ["thpt-a.edu.vn"],
+                       "passwords": False})
+    res = cli("oidc", "set", "thpt-a", "--settings", "-", stdin=body)
+    assert res.returncode == 0, res.stderr
+    res = cli("oidc", "show", "thpt-a")
+    assert res.returncode == 0 and json.loads(res.stdout)["passwords"] is False
+    assert "very-secret" not in res.stdout
+    res = cli("oidc", "email", "qt.an", "an@thpt-a.edu.vn")
+    assert res.returncode == 0, res.stderr
+    res = cli("oidc", "set", "nowhere", "--settings", "-", stdin=body)
+    assert res.returncode == 2 and "does not exist" in res.stderr
+    res = cli("oidc", "remove", "thpt-a")
+    assert res.returncode == 0 and cli("oidc", "show", "thpt-a").returncode == 2
