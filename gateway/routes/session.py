@@ -97,7 +97,8 @@ async def _refuse_if_passwords_off(request: web.Request, ip: str, username: str)
     OpenID provider (gateway/oidc.py).
 
     NOTE: asked before the password is checked, so a password is never confirmed for such
-    an account; that the account exists shows, as its username is its school email's."""
+    an account; the price is that the refusal shows the username exists (and costs no
+    password hash, so nothing can be guessed through it)."""
     svc = services(request)
     assert svc.staff is not None and svc.secretbox is not None
     user = await svc.staff.get_user(username)
