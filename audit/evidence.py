@@ -1,6 +1,6 @@
 """Evidence bundles: build the zip of an incident, and verify one offline. No I/O but bytes.
 
-The layout is the contract of DESIGN.md ("Incidents and evidence")::
+The layout is the contract of docs/evidence.md::
 
     manifest.json            every other file's SHA-256 and size, incident, exporter, tool
     manifest.json.sig        C2SP signed note over SHA-256(manifest.json), audit key

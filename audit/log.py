@@ -10,7 +10,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -33,6 +33,7 @@ from audit.records import (
     decode_record,
     prepare_event,
 )
+from audit.scripts import CommandPipeline
 from audit.store import (
     INDEXED_VALUE,
     TIME_BUCKET_SHIFT,
@@ -216,13 +217,6 @@ class _Scan:
 
     found: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     next_upper: int | None = None
-
-
-class CommandPipeline(Protocol):
-    """Sends commands in one round trip; the replies in order, error replies as
-    exception objects (gateway.redis_mux.Multiplexed)."""
-
-    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]: ...
 
 
 class AuditLog:

@@ -24,20 +24,18 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from audit import merkle
 from audit.checkpoint import Checkpoint
 from audit.errors import AuditError, FormatError, NotLeaderError
-from audit.log import CommandPipeline
+from audit.lease import Lease
 from audit.note import AuditSigningKey
 from audit.outbox import DRAIN_OUTBOX, stream_value, unpack_entry
 from audit.records import decode_personal, decode_record
+from audit.scripts import CommandPipeline, Script, ScriptRunner
 from audit.store import (
-    ACQUIRE_LEASE,
     COMMIT_BATCH,
-    RELEASE_LEASE,
-    RENEW_LEASE,
     STORE_CHECKPOINT,
     TIME_BUCKET_SHIFT,
     AuditKeys,
@@ -109,11 +107,10 @@ class Sequencer:
         self._renewed_at = 0.0
         self._last_ckpt_ms: int | None = None
         self._ckpt_size = 0
-        self._commit = redis.register_script(COMMIT_BATCH)
+        self._commit = Script("commit_batch", COMMIT_BATCH)
+        self._scripts = ScriptRunner(redis, fast)
+        self._lease = Lease(redis, self.keys.lease, token=self._token, ttl_ms=lease_ms)
         self._store_ckpt = redis.register_script(STORE_CHECKPOINT)
-        self._renew = redis.register_script(RENEW_LEASE)
-        self._acquire = redis.register_script(ACQUIRE_LEASE)
-        self._release = redis.register_script(RELEASE_LEASE)
         self._drain = redis.register_script(DRAIN_OUTBOX)
         self._sweep_ms = outbox_sweep_ms
         self._swept_at: float | None = None  # loop time of the last full outbox sweep
@@ -132,21 +129,19 @@ class Sequencer:
         if self._state is not None:
             if now - self._renewed_at < self._lease_ms / 4:
                 return True
-            ok = await self._renew(keys=[self.keys.lease], args=[self._token, self._lease_ms])
-            if ok:
+            if await self._lease.renew():
                 self._renewed_at = now
                 return True
             log.warning("audit sequencer %s lost its lease", self.node_id)
             self._state = None
             return False
-        got = await self._acquire(keys=[self.keys.lease], args=[self._token, self._lease_ms])
-        if not got:
+        if not await self._lease.acquire():
             return False
         self._renewed_at = now
         try:
             self._state = await self._load_state()
         except BaseException:
-            await self._release(keys=[self.keys.lease], args=[self._token])
+            await self._lease.release()
             raise
         log.info("audit sequencer %s leads from size %d", self.node_id, self._state.size)
         return True
@@ -178,7 +173,7 @@ class Sequencer:
     async def release(self) -> None:
         """Give up the lease now (on shutdown) so another process takes over at once."""
         self._state = None
-        await self._release(keys=[self.keys.lease], args=[self._token])
+        await self._lease.release()
 
     # --- work ---
 
@@ -214,7 +209,7 @@ class Sequencer:
             if self._release_on_stop and self._state is not None:
                 self._state = None
                 with contextlib.suppress(RedisError, OSError):
-                    await asyncio.shield(self._release(keys=[self.keys.lease], args=[self._token]))
+                    await asyncio.shield(self._lease.release())
 
     async def sync(self, *, checkpoint: bool = True) -> int:
         """Sequence everything appended so far and sign a checkpoint; returns the size.
@@ -361,17 +356,6 @@ class Sequencer:
         return [(eid, dict(zip(flat[::2], flat[1::2], strict=True)))
                 for eid, flat in reply[0][1]]
 
-    async def _commit_script(self, keys: list[str], args: list[Any]) -> Any:
-        if self._fast is None:
-            return await self._commit(keys=keys, args=args)
-        command = ("EVALSHA", self._commit.sha, len(keys), *keys, *args)
-        try:
-            return await self._fast_one(*command)
-        except NoScriptError:
-            # A restarted or flushed server forgot the script: load it, once.
-            await self._fast_one("SCRIPT", "LOAD", COMMIT_BATCH)
-            return await self._fast_one(*command)
-
     async def _fast_one(self, *command: Any) -> Any:
         """One command on ``fast``; an error reply is raised."""
         assert self._fast is not None
@@ -467,7 +451,7 @@ class Sequencer:
             b",".join(sid for sid, _ in entries),
         ]
         try:
-            new_size = int(await self._commit_script(keys, args))
+            new_size = int(await self._scripts.run(self._commit, keys, args))
         except ResponseError as exc:
             self._state = None
             if str(exc).startswith("NOTLEADER"):

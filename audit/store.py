@@ -188,35 +188,7 @@ async def fetch_nodes(
     return out
 
 
-# Lease: extend only if we still hold it (compare-and-extend).
-RENEW_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# Take the lease if free, or keep it if this token already holds it (after a transient
-# error the holder must not wait for its own lease to expire).
-ACQUIRE_LEASE = """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if cur then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-RELEASE_LEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+# The lease (KEYS 2 below) is audit.lease.Lease.
 
 # Move one batch from the stream into the indexed log. Everything a takeover needs (size,
 # last consumed stream id, leaves, tree nodes) changes in this one atomic step, and only

@@ -35,7 +35,7 @@ def cli_actor() -> str:
 
 
 async def record_read(log: AuditLog, command: str) -> None:
-    """Reading the log is itself an event, from the command line too (DESIGN.md). The
+    """Reading the log is itself an event, from the command line too (docs/audit.md). The
     record is durable in the stream at once; a running gateway's sequencer indexes it."""
     await Auditor(log).record(f"audit.{command}", actor=cli_actor(), facts={"via": "cli"})
 

@@ -1,5 +1,5 @@
 """The gateway's side of the audit seam: every decision and host action becomes one
-event with the fields of DESIGN.md, personal fields kept apart (committed, not written
+event with the fields of docs/audit.md, personal fields kept apart (committed, not written
 into the tree)."""
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import services
 from .auditing import milestone
 from .errors import ApiError, Refusal
+from .mfa import touch_session
+from .services import services
 from .staff import check_csrf
 from .staff_secrets import parse_api_token
 from .web_util import client_ip, read_form
@@ -62,7 +63,6 @@ async def authenticate(request: web.Request, *, csrf: bool = True,
     NOTE: bearer tokens are not held back by the flag: they are issued by the operator
     on the command line, separately from the password, expire and can be revoked."""
     svc = services(request)
-    assert svc.staff is not None
     auth = request.headers.get("Authorization", "")
     if auth:
         scheme, _, token = auth.partition(" ")
@@ -100,6 +100,8 @@ async def authenticate(request: web.Request, *, csrf: bool = True,
         failed_recent=session.failed_recent,
     )
     request[PRINCIPAL] = p
+    assert svc.redis is not None
+    await touch_session(svc.redis, svc.settings.redis_prefix, session.sid_hash, svc.clock())
     if csrf and request.method not in SAFE_METHODS:
         header = request.headers.get("X-CSRF-Token", "")
         if not header and request.content_type == "application/x-www-form-urlencoded":
@@ -155,7 +157,6 @@ def is_staff_refusal(request: web.Request, exc: ApiError) -> bool:
 async def record_refusal(request: web.Request, exc: ApiError) -> None:
     """Append the ``staff.refused`` event for ``exc`` (see ``refusal_middleware``)."""
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     p = request[PRINCIPAL]
     ip = client_ip(request, svc.settings.trusted_proxies)
     n, _first = await svc.store.count_refusals(f"staff:{p.username}", 60)

@@ -25,6 +25,7 @@ class Ban:
     until: float | None
     scope: str  # class | org
     where: str  # class id or org slug
+    student_id: str | None = None  # the student whose device or address it was
 
     def live(self, now: float) -> bool:
         return self.until is None or self.until > now
@@ -37,6 +38,8 @@ class Ban:
                                "until": self.until, "scope": self.scope, "where": self.where}
         if kind != "d":
             out["value"] = value  # device hashes are not shown: they identify nobody to staff
+        if self.student_id:
+            out["student_id"] = self.student_id
         return out
 
 
@@ -73,14 +76,19 @@ def parse_bans(raw: Mapping[str, str], scope: str, where: str) -> list[Ban]:
             out.append(Ban(key=key, reason=str(d.get("reason", "")), by=str(d.get("by", "")),
                            at=float(d.get("at", 0)),
                            until=float(d["until"]) if d.get("until") is not None else None,
-                           scope=scope, where=where))
+                           scope=scope, where=where,
+                           student_id=str(d["student"]) if d.get("student") else None))
         except (ValueError, TypeError, KeyError):
             continue  # a corrupt entry must not break every join of the class
     return out
 
 
-def encode_ban(reason: str, by: str, at: float, until: float | None) -> str:
-    return json.dumps({"reason": reason, "by": by, "at": at, "until": until})
+def encode_ban(reason: str, by: str, at: float, until: float | None,
+               student_id: str | None = None) -> str:
+    d: dict[str, Any] = {"reason": reason, "by": by, "at": at, "until": until}
+    if student_id:
+        d["student"] = student_id
+    return json.dumps(d)
 
 
 def match(bans: Iterable[Ban], *, device: str | None, ip: str,

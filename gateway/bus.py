@@ -21,6 +21,9 @@ import redis.asyncio as aioredis
 log = logging.getLogger("classguard.bus")
 
 Listener = Callable[[dict[str, Any]], Awaitable[None]]
+# A class listener (the teacher's control socket) gets the events of its class that
+# arrived in one event-loop turn together, in order (see Bus._dispatch).
+BatchListener = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class Bus:
@@ -28,7 +31,11 @@ class Bus:
         self.r = redis
         self.channel = channel
         self.revoke_channel = revoke_channel
-        self._class_listeners: dict[str, set[Listener]] = defaultdict(set)
+        self._class_listeners: dict[str, set[BatchListener]] = defaultdict(set)
+        # The class events of this event-loop turn, per class listener (in order), and
+        # the callback that hands them over at the start of the next turn.
+        self._batches: dict[BatchListener, list[dict[str, Any]]] = {}
+        self._flush_handle: asyncio.Handle | None = None
         # A waiting student's socket hears only what concerns them (see listen_student):
         # class id -> "t:<ticket>" / "s:<student id>" -> listeners, and class id -> all.
         self._student_index: dict[str, dict[str, set[Listener]]] = {}
@@ -46,7 +53,9 @@ class Bus:
     async def publish(self, class_id: str, message: dict[str, Any]) -> None:
         await self.r.publish(*self.message(class_id, message))
 
-    def listen_class(self, class_id: str, listener: Listener) -> Callable[[], None]:
+    def listen_class(self, class_id: str, listener: BatchListener) -> Callable[[], None]:
+        """Every event of the class. The events that reach this process in one event-loop
+        turn are handed over in one call, in the order they were published."""
         self._class_listeners[class_id].add(listener)
 
         def _off() -> None:
@@ -113,6 +122,9 @@ class Bus:
                         continue
                     await self._dispatch(msg["channel"], msg["data"])
             except asyncio.CancelledError:
+                if self._flush_handle is not None:
+                    self._flush_handle.cancel()
+                    self._flush_handle = None
                 for task in list(self._tasks):
                     task.cancel()
                 raise
@@ -134,11 +146,22 @@ class Bus:
             return
         if not isinstance(msg, dict):
             return
+        loop = asyncio.get_running_loop()
+        targets: list[Listener]
         if channel == self.revoke_channel:
             targets = list(self._revoke_listeners)
         else:
             cid = str(msg.get("class_id"))
-            targets = list(self._class_listeners.get(cid, ()))
+            teachers = self._class_listeners.get(cid)
+            if teachers:
+                # NOTE: a morning bell brings hundreds of admissions a second to one
+                # process, several per class in one turn: each socket gets one frame (a
+                # list) per turn instead of one write per event, and one delivery task.
+                for teacher in teachers:
+                    self._batches.setdefault(teacher, []).append(msg)
+                if self._flush_handle is None:
+                    self._flush_handle = loop.call_soon(self._flush_batches)
+            targets = []
             index = self._student_index.get(cid)
             if index is not None:
                 ticket, student = msg.get("ticket"), msg.get("student_id")
@@ -154,14 +177,24 @@ class Bus:
         # held up every event of the process, every class's admissions included.
         # Deliveries to one socket keep their order: each socket's listener writes
         # under a FIFO lock taken first thing, and tasks start in the order made.
-        loop = asyncio.get_running_loop()
         for listener in targets:
             task = loop.create_task(self._deliver(listener, msg))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _flush_batches(self) -> None:
+        self._flush_handle = None
+        batches, self._batches = self._batches, {}
+        loop = asyncio.get_running_loop()
+        for listener, msgs in batches.items():
+            # (the listener may have left since: its socket is closed, and its send
+            # drops the batch)
+            task = loop.create_task(self._deliver(listener, msgs))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     @staticmethod
-    async def _deliver(listener: Listener, msg: dict[str, Any]) -> None:
+    async def _deliver(listener: Callable[[Any], Awaitable[None]], msg: Any) -> None:
         try:
             await listener(msg)
         except ConnectionResetError:

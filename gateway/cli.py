@@ -23,6 +23,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .cli_redis import redis_url
 from .config import ConfigError, Settings, load_settings
 
 AUDIT_FILTERS = ("class", "type", "reason", "student", "ip", "since", "until")
@@ -276,48 +277,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(flags, os.environ, getattr(args, "config", None))
 
 
-@contextlib.asynccontextmanager
-async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A text client on the configured Redis (see ``redis_url``)."""
-    async with redis_url(settings) as url:
-        client = aioredis.Redis.from_url(url, decode_responses=True)
-        try:
-            yield client
-        finally:
-            await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def redis_url(settings: Settings) -> AsyncIterator[str]:
-    """The configured Redis; with none configured, the data dir's embedded one (the
-    running gateway's if it is up, else a temporary one started for this command)."""
-    from .embedded_redis import EmbeddedRedis
-
-    embedded = None
-    url = settings.redis_url
-    if url is None:
-        sock = Path(settings.data_dir) / "redis" / "redis.sock"
-        if sock.exists():
-            probe = aioredis.Redis.from_url(f"unix://{sock}")
-            try:
-                await probe.ping()
-                url = f"unix://{sock}"
-            except Exception:  # noqa: BLE001 - stale socket: start our own below
-                url = None
-            finally:
-                await probe.aclose()
-        if url is None:
-            embedded = EmbeddedRedis(Path(settings.data_dir))
-            url = await embedded.start()
-    try:
-        yield url
-    finally:
-        if embedded is not None:
-            await embedded.stop()
-
-
 def _staff(client: aioredis.Redis, settings: Settings) -> Any:
-    from .app import make_staff
+    from .services import make_staff
 
     return make_staff(client, settings, __import__("time").time)
 
@@ -553,20 +514,17 @@ def _key_info(k: Any) -> dict[str, Any]:
 async def _cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
-    from .app import Services, make_templates
     from .joinflow import JoinFlow
-    from .keys import JoinKeyring
     from .metrics import Metrics
-    from .state import ClassStore, device_hash
+    from .presence import Reconciler
+    from .services import Foundation, make_templates, open_services
+    from .stores import device_hash
 
     token = args.token.rsplit("/j/", 1)[-1].strip()
-    async with open_redis(settings) as r:
-        svc = Services(settings=settings, clock=time.time, metrics=Metrics.create(),
+    found = Foundation(settings=settings, clock=time.time, metrics=Metrics.create(),
                        templates=make_templates())
-        svc.redis = r
-        svc.store = ClassStore(r, settings.redis_prefix)
-        svc.keyring = JoinKeyring.load_or_create(Path(settings.data_dir) / "keys" / "join",
-                                                 clock=time.time)
+    async with redis_url(settings) as url, open_services(
+            found, reconciler=Reconciler, url=url, background=False) as svc:
         dev = device_hash(args.device_cookie) if args.device_cookie else None
         out = await JoinFlow(svc).explain_token(token, ip=args.ip, device=dev)
     cls = out.get("class_id")
@@ -748,8 +706,9 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
     from aiohttp import web
 
     from . import i18n
-    from .app import SERVICES, create_app
+    from .app import create_app
     from .conn_guard import ConnectionGuard, GuardedTCPSite
+    from .services import FOUNDATION
     from .workers import report_ready
 
     app = create_app(settings, sequencer=worker is None)
@@ -769,7 +728,7 @@ def _serve_one(settings: Settings, *, demo: bool, demo_routes: bool, worker: int
             raise
         # NOTE: `serve` may face phones directly (no proxy): slow-loris guard and a
         # per-address connection cap (gateway.conn_guard).
-        metrics = app[SERVICES].metrics
+        metrics = app[FOUNDATION].metrics
         guard = ConnectionGuard(
             header_timeout_s=settings.header_read_timeout_s,
             body_timeout_s=settings.body_read_timeout_s,

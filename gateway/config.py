@@ -187,6 +187,29 @@ class Settings:
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     metrics_token: str = ""
 
+    # Incident notifications by email (gateway/notify.py). Empty smtp_host: no email is
+    # sent and every notification is recorded as not sent. smtp_security: "starttls"
+    # (upgrade on smtp_port, usually 587), "tls" (implicit TLS, usually 465) or "none"
+    # (plain, only for a relay on loopback; never with credentials). The password comes
+    # from smtp_password or, sealed with the gateway's secret box, smtp_password_sealed
+    # (`python -m gateway.notify seal-password`).
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_password_sealed: str = ""
+    # PEM file of the certificate authorities a private mail server's certificate is
+    # checked against (empty: the system's). Certificates are always checked.
+    smtp_ca_file: str = ""
+    smtp_from: str = ""
+    smtp_timeout_s: int = 20
+    smtp_max_attempts: int = 5
+    smtp_retry_base_s: int = 30
+    # An incident no administrator acknowledged within this many seconds is escalated to
+    # the parent org's administrators, then after as long again to the next parent.
+    incident_ack_timeout_s: int = 900
+
     def __post_init__(self) -> None:
         _validate(self)
 
@@ -231,6 +254,9 @@ class Settings:
             out["redis_password"] = "***"  # noqa: S105 - the mask, not a password
         if self.metrics_token:
             out["metrics_token"] = "***"  # noqa: S105 - the mask, not a token
+        for secret in ("smtp_password", "smtp_password_sealed"):
+            if getattr(self, secret):
+                out[secret] = "***"
         return out
 
 
@@ -545,6 +571,57 @@ def _validate(s: Settings) -> None:
     if level not in _LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {sorted(_LOG_LEVELS)}, got {s.log_level!r}")
     _set(s, "log_level", level)
+    _validate_smtp(s)
+
+
+_SMTP_SECURITY: Final = frozenset({"starttls", "tls", "none"})
+_SMTP_INT_RANGES: Final[Mapping[str, tuple[int, int]]] = {
+    "smtp_port": (1, 65535),
+    "smtp_timeout_s": (1, 300),
+    "smtp_max_attempts": (1, 20),
+    "smtp_retry_base_s": (1, 3600),
+    "incident_ack_timeout_s": (1, 7 * _DAY),
+}
+_EMAIL_RE: Final = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@"
+                              r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                              r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+
+
+def valid_email(value: str) -> bool:
+    """A plain ``local@domain.tld`` address (no display name, no quoting), <= 254 chars."""
+    return len(value) <= 254 and bool(_EMAIL_RE.fullmatch(value))
+
+
+def _validate_smtp(s: Settings) -> None:
+    for name in ("smtp_host", "smtp_security", "smtp_username", "smtp_password",
+                 "smtp_password_sealed", "smtp_from", "smtp_ca_file"):
+        _check_type(name, getattr(s, name), str)
+    for name, (low, high) in _SMTP_INT_RANGES.items():
+        value = getattr(s, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(name, f"must be an integer {low}-{high}, got {value!r}")
+    host = s.smtp_host.strip()
+    _set(s, "smtp_host", host)
+    if host and not _HOST_RE.fullmatch(host):
+        raise ConfigError("smtp_host", f"must be a host name or IP address, got {host!r}")
+    security = s.smtp_security.strip().lower()
+    if security not in _SMTP_SECURITY:
+        raise ConfigError("smtp_security",
+                          f"must be one of {sorted(_SMTP_SECURITY)}, got {s.smtp_security!r}")
+    _set(s, "smtp_security", security)
+    if s.smtp_password and s.smtp_password_sealed:
+        raise ConfigError("smtp_password", "give smtp_password or smtp_password_sealed, "
+                          "not both")
+    if (s.smtp_password or s.smtp_password_sealed) and not s.smtp_username:
+        raise ConfigError("smtp_username", "is required when an SMTP password is set")
+    if s.smtp_username and security == "none":
+        raise ConfigError("smtp_security", "must be starttls or tls when smtp_username is "
+                          "set: credentials never cross the network in clear")
+    if s.smtp_ca_file and not os.path.isfile(s.smtp_ca_file):
+        raise ConfigError("smtp_ca_file", f"no such file: {s.smtp_ca_file!r}")
+    if host and not valid_email(s.smtp_from):
+        raise ConfigError("smtp_from", "must be an email address (local@domain) when "
+                          f"smtp_host is set, got {s.smtp_from!r}")
 
 
 # --- loading ----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import html
 import ipaddress
 import logging
 import secrets
@@ -20,15 +19,19 @@ from aiohttp import web
 
 from meeting_adapters import validate_platform
 from meeting_adapters.generic import allow_plain_http, is_private_lan_address
-from policies.model import ClassId
+from meeting_adapters.janus import HOOK, hook_credentials
+from policies.model import ClassId, Schedule
 
 from . import i18n
-from .app import SERVICES
 from .config import ConfigError, Settings
-from .janus_runner import JanusProcess
+from .janus_runner import JanusConfig, JanusProcess, find_janus, free_port
 from .policy_io import resolve
 from .presence import watch_class
-from .state import new_id
+from .routes.classes import issue_links, seal_platform
+from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
+from .services import FOUNDATION, services, services_of
+from .stores import new_id
+from .stores.keys import Keys
 
 log = logging.getLogger("classguard.demo")
 
@@ -72,9 +75,7 @@ def demo_settings(settings: Settings) -> tuple[Settings, str | None]:
 
 
 async def _meeting_page(request: web.Request) -> web.Response:
-    svc = request.app[SERVICES]
-    from . import i18n
-
+    svc = services(request)
     lang = i18n.request_lang(request, svc.settings.default_lang)
     html = svc.templates.get_template("demo_meeting.html").render(lang=lang)
     return web.Response(text=html, content_type="text/html")
@@ -93,15 +94,10 @@ DEMO_JANUS: web.AppKey[_DemoJanus] = web.AppKey("demo_janus", _DemoJanus)
 
 async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
     """Start a loopback Janus when the ``janus`` program is installed; its settings."""
-    from meeting_adapters.janus import HOOK, hook_credentials
-
-    from .janus_runner import JanusConfig, find_janus, free_port
-    from .routes.platform_hooks import hook_secret_path, load_or_create_hook_secret
-
     binary = find_janus()
     if binary is None:
         return None
-    svc = app[SERVICES]
+    svc = services_of(app)
     s = svc.settings
     secret = await asyncio.to_thread(load_or_create_hook_secret,
                                      hook_secret_path(Path(s.data_dir), HOOK.name))
@@ -118,7 +114,7 @@ async def _janus_platform(app: web.Application) -> dict[str, Any] | None:
         return None
     app[DEMO_JANUS].process = proc
     app[DEMO_JANUS].ws_url = cfg.ws_url
-    await svc.r.set(_janus_ws_key(s.redis_prefix), cfg.ws_url)
+    await svc.redis.set(_janus_ws_key(s.redis_prefix), cfg.ws_url)
     return validate_platform({
         "kind": "janus", "ws_url": cfg.ws_url, "admin_key": cfg.admin_key,
         "client_url": f"{base}/demo/janus?room={{room}}&id={{id}}&token={{token}}"
@@ -132,18 +128,14 @@ async def _stop_janus(app: web.Application) -> None:
         await proc.stop()
 
 
-_JANUS_PAGE = """<!doctype html>
-<html lang="vi"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ClassGuard demo room</title><link rel="stylesheet" href="/static/style.css"></head>
-<body><main id="room" data-janus="{ws}">
-<h1>Janus VideoRoom</h1><p id="status">…</p><div id="videos"></div>
-</main><script src="/static/janus_room.js"></script></body></html>
-"""
+# What the demo's meeting page says; "room.<key>" in the catalogue.
+JANUS_ROOM_MSGS = ("connecting", "joined", "joined_no_media", "refused", "refused_advice",
+                   "removed", "removed_advice", "ended", "ended_advice", "lost",
+                   "lost_advice", "error", "me")
 
 
 def _janus_ws_key(prefix: str) -> str:
-    return f"{prefix}demo:janus_ws"
+    return Keys(prefix).demo_janus_ws()
 
 
 async def _janus_upstream(request: web.Request) -> str:
@@ -151,8 +143,8 @@ async def _janus_upstream(request: web.Request) -> str:
     ws = request.app[DEMO_JANUS].ws_url
     if not ws:
         # Another worker of the group started the demo's Janus (worker 0 sets up).
-        svc = request.app[SERVICES]
-        ws = str(await svc.r.get(_janus_ws_key(svc.settings.redis_prefix)) or "")
+        svc = services(request)
+        ws = str(await svc.redis.get(_janus_ws_key(svc.settings.redis_prefix)) or "")
     if not ws:
         raise web.HTTPNotFound()
     return ws
@@ -200,9 +192,14 @@ async def _janus_ws_proxy(request: web.Request) -> web.StreamResponse:
 
 async def _janus_page(request: web.Request) -> web.Response:
     await _janus_upstream(request)
-    ws = _browser_ws_url(request.app[SERVICES].settings)
-    resp = web.Response(text=_JANUS_PAGE.replace("{ws}", html.escape(ws)),
-                        content_type="text/html")
+    found = request.app[FOUNDATION]
+    ws = _browser_ws_url(found.settings)
+    # In the language the student chose on the way in (cookie or browser). No language
+    # switch here: reloading would spend the page's single-use Janus token.
+    lang = i18n.request_lang(request, found.settings.default_lang)
+    page = found.templates.get_template("janus_room.html").render(
+        lang=lang, ws=ws, room_msgs=JANUS_ROOM_MSGS, lang_switch="")
+    resp = web.Response(text=page, content_type="text/html")
     # NOTE: this page alone may reach the demo's Janus and use the camera and microphone.
     resp.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -218,7 +215,7 @@ DEMO_ANNOUNCEMENT: web.AppKey[list[str]] = web.AppKey("demo_announcement", list)
 
 def _demo_class_key(prefix: str) -> str:
     """The id of the demo's class: a restart in the same data folder reuses it."""
-    return f"{prefix}demo:class"
+    return Keys(prefix).demo_class()
 
 
 def announcement(app: web.Application) -> str | None:
@@ -228,10 +225,7 @@ def announcement(app: web.Application) -> str | None:
 
 
 async def _setup_demo(app: web.Application) -> None:
-    from .routes.classes import issue_links, seal_platform
-
-    svc = app[SERVICES]
-    assert svc.staff is not None and svc.store is not None and svc.secretbox is not None
+    svc = services_of(app)
     s = svc.settings
     # The demo school lies under the deployment root (made here on a fresh data dir), as
     # every school does: its teacher and administrators get no deployment-wide rights.
@@ -250,20 +244,20 @@ async def _setup_demo(app: web.Application) -> None:
         {"kind": "generic", "url": s.public_url.rstrip("/") + "/demo/meeting"})
     # NOTE: one demo class per data folder: a restart brings the same class up again
     # (new room, schedule and links), it does not add a second one.
-    known = str(await svc.r.get(_demo_class_key(s.redis_prefix)) or "")
+    known = str(await svc.redis.get(_demo_class_key(s.redis_prefix)) or "")
     cid = ClassId(known) if known and await svc.store.get_class(known) else ClassId(new_id("c"))
     info = await svc.store.create_class(
         class_id=cid, owner=DEMO_TEACHER, org=DEMO_ORG, title="Toán 10A1 (demo)",
         platform_kind=str(platform["kind"]),
         platform_sealed=await seal_platform(svc, cid, "Toán 10A1 (demo)", platform),
-        schedule=__import__("policies.model", fromlist=["Schedule"]).Schedule(
+        schedule=Schedule(
             starts_at=now - timedelta(minutes=5), ends_at=now + timedelta(hours=3),
             term_ends_at=now + timedelta(days=30)),
         # Stored resolved, every field explicit, as the API stores it: the class page
         # and the join path read the fields, never the preset alone.
         policy=resolve({"preset": "strict"}, None),
     )
-    await svc.r.set(_demo_class_key(s.redis_prefix), info.id)
+    await svc.redis.set(_demo_class_key(s.redis_prefix), info.id)
     await watch_class(svc, info)
     await svc.store.replace_roster(info.id, DEMO_STUDENTS and [(n, e) for n, e in DEMO_STUDENTS])
     links = await issue_links(svc, info, None, "system:demo")
@@ -307,15 +301,15 @@ def add_demo(app: web.Application, *, setup: bool = True, warning: str | None = 
     """The demo's pages; with ``setup``, also its school, class and Janus (one process
     of a group sets them up, every process serves the pages). ``warning`` is printed
     with the links (``demo_settings``)."""
-    svc = app[SERVICES]
+    found = app[FOUNDATION]
     app[DEMO_ANNOUNCEMENT] = []
     if warning:
         app[DEMO_WARNING] = warning
     # NOTE: the demo starts its own Janus on 127.0.0.1; that address alone joins the
     # platform allow list, and only in the demo (before start-up builds the HTTP session).
-    if "127.0.0.1/32" not in svc.settings.platform_allow_networks:
-        svc.settings = dataclasses.replace(svc.settings, platform_allow_networks=(
-            *svc.settings.platform_allow_networks, "127.0.0.1/32"))
+    if "127.0.0.1/32" not in found.settings.platform_allow_networks:
+        found.settings = dataclasses.replace(found.settings, platform_allow_networks=(
+            *found.settings.platform_allow_networks, "127.0.0.1/32"))
     app[DEMO_JANUS] = _DemoJanus()
     app.router.add_get("/demo/meeting", _meeting_page)
     app.router.add_get("/demo/janus", _janus_page)

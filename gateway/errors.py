@@ -1,4 +1,4 @@
-"""One place that turns every failure into the error JSON of API.md.
+"""One place that turns every failure into the error JSON of docs/api.md.
 
 ``{"error": {"code": ..., "message": ..., "field": ...}}`` with a fitting status; never a
 stack trace. Package errors (PolicyError, StaffError, AdapterError, RosterError, ...)
@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import jinja2
 import redis.exceptions
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -198,12 +199,10 @@ def _student_page(request: web.Request) -> bool:
         _wants_html(request)
 
 
-def _unavailable_page(request: web.Request, lang: str) -> web.Response:
+def _unavailable_page(templates: jinja2.Environment, lang: str) -> web.Response:
     """The student's page while Redis is unreachable: what happened, in their language,
     and a script that opens the link again by itself (static/retry.js)."""
-    from .app import SERVICES
-
-    html = request.app[SERVICES].templates.get_template("denied.html").render(
+    html = templates.get_template("denied.html").render(
         lang=lang, reason="dependency_down", retry_s=RETRY_AFTER_S, class_title=None)
     return web.Response(text=html, content_type="text/html", status=503,
                         headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -217,14 +216,17 @@ def _wants_html(request: web.Request) -> bool:
 def make_error_middleware(
     on_dependency_error: Callable[[], None] = lambda: None,
     not_found_page: Callable[[web.Request], web.StreamResponse] | None = None,
+    templates: jinja2.Environment | None = None,
 ) -> Middleware:
     """The middleware; ``on_dependency_error`` counts Redis failures in metrics;
     ``not_found_page`` renders the not-found page for a browser asking for an unknown
-    address (API clients keep the JSON error)."""
+    address (API clients keep the JSON error); with ``templates``, a student's page
+    that fails on a dependency renders the "try again" page rather than JSON."""
 
     @web.middleware
     async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        return await _handle(request, handler, on_dependency_error, not_found_page)
+        return await _handle(request, handler, on_dependency_error, not_found_page,
+                             templates)
 
     return error_middleware
 
@@ -232,6 +234,7 @@ def make_error_middleware(
 async def _handle(request: web.Request, handler: Handler,
                   on_dependency_error: Callable[[], None],
                   not_found_page: Callable[[web.Request], web.StreamResponse] | None,
+                  templates: jinja2.Environment | None,
                   ) -> web.StreamResponse:
     try:
         return await handler(request)
@@ -259,15 +262,15 @@ async def _handle(request: web.Request, handler: Handler,
         log.warning("dependency unavailable on %s: %s", _route_name(request), exc)
         on_dependency_error()
         lang = i18n.request_lang(request)
-        if _student_page(request):
-            return _unavailable_page(request, lang)
+        if templates is not None and _student_page(request):
+            return _unavailable_page(templates, lang)
         return error_response(
             503, "dependency_unavailable", i18n.t(lang, "error.redis_down"),
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
     except redis.exceptions.ResponseError as exc:
         if not is_out_of_memory(exc):
-            return _unhandled(request, exc)
+            return _unhandled(request, exc, templates)
         # NOTE: fail closed. Redis is at its maxmemory (noeviction) and refuses writes:
         # nothing was half-written by a script (Redis refuses it before its first write).
         log.error("Redis is full (maxmemory) on %s: writes refused", _route_name(request))
@@ -275,7 +278,7 @@ async def _handle(request: web.Request, handler: Handler,
         lang = i18n.request_lang(request)
         return error_response(503, "storage_full", i18n.t(lang, "error.storage_full"))
     except Exception as exc:  # noqa: BLE001 - the last line of defence: never a stack trace
-        return _unhandled(request, exc)
+        return _unhandled(request, exc, templates)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -286,11 +289,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
         and "command not allowed when used memory" in str(exc))
 
 
-def _unhandled(request: web.Request, exc: Exception) -> web.StreamResponse:
+def _unhandled(request: web.Request, exc: Exception,
+               templates: jinja2.Environment | None) -> web.StreamResponse:
     """Called inside the ``except`` block, so ``log.exception`` has the traceback."""
-    if getattr(exc, "code", None) == "audit_not_durable" and _student_page(request):
+    if getattr(exc, "code", None) == "audit_not_durable" and templates is not None \
+            and _student_page(request):
         log.warning("audit not durable on %s: %s", _route_name(request), exc)
-        return _unavailable_page(request, i18n.request_lang(request))
+        return _unavailable_page(templates, i18n.request_lang(request))
     mapped = _from_platform_error(request, exc) or _from_package_error(exc)
     if mapped is not None:
         return mapped

@@ -17,6 +17,7 @@ from audit import AuditError, AuditVerifierKey
 from audit.evidence import verify_bundle
 
 from . import i18n
+from .cli_redis import redis_url
 from .config import Settings
 
 MAX_BUNDLE_BYTES = 4 << 30
@@ -74,61 +75,41 @@ def verify_command(file: Path, *, key: str | None, lang: str, as_json: bool) -> 
 
 
 async def export_command(incident_id: str, output: Path, lang: str, settings: Settings) -> int:
-    import redis.asyncio as aioredis
+    from audit import Sequencer
 
-    from audit import AuditLog, AuditSigningKey, Sequencer
-
-    from .app import Services, make_staff, make_templates
-    from .auditing import Auditor
-    from .cli import redis_url
     from .evidence_export import cli_exporter, export_incident
     from .incidents import IncidentError, IncidentStore
     from .metrics import Metrics
-    from .secretbox import SecretBox
-    from .state import ClassStore
+    from .presence import Reconciler
+    from .services import Foundation, make_templates, open_services
 
-    keys_dir = Path(settings.data_dir) / "keys"
-    async with redis_url(settings) as url:
-        r = aioredis.Redis.from_url(url, decode_responses=True)
-        rb = aioredis.Redis.from_url(url, decode_responses=False)
+    found = Foundation(settings=settings, clock=time.time, metrics=Metrics.create(),
+                       templates=make_templates())
+    async with redis_url(settings) as url, open_services(
+            found, reconciler=Reconciler, url=url, background=False) as svc:
+        store = IncidentStore(svc.redis, settings.redis_prefix, clock=time.time,
+                              secretbox=svc.secretbox,
+                              blob_dir=Path(settings.data_dir) / "attachments")
+        inc = await store.get(incident_id)
+        if inc is None:
+            print(f"classguard: error: no incident {incident_id}", file=sys.stderr)
+            return 1
+
+        def ms() -> int:
+            return int(time.time() * 1000)
+
+        seq = Sequencer(svc.redis_bytes, prefix=settings.redis_prefix, signer=svc.audit_key,
+                        origin=settings.audit_origin, clock=ms,
+                        node_id=f"{settings.node_id}:cli")
         try:
-            svc = Services(settings=settings, clock=time.time, metrics=Metrics.create(),
-                           templates=make_templates())
-            svc.redis, svc.redis_bytes = r, rb
-            svc.store = ClassStore(r, settings.redis_prefix, clock=time.time)
-            svc.staff = make_staff(r, settings, time.time)
-            svc.secretbox = SecretBox.load_or_create(keys_dir / "secretbox.key")
-            svc.audit_key = AuditSigningKey.load_or_create(keys_dir / "audit.key",
-                                                           settings.audit_origin)
-
-            def ms() -> int:
-                return int(time.time() * 1000)
-
-            svc.audit_log = AuditLog(rb, prefix=settings.redis_prefix,
-                                     node_id=settings.node_id, clock=ms)
-            svc.auditor = Auditor(svc.audit_log)
-            store = IncidentStore(r, settings.redis_prefix, clock=time.time,
-                                  secretbox=svc.secretbox,
-                                  blob_dir=Path(settings.data_dir) / "attachments")
-            inc = await store.get(incident_id)
-            if inc is None:
-                print(f"classguard: error: no incident {incident_id}", file=sys.stderr)
-                return 1
-            seq = Sequencer(rb, prefix=settings.redis_prefix, signer=svc.audit_key,
-                            origin=settings.audit_origin, clock=ms,
-                            node_id=f"{settings.node_id}:cli")
-            try:
-                result = await export_incident(svc, store, inc, exporter=cli_exporter(),
-                                               lang=lang, sequencer=seq)
-            except IncidentError as exc:
-                print(f"classguard: error: {exc.code}: {exc.message}", file=sys.stderr)
-                return 1
-            finally:
-                if seq.is_leader:
-                    await seq.release()
+            result = await export_incident(svc, store, inc, exporter=cli_exporter(),
+                                           lang=lang, sequencer=seq)
+        except IncidentError as exc:
+            print(f"classguard: error: {exc.code}: {exc.message}", file=sys.stderr)
+            return 1
         finally:
-            await r.aclose()
-            await rb.aclose()
+            if seq.is_leader:
+                await seq.release()
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(result.bundle.data)

@@ -30,7 +30,6 @@ from audit import Sequencer
 from audit.evidence import Bundle, BundleInputs, build_bundle, key_fingerprint, verify_bundle
 
 from . import i18n
-from .app import Services
 from .evidence_gather import (
     Gathered,
     checkpoint_size,
@@ -43,6 +42,7 @@ from .evidence_gather import (
 from .evidence_render import render_html, render_pdf
 from .evidence_report import AttachmentRow, ReportModel, build_report
 from .incidents import Incident, IncidentError, IncidentStore, Revision
+from .services import Services
 
 __all__ = [
     "ExportResult",
@@ -145,7 +145,6 @@ async def export_incident(
     bundle is built, and moves the incident to ``exported``. Raises :class:`IncidentError`.
     """
     log, key, auditor = svc.audit_log, svc.audit_key, svc.auditor
-    assert log is not None and key is not None and auditor is not None
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     note = await wait_sequenced(svc, timeout_s=sequence_timeout_s, sequencer=sequencer,

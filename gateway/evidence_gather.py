@@ -34,9 +34,9 @@ from audit.evidence import BundleEvent
 from audit.records import decode_personal
 from audit.store import student_ids
 
-from .app import Services
 from .evidence_report import ClassContext, StudentInfo
 from .incidents import Incident, IncidentError
+from .services import Services
 
 ALERT_TYPES = ("presence.",)
 PROOF_CONCURRENCY = 32
@@ -64,7 +64,7 @@ async def wait_outbox_drained(svc: Services, class_id: str, *, deadline: float,
     about them: the sequencer moves them there later, with later ids."""
     log, rb, store = svc.audit_log, svc.redis_bytes, svc.store
     assert log is not None and rb is not None and store is not None
-    box = store.k.outbox(class_id)
+    box = store.outbox_key(class_id)
     last = await rb.xrevrange(box, count=1)
     if not last:
         return True

@@ -32,8 +32,8 @@ from reportlab.platypus import (
     TableStyle,
 )
 
-from .app import make_templates
 from .evidence_report import ReportModel
+from .services import make_templates
 
 __all__ = ["render_html", "render_pdf"]
 
@@ -82,7 +82,7 @@ def _text(value: Any) -> str:
     return escape(str(value)).replace("\n", "<br/>")
 
 
-class _Cell(Paragraph):  # type: ignore[misc]  # ReportLab ships no type hints
+class _Cell(Paragraph):
     """A table cell's paragraph that remembers its layout for a given width.
 
     NOTE: a table that flows over pages is measured again for each page it is split
@@ -101,7 +101,7 @@ class _Cell(Paragraph):  # type: ignore[misc]  # ReportLab ships no type hints
         return self.width, self.height
 
 
-class _NumberedCanvas(Canvas):  # type: ignore[misc]  # ReportLab ships no type hints
+class _NumberedCanvas(Canvas):
     """Writes "page n/N" in each footer once the number of pages is known."""
 
     footer_text = ""
@@ -112,7 +112,8 @@ class _NumberedCanvas(Canvas):  # type: ignore[misc]  # ReportLab ships no type 
 
     def showPage(self) -> None:  # noqa: N802 (ReportLab's name)
         self._pages.append(dict(self.__dict__))
-        self._startPage()
+        raw: Any = self  # ReportLab's own (private) page reset, absent from its stubs
+        raw._startPage()
 
     def save(self) -> None:
         total = len(self._pages)
@@ -120,9 +121,9 @@ class _NumberedCanvas(Canvas):  # type: ignore[misc]  # ReportLab ships no type 
             self.__dict__.update(state)
             self.setFont(FONT, 7)
             self.setFillColor(colors.black)
-            width = self._pagesize[0]
+            width = float(self.__dict__["_pagesize"][0])
             self.drawCentredString(width / 2, 7 * mm,
-                                   f"{self.footer_text}  ·  {self._pageNumber}/{total}")
+                                   f"{self.footer_text}  ·  {self.getPageNumber()}/{total}")
             super().showPage()
         super().save()
 

@@ -349,9 +349,9 @@ def revision_rows(lang: str, revisions: Sequence[Revision],
     for rev in revisions:
         when = _when(int(rev.at * 1000), tz)
         for name, (old, new) in rev.changes.items():
-            if name == "status":
-                old = _label(lang, "incident.status", old) if old else old
-                new = _label(lang, "incident.status", new) if new else new
+            if name in ("status", "severity"):
+                old = _label(lang, f"incident.{name}", old) if old else old
+                new = _label(lang, f"incident.{name}", new) if new else new
             rows.append(RevisionRow(
                 n=rev.n, at=rev.at, local=when.local, utc=when.utc, by=rev.by,
                 field=i18n.t(lang, f"evidence.field.{name}"),

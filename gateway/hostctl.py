@@ -16,18 +16,19 @@ from typing import Any
 from meeting_adapters import (
     AdapterError,
     Capability,
+    Feature,
     MeetingAdapter,
     Room,
     Unsupported,
     create_adapter,
 )
 
-from .app import Services
 from .auth import Principal
 from .authz import Action, Target, allows, listing_scope
 from .bans import make_key
 from .errors import ApiError
-from .state import ClassInfo, split_ticket, valid_student_id
+from .services import Services
+from .stores import ClassInfo, split_ticket, valid_student_id
 
 log = logging.getLogger("classguard.host")
 
@@ -125,13 +126,20 @@ async def _require_org_wide(svc: Services, p: Principal, info: ClassInfo, messag
         raise ApiError(403, "forbidden", message)
 
 
+def room_capabilities(adapter: MeetingAdapter, room: Room) -> frozenset[Capability]:
+    """The capabilities of this class's room (a platform may add some per room:
+    ``Feature.ROOM_CAPABILITIES``, e.g. Jitsi with a kick endpoint)."""
+    if Feature.ROOM_CAPABILITIES in adapter.features:
+        return frozenset(adapter.room_capabilities(room))
+    return adapter.capabilities
+
+
 class HostControls:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
     def sealed_platform(self, info: ClassInfo) -> dict[str, Any]:
         """The class's platform settings and provisioned room, decrypted."""
-        assert self.svc.secretbox is not None
         raw = self.svc.secretbox.decrypt(info.platform_sealed, aad=info.id.encode())
         data: dict[str, Any] = json.loads(raw)
         return data
@@ -171,14 +179,14 @@ class HostControls:
         """Carry out a host action. Its ``intent`` is recorded before any effect and its
         outcome (``host.<action>``) after (Auditor.intended)."""
         svc = self.svc
-        assert svc.auditor is not None
         a = req.action
         subject = req.student_id
         if a == "admit_all":
             # the intent names who may be admitted, before anyone is
-            assert svc.store is not None
             waiting = await svc.store.waiting(info.id)
-            subject = ",".join(sorted({str(w.get("student_id")) for w in waiting.values()}))
+            gone = await svc.store.gone_tickets(waiting)
+            subject = ",".join(sorted({str(w.get("student_id")) for tk, w in waiting.items()
+                                       if tk not in gone}))
         async with svc.auditor.intended(
                 f"host.{a}", actor=p.actor, org=info.org, class_id=info.id,
                 subject=subject[:2000] if subject else None,
@@ -200,7 +208,6 @@ class HostControls:
                        ) -> tuple[dict[str, Any], list[str]]:
         svc = self.svc
         store, bus = svc.store, svc.bus
-        assert store is not None and bus is not None
         cid = info.id
         result: dict[str, Any] = {"ok": True, "action": req.action}
         affected: list[str] = []
@@ -243,7 +250,14 @@ class HostControls:
                                     "reason": "denied_by_host"})
             affected.append(sid)
         elif a == "admit_all":
-            for ticket in list(await store.waiting(cid)):
+            # Only students whose waiting page is still open: one who closed it is not
+            # there to be let in (the teacher may still admit them one by one).
+            waiting = list(await store.waiting(cid))
+            gone = await store.gone_tickets(waiting)
+            result["skipped_gone"] = len(gone)
+            for ticket in waiting:
+                if ticket in gone:
+                    continue
                 w = await store.admit_ticket(ticket, by=p.username)
                 if w is not None:
                     sid = str(w["student_id"])
@@ -288,8 +302,6 @@ class HostControls:
                 result["upstream"] = await self._upstream(info, Capability.LOCK, "lock")
             await bus.publish(cid, {"type": "state", "locked": a == "lock"})
         elif a == "mute_all":
-            from .presence import room_capabilities
-
             adapter, room = self.adapter_and_room(info)
             if Capability.MUTE not in room_capabilities(adapter, room):
                 raise ApiError(409, "unsupported_by_platform",
@@ -310,6 +322,8 @@ class HostControls:
                                field="student_id")
             await self._require_student(cid, req.student_id)
             await store.reset_device(cid, req.student_id)
+            result["student_id"] = req.student_id
+            result["name"] = await self._name(cid, req.student_id)
             affected.append(req.student_id)
             await bus.publish(cid, {"type": "state", "reset_device": req.student_id})
 
@@ -319,7 +333,7 @@ class HostControls:
 
     async def _ban_handle(self, p: Principal, info: ClassInfo, req: ActionRequest) -> str:
         store = self.svc.store
-        assert store is not None and req.ban is not None
+        assert req.ban is not None
         kind, _, value = req.ban.partition(":")
         if kind == "d":
             key = make_key(device=value)
@@ -342,7 +356,6 @@ class HostControls:
         Returns the kinds of ban key added and, for a ban without a scope, until when
         the device's address is banned with it (see ADDRESS_FOLLOW_S)."""
         store = self.svc.store
-        assert store is not None
         if req.org_wide:
             await _require_org_wide(self.svc, p, info, "only administrators ban across the org")
         scope = req.scope or "device"
@@ -366,13 +379,15 @@ class HostControls:
             {"class_id": info.id, "org": None}
         reason = req.reason or "banned_by_host"
         for key in keys:
-            await store.add_ban(**where, key=key, reason=reason, by=p.username, until=until)
+            await store.add_ban(**where, key=key, reason=reason, by=p.username, until=until,
+                                student_id=sid)
         address_until = None
         if req.scope is None and ip:
             address_until = min(now + ADDRESS_FOLLOW_S, until or float("inf"))
             # never shortens a ban of that address the host already placed
             if not await store.add_ban(**where, key=make_key(ip=ip), reason=reason,
-                                       by=p.username, until=address_until, only_new=True):
+                                       by=p.username, until=address_until, only_new=True,
+                                       student_id=sid):
                 address_until = None
         return [k.split(":", 1)[0] for k in keys], address_until
 
@@ -383,18 +398,15 @@ class HostControls:
             raise ApiError(404, "not_found", "no such ticket in this class", field="ticket")
 
     async def _name(self, cid: str, sid: str) -> str | None:
-        assert self.svc.store is not None
         st = await self.svc.store.student(cid, sid)
         return st.name if st else None
 
     async def _require_student(self, cid: str, sid: str) -> None:
-        assert self.svc.store is not None
         if await self.svc.store.student(cid, sid) is None:
             raise ApiError(404, "not_found", "no such student in this class", field="student_id")
 
     async def _target(self, cid: str, req: ActionRequest) -> tuple[str, Any]:
         store = self.svc.store
-        assert store is not None
         if req.ticket:
             self._same_class(cid, req.ticket)
             t = await store.ticket(req.ticket)
@@ -410,14 +422,10 @@ class HostControls:
                        field="student_id")
 
     async def _bound_device(self, cid: str, sid: str) -> str | None:
-        assert self.svc.store is not None
-        v = await self.svc.store.r.hget(self.svc.store.k.bind(cid), sid)
-        return str(v) if v else None
+        return await self.svc.store.bound_device(cid, sid) or None
 
     async def _ip_of(self, cid: str, sid: str) -> str | None:
-        assert self.svc.store is not None
-        v = await self.svc.store.r.hget(self.svc.store.k.c(cid, "last_ip"), sid)
-        return str(v) if v else None
+        return await self.svc.store.last_ip(cid, sid) or None
 
 
 def _participant(sid: str) -> Any:

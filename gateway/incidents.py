@@ -28,8 +28,14 @@ Keys (hash tag ``{i:<id>}`` keeps an incident's keys on one Cluster slot)::
     <p>incidents:held         zset: ids of incidents not closed (legal holds)
     <p>incidents:usage:<org>  string: bytes of attachments the org stores (its quota)
 
-Revisions: creation is revision 0; every later change of title, description or status
-appends one revision with who, when, why and each field's old and new value, in the same
+Severity is ``normal`` or ``serious`` (a record without the member is ``normal``);
+marking an incident serious escalates its notification (gateway/notify.py). An incident
+is *acknowledged* once, by an administrator responsible for its school (the school's or
+an org's above it): ``ack_by`` and ``ack_at`` in the meta hash, set by
+:meth:`IncidentStore.acknowledge` and never changed afterwards.
+
+Revisions: creation is revision 0; every later change of title, description, status or
+severity appends one revision with who, when, why and each field's old and new value, in the same
 script that applies the change. Nothing ever rewrites or trims the list.
 
 Legal hold: an incident that is not closed holds the personal data of the audit records
@@ -54,6 +60,7 @@ import redis.asyncio as aioredis
 from audit.holds import LegalHold
 
 from .secretbox import SecretBox
+from .stores.keys import IncidentKeys
 
 Status = Literal["open", "exported", "closed"]
 STATUSES: tuple[Status, ...] = ("open", "exported", "closed")
@@ -64,8 +71,10 @@ TRANSITIONS: Mapping[str, frozenset[str]] = {
     "exported": frozenset({"closed"}),
     "closed": frozenset({"open"}),
 }
+Severity = Literal["normal", "serious"]
+SEVERITIES: tuple[Severity, ...] = ("normal", "serious")
 #: Fields whose every change is kept as a revision.
-REVISED_FIELDS = ("title", "description", "status")
+REVISED_FIELDS = ("title", "description", "status", "severity")
 RECORD_VERSION = 1
 CHUNK_BYTES = 1 << 20
 MAX_ATTACHMENTS = 20
@@ -153,6 +162,9 @@ class Incident:
     created_at: float
     updated_at: float
     attachments: tuple[Attachment, ...] = field(default=())
+    severity: Severity = "normal"
+    acknowledged_by: str | None = None
+    acknowledged_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -171,6 +183,9 @@ class Incident:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "attachments": [a.to_json() for a in self.attachments],
+            "severity": self.severity,
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": self.acknowledged_at,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -180,6 +195,7 @@ class Incident:
             "class_id": self.class_id,
             "title": self.title,
             "status": self.status,
+            "severity": self.severity,
             "since": self.since_ms,
             "until": self.until_ms,
             "created_by": self.created_by,
@@ -279,14 +295,17 @@ if new then
   if not ok then return {0, cur} end
 end
 local after = new or cur
-if (ch['title'] or ch['description']) and after == 'closed' then return {2, cur} end
+if (ch['title'] or ch['description'] or ch['severity']) and after == 'closed' then
+  return {2, cur}
+end
 local changes = {}
 local fields = {}
 local any = false
-for _, f in ipairs({'title', 'description', 'status'}) do
+for _, f in ipairs({'title', 'description', 'status', 'severity'}) do
   local v = ch[f]
   if v then
     local old = redis.call('HGET', KEYS[1], f)
+    if f == 'severity' and not old then old = 'normal' end
     if old ~= v then
       changes[f] = {old or cjson.null, v}
       table.insert(fields, f)
@@ -311,6 +330,16 @@ end
 return {1, cur}
 """
 
+# Acknowledge once. ARGV: 1 by, 2 at. Returns {-1} not found, {0, by, at} already
+# acknowledged (by whom, when), {1, by, at} acknowledged now.
+_ACKNOWLEDGE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', ''} end
+local by = redis.call('HGET', KEYS[1], 'ack_by')
+if by then return {0, by, redis.call('HGET', KEYS[1], 'ack_at')} end
+redis.call('HSET', KEYS[1], 'ack_by', ARGV[1], 'ack_at', ARGV[2])
+return {1, ARGV[1], ARGV[2]}
+"""
+
 
 class IncidentStore:
     """Incidents and their sealed attachments; every method is one or a few round trips."""
@@ -319,19 +348,21 @@ class IncidentStore:
                  secretbox: SecretBox, blob_dir: Path | None = None) -> None:
         self.r = redis
         self.p = prefix
+        self._keys = IncidentKeys(prefix)
         self.clock = clock
         self.box = secretbox
         self.blob_dir = blob_dir
         self._revise = redis.register_script(_REVISE)
+        self._acknowledge = redis.register_script(_ACKNOWLEDGE)
 
     def _k(self, iid: str, suffix: str) -> str:
-        return f"{self.p}{{i:{iid}}}:{suffix}"
+        return self._keys.item(iid, suffix)
 
     def _org_key(self, org: str) -> str:
-        return f"{self.p}incidents:org:{org}"
+        return self._keys.of_org(org)
 
     def _class_key(self, cid: str) -> str:
-        return f"{self.p}incidents:class:{cid}"
+        return self._keys.of_class(cid)
 
     @property
     def _held_key(self) -> str:
@@ -340,13 +371,22 @@ class IncidentStore:
     async def create(
         self, *, org: str, class_id: str, title: str, description: str, since_ms: int,
         until_ms: int, student_ids: Sequence[str], visitors: Sequence[Visitor],
-        indexes: Sequence[int], created_by: str,
+        indexes: Sequence[int], created_by: str, severity: Severity = "normal",
     ) -> Incident:
+        if severity not in SEVERITIES:
+            raise IncidentError("invalid_field",
+                                f"severity must be one of {', '.join(SEVERITIES)}",
+                                field="severity")
         iid = new_incident_id()
         now = self.clock()
         inc = Incident(iid, org, class_id, title, description, since_ms, until_ms,
                        tuple(student_ids), tuple(visitors), tuple(indexes), "open",
-                       created_by, now, now)
+                       created_by, now, now, severity=severity)
+        changes: dict[str, list[str | None]] = {
+            "title": [None, title], "description": [None, description],
+            "status": [None, "open"]}
+        if severity != "normal":
+            changes["severity"] = [None, severity]
         async with self.r.pipeline(transaction=True) as p:
             p.hset(self._k(iid, "meta"), mapping={
                 "v": str(RECORD_VERSION),
@@ -361,14 +401,14 @@ class IncidentStore:
                 "visitors": json.dumps([v.to_json() for v in visitors]),
                 "indexes": json.dumps(list(indexes)),
                 "status": "open",
+                "severity": severity,
                 "created_by": created_by,
                 "created_at": repr(now),
                 "updated_at": repr(now),
             })
             p.rpush(self._k(iid, "rev"), json.dumps({
                 "v": 1, "n": 0, "at": now, "by": created_by, "reason": None,
-                "changes": {"title": [None, title], "description": [None, description],
-                            "status": [None, "open"]}}, ensure_ascii=False))
+                "changes": changes}, ensure_ascii=False))
             p.zadd(self._org_key(org), {iid: now})
             p.zadd(self._class_key(class_id), {iid: now})
             p.zadd(self._held_key, {iid: now})
@@ -404,6 +444,9 @@ class IncidentStore:
             status=meta["status"],
             created_by=meta["created_by"], created_at=float(meta["created_at"]),
             updated_at=float(meta["updated_at"]), attachments=tuple(attachments),
+            severity="serious" if meta.get("severity") == "serious" else "normal",
+            acknowledged_by=meta.get("ack_by") or None,
+            acknowledged_at=float(meta["ack_at"]) if meta.get("ack_at") else None,
         )
 
     async def ids_of_orgs(self, orgs: Iterable[str], limit: int = 200) -> list[str]:
@@ -429,6 +472,7 @@ class IncidentStore:
 
     async def revise(self, iid: str, *, by: str, title: str | None = None,
                      description: str | None = None, status: str | None = None,
+                     severity: str | None = None,
                      reason: str | None = None, allow_same: bool = False) -> str:
         """Apply a change and append its revision in one step; returns the old status.
 
@@ -437,8 +481,12 @@ class IncidentStore:
         if status is not None and status not in STATUSES:
             raise IncidentError("invalid_field", f"status must be one of {', '.join(STATUSES)}",
                                 field="status")
+        if severity is not None and severity not in SEVERITIES:
+            raise IncidentError("invalid_field",
+                                f"severity must be one of {', '.join(SEVERITIES)}",
+                                field="severity")
         ch = {k: v for k, v in (("title", title), ("description", description),
-                                ("status", status)) if v is not None}
+                                ("status", status), ("severity", severity)) if v is not None}
         res = await self._revise(
             keys=[self._k(iid, "meta"), self._k(iid, "rev"), self._held_key],
             args=[json.dumps(ch, ensure_ascii=False), by, repr(self.clock()), reason or "",
@@ -458,6 +506,18 @@ class IncidentStore:
                                 status=409)
         return cur
 
+    async def acknowledge(self, iid: str, *, by: str) -> tuple[bool, str, float]:
+        """Record that ``by`` acknowledged the incident, unless someone already did.
+
+        Returns ``(acknowledged now, by whom, when)``; the first acknowledgment stays."""
+        res = await self._acknowledge(keys=[self._k(iid, "meta")],
+                                      args=[by, repr(self.clock())])
+        code = int(res[0])
+        if code == -1:
+            raise IncidentError("not_found", "incident not found", status=404)
+        who, at = (x.decode() if isinstance(x, bytes) else str(x) for x in res[1:3])
+        return code == 1, who, float(at)
+
     async def history(self, iid: str) -> list[Revision]:
         """Every revision, oldest first (creation is revision 0)."""
         raw: list[Any] = await self.r.lrange(self._k(iid, "rev"), 0, -1)
@@ -472,7 +532,7 @@ class IncidentStore:
         return f"incident-attachment:{iid}:{aid}:{i}:{n}".encode()
 
     def _usage_key(self, org: str) -> str:
-        return f"{self.p}incidents:usage:{org}"
+        return self._keys.usage(org)
 
     async def usage(self, org: str) -> int:
         """Bytes of attachments the org stores (what its quota counts)."""
@@ -599,7 +659,7 @@ def write_blob(path: Path, data: bytes) -> None:
 
 
 def held_key(prefix: str) -> str:
-    return f"{prefix}incidents:held"
+    return IncidentKeys(prefix).held()
 
 
 async def legal_holds(redis: aioredis.Redis, prefix: str) -> list[LegalHold]:
@@ -612,7 +672,7 @@ async def legal_holds(redis: aioredis.Redis, prefix: str) -> list[LegalHold]:
         iid = raw.decode() if isinstance(raw, bytes) else str(raw)
         if not valid_incident_id(iid):
             continue
-        meta: dict[Any, Any] = await redis.hgetall(f"{prefix}{{i:{iid}}}:meta")
+        meta: dict[Any, Any] = await redis.hgetall(IncidentKeys(prefix).item(iid, "meta"))
         m = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes)
                                                            else v) for k, v in meta.items()}
         if not m or m.get("status") == "closed":

@@ -31,9 +31,9 @@ from policies.model import (
     TokenFacts,
 )
 
-from .app import Services
 from .auditing import milestone
-from .state import ClassInfo, Limit, Snapshot, device_hash
+from .services import Services
+from .stores import ClassInfo, Limit, Snapshot, device_hash
 from .tokens import peek_claims, verify_join_token
 from .useragent import device_hint
 
@@ -160,7 +160,6 @@ class JoinFlow:
         """Charge a failed attempt to its source's budgets (``failure_limits``); seconds
         to wait when they are drained (the attempt is then refused as rate-limited, and
         the refusal counted into the aggregated audit event), else 0.0."""
-        assert self.svc.store is not None
         wait, limit = await self.svc.store.rate_limit_check(failure_limits(ip))
         if wait > 0:
             self.svc.metrics.rate_limited.labels(metric).inc()
@@ -176,7 +175,6 @@ class JoinFlow:
         first; the first one is recorded, then the 10th, 100th, 1000th... each event
         carrying the count so far and when the window opened."""
         svc = self.svc
-        assert svc.store is not None and svc.auditor is not None
         bucket = limit.bucket if limit is not None else "unknown"
         n, first = await svc.store.count_refusals(
             f"{bucket}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S,
@@ -210,7 +208,6 @@ class JoinFlow:
         verified claims only."""
         svc = self.svc
         store = svc.store
-        assert svc.keyring is not None and store is not None
         if token.count(".") != 2:
             # NOTE: no device cookie is minted for noise: nothing here names a link.
             return await self._malformed(
@@ -285,7 +282,6 @@ class JoinFlow:
         a botnet) must not flood the log; anything shaped like a token (a forgery naming
         a class, a wrong algorithm or key id) is still recorded one by one."""
         svc = self.svc
-        assert svc.store is not None and svc.auditor is not None and svc.keyring is not None
         wait, limit, n, first = await svc.store.charge_and_count(
             failure_limits(ip), f"malformed:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
         if wait > 0:
@@ -308,7 +304,6 @@ class JoinFlow:
                               device: str | None) -> dict[str, Any]:
         """The rule-by-rule explanation of an attempt, without acting on it."""
         store = self.svc.store
-        assert store is not None
         now = self._now
         attempt = Attempt(class_id=ClassId(facts.class_id or "-"), token=facts, ip=ip,
                           device=device)
@@ -323,14 +318,12 @@ class JoinFlow:
         return out
 
     async def explain_token(self, token: str, *, ip: str, device: str | None) -> dict[str, Any]:
-        assert self.svc.keyring is not None
         facts = verify_join_token(self.svc.keyring, token, issuer=self.svc.settings.public_url)
         return await self.explain_attempt(facts, ip=ip, device=device)
 
     async def explain_student(self, cid: str, sid: str) -> dict[str, Any]:
         """As if the student opened their current link again from their bound device."""
         store = self.svc.store
-        assert store is not None
         links = await store.current_links(cid)
         rec = links.get(sid)
         if rec is None:
@@ -339,17 +332,15 @@ class JoinFlow:
         else:
             facts = TokenFacts(failure=None, student_id=rec.student_id, class_id=rec.class_id,
                                jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
-        device = await store.r.hget(store.k.bind(cid), sid)
-        ip = await store.r.hget(store.k.c(cid, "last_ip"), sid) or "0.0.0.0"  # noqa: S104
-        return await self.explain_attempt(facts, ip=str(ip),
-                                          device=None if device is None else str(device))
+        device = await store.bound_device(cid, sid)
+        ip = await store.last_ip(cid, sid) or "0.0.0.0"  # noqa: S104
+        return await self.explain_attempt(facts, ip=ip, device=device)
 
     async def admit_waiting_by_policy(self, cid: str) -> int:
         """When the host arrives, re-decide every student who was waiting only for the
         host; those the class policy now admits are let in (``standard``)."""
         svc = self.svc
         store = svc.store
-        assert store is not None and svc.bus is not None and svc.auditor is not None
         waiting = await store.waiting(cid)
         if not waiting:
             return 0
@@ -397,7 +388,6 @@ class JoinFlow:
         before it is looked up, right or wrong (see ClassStore.code_attempt)."""
         svc = self.svc
         store = svc.store
-        assert store is not None
         status, wait, limit, found = await store.code_attempt(
             code_hash, code_limits(ip), CODE_LINK_LIMIT)
         if status in ("limited", "link_limited"):
@@ -448,7 +438,6 @@ class JoinFlow:
     ) -> JoinOutcome:
         svc = self.svc
         store = svc.store
-        assert store is not None and svc.auditor is not None
         now = self._now
         attempt = Attempt(class_id=ClassId(facts.class_id or "-"), token=facts, ip=ip,
                           device=dev, via="code" if via == "code" else "link")
@@ -465,6 +454,14 @@ class JoinFlow:
             return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
         policy = policy_of(snap.info)
         decision = evaluate(attempt, snap.state, policy, now)
+        if policy.device_binding and snap.state.bound_device is None and \
+                snap.student is not None and facts.student_id and \
+                await store.take_device_reset(snap.info.id, facts.student_id):
+            # The teacher reset this student's device: say which device came back,
+            # whatever the policy decides for it.
+            await self.alert(snap.info.id, "device_reset_returned",
+                             dedup=f"{facts.student_id}|{dev}", student_id=facts.student_id,
+                             name=snap.student.name, device_hint=device_hint(user_agent))
         if decision.action is Action.DENY:
             return await self._finish_deny(decision, snap, facts, ip=ip, dev=dev,
                                            fresh_cookie=fresh_cookie, user_agent=user_agent)
@@ -498,8 +495,7 @@ class JoinFlow:
         """Admit or knock in one atomic step (see ClassStore.apply_entry)."""
         svc = self.svc
         store = svc.store
-        assert store is not None and snap.info is not None and facts.student_id is not None
-        assert svc.auditor is not None
+        assert snap.info is not None and facts.student_id is not None
         d = out.decision
         cid, sid = snap.info.id, facts.student_id
         hint = device_hint(user_agent)
@@ -533,7 +529,6 @@ class JoinFlow:
         result, ticket, nonce, _new, attempts = await store.apply_entry(
             cid, sid, dev, mode=mode, bind=bind, ip=ip, ticket_fields=ticket_fields,
             entry=entry, event=event, budget=budget,
-            bus_channel=f"{svc.settings.redis_prefix}bus",
             nonce_ttl_s=svc.settings.go_nonce_ttl_s, jti=facts.jti or "",
             attempts=("attempts", FLOOD_WINDOW_S), record=record,
         )
@@ -597,13 +592,11 @@ class JoinFlow:
         a verified refusal also counts towards the class's flood detector. ``alert``, the
         refusal's own alert, is raised in the same round trip as the counters."""
         store = self.svc.store
-        assert store is not None
         counters = [(f"fail:{ip}", 60)]
         if verified:
             counters.append(("attempts", FLOOD_WINDOW_S))
         publish = None
         if alert is not None:
-            assert self.svc.bus is not None
             publish = self.svc.bus.message(cid, {"type": "alert", **alert, "count": 1})
         new, counts = await store.note_refusal(cid, alert, counters, publish=publish)
         if new and alert is not None:
@@ -622,7 +615,6 @@ class JoinFlow:
         the refusing. It exists because a flood of refusals (a leaked sheet opened on
         other devices) never charges the class budget, which counts entries only."""
         store = self.svc.store
-        assert store is not None
         # INCR is atomic: exactly one attempt per window sees the threshold itself.
         if attempts == FLOOD_ATTEMPTS and await store.once(cid, "flood", 60):
             await self.alert(cid, "flood", attempts=attempts, window_s=FLOOD_WINDOW_S)
@@ -635,7 +627,6 @@ class JoinFlow:
         within ALERT_WINDOW_S is counted on the one already shown, not raised again, and
         the host is shown the newest ALERTS_PER_KIND of each kind: a flood of refused
         attempts cannot flush the feed (a ``banned_returning`` stays in view)."""
-        assert self.svc.store is not None
         alert = self._alert_body(kind, dedup, **data)
         new, _count = await self.svc.store.add_alert(cid, alert)
         if new:
@@ -652,7 +643,6 @@ class JoinFlow:
         return {"id": aid, "kind": kind, "at": now, **data}
 
     async def _publish_alert(self, cid: str, alert: dict[str, Any]) -> None:
-        assert self.svc.bus is not None
         await self.svc.bus.publish(cid, {"type": "alert", **alert, "count": 1})
         self.svc.metrics.alerts.labels(str(alert["kind"])).inc()
 
@@ -668,7 +658,6 @@ class JoinFlow:
         aggregate: dict[str, int] | None = None,
     ) -> None:
         svc = self.svc
-        assert svc.auditor is not None
         svc.metrics.join_attempts.labels(decision.action.value, decision.reason.value).inc()
         await svc.auditor.record("join", **self._record_fields(
             decision, snap, facts, ip, dev, ua, ticket, aggregate))

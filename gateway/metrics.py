@@ -221,6 +221,7 @@ class Metrics:
     connections_closed: Counter
     loop_lag: Gauge
     embedded_redis_restarts: Counter
+    incident_first_notification: Histogram
     shared_dir: str | None = None  # multiprocess mode: the directory every process writes
 
     @classmethod
@@ -283,6 +284,13 @@ class Metrics:
             embedded_redis_restarts=Counter(
                 "classguard_embedded_redis_restarts",
                 "Restarts of the embedded Redis after it exited unexpectedly",
+                registry=reg,
+            ),
+            incident_first_notification=Histogram(
+                "classguard_incident_first_notification_seconds",
+                "Time from an incident's creation (or the report it came from) to its first "
+                "email sent (gateway/notify.py)",
+                buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200),
                 registry=reg,
             ),
             upstream_errors=Counter(

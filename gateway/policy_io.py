@@ -12,10 +12,11 @@ import redis.asyncio as aioredis
 from policies import PolicyError, load_policy, policy_to_dict
 
 from .errors import ApiError
+from .stores.keys import Keys
 
 
 def org_policy_key(prefix: str, org: str) -> str:
-    return f"{prefix}orgpolicy:{org}"
+    return Keys(prefix).org_policy(org)
 
 
 async def org_defaults(r: aioredis.Redis, prefix: str,

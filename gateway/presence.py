@@ -1,7 +1,7 @@
 """Presence reconciliation: who is really in the upstream room versus who we admitted.
 
-One process at a time does the polling, chosen by a Redis lease (``SET NX PX``, renewed
-with a compare-and-extend script; any process takes over when the holder stops). Every
+One process at a time does the polling, chosen by a Redis lease (audit/lease.py; any
+process takes over when the holder stops). Every
 ``interval_s`` the leader walks the classes registered with ``watch_class`` that are not
 over yet and whose platform has PRESENCE, lists the upstream participants and compares
 them with ``ClassStore.admitted`` (a platform that names signed-in accounts,
@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from audit.lease import Lease
 from meeting_adapters import (
     ADAPTERS,
     AdapterError,
@@ -48,10 +49,11 @@ from meeting_adapters import (
     Unsupported,
 )
 
-from .app import Services
-from .hostctl import HostControls
+from .hostctl import HostControls, room_capabilities
 from .joinflow import JoinFlow, policy_of
-from .state import ClassInfo
+from .services import Services
+from .stores import ClassInfo
+from .stores.keys import Keys
 
 log = logging.getLogger("classguard.presence")
 
@@ -59,28 +61,9 @@ log = logging.getLogger("classguard.presence")
 EVICT_RETRY_S = 60
 
 INTRUDER: Final = "intruder_in_room"
-_ACQUIRE: Final = "return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0"
-_RENEW: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 # --- pure ----------------------------------------------------------------------------------
-
-
-def room_capabilities(adapter: MeetingAdapter, room: Room) -> frozenset[Capability]:
-    """The capabilities of this class's room (a platform may add some per room:
-    ``Feature.ROOM_CAPABILITIES``)."""
-    if Feature.ROOM_CAPABILITIES in adapter.features:
-        return frozenset(adapter.room_capabilities(room))
-    return adapter.capabilities
 
 
 def has_feature(kind: str, feature: Feature) -> bool:
@@ -120,23 +103,22 @@ def backoff_s(failures: int, base: float = 5.0, cap: float = 300.0) -> float:
 # --- registration of classes ---------------------------------------------------------------
 
 
-def _keys(svc: Services) -> tuple[str, str]:
-    p = svc.settings.redis_prefix
-    return f"{p}presence:classes", f"{p}presence:lease"
+def _keys(svc: Services) -> Keys:
+    return Keys(svc.settings.redis_prefix)
 
 
 def room_index_key(svc: Services, kind: str, room_key: str) -> str:
     """The class of the room a ``kind`` platform's events call ``room_key``
     (``MeetingAdapter.room_key``, ``Feature.ROOM_INDEX``)."""
-    return f"{svc.settings.redis_prefix}presence:{kind}_room:{room_key}"
+    return _keys(svc).room_index(kind, room_key)
 
 
 async def watch_class(svc: Services, info: ClassInfo) -> None:
     """Register a new class for reconciliation (until a day after it ends)."""
-    classes, _ = _keys(svc)
+    classes = _keys(svc).presence_classes()
     s = info.schedule
     end = (s.term_ends_at or s.ends_at).timestamp() + 86400
-    await svc.r.zadd(classes, {info.id: end})
+    await svc.redis.zadd(classes, {info.id: end})
     if has_feature(info.platform_kind, Feature.ROOM_INDEX):
         await register_room(svc, info, end)
 
@@ -148,7 +130,7 @@ async def register_room(svc: Services, info: ClassInfo, end: float) -> None:
     if room_key is None:
         return
     key = room_index_key(svc, info.platform_kind, room_key)
-    held = await svc.r.get(key)
+    held = await svc.redis.get(key)
     if held == info.id:
         return
     if held and svc.store is not None:
@@ -159,7 +141,7 @@ async def register_room(svc: Services, info: ClassInfo, end: float) -> None:
             log.warning("%s room %s already belongs to class %s; class %s gets no "
                         "room events", info.platform_kind, room.upstream_id, held, info.id)
             return
-    await svc.r.set(key, info.id, exat=int(end))
+    await svc.redis.set(key, info.id, exat=int(end))
 
 
 # --- the reconciler ------------------------------------------------------------------------
@@ -190,24 +172,26 @@ class Reconciler:
 
     # --- lease ---------------------------------------------------------------------
 
+    def _lease(self) -> Lease:
+        return Lease(self.svc.redis, _keys(self.svc).presence_lease(), token=self.token,
+                     ttl_ms=self.lease_ms)
+
     async def hold_lease(self) -> bool:
-        _, lease = _keys(self.svc)
-        r = self.svc.r
+        lease = self._lease()
         if self.leader:
-            self.leader = bool(await r.eval(_RENEW, 1, lease, self.token, self.lease_ms))
+            self.leader = await lease.renew()
             if not self.leader:
                 log.warning("presence reconciler lost its lease")
         if not self.leader:
-            self.leader = bool(await r.eval(_ACQUIRE, 1, lease, self.token, self.lease_ms))
+            self.leader = await lease.acquire()
             if self.leader:
                 log.info("presence reconciler leads on %s", self.svc.settings.node_id)
         return self.leader
 
     async def release(self) -> None:
-        _, lease = _keys(self.svc)
         if self.leader:
             with contextlib.suppress(Exception):
-                await self.svc.r.eval(_RELEASE, 1, lease, self.token)
+                await self._lease().release()
         self.leader = False
 
     async def run(self) -> None:
@@ -234,12 +218,11 @@ class Reconciler:
     async def sweep(self) -> int:
         """One pass over the live classes; returns how many were reconciled."""
         svc = self.svc
-        assert svc.store is not None
-        classes, _ = _keys(svc)
+        classes = _keys(svc).presence_classes()
         now = svc.clock()
-        await svc.r.zremrangebyscore(classes, "-inf", now)
+        await svc.redis.zremrangebyscore(classes, "-inf", now)
         done = 0
-        for raw in await svc.r.zrange(classes, 0, -1):
+        for raw in await svc.redis.zrange(classes, 0, -1):
             cid = str(raw)
             info = await svc.store.get_class(cid)
             if info is not None and info.ended and has_feature(info.platform_kind,
@@ -249,7 +232,7 @@ class Reconciler:
                     await self.attendance(info)
                 continue
             if info is None or info.ended:
-                await svc.r.zrem(classes, cid)
+                await svc.redis.zrem(classes, cid)
                 continue
             if cid not in self._indexed_rooms and has_feature(info.platform_kind,
                                                                Feature.ROOM_INDEX):
@@ -284,7 +267,6 @@ class Reconciler:
     async def reconcile(self, info: ClassInfo) -> list[Present] | None:
         """Compare one class; the intruders found, or None when it could not be checked."""
         svc = self.svc
-        assert svc.store is not None
         adapter, room = HostControls(svc).adapter_and_room(info)
         caps = room_capabilities(adapter, room)
         await self._refresh_hooks(info, adapter, room)
@@ -320,8 +302,8 @@ class Reconciler:
         if Feature.ATTENDANCE not in adapter.features:
             return None
         self._attendance_at[info.id] = svc.clock()
-        key = f"{svc.settings.redis_prefix}presence:reports:{{c:{info.id}}}"
-        known = {str(x) for x in await svc.r.smembers(key)}
+        key = _keys(svc).attendance_reports(info.id)
+        known = {str(x) for x in await svc.redis.smembers(key)}
         roster = [RosterName(s.id, s.name, s.external_id)
                   for s in await svc.store.roster(info.id)]
         try:
@@ -341,15 +323,14 @@ class Reconciler:
                 if p.student_id is None:
                     await self.flag(info, adapter, room, p, {}, source="attendance_report")
                     unknown.append(p)
-            await svc.r.sadd(key, report.report_id)
-            await svc.r.expire(key, 40 * 86400)
+            await svc.redis.sadd(key, report.report_id)
+            await svc.redis.expire(key, 40 * 86400)
         return unknown
 
     async def judge(self, info: ClassInfo, adapter: MeetingAdapter, room: Room,
                     present: list[Present]) -> list[Present]:
         """Flag (and maybe remove) everyone present who was not admitted."""
         svc = self.svc
-        assert svc.store is not None
         admitted = list(await svc.store.admitted(info.id))
         identify: Mapping[str, str] = {}
         if Feature.IDENTIFY in adapter.features:
@@ -379,7 +360,6 @@ class Reconciler:
         ``source``: where the sighting comes from when not the live room
         (``attendance_report``: after the session, nobody can be removed)."""
         svc = self.svc
-        assert svc.auditor is not None
         policy = policy_of(info)
         sid = who_is_it(p, identify)
         action = "flagged"
@@ -390,10 +370,9 @@ class Reconciler:
         facts.update(extra)
         personal = {"name": p.display_name} if p.display_name else None
         recorded = False
-        prefix = svc.settings.redis_prefix
-        failed_key = f"{prefix}presence:evict_failed:{{c:{info.id}}}:{p.upstream_id}"
+        failed_key = _keys(svc).evict_failed(info.id, p.upstream_id)
         if policy.auto_remove_intruders:
-            if can_remove and await svc.r.exists(failed_key):
+            if can_remove and await svc.redis.exists(failed_key):
                 # NOTE: a removal the platform refused is retried after a pause, not at
                 # every sweep: each attempt writes two records (its intent, its outcome).
                 action = "remove_failed"
@@ -411,14 +390,14 @@ class Reconciler:
                         svc.metrics.upstream_errors.labels(info.platform_kind).inc()
                         log.warning("presence: could not remove an intruder: %s", exc)
                         action = "remove_failed"
-                        await svc.r.set(failed_key, "1", ex=EVICT_RETRY_S)
+                        await svc.redis.set(failed_key, "1", ex=EVICT_RETRY_S)
                     out.reason = INTRUDER
                     out.facts["action"] = action
                 recorded = True
             else:
                 action = "unsupported"
-        key = f"{prefix}presence:seen:{{c:{info.id}}}:{p.upstream_id}"
-        first = await svc.r.set(key, action, nx=True, ex=6 * 3600)
+        key = _keys(svc).presence_seen(info.id, p.upstream_id)
+        first = await svc.redis.set(key, action, nx=True, ex=6 * 3600)
         if first or action == "removed":
             await JoinFlow(svc).alert(info.id, INTRUDER, upstream_id=p.upstream_id,
                                       name=p.display_name, student_id=sid, action=action,

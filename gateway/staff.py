@@ -11,7 +11,8 @@ Redis keys (``P`` = prefix)::
     P staff:{org}:root                string  slug of the deployment root org (set once)
     P staff:users                     set     every username
     P staff:user:<username>           hash    v, username, role, org, pw, must_change_password,
-                                              disabled, created
+                                              disabled, created, email (optional: where
+                                              incident notifications go, gateway/notify.py)
     P staff:user_sessions:<username>  zset    sid hashes scored by expiry       (TTL)
     P staff:session:<sha256(sid) hex> string  "v1." + b64url(nonce || AES-GCM) (TTL)
     P staff:user_tokens:<username>    set     API token ids
@@ -60,9 +61,11 @@ import redis.asyncio as aioredis
 
 from . import staff_secrets as sec
 from .authz import Target
+from .config import valid_email
 from .passwords import MAX_LENGTH as _MAX_PASSWORD_CHARS
 from .passwords import MIN_LENGTH, common_passwords, password_problem
 from .staff_regulation import LoginRegulator
+from .stores.keys import Keys, StaffKeys
 
 log = logging.getLogger("classguard.staff")
 
@@ -122,6 +125,8 @@ class User:
     must_change_password: bool = False
     disabled: bool = False
     created: float = 0.0
+    # Where incident notifications go (gateway/notify.py); shown to administrators only.
+    email: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +292,7 @@ class StaffStore:
         if session_ttl_s <= 0 or kdf_concurrency < 1 or min_password_length < 1:
             raise ValueError("session_ttl_s, kdf_concurrency, min_password_length must be > 0")
         self._r = redis
-        self._p = prefix
+        self._keys = StaffKeys(prefix)
         self._clock = clock
         self._scrypt = sec.ScryptParams(scrypt_n, scrypt_r, scrypt_p)
         self._kdf_slots = asyncio.Semaphore(kdf_concurrency)
@@ -332,38 +337,38 @@ class StaffStore:
 
     @property
     def revoke_channel(self) -> str:
-        return f"{self._p}revoke"
+        return Keys(self._keys.p).revoke()
 
     # keys
     def _org_key(self, slug: str) -> str:
-        return f"{self._p}staff:{{org}}:o:{slug}"
+        return self._keys.org(slug)
 
     def _children_key(self, slug: str) -> str:
-        return f"{self._p}staff:{{org}}:c:{slug}"
+        return self._keys.children(slug)
 
     def _user_key(self, username: str) -> str:
-        return f"{self._p}staff:user:{username}"
+        return self._keys.user(username)
 
     def _session_key(self, sid_hash: str) -> str:
-        return f"{self._p}staff:session:{sid_hash}"
+        return self._keys.session(sid_hash)
 
     def _user_sessions_key(self, username: str) -> str:
-        return f"{self._p}staff:user_sessions:{username}"
+        return self._keys.user_sessions(username)
 
     def _token_key(self, token_id: str) -> str:
-        return f"{self._p}staff:apitoken:{token_id}"
+        return self._keys.api_token(token_id)
 
     def _user_tokens_key(self, username: str) -> str:
-        return f"{self._p}staff:user_tokens:{username}"
+        return self._keys.user_tokens(username)
 
     def _failed_key(self, username: str) -> str:
-        return f"{self._p}staff:user_failed:{username}"
+        return self._keys.user_failed(username)
 
     def _failed_n_key(self, username: str) -> str:
-        return f"{self._p}staff:user_failed_n:{username}"
+        return self._keys.user_failed_n(username)
 
     def _root_key(self) -> str:
-        return f"{self._p}staff:{{org}}:root"
+        return self._keys.root()
 
     # -- the deployment root ---------------------------------------------------------------
 
@@ -431,7 +436,7 @@ class StaffStore:
             created = await self._create_org(
                 keys=[
                     self._org_key(slug),
-                    f"{self._p}staff:{{org}}:all",
+                    self._keys.all_orgs(),
                     self._org_key(parent_slug or slug),
                     self._children_key(parent_slug or slug),
                 ],
@@ -450,7 +455,7 @@ class StaffStore:
         return _org_from_hash(await self._hgetall(self._org_key(slug)))
 
     async def list_orgs(self) -> list[Org]:
-        slugs = await self._smembers(f"{self._p}staff:{{org}}:all")
+        slugs = await self._smembers(self._keys.all_orgs())
         async with self._r.pipeline(transaction=False) as pipe:
             for slug in sorted(slugs):
                 pipe.hgetall(self._org_key(slug))
@@ -554,7 +559,7 @@ class StaffStore:
         user = User(name, checked_role, org, one_time is not None, False, self._clock())
         # The index goes first: an index entry without a record is skipped when listing,
         # a record missing from the index would be invisible.
-        await self._r.sadd(f"{self._p}staff:users", name)
+        await self._r.sadd(self._keys.users(), name)
         created = await self._create_user(
             keys=[self._user_key(name)],
             args=[
@@ -590,7 +595,7 @@ class StaffStore:
             orgs = await self.org_subtree(org_subtree)
         else:
             orgs = org_subtree
-        names = await self._smembers(f"{self._p}staff:users")
+        names = await self._smembers(self._keys.users())
         async with self._r.pipeline(transaction=False) as pipe:
             for name in sorted(names):
                 pipe.hgetall(self._user_key(name))
@@ -689,6 +694,24 @@ class StaffStore:
 
     async def enable_user(self, username: str) -> User:
         return await self._set_disabled(username, False)
+
+    async def set_email(self, username: str, address: str | None) -> User:
+        """Set (or with ``None`` or ``""``, clear) the account's email address.
+        Errors: not_found, invalid_email."""
+        name = normalize_username(username)
+        if await self.get_user(name) is None:
+            raise StaffError("not_found", f"user {name!r} not found", "username")
+        value = (address or "").strip()
+        if value:
+            if not valid_email(value):
+                raise StaffError("invalid_email", "email must be an address like "
+                                 "name@school.edu.vn (at most 254 characters)", "email")
+            await self._r.hset(self._user_key(name), "email", value)
+        else:
+            await self._r.hdel(self._user_key(name), "email")
+        user = await self.get_user(name)
+        assert user is not None
+        return user
 
     # -- login -----------------------------------------------------------------------------
 
@@ -917,6 +940,31 @@ class StaffStore:
         await self._announce({"kind": "staff_session", "sid_hash": sid_hash})
         return bool(deleted)
 
+    async def session_ids(self, username: str) -> list[str]:
+        """The sid hashes of the account's live sessions, oldest expiry first."""
+        index = self._user_sessions_key(normalize_username(username))
+        hashes = cast(list[str], await self._r.zrangebyscore(index, self._clock(), "+inf"))
+        if not hashes:
+            return []
+        alive = await self._r.exists(*(self._session_key(h) for h in hashes))
+        if alive == len(hashes):
+            return hashes
+        out = []
+        for h in hashes:
+            if await self._r.exists(self._session_key(h)):
+                out.append(h)
+        return out
+
+    async def revoke_session_of(self, username: str, sid_hash: str) -> bool:
+        """End one session of ``username`` by its sid hash (its owner's session list, an
+        administrator's): False when it is not one of theirs."""
+        name = normalize_username(username)
+        if not re.fullmatch(r"[0-9a-f]{64}", sid_hash) or \
+                await self._r.zscore(self._user_sessions_key(name), sid_hash) is None:
+            return False
+        await self._r.zrem(self._user_sessions_key(name), sid_hash)
+        return await self.revoke_session(sid_hash)
+
     async def revoke_user_sessions(self, username: str) -> int:
         """End every session of an account; returns how many were live."""
         name = normalize_username(username)
@@ -1085,5 +1133,6 @@ def _user_from_hash(data: dict[str, Any]) -> tuple[User, str] | None:
         must_change_password=data.get("must_change_password") == "1",
         disabled=data.get("disabled") == "1",
         created=float(data.get("created", 0)),
+        email=data.get("email") or None,
     )
     return user, data["pw"]

@@ -51,6 +51,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from .stores.keys import StaffKeys
+
 # KEYS: 1 pair window, 2 pair ban, 3 source window, 4 source ban, 5 account window,
 #       6 account gate, 7 account's trusted sources
 # ARGV: 1 now, 2 member, 3 window, 4 pair limit, 5 source limit, 6 account limit,
@@ -197,7 +199,7 @@ class LoginRegulator:
                 or ban_max_s < ban_s:
             raise ValueError("login window/ban/decay must be positive and ban_max_s >= ban_s")
         self._redis = redis
-        self._prefix = prefix
+        self._key_names = StaffKeys(prefix)
         self._clock = clock
         self._max = max_failures
         self._ip_max = ip_max_failures
@@ -218,7 +220,7 @@ class LoginRegulator:
         return hashlib.sha256(f"{kind}\0{value}".encode()).hexdigest()[:32]
 
     def _base(self, kind: str, value: str) -> str:
-        return f"{self._prefix}staff:{{login}}:{kind}:{self._digest(kind, value)}"
+        return self._key_names.login(kind, self._digest(kind, value))
 
     def _subject(self, kind: str, value: str) -> tuple[str, str]:
         base = self._base(kind, value)

@@ -444,9 +444,9 @@ async def run_sequencer_process(settings: Settings) -> int:
     supervisor then starts it again)."""
     from audit import AuditSigningKey, Sequencer
 
-    from .app import redis_clients
     from .metrics import sequencer_leader_gauge
     from .redis_mux import Multiplexed
+    from .services import redis_clients
 
     s = settings
     url = s.redis_url

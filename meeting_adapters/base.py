@@ -1,8 +1,9 @@
 """The seam between ClassGuard and a meeting platform.
 
-Every platform module has the same inner shape (STYLE.md habit 5): pure code that builds
-requests and parses answers, a client doing the I/O through an injected HTTP session, a
-capability set, and ``validate_settings`` / ``redact`` for the class's platform settings.
+Every platform module has the same inner shape (docs/adapters.md, "Adding a platform"):
+pure code that builds requests and parses answers, a client doing the I/O through an
+injected HTTP session, a capability set, and ``validate_settings`` / ``redact`` for the
+class's platform settings.
 
 Capabilities are honest: a method the platform cannot do raises ``Unsupported``; the UI
 shows the capability set so a teacher knows what ClassGuard can and cannot enforce there.

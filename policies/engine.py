@@ -46,8 +46,8 @@ __all__ = [
     "weakened_checks",
 ]
 
-# The order is part of the contract (DESIGN.md "Policies"): identity of the credential
-# first, then who the person is, then the class's standing orders, then what the host
+# The order is part of the contract (docs/architecture.md, "A policy rule"): identity of
+# the credential first, then who the person is, then the class's standing orders, then what the host
 # wants. Changing it changes which reason an audit record shows.
 DEFAULT_RULES: tuple[Rule, ...] = (
     TokenSignature(),

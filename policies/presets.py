@@ -1,4 +1,4 @@
-"""Named starting points for a class policy (DESIGN.md "Policies").
+"""Named starting points for a class policy (README.md "Policies").
 
 A preset lists only the fields it sets; every other field takes the ``Policy``
 default. The mappings are read-only so no caller can change a preset for everyone.

@@ -52,7 +52,7 @@ class PolicyError(Exception):
 
     ``code`` is stable (``invalid_policy``, ``invalid_schedule``, ``invalid_chain``),
     ``message`` is for people, ``field`` is the dotted name of the offending field
-    when there is one. The HTTP layer turns it into the error body of API.md.
+    when there is one. The HTTP layer turns it into the error body of docs/api.md.
     """
 
     def __init__(self, code: str, message: str, field: str | None = None) -> None:

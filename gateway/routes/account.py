@@ -13,10 +13,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from .. import i18n
-from ..app import services
 from ..auth import Principal, require_user
 from ..errors import ApiError, rate_limited
 from ..passwords import MIN_LENGTH
+from ..services import services
 from ..staff import StaffError
 from ..web_util import client_ip, read_json, require_fields
 from .pages import page_lang, page_response, safe_next
@@ -30,7 +30,6 @@ async def _change(request: web.Request, p: Principal, current: object,
     """Change ``p``'s password; (new cookie, new CSRF token) for a session, else Nones.
     Raises ``StaffError`` for a wrong current or unusable new password."""
     svc = services(request)
-    assert svc.staff is not None and svc.auditor is not None
     if not isinstance(current, str) or not isinstance(new, str):
         raise StaffError("invalid_body", "passwords must be strings", "password")
     ip = client_ip(request, svc.settings.trusted_proxies)

@@ -18,11 +18,13 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
+from ..config import valid_email
 from ..errors import ApiError
 from ..keys import KeyringError
+from ..services import Services, services
+from ..signin import require_fresh_second_factor
 from ..staff import StaffError
 from ..web_util import read_json, require_fields
 from .classes import load_class
@@ -35,6 +37,8 @@ async def _admin(request: web.Request, action: Action = Action.MANAGE_STAFF
     p = await require_user(request)
     if not allows(p, action):
         raise ApiError(403, "forbidden", "only administrators manage staff and keys")
+    if action is Action.MANAGE_STAFF and request.method != "GET":
+        await require_fresh_second_factor(request, p)
     return svc, p
 
 
@@ -43,22 +47,27 @@ def _staff_error(exc: StaffError) -> ApiError:
 
 
 def _user_json(u: Any) -> dict[str, Any]:
+    # NOTE: only administrators reach these endpoints; the email is shown to them alone.
     return {"username": u.username, "role": u.role, "org": u.org, "disabled": u.disabled,
-            "must_change_password": u.must_change_password, "created": u.created}
+            "must_change_password": u.must_change_password, "created": u.created,
+            "email": u.email}
 
 
 async def list_users(request: web.Request) -> web.Response:
     svc, p = await _admin(request)
-    assert svc.staff is not None
     users = await svc.staff.list_users(org_subtree=p.org)
     return web.json_response({"users": [_user_json(u) for u in users]})
 
 
 async def create_user(request: web.Request) -> web.Response:
     svc, p = await _admin(request)
-    assert svc.staff is not None and svc.auditor is not None
-    data = require_fields(await read_json(request), required=("username", "role", "org"))
+    data = require_fields(await read_json(request), required=("username", "role", "org"),
+                          optional=("email",))
     org = data["org"]
+    address = data.get("email")
+    if address is not None and (not isinstance(address, str) or not valid_email(address)):
+        raise ApiError(400, "invalid_email", "email must be an address like "
+                       "name@school.edu.vn", field="email")
     if not isinstance(org, str) or org not in await svc.staff.org_subtree(p.org):
         raise ApiError(404, "not_found", "org not found in your subtree", field="org")
     # recorded as an intent before the account exists, then its outcome (docs/audit.md)
@@ -68,6 +77,8 @@ async def create_user(request: web.Request) -> web.Response:
         try:
             user, one_time = await svc.staff.create_user(str(data["username"]),
                                                          role=str(data["role"]), org=org)
+            if address:
+                user = await svc.staff.set_email(user.username, address)
         except StaffError as exc:
             raise _staff_error(exc) from exc
     return web.json_response({"user": _user_json(user), "one_time_password": one_time},
@@ -76,7 +87,6 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
     svc, p = await _admin(request)
-    assert svc.staff is not None and svc.auditor is not None
     name = request.match_info["username"]
     target = await svc.staff.get_user(name)
     if target is None or target.org not in await svc.staff.org_subtree(p.org):
@@ -95,7 +105,6 @@ async def reset_password(request: web.Request) -> web.Response:
     """A new one-time password for an account of the administrator's subtree, to be
     changed at its next sign-in; the account's sessions end (its API tokens stay)."""
     svc, p = await _admin(request)
-    assert svc.staff is not None and svc.auditor is not None
     target = await svc.staff.get_user(request.match_info["username"])
     if target is None or target.org not in await svc.staff.org_subtree(p.org):
         raise ApiError(404, "not_found", "user not found")
@@ -110,6 +119,29 @@ async def reset_password(request: web.Request) -> web.Response:
     return web.json_response({"user": _user_json(user), "one_time_password": one_time})
 
 
+async def set_email(request: web.Request) -> web.Response:
+    """``PUT {"email": "..."}`` (``null`` or ``""`` clears it): where incident
+    notifications reach the account (gateway/notify.py). The address is personal data:
+    the audit record says only whether one is set."""
+    svc, p = await _admin(request)
+    assert svc.staff is not None and svc.auditor is not None
+    target = await svc.staff.get_user(request.match_info["username"])
+    if target is None or target.org not in await svc.staff.org_subtree(p.org):
+        raise ApiError(404, "not_found", "user not found")
+    data = require_fields(await read_json(request), required=("email",))
+    address = data["email"]
+    if address is not None and not isinstance(address, str):
+        raise ApiError(400, "invalid_email", "email must be a string or null", field="email")
+    async with svc.auditor.intended("staff.user_email_set", actor=p.actor, org=target.org,
+                                    subject=f"user:{target.username}",
+                                    facts={"email": "set" if address else "cleared"}):
+        try:
+            user = await svc.staff.set_email(target.username, address)
+        except StaffError as exc:
+            raise _staff_error(exc) from exc
+    return web.json_response({"user": _user_json(user)})
+
+
 async def disable_user(request: web.Request) -> web.Response:
     return await _set_disabled(request, True)
 
@@ -120,7 +152,6 @@ async def enable_user(request: web.Request) -> web.Response:
 
 async def list_orgs(request: web.Request) -> web.Response:
     svc, p = await _admin(request, Action.MANAGE_ORGS)
-    assert svc.staff is not None
     subtree = await svc.staff.org_subtree(p.org)
     orgs = [o for o in await svc.staff.list_orgs() if o.slug in subtree]
     return web.json_response({"orgs": [{"slug": o.slug, "name": o.name, "parent": o.parent}
@@ -129,7 +160,6 @@ async def list_orgs(request: web.Request) -> web.Response:
 
 async def create_org(request: web.Request) -> web.Response:
     svc, p = await _admin(request, Action.MANAGE_ORGS)
-    assert svc.staff is not None and svc.auditor is not None
     data = require_fields(await read_json(request), required=("slug", "parent"),
                           optional=("name",))
     parent = data["parent"]
@@ -154,7 +184,6 @@ async def create_org(request: web.Request) -> web.Response:
 
 async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
     svc, p = await _admin(request)
-    assert svc.staff is not None
     if not allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target()):
         raise ApiError(403, "forbidden",
                        "only administrators of the deployment root org manage keys")
@@ -162,7 +191,6 @@ async def _key_admin(request: web.Request) -> tuple[Services, Principal]:
 
 
 def _keys_json(svc: Services) -> dict[str, Any]:
-    assert svc.keyring is not None
     return {"keys": [{"kid": k.kid, "state": k.state, "created_at": k.created_at,
                       "retired_at": k.retired_at, "not_after": k.not_after}
                      for k in svc.keyring.list()],
@@ -176,7 +204,6 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def rotate_key(request: web.Request) -> web.Response:
     svc, p = await _key_admin(request)
-    assert svc.keyring is not None and svc.auditor is not None
     if svc.keyring.read_only:
         raise ApiError(409, "read_only", "the join-token keys are given by files; rotate them "
                                           "where they are managed")
@@ -204,7 +231,6 @@ def _expiry(data: Any) -> int | None:
 
 async def _reexpire(svc: Services, p: Principal, *, key: str, class_id: str | None,
                     org: str | None, exp: int | None, audit_org: str) -> web.Response:
-    assert svc.store is not None and svc.auditor is not None
     current = {b.key: b for b in await svc.store.bans(class_id=class_id, org=org)}
     ban = current.get(key)
     if ban is None:
@@ -243,6 +269,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/api/v1/admin/users/{username}/disable", disable_user)
     r.add_post("/api/v1/admin/users/{username}/enable", enable_user)
     r.add_post("/api/v1/admin/users/{username}/password-reset", reset_password)
+    r.add_put("/api/v1/admin/users/{username}/email", set_email)
     r.add_get("/api/v1/admin/orgs", list_orgs)
     r.add_post("/api/v1/admin/orgs", create_org)
     r.add_get("/api/v1/admin/keys", list_keys)

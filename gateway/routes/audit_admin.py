@@ -21,12 +21,13 @@ from aiohttp import web
 
 from audit import AuditError, AuditQuery, LegalHoldError
 
-from ..app import services
 from ..auth import require_user
 from ..authz import Action, allows
 from ..erasure import MAX_INDEXES, erase_order
 from ..errors import ApiError, Refusal
 from ..roster import csv_safe
+from ..services import services
+from ..signin import require_fresh_second_factor
 from ..web_util import read_json, require_fields
 from .incidents import _text, class_for
 
@@ -38,10 +39,10 @@ CSV_COLUMNS = ("index", "time_utc", "type", "reason", "actor", "org", "class", "
 
 async def erase(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.audit_log is not None and svc.auditor is not None and svc.staff is not None
     p = await require_user(request)
     if not allows(p, Action.ERASE_PERSONAL_DATA):
         raise Refusal(403, "forbidden", "only administrators order erasures")
+    await require_fresh_second_factor(request, p)
     d = require_fields(await read_json(request), required=("reason",),
                        optional=("student_id", "class_id", "indexes"))
     reason = _text(d["reason"], "reason", max_len=1000, multiline=True)
@@ -57,7 +58,6 @@ async def erase(request: web.Request) -> web.Response:
             raise ApiError(400, "missing_field", "student_id needs the class_id of the "
                            "student's class", field="class_id")
         info = await class_for(svc, p, cid)
-        assert svc.store is not None
         # NOTE: a student removed from the roster may still be erased: the class is
         # what proves the administrator's authority over the student's records.
         indexes_of = await svc.audit_log.indexes_of_student(student)
@@ -81,7 +81,7 @@ async def erase(request: web.Request) -> web.Response:
             raise ApiError(404, "not_found", f"no audit record {idx} in your organisation",
                            field="indexes")
     try:
-        res = await erase_order(svc.audit_log, svc.auditor, svc.r, svc.settings.redis_prefix,
+        res = await erase_order(svc.audit_log, svc.auditor, svc.redis, svc.settings.redis_prefix,
                                 actor=p.actor, org=p.org, student=student, indexes=raw,
                                 reason=reason)
     except LegalHoldError as exc:
@@ -119,7 +119,6 @@ def csv_rows(events: list[Any]) -> str:
 
 async def events_csv(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.audit_log is not None and svc.staff is not None and svc.auditor is not None
     p = await require_user(request)
     if not allows(p, Action.READ_AUDIT):
         raise Refusal(403, "forbidden", "only IT staff and administrators read the audit log")

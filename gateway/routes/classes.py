@@ -14,16 +14,18 @@ from meeting_adapters import RoomSpec, validate_platform
 from policies import load_policy, weakened_checks
 from policies.model import DEFAULT_TIMEZONE, ClassId, Jti, Schedule, StudentId
 
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
 from ..codes import code_lookup_key, format_code, new_code
+from ..collation import name_key
 from ..errors import ApiError, Refusal
 from ..hostctl import ActionRequest, HostControls, class_target, visible_classes
+from ..joinflow import JoinFlow
 from ..policy_io import org_defaults, resolve
 from ..presence import watch_class
 from ..roster import RosterError, http_status
-from ..state import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
+from ..services import Services, services
+from ..stores import ClassInfo, LinkRecord, Student, new_id, schedule_to_json
 from ..tokens import issue_join_token
 from ..web_util import read_json, require_fields
 
@@ -90,7 +92,6 @@ def parse_schedule(data: Any, default_tz: str = DEFAULT_TIMEZONE) -> Schedule:
 
 
 async def org_ancestors(svc: Services, org: str) -> list[str]:
-    assert svc.staff is not None
     return list(await svc.staff.org_ancestors(org))
 
 
@@ -98,7 +99,6 @@ async def load_class(request: web.Request, p: Principal, *, host: bool = False) 
     """The class named in the URL, if this principal may see it (404 otherwise, so
     nobody learns which class ids exist)."""
     svc = services(request)
-    assert svc.store is not None
     info = await svc.store.get_class(request.match_info["class_id"])
     if info is None:
         raise Refusal(404, "not_found", "class not found")
@@ -132,7 +132,6 @@ def class_json(svc: Services, info: ClassInfo) -> dict[str, Any]:
 
 async def seal_platform(svc: Services, cid: str, title: str, platform: dict[str, Any]) -> str:
     """Provision the upstream room and seal settings + room (AES-GCM, bound to the class)."""
-    assert svc.secretbox is not None
     adapter = HostControls(svc).adapter(str(platform["kind"]))
     room = await adapter.provision(RoomSpec(class_id=cid, title=title, settings=platform))
     body = {"settings": platform, "room": room.to_dict()}
@@ -141,7 +140,6 @@ async def seal_platform(svc: Services, cid: str, title: str, platform: dict[str,
 
 async def create_class(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.secretbox is not None and svc.auditor is not None
     p = await require_user(request)
     if not allows(p, Action.CREATE_CLASS):
         raise ApiError(403, "forbidden", "only teachers and administrators create classes")
@@ -152,7 +150,7 @@ async def create_class(request: web.Request) -> web.Response:
     schedule = parse_schedule(data["schedule"], svc.settings.timezone)
     policy_request = data.get("policy") or {"preset": "standard"}
     chain = await org_ancestors(svc, p.org)
-    _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix, chain)
+    _, defaults = await org_defaults(svc.redis, svc.settings.redis_prefix, chain)
     policy_data = resolve(policy_request, defaults)
     cid = ClassId(new_id("c"))
     # Intent first: the upstream room and the class exist only after their record.
@@ -186,7 +184,6 @@ async def get_class(request: web.Request) -> web.Response:
 
 async def put_roster(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     limit = svc.settings.roster_max_bytes
@@ -227,7 +224,6 @@ def _rej(r: Any) -> dict[str, Any]:
 
 async def get_roster(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     return web.json_response({"students": [s.to_json() for s in await svc.store.roster(info.id)]})
@@ -254,7 +250,6 @@ def _link_json(svc: Services, rec: LinkRecord, name: str, token: str) -> dict[st
 
 async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | None,
                       actor: str) -> list[dict[str, Any]]:
-    assert svc.store is not None and svc.keyring is not None and svc.auditor is not None
     roster: dict[str, Student] = {s.id: s for s in await svc.store.roster(info.id)}
     targets = list(roster) if student_ids is None else student_ids
     for sid in targets:
@@ -284,7 +279,6 @@ async def issue_links(svc: Services, info: ClassInfo, student_ids: list[str] | N
             if retired.jti is not None or retired.ticket is not None:
                 if retired.jti is not None:
                     reissued += 1
-                assert svc.bus is not None
                 await svc.bus.publish(info.id, {"type": "removed", "student_id": sid,
                                                 "ticket": retired.ticket,
                                                 "reason": "token_revoked"})
@@ -320,12 +314,11 @@ async def post_links(request: web.Request) -> web.Response:
 async def current_links(svc: Services, info: ClassInfo) -> list[dict[str, Any]]:
     """The students' current links, signed again from their stored claims (Ed25519
     signatures are deterministic, so the link is the one issued while the key lasts)."""
-    assert svc.store is not None and svc.keyring is not None
     roster = {s.id: s for s in await svc.store.roster(info.id)}
     recs = await svc.store.current_links(info.id)
     key = svc.keyring.signing_key()
     out = []
-    for s in sorted(roster.values(), key=lambda s: (s.name.casefold(), s.id)):
+    for s in sorted(roster.values(), key=lambda s: (name_key(s.name), s.id)):
         rec = recs.get(s.id)
         if rec is None:
             continue
@@ -347,7 +340,6 @@ async def get_links_pdf(request: web.Request) -> web.Response:
     from ..linksheet import render_link_sheet
 
     svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     links = await current_links(svc, info)
@@ -365,22 +357,27 @@ async def get_links_pdf(request: web.Request) -> web.Response:
 
 
 async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
-    assert svc.store is not None
     store = svc.store
     roster: dict[str, str] = {s.id: s.name for s in await store.roster(info.id)}
+    waiting_now = await store.waiting(info.id)
+    gone = await store.gone_tickets(waiting_now)
     waiting = [
         {"ticket": tk, "student_id": w["student_id"], "name": roster.get(w["student_id"]),
-         "since": w.get("since"), "device_hint": w.get("device_hint"), "reason": w.get("reason")}
-        for tk, w in (await store.waiting(info.id)).items()
+         "since": w.get("since"), "device_hint": w.get("device_hint"), "reason": w.get("reason"),
+         "gone": tk in gone}
+        for tk, w in waiting_now.items()
     ]
     waiting.sort(key=lambda w: w.get("since") or 0)
     admitted = [
         {"student_id": sid, "name": roster.get(sid), "at": a.get("at"), "by": a.get("by")}
         for sid, a in (await store.admitted(info.id)).items()
     ]
-    admitted.sort(key=lambda a: (a["name"] or "").casefold())
+    admitted.sort(key=lambda a: name_key(a["name"] or ""))
     fresh = await store.get_class(info.id)
     assert fresh is not None
+    alerts = await store.alerts(info.id)
+    hints = {str(a[k]): str(a["device_hint"]) for a in alerts for k in ("ban_device", "ban_ip")
+             if a.get(k) and a.get("device_hint")}
     return {
         "class_id": info.id,
         "title": info.title,
@@ -389,9 +386,23 @@ async def class_state(svc: Services, info: ClassInfo) -> dict[str, Any]:
         "host_present": await store.host_present(info.id),
         "waiting": waiting,
         "admitted": admitted,
-        "alerts": await store.alerts(info.id),
-        "bans": [b.to_json() for b in await store.bans(class_id=info.id)],
+        "alerts": alerts,
+        "bans": [_named_ban(b.to_json(), roster, hints)
+                 for b in await store.bans(class_id=info.id)],
     }
+
+
+def _named_ban(ban: dict[str, Any], roster: dict[str, str],
+               hints: dict[str, str]) -> dict[str, Any]:
+    """A ban as the host sees it: the name of the student it was placed on, or for a
+    device nobody on the roster used, the browser it was seen with (from its alert)."""
+    sid = str(ban.get("student_id") or "")
+    if sid in roster:
+        ban["name"] = roster[sid]
+    hint = hints.get(str(ban.get("key")))
+    if hint:
+        ban["device_hint"] = hint
+    return ban
 
 
 async def get_state(request: web.Request) -> web.Response:
@@ -412,11 +423,10 @@ async def post_action(request: web.Request) -> web.Response:
 async def put_policy(request: web.Request) -> web.Response:
     """Replace the class's policy; an invalid one is refused and the old one stays."""
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None and svc.staff is not None
     p = await require_user(request)
     info = await load_class(request, p, host=True)
     data = await read_json(request)
-    _, defaults = await org_defaults(svc.r, svc.settings.redis_prefix,
+    _, defaults = await org_defaults(svc.redis, svc.settings.redis_prefix,
                                      await org_ancestors(svc, info.org))
     resolved = resolve(data, defaults, field="policy")
     async with svc.auditor.intended(
@@ -430,10 +440,7 @@ async def put_policy(request: web.Request) -> web.Response:
 async def get_explain(request: web.Request) -> web.Response:
     """Why a student's next attempt would get its decision, from the same code that
     enforces it (their current link, their bound device, their last address)."""
-    from ..joinflow import JoinFlow
-
     svc = services(request)
-    assert svc.store is not None
     p = await require_user(request)
     info = await load_class(request, p)
     sid = request.query.get("student_id", "")

@@ -2,7 +2,9 @@
 
 The teacher's socket receives every event of the class from every gateway process
 (knock, admitted, denied, left, removed, alert, state) and sends the same action objects
-as ``POST .../actions``. While it is open the host counts as present.
+as ``POST .../actions``. The events that reach a process in one event-loop turn arrive in
+one frame: an event object, or a JSON list of them in order when there are several.
+While the socket is open the host counts as present.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from urllib.parse import urlsplit
 import redis.exceptions
 from aiohttp import WSMsgType, web
 
-from ..app import Services, services
 from ..auth import Principal, authenticate, is_staff_refusal, record_refusal, require_user
 from ..authz import Action, allows
 from ..errors import ApiError
 from ..hostctl import ActionRequest, HostControls, class_target
 from ..joinflow import JoinFlow
-from ..state import ClassInfo
+from ..services import Services, services
+from ..stores import ClassInfo
 from ..web_util import loads_bounded
 from .classes import class_state, load_class
 
@@ -48,7 +50,6 @@ def _same_origin(request: web.Request, public_url: str) -> bool:
 
 async def control_ws(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.bus is not None
     if request.headers.get("Authorization") is None and not _same_origin(
         request, svc.settings.public_url
     ):
@@ -74,10 +75,17 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
             if not ws.closed:
                 await ws.send_str(json.dumps(msg, ensure_ascii=False))
 
-    async def on_event(msg: dict[str, Any]) -> None:
-        if msg.get("type") in _INTERNAL_EVENTS:
-            return
-        await send(msg)
+    async def on_events(msgs: list[dict[str, Any]]) -> None:
+        # The class's events of one event-loop turn leave in one frame: one event as
+        # itself, several as a list in the order they happened (gateway/static/control.js
+        # reads both).
+        shown = [m for m in msgs if m.get("type") not in _INTERNAL_EVENTS]
+        if len(shown) > 1:
+            async with send_lock:
+                if not ws.closed:
+                    await ws.send_str(json.dumps(shown, ensure_ascii=False))
+        elif shown:
+            await send(shown[0])
 
     async def on_revoke(msg: dict[str, Any]) -> None:
         if (p.session_id is not None and msg.get("sid_hash") == p.session_id) or \
@@ -96,7 +104,7 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
 
     await store.host_heartbeat(info.id, conn_id)
     hb = asyncio.create_task(heartbeat())
-    off_class = bus.listen_class(info.id, on_event)
+    off_class = bus.listen_class(info.id, on_events)
     off_revoke = bus.listen_revocations(on_revoke)
     try:
         await send({"type": "state", **await class_state(svc, info)})
@@ -184,7 +192,6 @@ async def still_host(svc: Services, p: Principal, info: ClassInfo) -> bool:
 
 
 async def _host_gone(svc: Services, cid: str, conn_id: str) -> None:
-    assert svc.store is not None and svc.bus is not None
     try:
         if await svc.store.host_gone(cid, conn_id):
             await svc.bus.publish(cid, {"type": "state", "host_present": False})

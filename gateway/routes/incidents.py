@@ -4,8 +4,14 @@ Every view, edit, attachment and export is a custody event in the audit log
 (``incident.create|view|update|attach|export|hold``, ``facts.incident`` = the incident
 id). Teachers see the incidents of their own classes, IT staff and administrators those
 of their org subtree; only administrators export evidence. Only the reporter and
-administrators edit; only administrators close and reopen, with a reason, and not an
-incident about a class they own. Every change is kept as a revision.
+administrators edit (and mark an incident serious); only administrators close and
+reopen, with a reason, and not an incident about a class they own. Every change is kept
+as a revision.
+
+Opening an incident emails the school's administrators, marking it serious the
+district's; an administrator responsible for the school acknowledges it
+(``POST .../acknowledge``, ``incident.acknowledged``), which stops the escalation of an
+unacknowledged incident (gateway/notify.py).
 """
 
 from __future__ import annotations
@@ -22,15 +28,24 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .. import i18n
-from ..app import Services, services
+from .. import i18n, notify
 from ..auth import Principal, require_user
 from ..authz import Action, allows, listing_scope
 from ..errors import ApiError, Refusal
 from ..evidence_export import export_incident
 from ..hostctl import class_target
-from ..incidents import MAX_ATTACHMENTS, Incident, IncidentStore, QuotaExceeded, Visitor
-from ..state import ClassInfo
+from ..incidents import (
+    MAX_ATTACHMENTS,
+    SEVERITIES,
+    Incident,
+    IncidentStore,
+    QuotaExceeded,
+    Severity,
+    Visitor,
+)
+from ..services import Services, services
+from ..signin import require_fresh_second_factor
+from ..stores import ClassInfo
 from ..web_util import client_ip, read_json, require_fields
 
 MAX_WINDOW_MS = 31 * 24 * 3600 * 1000
@@ -44,8 +59,7 @@ _CONTROL = {"Cc", "Cf", "Zl", "Zp"}
 
 
 def incident_store(svc: Services) -> IncidentStore:
-    assert svc.secretbox is not None
-    return IncidentStore(svc.r, svc.settings.redis_prefix, clock=svc.clock,
+    return IncidentStore(svc.redis, svc.settings.redis_prefix, clock=svc.clock,
                          secretbox=svc.secretbox,
                          blob_dir=Path(svc.settings.data_dir) / "attachments")
 
@@ -130,6 +144,14 @@ def _int_list(value: Any, field: str, limit: int) -> list[int]:
     return sorted(set(value))
 
 
+def _severity(value: Any) -> Severity:
+    for s in SEVERITIES:
+        if value == s:
+            return s
+    raise ApiError(400, "invalid_field", f"severity must be one of {', '.join(SEVERITIES)}",
+                   field="severity")
+
+
 def _custody_personal(request: web.Request) -> dict[str, str]:
     svc = services(request)
     return {"ip": client_ip(request, svc.settings.trusted_proxies),
@@ -138,7 +160,6 @@ def _custody_personal(request: web.Request) -> dict[str, str]:
 
 async def class_for(svc: Services, p: Principal, cid: str) -> ClassInfo:
     """The class if this principal may report on it (404 otherwise, naming class_id)."""
-    assert svc.store is not None and svc.staff is not None
     info = await svc.store.get_class(cid)
     if info is None or not allows(p, Action.VIEW_CLASS, await class_target(svc, info)):
         raise ApiError(404, "not_found", "class not found", field="class_id")
@@ -162,7 +183,6 @@ async def visible_incidents(svc: Services, p: Principal, *, class_id: str | None
                             status: str | None = None) -> list[Incident]:
     """Incidents this principal may see, newest first: a teacher's own classes, the org
     subtree for IT staff and administrators."""
-    assert svc.store is not None and svc.staff is not None
     store = incident_store(svc)
     scope = listing_scope(p, Action.VIEW_CLASS)
     if scope == "subtree":
@@ -186,7 +206,6 @@ async def record_view(request: web.Request, p: Principal, inc: Incident, info: C
                       via: str | None = None) -> str:
     """Log that ``p`` opened the incident (``incident.view``, a custody event)."""
     svc = services(request)
-    assert svc.auditor is not None
     return await svc.auditor.record(
         "incident.view", actor=p.actor, org=info.org, class_id=info.id,
         facts={"incident": inc.id, "via": via}, personal=_custody_personal(request))
@@ -194,11 +213,11 @@ async def record_view(request: web.Request, p: Principal, inc: Incident, info: C
 
 async def create(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     p = await require_user(request)
     d = require_fields(await read_json(request),
                        required=("class_id", "title", "since", "until"),
-                       optional=("description", "student_ids", "visitors", "indexes"))
+                       optional=("description", "student_ids", "visitors", "indexes",
+                                 "severity"))
     if not isinstance(d["class_id"], str):
         raise ApiError(400, "invalid_field", "class_id must be a string", field="class_id")
     info = await class_for(svc, p, d["class_id"])
@@ -218,6 +237,7 @@ async def create(request: web.Request) -> web.Response:
                            "roster", field="student_ids")
     visitors = _visitors(d.get("visitors"))
     indexes = _int_list(d.get("indexes"), "indexes", MAX_INDEXES)
+    severity = _severity(d.get("severity") or "normal")
     # NOTE: title and description are free text and stay out of the immutable record;
     # visitors' addresses go in the erasable personal part. The incident's id is drawn
     # by the store, so only the outcome names it.
@@ -225,15 +245,17 @@ async def create(request: web.Request) -> web.Response:
             "incident.create", actor=p.actor, org=info.org, class_id=info.id,
             facts={"since": since, "until": until, "student_ids": students,
                    "visitors": len(visitors) or None, "indexes": len(indexes) or None,
-                   "hold": "placed"},
+                   "hold": "placed",
+                   "severity": severity if severity != "normal" else None},
             personal={**_custody_personal(request),
                       **({"visitors": [v.to_json() for v in visitors]} if visitors else {})},
     ) as out:
         inc = await incident_store(svc).create(
             org=info.org, class_id=info.id, title=title, description=description,
             since_ms=since, until_ms=until, student_ids=students, visitors=visitors,
-            indexes=indexes, created_by=p.username)
+            indexes=indexes, created_by=p.username, severity=severity)
         out.facts = {"incident": inc.id, **out.facts}
+    await notify.incident_opened(svc, inc)
     return web.json_response(inc.to_json(), status=201)
 
 
@@ -257,12 +279,11 @@ async def update(request: web.Request) -> web.Response:
     or reopen (administrators, with a reason, never about a class of their own). Every
     change is kept as a revision (``GET .../history``); nothing is overwritten unseen."""
     svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
     inc, info = await load_incident(request, p)
     d = require_fields(await read_json(request), required=(),
-                       optional=("status", "title", "description", "reason"))
-    if not any(k in d for k in ("status", "title", "description")):
+                       optional=("status", "title", "description", "reason", "severity"))
+    if not any(k in d for k in ("status", "title", "description", "severity")):
         raise ApiError(400, "missing_field", "nothing to change", field="status")
     store = incident_store(svc)
     title = _text(d["title"], "title", max_len=200) if "title" in d else None
@@ -270,11 +291,12 @@ async def update(request: web.Request) -> web.Response:
                    if "description" in d else None)
     reason = (_text(d["reason"], "reason", max_len=MAX_REASON, multiline=True) or None
               if d.get("reason") is not None else None)
+    severity = _severity(d["severity"]) if "severity" in d else None
     status = d.get("status")
     if status is not None and not isinstance(status, str):
         raise ApiError(400, "invalid_field", "status must be a string", field="status")
     target = await class_target(svc, info)
-    if (title is not None or description is not None) and not allows(
+    if (title is not None or description is not None or severity is not None) and not allows(
             p, Action.EDIT_INCIDENT, replace(target, owner=inc.created_by)):
         raise Refusal(403, "forbidden", "only the reporter and administrators edit an "
                       "incident", class_id=info.id, org=info.org)
@@ -296,18 +318,56 @@ async def update(request: web.Request) -> web.Response:
     async with svc.auditor.intended(
             "incident.update", actor=p.actor, org=info.org, class_id=info.id,
             facts={"incident": inc.id, "status": status,
+                   "severity": severity if severity != inc.severity else None,
                    "changed": sorted(k for k in d if k in ("title", "description")) or None},
             personal={**_custody_personal(request), **({"reason": reason} if reason else {})}):
         before = await store.revise(inc.id, by=p.username, title=title,
-                                    description=description, status=status, reason=reason)
+                                    description=description, status=status,
+                                    severity=severity, reason=reason)
         fresh = await store.get(inc.id)
         assert fresh is not None
+    if inc.severity != "serious" and fresh.severity == "serious":
+        await notify.incident_marked_serious(svc, fresh)
     if before != fresh.status and "closed" in (before, fresh.status):
         await svc.auditor.record(
             "incident.hold", actor=p.actor, org=info.org, class_id=info.id,
             facts={"incident": inc.id,
                    "hold": "released" if fresh.status == "closed" else "placed"})
     return web.json_response(fresh.to_json())
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    """An administrator responsible for the incident's school (of the school or an org
+    above it) takes it in hand: recorded once (``incident.acknowledged``), it stops the
+    escalation of an unacknowledged incident. Acknowledging again changes nothing."""
+    svc = services(request)
+    assert svc.auditor is not None
+    p = await require_user(request)
+    inc, info = await load_incident(request, p)
+    if not allows(p, Action.DECIDE_INCIDENT, await class_target(svc, info)):
+        raise Refusal(403, "forbidden", "only administrators responsible for the school "
+                      "acknowledge an incident", class_id=info.id, org=info.org)
+    store = incident_store(svc)
+    if inc.acknowledged_by is None:
+        async with svc.auditor.intended(
+                "incident.acknowledged", actor=p.actor, org=info.org, class_id=info.id,
+                facts={"incident": inc.id}) as out:
+            first, by, at = await store.acknowledge(inc.id, by=p.username)
+            if not first:
+                out.facts["already"] = {"by": by, "at": at}
+        await notify.incident_acknowledged(svc, inc)
+    fresh = await store.get(inc.id)
+    assert fresh is not None
+    return web.json_response(fresh.to_json())
+
+
+async def notifications(request: web.Request) -> web.Response:
+    """What was emailed about the incident, to which org, and how it went."""
+    svc = services(request)
+    p = await require_user(request)
+    inc, _ = await load_incident(request, p)
+    q = notify.NotifyQueue(svc.redis, svc.settings.redis_prefix, clock=svc.clock)
+    return web.json_response({"notifications": await q.results(inc.id)})
 
 
 async def history(request: web.Request) -> web.Response:
@@ -337,7 +397,6 @@ def _over_quota(used: int, quota: int) -> ApiError:
 
 async def attach(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.auditor is not None
     p = await require_user(request)
     inc, info = await load_incident(request, p)
     if inc.status == "closed":
@@ -407,6 +466,7 @@ async def evidence(request: web.Request) -> web.Response:
     inc, info = await load_incident(request, p)
     if not allows(p, Action.EXPORT_EVIDENCE, await class_target(svc, info)):
         raise ApiError(403, "forbidden", "only administrators export evidence")
+    await require_fresh_second_factor(request, p)
     lang = request.query.get("lang") or svc.settings.default_lang
     if lang not in i18n.LANGS:
         raise ApiError(400, "invalid_field", "lang must be vi or en", field="lang")
@@ -433,5 +493,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/v1/incidents/{incident_id}", detail)
     r.add_patch("/api/v1/incidents/{incident_id}", update)
     r.add_get("/api/v1/incidents/{incident_id}/history", history)
+    r.add_post("/api/v1/incidents/{incident_id}/acknowledge", acknowledge)
+    r.add_get("/api/v1/incidents/{incident_id}/notifications", notifications)
     r.add_post("/api/v1/incidents/{incident_id}/attachments", attach)
     r.add_get("/api/v1/incidents/{incident_id}/evidence.zip", evidence)

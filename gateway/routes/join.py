@@ -15,13 +15,13 @@ from meeting_adapters import AdapterError, Participant, UpstreamUnavailable
 from policies.model import Action
 
 from .. import i18n
-from ..app import Services, services
 from ..auditing import milestone
 from ..codes import code_lookup_key, normalize_code
 from ..errors import ApiError
 from ..hostctl import HostControls
 from ..joinflow import DEVICE_COOKIE, RATE_LIMIT_AUDIT_WINDOW_S, JoinFlow, JoinOutcome
-from ..state import Limit, Ticket, device_hash, split_ticket
+from ..services import Services, services
+from ..stores import WAIT_SOCKET_REFRESH_S, Limit, Ticket, device_hash, split_ticket
 from ..web_util import client_ip, read_form, read_json
 
 log = logging.getLogger("classguard.join")
@@ -38,6 +38,10 @@ DEVICE_COOKIE_MAX_AGE = 400 * 86400  # the longest lifetime browsers accept
 WAIT_SOCKETS_PER_TICKET = 2
 WAIT_SOCKETS_PER_ADDRESS = 5000
 CLOSE_REPLACED = 4009  # closed because a newer socket opened on the same ticket
+# Protocol pings every WAIT_HEARTBEAT_S; a socket whose pong does not come back within
+# half of that is closed, so a page that died silently (a phone out of coverage, a
+# killed browser) is marked gone within about 15 s; a closed page at once.
+WAIT_HEARTBEAT_S = 10.0
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -98,7 +102,7 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
         status = 429 if out.retry_after > 0 else 403
         lang = i18n.request_lang(request, svc.settings.default_lang)
         resp = render(svc, "denied.html", lang, status=status, reason=reason,
-                      class_title=out.class_title)
+                      class_title=out.class_title, opens_at=out.opens_at)
         if out.retry_after > 0:
             resp.headers["Retry-After"] = str(max(1, int(out.retry_after + 0.999)))
     _set_device_cookie(svc, resp, out.new_device_cookie)
@@ -154,7 +158,6 @@ async def join_code(request: web.Request) -> web.StreamResponse:
         resp.headers["Retry-After"] = str(max(1, int(wait + 0.999)))
         return resp
     if out is None:
-        assert svc.auditor is not None
         await svc.auditor.record("join.code_failed", actor="visitor", reason="token_invalid",
                                  ip=ip, user_agent=request.headers.get("User-Agent", ""))
         svc.metrics.join_attempts.labels("deny", "token_invalid").inc()
@@ -170,7 +173,6 @@ async def join_code(request: web.Request) -> web.StreamResponse:
 
 async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticket) -> bool:
     """Send the ticket's current status; False when the socket should close."""
-    assert svc.store is not None
     if t.status == "waiting":
         await ws.send_json({"type": "waiting", "reason": t.reason})
         return True
@@ -189,7 +191,6 @@ async def _push_ticket_status(svc: Services, ws: web.WebSocketResponse, t: Ticke
 async def _socket_limited(request: web.Request, svc: Services, flow: JoinFlow, ip: str,
                           limits: list[Limit]) -> None:
     """429 (with Retry-After) when a handshake budget refuses; audited in aggregate."""
-    assert svc.store is not None
     wait, limit = await svc.store.rate_limit_check(limits)
     if wait <= 0:
         return
@@ -215,7 +216,6 @@ async def _socket_refused(request: web.Request, flow: JoinFlow, ip: str,
 async def _socket_gone(svc: Services, t: Ticket, socket_id: str) -> None:
     """Unregister a closed waiting-room socket; the host is told the student left only
     when their last socket is gone and they were still waiting."""
-    assert svc.store is not None and svc.bus is not None
     try:
         left = await svc.store.socket_closed(t.id, socket_id)
         now = await svc.store.ticket(t.id)
@@ -228,7 +228,6 @@ async def _socket_gone(svc: Services, t: Ticket, socket_id: str) -> None:
 
 async def ws_wait(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.bus is not None
     ticket_id = request.match_info["ticket"]
     if split_ticket(ticket_id) is None:
         raise ApiError(404, "not_found", "no such ticket")
@@ -252,7 +251,7 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
         svc.metrics.rate_limited.labels("socket").inc()
         raise ApiError(429, "rate_limited", "too many connections from this address",
                        headers={"Retry-After": "15"})
-    ws = web.WebSocketResponse(heartbeat=25, max_msg_size=4096)
+    ws = web.WebSocketResponse(heartbeat=WAIT_HEARTBEAT_S, max_msg_size=4096)
     await ws.prepare(request)
     key = f"wait:{t.class_id}"
     svc.sockets.setdefault(key, set()).add(ws)
@@ -284,12 +283,25 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
             await ws.send_json({"type": "denied", "reason": "class_ended"})
             await ws.close(code=4002)
 
+    async def mark_live() -> None:
+        while True:
+            await asyncio.sleep(WAIT_SOCKET_REFRESH_S)
+            try:
+                await store.socket_seen(t.id, socket_id)
+            except Exception as exc:  # noqa: BLE001 - retried on the next mark
+                log.warning("waiting-room socket mark failed: %r", exc)
+
     off = svc.bus.listen_student(t.class_id, t.id, t.student_id, on_event)
+    live = asyncio.get_running_loop().create_task(mark_live())
     try:
-        replaced = await store.socket_opened(t.id, socket_id, keep=WAIT_SOCKETS_PER_TICKET)
+        replaced, back = await store.socket_opened(t.id, socket_id,
+                                                   keep=WAIT_SOCKETS_PER_TICKET)
         if replaced:
             await svc.bus.publish(t.class_id, {"type": "socket_replaced", "ticket": t.id,
                                                "sockets": replaced})
+        if back:
+            await svc.bus.publish(t.class_id, {"type": "back", "ticket": t.id,
+                                               "student_id": t.student_id})
         # Read the ticket again after subscribing so no event falls between the two.
         fresh = await store.ticket(ticket_id)
         if fresh is None or not await _push_ticket_status(svc, ws, fresh):
@@ -308,6 +320,7 @@ async def ws_wait(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await ws.close(code=1011, message=b"internal error")
     finally:
+        live.cancel()
         off()
         svc.sockets.get(key, set()).discard(ws)
         same_address = svc.sockets.get(address_key, set())
@@ -334,7 +347,6 @@ async def _go_refused(request: web.Request, svc: Services, ip: str, status: str,
     NOTE: refusals are audited per source, reason and window in aggregate, like
     garbage at /j/: the first in full, then the 10th, 100th, ... with the count so far
     (an unauthenticated flood must not fill the log, and must not vanish from it)."""
-    assert svc.store is not None and svc.auditor is not None
     n, first = await svc.store.count_refusals(f"go:{status}:{ip}", RATE_LIMIT_AUDIT_WINDOW_S)
     if milestone(n):
         await svc.auditor.record(
@@ -347,7 +359,6 @@ async def _go_refused(request: web.Request, svc: Services, ip: str, status: str,
 
 async def go(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     lang = i18n.request_lang(request, svc.settings.default_lang)
     nonce = request.match_info["nonce"]
     cookie = _device_cookie(request)

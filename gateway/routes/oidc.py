@@ -18,7 +18,6 @@ import aiohttp
 from aiohttp import web
 
 from .. import i18n
-from ..app import Services, services
 from ..auth import Principal
 from ..authz import Action
 from ..errors import ApiError
@@ -38,6 +37,8 @@ from ..oidc import (
     username_candidates,
     validate_id_token,
 )
+from ..services import Services, services
+from ..signin import complete_primary_sign_in, set_pending_cookie
 from ..staff import StaffError, User
 from ..web_util import client_ip, read_json, require_fields
 from .orgs import org_staff
@@ -52,7 +53,7 @@ ORG_COOKIE = "cg_oidc_org"
 
 def oidc_store(svc: Services) -> OidcStore:
     assert svc.secretbox is not None
-    return OidcStore(svc.r, svc.secretbox, prefix=svc.settings.redis_prefix, clock=svc.clock)
+    return OidcStore(svc.redis, svc.secretbox, prefix=svc.settings.redis_prefix, clock=svc.clock)
 
 
 def _http(svc: Services) -> aiohttp.ClientSession:
@@ -146,15 +147,18 @@ async def callback(request: web.Request) -> web.StreamResponse:
     # The provider proved who this is: a one-time password the account was created with
     # (and never used) is not asked to be changed in this session.
     user = replace(user, must_change_password=False)
-    cookie, _csrf, _session = await svc.staff.create_session(
-        user, ip=ip, user_agent=request.headers.get("User-Agent", ""))
-    await svc.auditor.record("staff.login", actor=f"user:{user.username}", org=user.org, ip=ip,
-                             user_agent=request.headers.get("User-Agent", ""),
-                             facts={"via": "oidc", "provider": settings.provider})
+    # The second factor, when the account has one, follows any first factor
+    # (gateway/signin.py).
+    done = await complete_primary_sign_in(request, user, via="oidc")
     home = home_of(Principal(user.username, user.role, user.org, "session"))
     nxt = pending.next if pending.next != "/classes" else home
-    resp = web.HTTPSeeOther(nxt)
-    set_session_cookie(request, resp, cookie)
+    if done.pending is not None:
+        resp = web.HTTPSeeOther("/login/second-factor?" + urlencode({"next": nxt}))
+        set_pending_cookie(request, resp, done.pending)
+    else:
+        assert done.cookie is not None
+        resp = web.HTTPSeeOther(nxt)
+        set_session_cookie(request, resp, done.cookie)
     resp.del_cookie(STATE_COOKIE, path="/auth/oidc")
     resp.set_cookie(ORG_COOKIE, settings.org, max_age=svc.settings.session_ttl_s,
                     httponly=True, secure=svc.settings.cookie_secure, samesite="Strict",

@@ -7,12 +7,12 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, Target, allows
 from ..bans import make_key
 from ..errors import ApiError
 from ..policy_io import check_defaults, org_policy_key
+from ..services import Services, services
 from ..web_util import read_json, require_fields
 
 
@@ -20,7 +20,6 @@ async def org_staff(request: web.Request, action: Action) -> tuple[Services, Pri
     """The org in the URL, if the caller may do ``action`` there: 403 for a role that may
     not do it anywhere, 404 for an org outside the caller's subtree."""
     svc = services(request)
-    assert svc.staff is not None
     p = await require_user(request)
     org = request.match_info["org"]
     if not allows(p, action):
@@ -32,13 +31,11 @@ async def org_staff(request: web.Request, action: Action) -> tuple[Services, Pri
 
 async def list_bans(request: web.Request) -> web.Response:
     svc, _, org = await org_staff(request, Action.MANAGE_ORG_BANS)
-    assert svc.store is not None
     return web.json_response({"bans": [b.to_json() for b in await svc.store.bans(org=org)]})
 
 
 async def add_ban(request: web.Request) -> web.Response:
     svc, p, org = await org_staff(request, Action.MANAGE_ORG_BANS)
-    assert svc.store is not None and svc.auditor is not None
     data = require_fields(await read_json(request), required=("reason",),
                           optional=("ip", "cidr", "device", "expires_in_s"))
     key = make_key(device=data.get("device"), ip=data.get("ip"), cidr=data.get("cidr"))
@@ -63,7 +60,6 @@ async def add_ban(request: web.Request) -> web.Response:
 
 async def lift_ban(request: web.Request) -> web.Response:
     svc, p, org = await org_staff(request, Action.MANAGE_ORG_BANS)
-    assert svc.store is not None and svc.auditor is not None
     key = unquote(request.match_info["key"])
     async with svc.auditor.intended("ban.lifted", actor=p.actor, org=org,
                                     facts={"kind": key.split(":", 1)[0], "scope": "org"},
@@ -75,17 +71,16 @@ async def lift_ban(request: web.Request) -> web.Response:
 
 async def get_policy(request: web.Request) -> web.Response:
     svc, _, org = await org_staff(request, Action.READ_ORG_POLICY)
-    raw = await svc.r.get(org_policy_key(svc.settings.redis_prefix, org))
+    raw = await svc.redis.get(org_policy_key(svc.settings.redis_prefix, org))
     return web.json_response({"defaults": json.loads(raw) if raw else {}})
 
 
 async def put_policy(request: web.Request) -> web.Response:
     svc, p, org = await org_staff(request, Action.SET_ORG_POLICY)
-    assert svc.auditor is not None
     defaults = check_defaults(await read_json(request))
     async with svc.auditor.intended("policy.org_defaults", actor=p.actor, org=org,
                                     facts={"fields": ",".join(sorted(defaults)) or None}):
-        await svc.r.set(org_policy_key(svc.settings.redis_prefix, org), json.dumps(defaults))
+        await svc.redis.set(org_policy_key(svc.settings.redis_prefix, org), json.dumps(defaults))
     return web.json_response({"defaults": defaults})
 
 

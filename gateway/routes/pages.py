@@ -3,7 +3,8 @@
 Shared page machinery lives here too (``page_response``, ``staff_page``): every staff
 page is rendered on the server with the viewer's language and role-aware navigation;
 JSON APIs do the work, small vanilla JS modules in ``gateway/static`` call them.
-The other page modules (teacher, IT, administrator) are registered from ``setup``.
+The other page modules (teacher, IT, administrator) import this one; gateway/app.py
+registers them right after it.
 """
 
 from __future__ import annotations
@@ -18,18 +19,21 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
+import jinja2
 from aiohttp import hdrs, web
 from babel.dates import format_datetime
 
+from policies import Reason
 from policies.model import DEFAULT_TIMEZONE
 
 from .. import i18n
-from ..app import Services, services
 from ..auth import SESSION_COOKIE, Principal, authenticate
 from ..authz import Action, allows
 from ..errors import ApiError
 from ..hostctl import visible_classes
-from .session import login_user, set_session_cookie
+from ..services import FOUNDATION, services
+from ..signin import set_pending_cookie
+from .session import SecondFactorRequired, login_user, set_session_cookie
 
 DEFAULT_TZ = DEFAULT_TIMEZONE
 LANG_COOKIE_MAX_AGE = 365 * 86400
@@ -229,6 +233,11 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
                            username=username, nxt=nxt)
     try:
         cookie, _csrf, user = await login_user(request, username, password)
+    except SecondFactorRequired as exc:
+        step = web.HTTPSeeOther("/login/second-factor?" + urlencode({"next": nxt, "lang": lang}))
+        set_pending_cookie(request, step, exc.pending)
+        step.del_cookie(LOGIN_CSRF_COOKIE, path="/login")
+        raise step from None
     except ApiError as exc:
         if exc.status == 429:
             secs = exc.headers.get("Retry-After", "60")
@@ -257,7 +266,6 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     svc = services(request)
-    assert svc.staff is not None
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         # authenticate() checks the form's csrf_token: nobody can sign a teacher out
@@ -315,16 +323,13 @@ RETRY_REASONS = ("outside_schedule", "rate_limited", "class_locked", "capacity_r
                  "platform_down", "go_unknown", "go_not_admitted", "dependency_down")
 
 
-def install_filters(svc: Services) -> None:
+def install_filters(env: jinja2.Environment, timezone: str) -> None:
     """Filters and globals of every template, the student pages (rendered by
     ``routes.join``) included."""
-    from policies import Reason
-
-    env = svc.templates
     env.filters["when"] = format_when
     env.globals["langs"] = i18n.LANGS
     # the zone of times on pages (a page about one class passes its own as ``tz``)
-    env.globals["tz"] = svc.settings.timezone
+    env.globals["tz"] = timezone
     env.globals["zone_label"] = zone_label
     env.globals["reasons"] = [r.value for r in Reason]
     env.globals["retry_reasons"] = RETRY_REASONS
@@ -333,10 +338,8 @@ def install_filters(svc: Services) -> None:
 
 
 def setup(app: web.Application) -> None:
-    from ..app import SERVICES
-    from . import account, admin_api, pages_admin, pages_incidents, pages_it, pages_teacher
-
-    install_filters(app[SERVICES])
+    found = app[FOUNDATION]
+    install_filters(found.templates, found.settings.timezone)
     app.on_response_prepare.append(remember_lang)
     r = app.router
     r.add_get("/", root)
@@ -346,5 +349,3 @@ def setup(app: web.Application) -> None:
     r.add_post("/logout", logout)
     r.add_get("/lang/{lang}", set_lang)
     r.add_get("/classes", classes_page)
-    for module in (pages_teacher, pages_it, pages_admin, pages_incidents, admin_api, account):
-        module.setup(app)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..app import services
 from ..auth import Principal
 from ..authz import Action, allows
+from ..services import services
 from .pages import page_response, staff_page
 
 ROLES = ("teacher", "it", "admin")
@@ -20,7 +20,6 @@ ROLES = ("teacher", "it", "admin")
 @staff_page(Action.MANAGE_STAFF)
 async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.staff is not None
     subtree = await svc.staff.org_subtree(p.org)
     orgs = [o for o in await svc.staff.list_orgs() if o.slug in subtree]
     users = await svc.staff.list_users(org_subtree=subtree)
@@ -31,7 +30,6 @@ async def staff_accounts_page(request: web.Request, p: Principal, lang: str) -> 
 @staff_page(Action.MANAGE_STAFF)
 async def keys_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.staff is not None and svc.keyring is not None and svc.audit_key is not None
     top = allows(p, Action.ROTATE_KEYS, await svc.staff.deployment_target())
     return page_response(request, "admin_keys.html", lang, user=p, top=top,
                          keys=svc.keyring.list() if top else [],

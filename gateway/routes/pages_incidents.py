@@ -14,6 +14,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -25,14 +26,16 @@ from babel.numbers import format_decimal
 from audit import AuditQuery
 from policies.schedule import current_window_utc
 
-from ..app import Services, services
 from ..auth import Principal
 from ..authz import Action, allows
 from ..evidence_gather import is_custody, wait_outbox_drained
 from ..evidence_report import revision_rows, zone_of
 from ..hostctl import class_target, visible_classes
 from ..incidents import MAX_ATTACHMENTS, STATUSES, TRANSITIONS, Incident
-from ..state import ClassInfo, Student, valid_class_id
+from ..notify import NotifyQueue
+from ..services import Services, services
+from ..signin import has_fresh_second_factor, verify_url
+from ..stores import ClassInfo, Student, valid_class_id
 from .incidents import (
     MAX_FILES_PER_UPLOAD,
     MAX_VISITORS,
@@ -60,8 +63,9 @@ _UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty
 # --- formatting (pure) --------------------------------------------------------------------
 
 def local_input(moment: datetime, zone: ZoneInfo) -> str:
-    """A ``datetime-local`` value: the wall clock in ``zone``, to the minute."""
-    return moment.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    """The wall clock in ``zone``, to the minute, day first (``dd/mm/yyyy HH:MM``) as
+    the form shows it; incidents.js sends it as ISO 8601."""
+    return moment.astimezone(zone).strftime("%d/%m/%Y %H:%M")
 
 
 def utc_offset(zone: ZoneInfo, moment: datetime) -> str:
@@ -77,7 +81,7 @@ def report_window(info: ClassInfo, now: datetime) -> tuple[datetime, datetime]:
     """The form's suggested window: from the start of the class's current (or latest)
     session to now, in whole minutes and at most the API's 31 days.
 
-    NOTE: ``until`` is rounded *up* to the next minute: a ``datetime-local`` input holds
+    NOTE: ``until`` is rounded *up* to the next minute: the form's time field holds
     minutes, and rounding down would leave out what happened in the last seconds.
     """
     until = now.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -188,7 +192,6 @@ async def wait_indexed(svc: Services, class_id: str,
     show the view it has just recorded. False when it did not happen in time (the page
     then says that the newest records are still being indexed)."""
     log, rb = svc.audit_log, svc.redis_bytes
-    assert log is not None and rb is not None
     deadline = time.monotonic() + timeout_s
     # the class's records (this view among them) reach the stream through its outbox
     if not await wait_outbox_drained(svc, class_id, deadline=deadline):
@@ -213,7 +216,6 @@ async def custody_history(svc: Services, inc: Incident, lang: str
     whether that is all of them (a page reads at most the newest CUSTODY_SHOWN records
     and scans at most CUSTODY_SCAN records of the class; the bundle holds every one)."""
     log = svc.audit_log
-    assert log is not None
     q = AuditQuery(class_id=inc.class_id, since_ms=int(inc.created_at * 1000) - 60_000)
     found: list[tuple[int, Mapping[str, Any]]] = []
     cursor: str | None = None
@@ -233,7 +235,6 @@ async def custody_history(svc: Services, inc: Incident, lang: str
 # --- pages ----------------------------------------------------------------------------------
 
 async def _class_titles(svc: Services, ids: Sequence[str]) -> dict[str, str]:
-    assert svc.store is not None
     out: dict[str, str] = {}
     for cid in dict.fromkeys(ids):
         info = await svc.store.get_class(cid)
@@ -260,7 +261,6 @@ async def _visible_classes(svc: Services, p: Principal) -> list[ClassInfo]:
 @staff_page(Action.VIEW_CLASS)
 async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     cid = request.query.get("class_id", "")
     if not cid or not valid_class_id(cid):
         # no class chosen yet: pick one of the classes this person may report on
@@ -286,7 +286,6 @@ async def new_page(request: web.Request, p: Principal, lang: str) -> web.StreamR
 @staff_page(Action.VIEW_CLASS)
 async def detail_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     inc, info = await load_incident(request, p)
     target = await class_target(svc, info)
     # NOTE: opening the page is a custody event, logged before the history is read so the
@@ -325,11 +324,19 @@ async def detail_page(request: web.Request, p: Principal, lang: str) -> web.Stre
         revisions=revisions, quota_human=human_size(quota, lang),
         used_human=human_size(used, lang),
         can_attach=can_attach,
-        can_export=allows(p, Action.EXPORT_EVIDENCE, target),
+        can_export=(can_export := allows(p, Action.EXPORT_EVIDENCE, target)),
+        # a link there and back instead of the downloads while a step-up is due
+        export_verify=None if not can_export or await has_fresh_second_factor(svc, p)
+        else verify_url(request.path),
         can_proof=allows(p, Action.READ_AUDIT, target),
         statuses=STATUSES, limit_bytes=limit, limit_human=human_size(limit, lang),
         max_files=MAX_FILES_PER_UPLOAD, max_attachments=MAX_ATTACHMENTS,
         upload_errors=_UPLOAD_ERRORS,
+        can_mark_serious=inc.status != "closed" and inc.severity != "serious" and allows(
+            p, Action.EDIT_INCIDENT, replace(target, owner=inc.created_by)),
+        can_acknowledge=inc.acknowledged_by is None and decides,
+        notifications=await NotifyQueue(svc.redis, svc.settings.redis_prefix,
+                                        clock=svc.clock).results(inc.id),
         export_links=[(lg, f"/api/v1/incidents/{inc.id}/evidence.zip?"
                        + urlencode({"lang": lg})) for lg in ("vi", "en")])
 

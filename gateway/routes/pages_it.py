@@ -18,10 +18,12 @@ from aiohttp import web
 
 from audit import AuditError, AuditQuery
 
-from ..app import Services, services
+from .. import i18n
 from ..auth import Principal
 from ..authz import Action, allows
 from ..errors import ApiError
+from ..services import Services, services
+from ..stores import valid_class_id, valid_student_id
 from .audit import parse_query, record_read
 from .pages import DEFAULT_TZ, page_response, staff_page
 
@@ -30,11 +32,13 @@ PAGE_SIZES = (25, 50, 100, 200)
 
 
 def _local_to_iso(value: str, tz: str = DEFAULT_TZ) -> str | None:
-    """A ``datetime-local`` value (the viewer's wall clock) as ISO 8601 with offset."""
+    """A time the viewer typed on their wall clock, ``dd/mm/yyyy HH:MM`` (as the
+    form shows it) or ISO 8601, as ISO 8601 with offset."""
     if not value:
         return None
     try:
-        dt = datetime.fromisoformat(value)
+        dt = datetime.strptime(value, "%d/%m/%Y %H:%M").replace(tzinfo=ZoneInfo(tz)) \
+            if "/" in value else datetime.fromisoformat(value)
     except ValueError as exc:
         raise ApiError(400, "invalid_field", "not a date and time", field="since") from exc
     if dt.tzinfo is None:
@@ -45,7 +49,6 @@ def _local_to_iso(value: str, tz: str = DEFAULT_TZ) -> str | None:
 async def visible_events(svc: Services, p: Principal, params: dict[str, str], limit: int,
                          cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """One page of events this principal may see, newest first (as the audit API)."""
-    assert svc.audit_log is not None and svc.staff is not None
     try:
         q = AuditQuery.from_params(params)
         found, next_cursor = await svc.audit_log.query(
@@ -79,10 +82,35 @@ def _event_row(ev: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _label_rows(svc: Any, rows: list[dict[str, Any]], lang: str) -> None:
+    """What a reader sees of each record: the event type and reason in words, the
+    class by its title and a student by name (the raw codes stay in ``title`` and in
+    the record's detail)."""
+    assert svc.store is not None
+    cat = i18n.catalogue(lang)
+    titles: dict[str, str | None] = {}
+    names: dict[tuple[str, str], str | None] = {}
+    for row in rows:
+        ty, reason, cid = str(row["type"]), str(row["reason"] or ""), str(row["class"] or "")
+        row["type_label"] = cat.get(f"evidence.type.{ty}")
+        row["reason_label"] = cat.get(f"reason.{reason}") if reason else None
+        if cid and cid not in titles:
+            info = await svc.store.get_class(cid) if valid_class_id(cid) else None
+            titles[cid] = info.title if info else None
+        row["class_label"] = titles.get(cid) if cid else None
+        actor = str(row["actor"] or "")
+        row["actor_label"] = actor.split(":", 1)[1] if actor.startswith("user:") else None
+        if actor.startswith("student:") and cid and titles.get(cid):
+            sid = actor.split(":", 1)[1]
+            if (cid, sid) not in names:
+                st = await svc.store.student(cid, sid) if valid_student_id(sid) else None
+                names[(cid, sid)] = st.name if st else None
+            row["actor_label"] = names[(cid, sid)]
+
+
 @staff_page(Action.READ_AUDIT)
 async def audit_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.auditor is not None
     form = {k: request.query.get(k, "").strip()[:200] for k in FILTERS}
     params = {k: v for k, v in form.items() if v and k not in ("since", "until")}
     error = None
@@ -118,9 +146,11 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         base["limit"] = str(limit)
     older = "/audit?" + urlencode({**base, "cursor": next_cursor}) if next_cursor else None
     newest = "/audit?" + urlencode(base) if cursor else None
+    rows = [_event_row(e) for e in events]
+    await _label_rows(svc, rows, lang)
     return page_response(
         request, "audit.html", lang, user=p, form=form, limit=limit, page_sizes=PAGE_SIZES,
-        events=[_event_row(e) for e in events], older=older, newest=newest, error=error,
+        events=rows, older=older, newest=newest, error=error,
         last_verify=_event_row(last[0]) if last else None,
         size=await svc.audit_log.size() if svc.audit_log else 0,
     )
@@ -129,7 +159,6 @@ async def audit_page(request: web.Request, p: Principal, lang: str) -> web.Strea
 @staff_page(Action.MANAGE_ORG_BANS)
 async def bans_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None and svc.staff is not None
     subtree = sorted(await svc.staff.org_subtree(p.org))
     org_bans = []
     for org in subtree:
@@ -137,8 +166,18 @@ async def bans_page(request: web.Request, p: Principal, lang: str) -> web.Stream
     classes = {c.id: c for c in await svc.store.classes_of_orgs(subtree)}
     class_bans = []
     for cid, info in sorted(classes.items(), key=lambda kv: kv[1].title.casefold()):
+        hints: dict[str, str] | None = None
         for b in await svc.store.bans(class_id=cid):
-            class_bans.append({**b.to_json(), "class_title": info.title})
+            # a ban placed on a student's device or address names that student; a
+            # stranger's device, the browser its alert saw
+            st = await svc.store.student(cid, b.student_id) if b.student_id else None
+            row = {**b.to_json(), "class_title": info.title, "name": st.name if st else None}
+            if st is None and b.key.startswith("d:"):
+                if hints is None:
+                    hints = {str(a["ban_device"]): str(a.get("device_hint") or "")
+                             for a in await svc.store.alerts(cid) if a.get("ban_device")}
+                row["device_hint"] = hints.get(b.key) or None
+            class_bans.append(row)
     return page_response(request, "bans.html", lang, user=p, org_bans=org_bans,
                          class_bans=class_bans, orgs=subtree, home_org=p.org,
                          can_lift_class=allows(p, Action.HOST_CLASS), now=svc.clock())

@@ -24,13 +24,14 @@ from meeting_adapters import ADAPTERS, Capability, capability_matrix
 from policies import PRESETS, load_policy, weakened_checks
 
 from .. import i18n
-from ..app import Services, services
 from ..auth import Principal, require_user
 from ..authz import Action, allows
+from ..collation import name_key
 from ..errors import ApiError
 from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
-from ..state import ClassInfo
+from ..services import Services, services
+from ..stores import ClassInfo
 from .classes import current_links, load_class
 from .pages import page_response, staff_page
 
@@ -101,13 +102,14 @@ CONTROL_MSGS = ("connected", "connecting", "disconnected", "none", "locked", "un
                 "ended", "left_page", "first_seen", "since", "undo_deny", "undo_ban",
                 "undone", "confirm_end", "in_class_since", "by_policy", "by_host", "bans_none",
                 "lift", "ban_until", "ban_forever", "wait_reason", "error_prefix", "done",
-                "no_alerts")
+                "no_alerts", "gone", "undo_revoke_link", "admitted_all", "skipped_gone",
+                "reset_done", "ban_device_of", "ban_unknown_device", "ban_address", "ban_network")
 CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock", "unlock",
                    "mute_all", "end", "reset_device", "revoke_link")
 # Where an alert's sighting came from when not the live room (``gateway/presence.py``).
 ALERT_SOURCES = ("attendance_report",)
 ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
-               "intruder_in_room")
+               "intruder_in_room", "device_reset_returned")
 
 
 def _platform_fields() -> dict[str, list[dict[str, Any]]]:
@@ -154,16 +156,17 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
         platforms=list(ADAPTERS), platform_fields=_platform_fields(),
         capabilities=capability_matrix(), all_caps=ALL_CAPS, presets=list(PRESETS),
         current_preset="standard", policy=None,
-        today=start.date().isoformat(), start=start.strftime("%H:%M"),
+        # dd/mm/yyyy in both languages (a native date field follows the browser's own
+        # locale, often month first); classform.js sends ISO 8601
+        today=start.strftime("%d/%m/%Y"), start=start.strftime("%H:%M"),
         end=(start + timedelta(minutes=45)).strftime("%H:%M"),
-        term_end=(start + timedelta(days=120)).date().isoformat(),
+        term_end=(start + timedelta(days=120)).strftime("%d/%m/%Y"),
     )
 
 
 @staff_page(Action.VIEW_CLASS)
 async def class_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p)
     target = await class_target(svc, info)
     roster = await svc.store.roster(info.id)
@@ -184,9 +187,8 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
 @staff_page(Action.HOST_CLASS)
 async def roster_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p, host=True)
-    students = await svc.store.roster(info.id)
+    students = sorted(await svc.store.roster(info.id), key=lambda s: (name_key(s.name), s.id))
     return page_response(request, "roster.html", lang, user=p, info=info, students=students,
                          reject_codes=REJECT_CODES)
 
@@ -233,7 +235,6 @@ def qr_image(url: str) -> dict[str, Any]:
 @staff_page(Action.HOST_CLASS)
 async def links_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
     svc = services(request)
-    assert svc.store is not None
     info = await load_class(request, p, host=True)
     roster = await svc.store.roster(info.id)
     links = await current_links(svc, info)

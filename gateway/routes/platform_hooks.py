@@ -45,12 +45,13 @@ from meeting_adapters import (
 )
 from meeting_adapters.registry import webhooks
 
-from ..app import SERVICES, Services, services
 from ..auth import require_user
 from ..errors import ApiError
 from ..hostctl import HostControls
 from ..presence import Reconciler, room_index_key
-from ..state import ClassInfo
+from ..services import FOUNDATION, Services, services
+from ..stores import ClassInfo
+from .classes import load_class
 
 log = logging.getLogger("classguard.hooks")
 
@@ -101,7 +102,6 @@ async def _body(request: web.Request) -> bytes:
 
 
 async def _class(svc: Services, cid: str) -> ClassInfo | None:
-    assert svc.store is not None
     info = await svc.store.get_class(cid)
     return info if info is not None and not info.ended else None
 
@@ -169,7 +169,7 @@ async def apply_event(svc: Services, kind: str, event: HookEvent,
     """Judge one event: the class is the per-class hook's, or the one indexed for the
     event's room."""
     if event.room_key is not None:
-        cid = await svc.r.get(room_index_key(svc, kind, event.room_key))
+        cid = await svc.redis.get(room_index_key(svc, kind, event.room_key))
         info = await _class(svc, str(cid)) if cid else None
         if info is None or info.platform_kind != kind:
             return
@@ -196,8 +196,6 @@ async def apply_event(svc: Services, kind: str, event: HookEvent,
 
 
 async def host_join(request: web.Request) -> web.Response:
-    from .classes import load_class
-
     svc = services(request)
     p = await require_user(request)
     info = await load_class(request, p, host=True)
@@ -208,15 +206,13 @@ async def host_join(request: web.Request) -> web.Response:
         url = await adapter.join_url(room, host)
     except Unsupported as exc:
         raise ApiError(409, "unsupported_by_platform", exc.message) from exc
-    assert svc.auditor is not None
     await svc.auditor.record("host.join", actor=p.actor, org=info.org, class_id=info.id,
                              facts={"platform": info.platform_kind})
     return web.json_response({"url": url})
 
 
 async def _load_secrets(app: web.Application) -> None:
-    svc = app[SERVICES]
-    data_dir = Path(svc.settings.data_dir)
+    data_dir = Path(app[FOUNDATION].settings.data_dir)
     for _, hook in webhooks():
         if not hook.per_class:
             app[HOOK_SECRETS].values[hook.name] = await asyncio.to_thread(

@@ -12,8 +12,8 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from ..app import Services, services
 from ..errors import ApiError
+from ..services import Services, services
 from ..web_util import client_ip
 
 log = logging.getLogger("classguard.service")
@@ -26,7 +26,7 @@ async def redis_memory(svc: Services) -> tuple[int, int] | None:
     """(used_memory, maxmemory) of the Redis server; maxmemory 0 means no cap. None
     when INFO is refused (a managed server)."""
     try:
-        info = await asyncio.wait_for(svc.r.info("memory"), 2.0)
+        info = await asyncio.wait_for(svc.redis.info("memory"), 2.0)
     except Exception:  # noqa: BLE001 - reported as unknown; the ping check reports outages
         return None
     try:
@@ -60,7 +60,7 @@ async def readyz(request: web.Request) -> web.Response:
     ok = True
     try:
         t0 = time.perf_counter()
-        await asyncio.wait_for(svc.r.ping(), 2.0)
+        await asyncio.wait_for(svc.redis.ping(), 2.0)
         components["redis"] = {"ok": True, "ms": round((time.perf_counter() - t0) * 1000, 2)}
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
         ok = False
@@ -153,7 +153,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def jwks(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.keyring is not None
     svc.keyring.reload_if_changed()
     return web.Response(
         text=json.dumps(svc.keyring.jwks()),

@@ -6,14 +6,25 @@ from typing import Any
 
 from aiohttp import web
 
-from ..app import services
 from ..auditing import milestone
 from ..auth import SESSION_COOKIE, authenticate
 from ..errors import ApiError, rate_limited
 from ..joinflow import RATE_LIMIT_AUDIT_WINDOW_S
 from ..oidc import OidcStore
-from ..state import Limit
+from ..services import services
+from ..signin import complete_primary_sign_in, set_pending_cookie
+from ..stores import Limit
 from ..web_util import client_ip, read_json, require_fields
+
+
+class SecondFactorRequired(ApiError):
+    """The password was right; the account's second factor comes next."""
+
+    def __init__(self, pending: str, methods: tuple[str, ...]) -> None:
+        super().__init__(401, "second_factor_required", "prove your second factor: "
+                         "POST /api/v1/session/second-factor",
+                         extra={"methods": list(methods)})
+        self.pending = pending
 
 
 def set_session_cookie(request: web.Request, resp: web.StreamResponse, value: str) -> None:
@@ -42,7 +53,6 @@ async def _audit_refused(request: web.Request, ip: str, code: str, username: str
     then the 10th, 100th, ... with the count so far, so a flood of wrong passwords
     (or of attempts refused by regulation or the rate limit) cannot fill the log."""
     svc = services(request)
-    assert svc.store is not None and svc.auditor is not None
     n, first = await svc.store.count_refusals(f"login:{code}:{ip}",
                                               RATE_LIMIT_AUDIT_WINDOW_S)
     if not milestone(n):
@@ -61,12 +71,10 @@ async def login_user(
 ) -> tuple[str, str, dict[str, Any]]:
     """Shared by the API and the sign-in page: (cookie, csrf, user json) or ApiError."""
     svc = services(request)
-    assert svc.staff is not None and svc.auditor is not None
     if not isinstance(username, str) or not isinstance(password, str) or len(username) > 128 \
             or len(password) > 1024:
         raise ApiError(400, "invalid_body", "username and password must be short strings")
     ip = client_ip(request, svc.settings.trusted_proxies)
-    assert svc.store is not None
     wait = await svc.store.rate_limit(
         [Limit(f"login:ip:{ip}", per_second=SIGN_INS_PER_S, burst=SIGN_INS_BURST)])
     if wait > 0:
@@ -81,11 +89,11 @@ async def login_user(
             raise rate_limited(res.retry_after or 1)
         raise ApiError(401, "invalid_credentials", "wrong username or password")
     assert res.user is not None
-    cookie, csrf, _session = await svc.staff.create_session(
-        res.user, ip=ip, user_agent=request.headers.get("User-Agent", ""), failures=res.failures
-    )
-    await svc.auditor.record("staff.login", actor=f"user:{res.user.username}", org=res.user.org,
-                             ip=ip, user_agent=request.headers.get("User-Agent", ""))
+    done = await complete_primary_sign_in(request, res.user, failures=res.failures)
+    if done.pending is not None:
+        raise SecondFactorRequired(done.pending, done.methods)
+    assert done.cookie is not None and done.csrf is not None
+    cookie, csrf = done.cookie, done.csrf
     user = {"username": res.user.username, "role": res.user.role, "org": res.user.org,
             **account_notices(res.user.must_change_password, res.failures.count,
                               res.failures.recent)}
@@ -104,7 +112,7 @@ async def _refuse_if_passwords_off(request: web.Request, ip: str, username: str)
     user = await svc.staff.get_user(username)
     if user is None:
         return
-    store = OidcStore(svc.r, svc.secretbox, prefix=svc.settings.redis_prefix)
+    store = OidcStore(svc.redis, svc.secretbox, prefix=svc.settings.redis_prefix)
     if await store.passwords_allowed(user.org, await svc.staff.org_ancestors(user.org)):
         return
     await _audit_refused(request, ip, "password_sign_in_off", username)
@@ -124,7 +132,13 @@ def account_notices(must_change: bool, failed: int,
 
 async def post_session(request: web.Request) -> web.Response:
     data = require_fields(await read_json(request), required=("username", "password"))
-    cookie, csrf, user = await login_user(request, data["username"], data["password"])
+    try:
+        cookie, csrf, user = await login_user(request, data["username"], data["password"])
+    except SecondFactorRequired as exc:
+        pending = web.json_response({"error": {"code": exc.code, "message": exc.message,
+                                               "methods": exc.extra["methods"]}}, status=401)
+        set_pending_cookie(request, pending, exc.pending)
+        return pending
     resp = web.json_response({"user": user, "csrf_token": csrf})
     set_session_cookie(request, resp, cookie)
     return resp
@@ -132,7 +146,6 @@ async def post_session(request: web.Request) -> web.Response:
 
 async def delete_session(request: web.Request) -> web.Response:
     svc = services(request)
-    assert svc.staff is not None
     p = await authenticate(request, allow_must_change=True)
     cookie = request.cookies.get(SESSION_COOKIE)
     if p is not None and cookie:

@@ -24,6 +24,10 @@
         return r.text().then(function (text) {
           var data = null;
           try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+          if (r.status === 403 && data && data.error && data.error.code === "step_up_required") {
+            // the action needs a recent second factor: prove it, then come back here
+            location.assign("/account/verify?next=" + encodeURIComponent(location.pathname + location.search));
+          }
           return { ok: r.ok, status: r.status, data: data };
         });
       }, function () { return { ok: false, status: 0, data: null }; });

@@ -24,7 +24,21 @@
       return name === "GMT" ? "+00:00" : name.replace("GMT", "");
     } catch (e) { return "+07:00"; }
   }
-  function iso(tz, date, time) { return date + "T" + time + ":00" + offset(tz, date, time); }
+  // The form shows dd/mm/yyyy and HH:MM (24 h); ISO 8601 (yyyy-mm-dd) is accepted too.
+  // Anything else is sent as typed, and the API names the field it cannot read.
+  function pad(n) { return (String(n).length < 2 ? "0" : "") + n; }
+  function isoDate(s) {
+    var m = /^(\d{1,2})[\/.-](\d{1,2})[\/.-](\d{4})$/.exec(s);
+    return m ? m[3] + "-" + pad(m[2]) + "-" + pad(m[1]) : s;
+  }
+  function isoTime(s) {
+    var m = /^(\d{1,2})[:h.](\d{2})$/.exec(s);
+    return m ? pad(m[1]) + ":" + m[2] : s;
+  }
+  function iso(tz, date, time) {
+    date = isoDate(date); time = isoTime(time);
+    return date + "T" + time + ":00" + offset(tz, date, time);
+  }
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
     var v = function (id) { return document.getElementById(id).value.trim(); };

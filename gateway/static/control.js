@@ -13,6 +13,7 @@
   var alerts = [];
   var bans = [];
   var pending = new Map();   // ticket or student id -> {timer, label, item}
+  var resets = new Map();    // student id -> name, until the reset's result arrives
   var queue = [];            // actions typed while disconnected
   var ws = null, delay = 1000, seq = 0, locked = false, ended = false, hostPresent = true;
   var fmt = new Intl.DateTimeFormat(d.lang === "en" ? "en-GB" : "vi-VN",
@@ -35,7 +36,8 @@
     b.type = "button";
     if (who) { b.setAttribute("aria-label", label(action) + ": " + who); }
     b.addEventListener("click", function () {
-      if (action === "deny" || action === "ban") { later(action, payload, who); }
+      if (action === "deny" || action === "ban" || action === "revoke_link") { later(action, payload, who); }
+      else if (action === "reset_device") { resets.set(payload.student_id, who); send(Object.assign({ action: action }, payload)); }
       else { send(Object.assign({ action: action }, payload)); }
     });
     return b;
@@ -44,7 +46,7 @@
   function later(action, payload, who) {
     var key = payload.ticket || payload.student_id;
     if (pending.has(key)) { return; }
-    var text = msg(action === "deny" ? "undo_deny" : "undo_ban").replace("{name}", who || "?");
+    var text = msg("undo_" + action).replace("{name}", who || "?");
     var entry = { text: text, timer: setTimeout(function () {
       pending.delete(key); renderUndo(); send(Object.assign({ action: action }, payload)); render();
     }, undoMs) };
@@ -65,7 +67,7 @@
       b.type = "button";
       b.addEventListener("click", function () {
         clearTimeout(p.timer); pending.delete(key); renderUndo(); render();
-        setStatus(msg("undone"));
+        notice(msg("undone"));
       });
       li.appendChild(b); ul.appendChild(li);
     });
@@ -87,15 +89,35 @@
     var source = a.source ? d[camel("alertSource", a.source)] : null;
     return source ? text + " " + source : text;
   }
+  // A ban is named by the student it was placed on, else by what it blocks: a device
+  // nobody on the roster used (with the hint of the browser it was seen with), or an
+  // address.
+  function banLabel(b) {
+    var what = b.kind === "device" ? (b.name ? msg("ban_device_of") : msg("ban_unknown_device"))
+      : b.kind === "ip" ? msg("ban_address") : msg("ban_network");
+    var text = what.replace("{name}", b.name || "").replace("{hint}", b.device_hint || d.deviceUnknown)
+      .replace("{value}", b.value || "");
+    if (b.name && b.kind !== "device") { text = b.name + " · " + text; }
+    return text;
+  }
+  // Class-list order: by given name (the last word), then the whole name, Vietnamese
+  // alphabet (the server's gateway/collation.py orders the same way).
+  var collator = new Intl.Collator("vi");  // the names are Vietnamese whatever the page language
+  function given(n) { var w = String(n || "").trim().split(/\s+/); return w[w.length - 1]; }
+  function byName(p, q) {
+    return collator.compare(given(p.name), given(q.name)) || collator.compare(String(p.name || ""), String(q.name || ""));
+  }
   function render() {
     var w = Array.from(waiting.values()).filter(function (x) { return !pending.has(x.ticket); });
-    w.sort(function (a, b) { return (a.since || 0) - (b.since || 0); });
+    // Present students first (in arrival order), then those whose page is closed.
+    w.sort(function (a, b) { return (a.gone ? 1 : 0) - (b.gone ? 1 : 0) || (a.since || 0) - (b.since || 0); });
     fill("waiting", "nwaiting", w, function (x) {
       var who = x.name || x.student_id;
-      var li = el("li", null, "person");
+      var li = el("li", null, "person" + (x.gone ? " gone" : ""));
+      li.dataset.ticket = x.ticket;
       li.appendChild(el("strong", who));
+      if (x.gone) { li.appendChild(el("span", msg("gone"), "badge gone-badge")); }
       var meta = msg("first_seen").replace("{time}", when(x.since)) + " · " + (x.device_hint || d.deviceUnknown);
-      if (x.left) { meta += " · " + msg("left_page"); }
       li.appendChild(el("span", meta, "meta"));
       var ops = el("span", null, "ops");
       ops.appendChild(button("admit", { ticket: x.ticket }, "small", who));
@@ -105,7 +127,7 @@
       return li;
     });
     var a = Array.from(admitted.values()).filter(function (x) { return !pending.has(x.student_id); });
-    a.sort(function (p, q) { return String(p.name || "").localeCompare(String(q.name || "")); });
+    a.sort(byName);
     fill("admitted", "nadmitted", a, function (x) {
       var who = x.name || x.student_id;
       var li = el("li", null, "person");
@@ -128,7 +150,7 @@
     }, "no_alerts");
     fill("bans", null, bans, function (b) {
       var li = el("li", null, "person");
-      li.appendChild(el("strong", (b.value || b.kind) + ""));
+      li.appendChild(el("strong", banLabel(b)));
       li.appendChild(el("span", (b.until ? msg("ban_until").replace("{time}", when(b.until)) : msg("ban_forever")), "meta"));
       var lift = el("button", msg("lift"), "secondary small"); lift.type = "button";
       lift.addEventListener("click", function () { send({ action: "unban", ban: b.key }); });
@@ -145,11 +167,22 @@
   }
   function toolbar(action) { return root.querySelector('.toolbar button[data-action="' + action + '"]'); }
   function setStatus(text) { document.getElementById("conn").textContent = text; }
+  function notice(text) { document.getElementById("notice").textContent = text; }
   function showError(m) {
     var e = m && m.error ? m.error : {};
     document.getElementById("error").textContent = msg("error_prefix") + " " + (e.message || e.code || "");
   }
-  function onMessage(m) {
+  // One frame: an event, or the class's events of one turn of the server as a list
+  // (in order); the lists are drawn once, after every event of the frame is applied.
+  function onFrame(data) {
+    if (!Array.isArray(data)) { onMessage(data); return; }
+    var changed = false;
+    data.forEach(function (m) { if (m && apply(m)) { changed = true; } });
+    if (changed) { render(); }
+  }
+  function onMessage(m) { if (apply(m)) { render(); } }
+  // Applies one event; true when the lists must be drawn again.
+  function apply(m) {
     switch (m.type) {
       case "state":
         if (m.waiting) {
@@ -167,21 +200,30 @@
         if (m.ticket) { waiting.delete(m.ticket); }
         admitted.set(m.student_id, Object.assign({ at: Date.now() / 1000 }, m)); break;
       case "denied": waiting.delete(m.ticket); break;
-      case "left": if (waiting.has(m.ticket)) { waiting.get(m.ticket).left = true; } break;
+      case "left": if (waiting.has(m.ticket)) { waiting.get(m.ticket).gone = true; } break;
+      case "back": if (waiting.has(m.ticket)) { waiting.get(m.ticket).gone = false; } break;
       case "removed":
         admitted.delete(m.student_id);
         waiting.forEach(function (x, k) { if (x.student_id === m.student_id) { waiting.delete(k); } });
         break;
       case "ended": waiting.clear(); admitted.clear(); ended = true; break;
       case "alert": alerts.unshift(m); break;
-      case "error": showError(m); return;
+      case "error": showError(m); return false;
       case "result":
         document.getElementById("error").textContent = "";
+        if (m.action === "admit_all") {
+          notice(msg("admitted_all").replace("{n}", String(m.admitted || 0)) +
+            (m.skipped_gone ? " " + msg("skipped_gone").replace("{n}", String(m.skipped_gone)) : ""));
+        }
+        if (m.action === "reset_device" && m.student_id) {
+          notice(msg("reset_done").replace("{name}", resets.get(m.student_id) || m.name || "?"));
+          resets.delete(m.student_id);
+        }
         if (m.action === "ban" || m.action === "unban") { send({ action: "refresh" }); }
-        return;
-      default: return;
+        return false;
+      default: return false;
     }
-    render();
+    return true;
   }
   function send(obj) {
     obj.id = ++seq;
@@ -197,7 +239,7 @@
       var q = queue; queue = [];
       q.forEach(function (o) { ws.send(JSON.stringify(o)); });
     };
-    ws.onmessage = function (ev) { var m; try { m = JSON.parse(ev.data); } catch (e) { return; } onMessage(m); };
+    ws.onmessage = function (ev) { var m; try { m = JSON.parse(ev.data); } catch (e) { return; } if (m) { onFrame(m); } };
     ws.onclose = function (ev) {
       root.classList.add("offline");
       setStatus(msg("disconnected"));

@@ -19,9 +19,13 @@
     var fd = form.dataset;
     var csrf = form.querySelector("input[name=csrf_token]").value;
     var formError = document.getElementById("form-error");
-    // "2026-11-23T07:30" (the class's wall clock) -> "2026-11-23T07:30:00+07:00" (its offset)
+    // "23/11/2026 07:30" (the class's wall clock, as the form shows it; ISO is accepted
+    // too) -> "2026-11-23T07:30:00+07:00" (its offset)
+    var pad = function (n) { return (String(n).length < 2 ? "0" : "") + n; };
     var toIso = function (value) {
       if (!value) { return ""; }
+      var m = /^(\d{1,2})\/(\d{1,2})\/(\d{4})[ T](\d{1,2}):(\d{2})$/.exec(value.trim());
+      if (m) { value = m[3] + "-" + pad(m[2]) + "-" + pad(m[1]) + "T" + pad(m[4]) + ":" + m[5]; }
       return (value.length === 16 ? value + ":00" : value) + fd.offset;
     };
     var clearErrors = function () {
@@ -113,6 +117,23 @@
         if (res.ok) { location.reload(); return; }
         statusError.textContent = withDetail(d.msgFailed, apiError(res));
         statusError.focus();
+      });
+    });
+  });
+
+  var escError = document.getElementById("escalation-error");
+  root.querySelectorAll("button[data-severity], button[data-acknowledge]").forEach(function (b) {
+    b.addEventListener("click", function () {
+      b.disabled = true;
+      escError.textContent = "";
+      var req = b.dataset.severity ?
+        call("PATCH", base, { severity: b.dataset.severity }, d.csrf) :
+        call("POST", base + "/acknowledge", {}, d.csrf);
+      req.then(function (res) {
+        b.disabled = false;
+        if (res.ok) { location.reload(); return; }
+        escError.textContent = withDetail(d.msgFailed, apiError(res));
+        escError.focus();
       });
     });
   });

@@ -6,6 +6,11 @@
 (function () {
   const main = document.getElementById("room");
   const status = document.getElementById("status");
+  const advice = document.getElementById("advice");
+  const heading = document.getElementById("heading");
+  const d = main.dataset;
+  const msg = (k) => d["msg" + k.replace(/(^|_)([a-z])/g, (m, a, c) => c.toUpperCase())] || k;
+  let over = false;  // removed, ended or lost: the page says what happened and stays so
   const videos = document.getElementById("videos");
   const q = new URLSearchParams(location.search);
   const room = Number(q.get("room"));
@@ -17,7 +22,22 @@
   const handlers = new Map(); // handle id -> function(message)
   let session = 0;
 
-  function say(text) { status.textContent = text; }
+  function say(text) { if (!over) status.textContent = text; }
+  // The meeting is over for this student: stop the camera, drop the frozen videos and
+  // say in plain words what happened and what to do.
+  function finish(what) {
+    if (over) return;
+    status.textContent = msg(what);
+    advice.textContent = msg(what + "_advice");
+    advice.hidden = false;
+    over = true;
+    main.classList.add("over");
+    for (const v of videos.querySelectorAll("video")) {
+      if (v.srcObject) v.srcObject.getTracks().forEach((t) => t.stop());
+    }
+    videos.textContent = "";
+    heading.focus();
+  }
   function tx() { return Math.random().toString(36).slice(2); }
   function send(msg) {
     const t = tx();
@@ -41,9 +61,9 @@
       pending.delete(t);
     }
     if (m.sender && handlers.has(m.sender) && m.janus === "event") handlers.get(m.sender)(m);
-    if (m.janus === "hangup" || m.janus === "detached") say("Disconnected.");
+    if (m.janus === "hangup" || m.janus === "detached") finish("ended");
   };
-  ws.onclose = () => say("The meeting connection closed.");
+  ws.onclose = () => finish("lost");
 
   function peer(handle) {
     const pc = new RTCPeerConnection({ iceServers: [] });
@@ -93,28 +113,29 @@
       id: myId, token: token, display: name });
     const data = joined.plugindata && joined.plugindata.data;
     if (!data || data.videoroom !== "joined") {
-      say("Janus refused to let you in: " + ((data && data.error) || "unknown error"));
+      finish("refused");
       return;
     }
-    say("You are in the room as " + name + ".");
+    say(msg("joined").replace("{name}", name));
     for (const p of data.publishers || []) subscribe(p.id, p.display);
     const pc = peer(handle);
     handlers.set(handle, async (m) => {
       if (m.jsep && m.jsep.type === "answer") await pc.setRemoteDescription(m.jsep);
       const d = m.plugindata && m.plugindata.data;
       if (d && d.publishers) for (const p of d.publishers) subscribe(p.id, p.display);
-      if (d && d.reason === "kicked") say("The teacher removed you from the room.");
+      if (d && (d.leaving === "ok" || d.reason === "kicked")) finish("removed");
+      if (d && d.videoroom === "destroyed") finish("ended");
     });
     try {
       const local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
       local.getTracks().forEach((t) => pc.addTrack(t, local));
-      addVideo(local, name);
+      addVideo(local, msg("me").replace("{name}", name));
       const offer = await pc.createOffer();
       await pc.setLocalDescription(offer);
       await message(handle, { request: "configure", audio: true, video: true }, offer);
     } catch (e) {
-      say("You are in the room as " + name + " (no camera or microphone: " + e.name + ").");
+      say(msg("joined_no_media").replace("{name}", name));
     }
   }
-  ws.onopen = () => start().catch((e) => say("Error: " + e));
+  ws.onopen = () => start().catch(() => say(msg("error")));
 })();

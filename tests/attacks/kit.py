@@ -25,6 +25,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.gateway.helpers import next_event
+
 MEETING_URL = "https://meet.example.org/abc"
 PHONE_UA = "Mozilla/5.0 (Linux; Android 13; Mobile) Chrome/120"
 LAPTOP_UA = "Mozilla/5.0 (Windows NT 10.0; Win64) Chrome/120"
@@ -198,10 +200,7 @@ async def next_message(ws: aiohttp.ClientWebSocketResponse, *, type_: str | None
     """The next JSON message (of ``type_`` if given)."""
     async def _read() -> dict[str, Any]:
         while True:
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f"socket closed or errored: {msg.type} {msg.data!r}")
-            data: dict[str, Any] = json.loads(msg.data)
+            data = await next_event(ws)  # (a control socket's list: one event at a time)
             if type_ is None or data.get("type") == type_:
                 return data
 

@@ -49,12 +49,21 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 await asyncio.sleep(0)  # where the socket mints its /go nonce and sends
         return on_event
 
-    async def teacher(msg: dict[str, Any]) -> None:
+    async def teacher(msgs: list[dict[str, Any]]) -> None:
+        # the class's events of one event-loop turn, together
         nonlocal calls, teacher_seen
         calls += 1
-        teacher_seen += 1
+        teacher_seen += len(msgs)
         if teacher_seen == total:
             done.set()
+
+    def class_wide(ticket: str, sid: str) -> Any:
+        one = waiting_socket(ticket, sid)
+
+        async def on_events(msgs: list[dict[str, Any]]) -> None:
+            for msg in msgs:
+                await one(msg)
+        return on_events
 
     try:
         await bus.wait_ready(5)
@@ -64,7 +73,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             for w in range(args.waiting):
                 ticket, sid = f"{cid}.t{w}", f"s{c}-{w}"
                 if args.class_wide:
-                    bus.listen_class(cid, waiting_socket(ticket, sid))
+                    bus.listen_class(cid, class_wide(ticket, sid))
                 else:
                     bus.listen_student(cid, ticket, sid, waiting_socket(ticket, sid))
         events = []

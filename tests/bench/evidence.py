@@ -36,10 +36,11 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 
 from audit import AuditLog, AuditSigningKey, Sequencer  # noqa: E402
 from audit.evidence import verify_bundle  # noqa: E402
-from gateway.app import SERVICES, create_app  # noqa: E402
+from gateway.app import create_app  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.evidence_export import export_incident  # noqa: E402
 from gateway.routes.incidents import incident_store  # noqa: E402
+from gateway.services import services_of  # noqa: E402
 
 
 def _bench_audit() -> Any:
@@ -92,8 +93,7 @@ async def main(args: argparse.Namespace) -> None:
     try:
         # 0. a school, a class of 40 with a roster
         await server.start_server()
-        svc = app[SERVICES]
-        assert svc.staff is not None
+        svc = services_of(app)
         await svc.staff.ensure_org("school", name="Trường THPT Bench")
         await svc.staff.create_user("co.lan", role="teacher", org="school", password="x" * 12)
         await svc.staff.create_user("admin", role="admin", org="school", password="x" * 12)

@@ -458,20 +458,47 @@ async def _hosts(base: str, token: str, cids: list[str], ready: Any, stop: Any,
     seen = Counter[str]()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
         socks = []
-        for cid in cids:
-            ws = await http.ws_connect(f"{ws_base}/api/v1/classes/{cid}/control",
-                                       headers={"Authorization": f"Bearer {token}"})
-            first = await ws.receive_json(timeout=10)
+        tasks = []
+
+        async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+            try:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        data = json.loads(msg.data)
+                        seen["(frames)"] += 1
+                        # one event, or the events of one class from one event-loop turn
+                        for ev in data if isinstance(data, list) else [data]:
+                            kind = ev.get("type", "?")
+                            if kind == "state" and ev.get("host_present") is False:
+                                kind = "state: host absent"
+                            elif kind == "alert":
+                                kind = f"alert: {ev.get('kind')}"
+                            seen[kind] += 1
+            except (aiohttp.ClientError, ConnectionError) as exc:
+                seen[f"socket failed ({type(exc).__name__})"] += 1
+            if not stop.is_set():
+                # The gateway closed a teacher's socket during the run: its class has no
+                # host from then on (its students wait), so say so in the figures.
+                seen[f"closed by the gateway ({ws.close_code})"] += 1
+
+        sem = asyncio.Semaphore(16)
+
+        async def open_one(cid: str) -> None:
+            async with sem:
+                ws = await http.ws_connect(f"{ws_base}/api/v1/classes/{cid}/control",
+                                           headers={"Authorization": f"Bearer {token}"})
+                first = await ws.receive_json(timeout=60)
             if first.get("type") != "state":
                 raise RuntimeError(f"control socket: {first}")
             socks.append(ws)
+            # NOTE: read from the moment it opens, as a control room does: a socket left
+            # unread does not answer the gateway's pings (the client answers them as it
+            # reads), so the gateway closed the first ones opened when opening them all
+            # took longer than its heartbeat (25 s + 12.5 s for the pong), and their
+            # classes had no host (their students were told to wait).
+            tasks.append(asyncio.create_task(drain(ws)))
 
-        async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    seen[json.loads(msg.data).get("type", "?")] += 1
-
-        tasks = [asyncio.create_task(drain(ws)) for ws in socks]
+        await asyncio.gather(*(open_one(cid) for cid in cids))
         ready.set()
         await asyncio.to_thread(stop.wait)
         for ws in socks:
@@ -499,8 +526,11 @@ class Hosts:
         self.proc = ctx.Process(target=_hosts_main,
                                 args=(base, token, cids, self.ready, self.stop_evt, self.q))
         self.proc.start()
-        if not self.ready.wait(120):
-            raise RuntimeError(f"control sockets did not open: {self.q.get(timeout=5)}")
+        if not self.ready.wait(900):
+            why = "still opening" if self.q.empty() else self.q.get()
+            self.proc.kill()  # (left running, it would hold the run's exit for ever)
+            self.proc.join()
+            raise RuntimeError(f"control sockets did not open: {why}")
 
     def stop(self) -> dict[str, int]:
         self.stop_evt.set()
@@ -642,10 +672,10 @@ def measure_sockets(port: int, gw_pid: int, socks: list[tuple[str, str, str]],
 # Frames of the join path whose inclusive share is worth reading (name prefixes).
 JOIN_FRAMES = (
     "join_link", "JoinFlow.with_token", "peek_token", "JoinFlow.rate_limit",
-    "verify_join_token", "JoinFlow._decide", "ClassStore.rate_limit", "ClassStore.snapshot",
-    "ClassStore.note_ip", "evaluate", "ClassStore.bind_device", "JoinFlow._apply",
-    "ClassStore.admit_direct", "ClassStore.current_ticket_of", "Bus.publish",
-    "ClassStore.mint_nonce", "JoinFlow._record", "AuditLog.append", "_outcome_response",
+    "verify_join_token", "JoinFlow._decide", "Limits.rate_limit", "Join.snapshot",
+    "Room.note_ip", "evaluate", "JoinFlow._apply", "Join.apply_entry",
+    "Room.current_ticket_of", "Bus.publish",
+    "Room.mint_nonce", "JoinFlow._record", "AuditLog.append", "_outcome_response",
     "Bus.run", "Sequencer.run", "control_ws",
 )
 

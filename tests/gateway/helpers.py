@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -17,8 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from gateway.app import SERVICES, Services, create_app
+from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.services import Services, services_of
 
 TEACHER_PASSWORD = "correct horse battery staple"
 
@@ -30,7 +32,7 @@ class Gateway:
 
     @property
     def svc(self) -> Services:
-        return self.server.app[SERVICES]
+        return services_of(self.server.app)
 
     def url(self, path: str) -> str:
         return str(self.server.make_url(path))
@@ -137,16 +139,35 @@ async def open_link(
     return r.status, await r.json()
 
 
+# Events read from a socket's frame and not yet returned by next_message: the control
+# socket sends the events of one event-loop turn as one list (gateway/routes/control.py).
+_unread: weakref.WeakKeyDictionary[aiohttp.ClientWebSocketResponse, list[dict[str, Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def next_event(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    """The next event on the socket: a frame's object, or each of a frame's list in turn."""
+    pending = _unread.setdefault(ws, [])
+    if not pending:
+        msg = await ws.receive()
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"socket closed or errored: {msg.type} {msg.data!r}")
+        data = json.loads(msg.data)
+        if isinstance(data, list):
+            assert data and all(isinstance(x, dict) for x in data), data
+            pending.extend(data)
+        else:
+            pending.append(data)
+    return pending.pop(0)
+
+
 async def next_message(ws: aiohttp.ClientWebSocketResponse, *,
                        type_: str | None = None) -> dict[str, Any]:
     """The next JSON message (of ``type_`` if given), within 5 s; a caller that expects
     silence bounds it tighter with ``asyncio.timeout``."""
     async def _read() -> dict[str, Any]:
         while True:
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f"socket closed or errored: {msg.type} {msg.data!r}")
-            data: dict[str, Any] = json.loads(msg.data)
+            data = await next_event(ws)
             if type_ is None or data.get("type") == type_:
                 return data
 

@@ -174,6 +174,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/api/v1/incidents/{incident_id}/history"): Row(VIEW),
     ("POST", "/api/v1/incidents/{incident_id}/attachments"): Row(VIEW, json=BOGUS),
     ("GET", "/api/v1/incidents/{incident_id}/evidence.zip"): Row(ORG_A_ADMINS),
+    ("POST", "/api/v1/incidents/{incident_id}/acknowledge"): Row(ORG_A_ADMINS),
+    ("GET", "/api/v1/incidents/{incident_id}/notifications"): Row(VIEW),
     # the audit log
     ("GET", "/api/v1/audit/events"): Row(AUDIT),
     ("GET", "/api/v1/audit/events.csv"): Row(AUDIT),
@@ -200,6 +202,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/admin/users/{username}/disable"): Row(ORG_A_ADMINS),
     ("POST", "/api/v1/admin/users/{username}/enable"): Row(ORG_A_ADMINS),
     ("POST", "/api/v1/admin/users/{username}/password-reset"): Row(ORG_A_ADMINS),
+    ("PUT", "/api/v1/admin/users/{username}/email"): Row(ORG_A_ADMINS, json=BOGUS),
     ("GET", "/api/v1/admin/orgs"): Row(ADMINS),
     ("POST", "/api/v1/admin/orgs"): Row(ADMINS, json=BOGUS),
     ("GET", "/api/v1/admin/keys"): Row(ROOT),
@@ -222,6 +225,34 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/incidents"): Row(STAFF, page=True),
     ("GET", "/incidents/new"): Row(VIEW, page=True, path="/incidents/new?class_id={class_id}"),
     ("GET", "/incidents/{incident_id}"): Row(VIEW, page=True),
+    # second factor and sessions (browser sessions only: called with the cookie)
+    ("GET", "/api/v1/account/second-factor"): Row(STAFF),
+    ("POST", "/api/v1/account/second-factor/totp"): Row(STAFF, page=True),
+    ("POST", "/api/v1/account/second-factor/totp/confirm"): Row(STAFF, page=True),
+    ("POST", "/api/v1/account/second-factor/passkeys/options"): Row(STAFF, page=True),
+    ("POST", "/api/v1/account/second-factor/passkeys"): Row(STAFF, page=True),
+    ("DELETE", "/api/v1/account/second-factor/{method}"): Row(
+        STAFF, page=True, path="/api/v1/account/second-factor/totp"),
+    ("POST", "/api/v1/account/second-factor/recovery-codes"): Row(STAFF, page=True),
+    ("POST", "/api/v1/account/step-up"): Row(STAFF, page=True),
+    ("POST", "/api/v1/account/step-up/passkey/options"): Row(STAFF, page=True),
+    ("POST", "/api/v1/session/second-factor"): Row(PUBLIC, json=BOGUS),
+    ("POST", "/api/v1/session/second-factor/passkey/options"): Row(PUBLIC),
+    ("PUT", "/api/v1/orgs/{org}/second-factor-policy"): Row(ORG_A_ADMINS, json=BOGUS),
+    ("GET", "/login/second-factor"): Row(PUBLIC, page=True),
+    ("POST", "/login/second-factor"): Row(PUBLIC, page=True),
+    ("GET", "/account/verify"): Row(STAFF, page=True),
+    ("POST", "/account/verify"): Row(STAFF, page=True),
+    ("GET", "/account/security"): Row(STAFF, page=True),
+    ("GET", "/api/v1/account/sessions"): Row(STAFF, page=True),
+    ("DELETE", "/api/v1/account/sessions/{sid}"): Row(
+        STAFF, path="/api/v1/account/sessions/bogus"),
+    ("GET", "/api/v1/admin/users/{username}/sessions"): Row(ORG_A_ADMINS),
+    ("DELETE", "/api/v1/admin/users/{username}/sessions"): Row(ORG_A_ADMINS),
+    ("DELETE", "/api/v1/admin/users/{username}/sessions/{sid}"): Row(
+        ORG_A_ADMINS, path="/api/v1/admin/users/{username}/sessions/bogus"),
+    ("GET", "/account/sessions"): Row(STAFF, page=True),
+    ("POST", "/account/sessions"): Row(STAFF, page=True),
 }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import both_redis_servers
 
@@ -340,3 +342,54 @@ async def test_host_leaving_applies_the_policy_at_once(
         status, body = await open_link(gw.client(), links[1])
         assert body["status"] == {"deny": "denied", "wait": "waiting"}[action], body
         assert body["reason"] == reason
+
+
+
+async def test_joins_together_reach_the_teacher_in_frames_of_the_class_s_events(
+        tmp_path: Path, redis_url: str, redis_prefix: str, redis: aioredis.Redis) -> None:
+    """Students of one class opening their links together: the teacher's control socket
+    shows every admission exactly once, in frames that are an event or a list of the
+    events of one turn; the class's events that reach the process in one turn (here all
+    published before it reads) leave in one frame, in order; a later one alone."""
+    from gateway.joinflow import JoinFlow
+
+    roster = [{"name": f"Học sinh {i}", "external_id": f"HS{i:03d}"} for i in range(8)]
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        cid, links = await make_class(gw, api, "standard", roster=roster)
+        teacher = await api.ws_connect(f"/api/v1/classes/{cid}/control")
+        state = await next_message(teacher, type_="state")
+        assert state["host_present"] is True
+        await next_message(teacher, type_="state")  # its own arrival, on the bus
+        flow = JoinFlow(gw.svc)
+        ua = "Mozilla/5.0 (Linux; Android 13; Mobile) Chrome/120"
+        outs = await asyncio.gather(*(
+            flow.with_token(token_of(link), ip=f"203.0.113.{i}", device_cookie=None,
+                            user_agent=ua) for i, link in enumerate(links[:5])))
+        assert [o.decision.action.value for o in outs] == ["admit"] * 5
+        shown: list[str] = []
+        while len(shown) < 5:
+            frame = await asyncio.wait_for(teacher.receive_json(), 5)
+            events = frame if isinstance(frame, list) else [frame]
+            assert len(events) >= 1 and all(e["type"] == "admitted" for e in events), frame
+            shown += [e["student_id"] for e in events]
+        assert sorted(shown) == sorted(link["student_id"] for link in links[:5])
+
+        # Events of the class that reach the gateway at once (as the join scripts
+        # publish them): one frame, in order. Published in one round trip and read by
+        # the gateway only after all of them are there.
+        bus = gw.svc.bus
+        assert bus is not None
+        async with redis.pipeline(transaction=False) as p:
+            for n in range(6):
+                p.publish(*bus.message(cid, {"type": "knock", "ticket": f"t{n}",
+                                             "student_id": f"s{n}", "name": f"HS {n}"}))
+            await p.execute()
+        time.sleep(0.2)  # noqa: ASYNC251 - holds the event loop on purpose
+        frame = await asyncio.wait_for(teacher.receive_json(), 5)
+        assert [e["ticket"] for e in frame] == [f"t{n}" for n in range(6)]
+        await flow.with_token(token_of(links[5]), ip="203.0.113.9", device_cookie=None,
+                              user_agent=ua)
+        one = await asyncio.wait_for(teacher.receive_json(), 5)
+        assert one["type"] == "admitted" and one["student_id"] == links[5]["student_id"]
+        await teacher.close()

@@ -60,7 +60,8 @@ class Page(HTMLParser):
                 self.handler_attrs += 1
             if k in ("aria-label", "title", "placeholder", "alt", "value") \
                     or k.startswith(("data-msg", "data-action", "data-alert")):
-                if v and k != "value":
+                # (inside a data-raw region, as its text: the record's raw codes on purpose)
+                if v and k != "value" and not (self._stack and self._stack[-1]):
                     self.attr_text.append(v)
         if tag == "script":
             self._in_script = True

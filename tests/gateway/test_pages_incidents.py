@@ -16,7 +16,7 @@ import pytest
 
 from gateway.joinflow import DEVICE_COOKIE
 from gateway.routes.pages_incidents import human_size, people_from_alerts, report_window
-from gateway.state import Student, device_hash
+from gateway.stores import Student, device_hash
 
 from .helpers import Gateway, make_class, open_link, running_gateway
 from .test_pages import check_page, parse, sign_in
@@ -142,6 +142,13 @@ def form_inputs(html: str, form_id: str) -> list[dict[str, Any]]:
     raise AssertionError(f"no form #{form_id}")
 
 
+def _iso(shown: str | None) -> str:
+    """The form's ``dd/mm/yyyy HH:MM`` as incidents.js sends it."""
+    day, clock = str(shown).split(" ")
+    d, m, y = day.split("/")
+    return f"{y}-{m}-{d}T{clock}:00+07:00"
+
+
 async def submit_report_form(s: aiohttp.ClientSession, html: str, cid: str,
                              title: str) -> aiohttp.ClientResponse:
     """What incidents.js sends for the form as rendered (pre-checked boxes, times)."""
@@ -158,7 +165,7 @@ async def submit_report_form(s: aiohttp.ClientSession, html: str, cid: str,
             visitors.append(v)
     return await s.post("/api/v1/incidents", headers={"X-CSRF-Token": csrf_of(html)}, json={
         "class_id": cid, "title": title, "description": "Dòng 1\n<b>Dòng 2</b>",
-        "since": f"{value['since']}:00+07:00", "until": f"{value['until']}:00+07:00",
+        "since": _iso(value["since"]), "until": _iso(value["until"]),
         "student_ids": students, "visitors": visitors})
 
 
@@ -258,8 +265,9 @@ async def test_report_form_detail_custody_attachments_export(
         assert info is not None
         since = next(i["value"] for i in inputs if i.get("name") == "since")
         until = next(i["value"] for i in inputs if i.get("name") == "until")
-        assert since == info.schedule.starts_at.astimezone(VN).strftime("%Y-%m-%dT%H:%M")
-        assert datetime.fromisoformat(str(until)).replace(tzinfo=VN) >= \
+        # (shown day first, dd/mm/yyyy HH:MM)
+        assert since == info.schedule.starts_at.astimezone(VN).strftime("%d/%m/%Y %H:%M")
+        assert datetime.strptime(str(until), "%d/%m/%Y %H:%M").replace(tzinfo=VN) >= \
             datetime.now(UTC) - timedelta(seconds=1)
 
         r = await submit_report_form(lan, html, cid, "Người lạ dùng đường dẫn của em An")

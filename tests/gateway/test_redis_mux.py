@@ -160,10 +160,10 @@ async def test_password_and_database(tmp_path: Path) -> None:
 async def test_the_gateway_picks_its_transport(tmp_path: Path, redis_url: str,
                                                redis_prefix: str) -> None:
     async with running_gateway(tmp_path / "a", redis_url, redis_prefix) as gw:
-        assert gw.svc.redis_fast is not None and gw.svc.store.fast is gw.svc.redis_fast
+        assert gw.svc.redis_fast is not None and gw.svc.store.scripts.fast is gw.svc.redis_fast
     pooled = redis_url + ("&" if "?" in redis_url else "?") + "health_check_interval=30"
     async with running_gateway(tmp_path / "b", pooled, redis_prefix) as gw:
-        assert gw.svc.redis_fast is None and gw.svc.store.fast is None
+        assert gw.svc.redis_fast is None and gw.svc.store.scripts.fast is None
 
 
 async def test_audit_appends_through_the_shared_connection(

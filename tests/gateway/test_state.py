@@ -1,4 +1,4 @@
-"""gateway/state.py against a real Redis: behaviour the join flow relies on."""
+"""gateway/stores/ against a real Redis: behaviour the join flow relies on."""
 
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ async def test_snapshot_survives_a_flushed_script_cache(
             await r.script_flush()
             status, body = await open_link(phone, links[0])
             assert (status, body["status"], body["reason"]) == (200, "waiting", "awaiting_host")
-            store = gw.svc.store
-            assert store is not None
-            assert await r.script_exists(store._snapshot.sha, store._gcra.sha) == [True, True]
+            from gateway.stores.join import SNAPSHOT
+            from gateway.stores.limits import GCRA
+
+            assert await r.script_exists(SNAPSHOT.sha, GCRA.sha) == [True, True]
         finally:
             await r.aclose()
 
@@ -37,11 +38,11 @@ async def test_code_attempt_charges_wrong_codes_only_and_refuses_unseen(
     (or malformed) one to every failure budget; once one of those is drained every code
     is refused before the lookup, so the answer says nothing about the code."""
     from gateway.joinflow import CODE_LINK_LIMIT
-    from gateway.state import ClassStore, Limit
+    from gateway.stores import ClassStore, Limit
 
     now = [1_000_000.0]
     store = ClassStore(redis, redis_prefix, clock=lambda: now[0])
-    await redis.set(store.k.code("right"), "c1|j1")
+    await redis.set(store.keys.code("right"), "c1|j1")
     budgets = (Limit("ip:203.0.113.9", per_second=1, burst=3), Limit("code:space", 10, 100))
     for _ in range(20):  # correct codes never touch the failure budgets
         status, _, _, found = await store.code_attempt("right", budgets, CODE_LINK_LIMIT)
@@ -49,8 +50,8 @@ async def test_code_attempt_charges_wrong_codes_only_and_refuses_unseen(
             break
         assert (status, found) == ("found", "c1|j1")
     assert status == "link_limited"  # the link's own budget: burst 10
-    assert await redis.get(store.k.ratelimit("ip:203.0.113.9")) is None
-    assert await redis.get(store.k.ratelimit("code:space")) is None
+    assert await redis.get(store.keys.ratelimit("ip:203.0.113.9")) is None
+    assert await redis.get(store.keys.ratelimit("code:space")) is None
     assert [(await store.code_attempt(h, budgets, CODE_LINK_LIMIT))[0]
             for h in ("wrong1", None, "wrong2")] == ["wrong"] * 3
     status, wait, limit, found = await store.code_attempt("right", budgets, CODE_LINK_LIMIT)

@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from audit import AuditLog
-from gateway.state import ClassStore
+from gateway.stores import ClassStore
 from gateway.workers import (
     BACKOFF_MAX_S,
     WorkersError,

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from gateway.app import SERVICES
 from gateway.hostctl import HostControls
 from gateway.janus_runner import JanusConfig, free_port
 from gateway.routes.platform_hooks import HOOK_SECRETS
+from gateway.services import services_of
 from meeting_adapters.egress import EgressPolicy
 from meeting_adapters.janus import JanusClient, hook_credentials
 from tests.gateway.helpers import audit_events, running_gateway
@@ -198,8 +198,8 @@ async def test_demo_uses_a_local_janus(tmp_path: Path, redis_url: str,
         assert "Meeting:         janus" in out, out
         ws_url = app[DEMO_JANUS].ws_url
         async with Peer(ws_url) as p:  # the Janus is up, and refuses a tokenless join
-            classes = await app[SERVICES].store.classes_of_owner("teacher")
-            _, room = HostControls(app[SERVICES]).adapter_and_room(classes[0])
+            classes = await services_of(app).store.classes_of_owner("teacher")
+            _, room = HostControls(services_of(app)).adapter_and_room(classes[0])
             assert (await p.join(int(room.upstream_id), None, None)).get("error_code") == 433
         import aiohttp
 
