@@ -2,6 +2,7 @@
 
     GET  /auth/oidc/start?email=|org=&next=   redirect to the provider (PKCE, state, nonce)
     GET  /auth/oidc/callback                  the provider's answer: session, or a refusal
+    GET  /auth/oidc/continue?next=            after the callback: moves on, same-site
     GET  /auth/oidc/signed-out?org=           after sign-out: offers the provider's sign-out
     GET|PUT|DELETE /api/v1/orgs/{org}/oidc    the org's provider (administrators)
     PUT  /api/v1/orgs/{org}/oidc/emails       link an account to its email (administrators)
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import replace
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .. import i18n
 from ..auth import Principal
@@ -47,6 +48,7 @@ from .session import _audit_refused, set_session_cookie
 
 log = logging.getLogger("classguard.oidc")
 
+CONTINUE_PATH = "/auth/oidc/continue"
 STATE_COOKIE = "cg_oidc_state"
 ORG_COOKIE = "cg_oidc_org"
 
@@ -145,25 +147,40 @@ async def callback(request: web.Request) -> web.StreamResponse:
         return await refusal_page(request, exc, org=pending.org if pending else None)
     await svc.staff.regulator.succeeded(attempt)
     # The provider proved who this is: a one-time password the account was created with
-    # (and never used) is not asked to be changed in this session.
-    user = replace(user, must_change_password=False)
-    # The second factor, when the account has one, follows any first factor
-    # (gateway/signin.py).
+    # (and never used) is not asked to be changed (gateway/signin.py, as_signed_in). The
+    # second factor, when the account has one, follows any first factor.
     done = await complete_primary_sign_in(request, user, via="oidc")
     home = home_of(Principal(user.username, user.role, user.org, "session"))
     nxt = pending.next if pending.next != "/classes" else home
     if done.pending is not None:
-        resp = web.HTTPSeeOther("/login/second-factor?" + urlencode({"next": nxt}))
+        resp = web.HTTPSeeOther(onward("/login/second-factor?" + urlencode({"next": nxt})))
         set_pending_cookie(request, resp, done.pending)
     else:
         assert done.cookie is not None
-        resp = web.HTTPSeeOther(nxt)
+        resp = web.HTTPSeeOther(onward(nxt))
         set_session_cookie(request, resp, done.cookie)
     resp.del_cookie(STATE_COOKIE, path="/auth/oidc")
     resp.set_cookie(ORG_COOKIE, settings.org, max_age=svc.settings.session_ttl_s,
                     httponly=True, secure=svc.settings.cookie_secure, samesite="Strict",
                     path="/")
     raise resp
+
+
+def onward(nxt: str) -> str:
+    """Where the callback sends the browser: a page of this site that moves on to ``nxt``.
+
+    The session and pending sign-in cookies are SameSite=Strict, and the callback is
+    reached by a redirect that began on the provider's site: a browser does not send
+    Strict cookies anywhere along such a redirect chain, so a redirect straight to
+    ``nxt`` would arrive without the session just opened. A navigation started by a
+    page of this site carries them."""
+    return str(URL(CONTINUE_PATH).with_query({"next": nxt}))
+
+
+async def continue_page(request: web.Request) -> web.Response:
+    """After the callback: moves on (same-site now) to ``next``."""
+    nxt = safe_next(request.query.get("next"))
+    return page_response(request, "oidc_continue.html", page_lang(request), url=nxt)
 
 
 async def _complete(request: web.Request, svc: Services, store: OidcStore, settings: OrgOidc,
@@ -317,6 +334,7 @@ def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/auth/oidc/start", start)
     r.add_get(CALLBACK_PATH, callback)
+    r.add_get(CONTINUE_PATH, continue_page)
     r.add_get("/auth/oidc/signed-out", signed_out)
     r.add_get("/api/v1/orgs/{org}/oidc", get_settings)
     r.add_put("/api/v1/orgs/{org}/oidc", put_settings)

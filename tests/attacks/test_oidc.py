@@ -29,6 +29,7 @@ from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 
 from gateway.i18n import t
+from gateway.routes.oidc import onward
 from tests.fakes.oidc_provider import CLIENT_ID, CLIENT_SECRET, running_provider
 from tests.gateway.helpers import Gateway, running_gateway
 
@@ -221,7 +222,7 @@ async def test_forged_id_tokens_are_refused_each_with_its_reason(
     forge.token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims_for(forge, q["nonce"]),
                              forge.key)
     status, got, r = await callback(client, q["state"])
-    assert status == 303 and r.headers["Location"] == "/classes", (status, got)
+    assert status == 303 and r.headers["Location"] == onward("/classes"), (status, got)
     status, got, _ = await callback(client, q["state"])
     assert got == "wrong_state"
     want = {f"oidc_{c}" for _, _, c in cases} | {"oidc_wrong_state"}
@@ -344,7 +345,13 @@ async def test_real_provider_answers_cannot_be_replayed(
         assert q["code_challenge_method"] == "S256" and q["nonce"] and q["state"]
         back = await _through_real_provider(browser, url, "mai")
         r = await browser.get(back, allow_redirects=False)
-        assert r.status == 303 and r.headers["Location"] == "/classes", await r.text()
+        assert r.status == 303 and r.headers["Location"] == onward("/classes"), await r.text()
+        # A page of the site moves on (the session cookie is SameSite=Strict); an
+        # address elsewhere is not followed.
+        onward_page = await (await browser.get(r.headers["Location"])).text()
+        assert 'content="0; url=/classes"' in onward_page
+        away = await (await browser.get(onward("https://evil.example/x"))).text()
+        assert 'content="0; url=/classes"' in away and 'href="https://evil' not in away
         # The same answer again, in the same browser and in another one with the state
         # cookie copied: the state is spent.
         r = await browser.get(back, allow_redirects=False)
@@ -419,6 +426,6 @@ async def test_account_made_with_a_one_time_password_signs_in_through_the_provid
     forge.token = jwt.encode({"alg": "RS256", "kid": "k1"}, claims_for(
         forge, q["nonce"], sub="tuan-1", email=f"thay.tuan@{DOMAIN}"), forge.key)
     status, got, r = await callback(client, q["state"])
-    assert (status, r.headers.get("Location")) == (303, "/classes"), got
+    assert (status, r.headers.get("Location")) == (303, onward("/classes")), got
     r = await client.get("/api/v1/classes")
     assert r.status == 200, await r.text()

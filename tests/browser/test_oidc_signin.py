@@ -60,9 +60,11 @@ async def configure(w: World, **extra: Any) -> None:
 
 
 async def through_provider(page: Page, w: World, email: str, account: str,
-                           lang: str = "vi") -> None:
-    """From the sign-in page, through the provider's login and consent pages."""
-    await page.goto(w.gw.url(f"/login?lang={lang}"))
+                           lang: str = "vi", *, base: str | None = None) -> None:
+    """From the sign-in page, through the provider's login and consent pages. ``base``:
+    the gateway's address when its ``public_url`` is not the loopback one."""
+    home = (base or w.gw.url("")).rstrip("/")
+    await page.goto(f"{home}/login?lang={lang}")
     await page.get_by_label(t(lang, "oidc.email")).fill(email)
     async with page.expect_navigation():
         await page.get_by_role("button", name=t(lang, "oidc.button")).click()
@@ -71,17 +73,19 @@ async def through_provider(page: Page, w: World, email: str, account: str,
     for _ in range(8):
         await page.wait_for_load_state()
         url = page.url
-        if url.startswith(w.gw.url("/")) and "/auth/oidc/start" not in url:
+        if url.startswith(f"{home}/") and "/auth/oidc/start" not in url:
             break
         if not url.startswith(w.provider.issuer):
-            await page.wait_for_url(lambda u: not u.startswith(w.gw.url("/auth/oidc/start")))
+            await page.wait_for_url(lambda u: not u.startswith(f"{home}/auth/oidc/start"))
             continue
         async with page.expect_navigation():
             if await page.locator("input[name=login]").count():
                 await page.locator("input[name=login]").fill(account)
                 await page.locator("input[name=password]").fill("any")
             await page.locator("button[type=submit]").first.click()
-    await page.wait_for_url(lambda url: url.startswith(w.gw.url("/")))
+    # Back on the gateway; its page after the callback moves on by itself too.
+    await page.wait_for_url(lambda url: url.startswith(f"{home}/")
+                            and not url.startswith(f"{home}/auth/oidc/continue"))
 
 
 async def outcome(page: Page) -> str:
