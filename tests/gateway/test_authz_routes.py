@@ -137,6 +137,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/auth/oidc/start"): Row(PUBLIC, path="/auth/oidc/start?email=a@nowhere.example"),
     ("GET", "/auth/oidc/callback"): Row(PUBLIC, path="/auth/oidc/callback?state=x&code=y"),
     ("GET", "/auth/oidc/signed-out"): Row(PUBLIC, page=True),
+    ("GET", "/auth/oidc/continue"): Row(PUBLIC, page=True),
     # students: the join link, the short code, the waiting room, the hand-off
     ("GET", "/j/{token}"): Row(PUBLIC, path="/j/not-a-token"),
     ("GET", "/join"): Row(PUBLIC, page=True),
