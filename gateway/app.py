@@ -28,6 +28,7 @@ from .routes import (
     incidents,
     join,
     mfa,
+    oidc,
     orgs,
     pages,
     pages_admin,
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, clock: Clock = time.time,
     # machinery of routes/pages.py.
     for module in (service, session, classes, control, join, pages, pages_teacher, pages_it,
                    pages_admin, pages_incidents, admin_api, account, audit, orgs,
-                   platform_hooks, incidents, audit_admin, mfa, sessions_page):
+                   platform_hooks, incidents, audit_admin, mfa, sessions_page, oidc):
         module.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)

@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(default: the key inside the bundle)")
     ver.add_argument("--lang", choices=["vi", "en"], default="vi", help="summary language")
     ver.add_argument("--json", action="store_true", help="also print the full report as JSON")
+    from .oidc_cli import add_parser as add_oidc_parser
+
+    add_oidc_parser(sub, _Parser, _common)
     hook = sub.add_parser("janus-hook", help="event handler credentials of one Janus server")
     _common(hook)
     hook.add_argument("--ws-url", dest="ws_url", required=True,
@@ -805,6 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_cmd_policy(args, settings))
         if args.command == "audit":
             return asyncio.run(_cmd_audit(args, settings))
+        if args.command == "oidc":
+            from .oidc_cli import run as oidc_run
+
+            return asyncio.run(oidc_run(args, settings, _cli_services(settings), _actor()))
         if args.command == "janus-hook":
             return _cmd_janus_hook(args, settings)
         if args.command == "evidence":

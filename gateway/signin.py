@@ -13,7 +13,7 @@ proved a second factor less than ``STEP_UP_MAX_AGE_S`` ago.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -48,11 +48,20 @@ class SignIn:
     methods: tuple[Method, ...] = ()
 
 
+def as_signed_in(user: User, via: str) -> User:
+    """The account as its new session carries it. The identity provider proved who this
+    is (``via="oidc"``): a one-time password the account was created or reset with, and
+    which its owner never uses, is not asked to be changed, with or without a second
+    factor after it."""
+    return replace(user, must_change_password=False) if via == "oidc" else user
+
+
 async def complete_primary_sign_in(request: web.Request, user: User, *,
                                    failures: FailedLogins | None = None,
                                    via: str = "password") -> SignIn:
     """The first factor passed (``via``): open the session, or ask for the second."""
     svc = services(request)
+    user = as_signed_in(user, via)
     mfa = mfa_store(svc)
     methods = await mfa.methods(user.username)
     failures = failures or FailedLogins()
@@ -72,7 +81,6 @@ async def open_session(svc: Services, user: User, *, ip: str, user_agent: str,
                        failures: FailedLogins, via: str,
                        second_factor: Method | None) -> tuple[str, str]:
     """Create the session, note it for the owner's session list, audit ``staff.login``."""
-    assert svc.staff is not None and svc.auditor is not None
     mfa = mfa_store(svc)
     cookie, csrf, session = await svc.staff.create_session(
         user, ip=ip, user_agent=user_agent, failures=failures)

@@ -326,6 +326,16 @@ class StaffStore:
         return cast(set[str], await self._r.smembers(key))
 
     @property
+    def regulator(self) -> LoginRegulator:
+        """Sign-in regulation, for other ways of signing in (gateway/routes/oidc.py)."""
+        return self._regulator
+
+    @property
+    def redis_client(self) -> aioredis.Redis:
+        """The client this store uses, for stores kept beside it (gateway/oidc_cli.py)."""
+        return self._r
+
+    @property
     def revoke_channel(self) -> str:
         return Keys(self._keys.p).revoke()
 

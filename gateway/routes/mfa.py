@@ -21,6 +21,7 @@ from ..mfa import POLICIES, STEP_UP_ROLES, Method, MfaError, MfaStore, Pending
 from ..services import Services, services
 from ..signin import (
     PENDING_COOKIE,
+    as_signed_in,
     mfa_store,
     open_session,
     require_fresh_second_factor,
@@ -229,6 +230,9 @@ async def finish_sign_in(request: web.Request, data: dict[str, Any]
     if method == "recovery":
         await _audit(svc, user.username, "staff.recovery_code_used", user.org,
                      left=await mfa_store(svc).recovery_left(user.username))
+    # The account was read again (it may have changed meanwhile); what the first factor
+    # settled for this sign-in still holds.
+    user = as_signed_in(user, taken.via)
     failures = FailedLogins(count=taken.failures[0], recent=taken.failures[1])
     cookie, csrf = await open_session(svc, user, ip=taken.ip, user_agent=taken.user_agent,
                                       failures=failures, via=taken.via, second_factor=method)

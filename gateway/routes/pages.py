@@ -244,6 +244,8 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             msg = i18n.t(lang, "login.regulated", seconds=secs)
         elif exc.status == 400:
             msg = i18n.t(lang, "login.bad_input")
+        elif exc.code == "password_sign_in_off":
+            msg = i18n.t(lang, "oidc.password_off")
         else:
             msg = i18n.t(lang, "login.failed")
         resp = _login_form(request, lang, status=exc.status, error=msg, username=username,
@@ -271,7 +273,10 @@ async def logout(request: web.Request) -> web.StreamResponse:
         p = await authenticate(request, allow_must_change=True)
         if p is not None:
             await svc.staff.revoke_session(cookie)
-    resp = web.HTTPSeeOther("/login")
+    # Signed in through the org's OpenID provider: a page offers its sign-out too.
+    oidc_org = request.cookies.get("cg_oidc_org", "")
+    resp = web.HTTPSeeOther("/auth/oidc/signed-out?" + urlencode({"org": oidc_org})
+                            if oidc_org else "/login")
     resp.del_cookie(SESSION_COOKIE, path="/")
     raise resp
 

@@ -10,6 +10,7 @@ from ..auditing import milestone
 from ..auth import SESSION_COOKIE, authenticate
 from ..errors import ApiError, rate_limited
 from ..joinflow import RATE_LIMIT_AUDIT_WINDOW_S
+from ..oidc import OidcStore
 from ..services import services
 from ..signin import complete_primary_sign_in, set_pending_cookie
 from ..stores import Limit
@@ -80,6 +81,7 @@ async def login_user(
         svc.metrics.rate_limited.labels("login").inc()
         await _audit_refused(request, ip, "rate_limited", username)
         raise rate_limited(wait)
+    await _refuse_if_passwords_off(request, ip, username)
     res = await svc.staff.login(username, password, ip=ip)
     if not res.ok:
         await _audit_refused(request, ip, res.code, username)
@@ -96,6 +98,27 @@ async def login_user(
             **account_notices(res.user.must_change_password, res.failures.count,
                               res.failures.recent)}
     return cookie, csrf, user
+
+
+async def _refuse_if_passwords_off(request: web.Request, ip: str, username: str) -> None:
+    """403 ``password_sign_in_off`` for an account whose org signs in only through its
+    OpenID provider (gateway/oidc.py).
+
+    NOTE: asked before the password is checked, so a password is never confirmed for such
+    an account; the price is that the refusal shows the username exists (and costs no
+    password hash, so nothing can be guessed through it)."""
+    svc = services(request)
+    assert svc.staff is not None and svc.secretbox is not None
+    user = await svc.staff.get_user(username)
+    if user is None:
+        return
+    store = OidcStore(svc.redis, svc.secretbox, prefix=svc.settings.redis_prefix)
+    if await store.passwords_allowed(user.org, await svc.staff.org_ancestors(user.org)):
+        return
+    await _audit_refused(request, ip, "password_sign_in_off", username)
+    raise ApiError(403, "password_sign_in_off",
+                   "password sign-in is turned off for this organisation; "
+                   "sign in with its identity provider")
 
 
 def account_notices(must_change: bool, failed: int,

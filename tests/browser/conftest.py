@@ -271,7 +271,7 @@ async def sign_in(page: Page, gw: Gateway, username: str, *, lang: str = "vi",
     await page.get_by_label(t(lang, "login.username")).fill(username)
     await page.get_by_label(t(lang, "login.password")).fill(password)
     async with page.expect_navigation():
-        await page.get_by_role("button", name=t(lang, "login.submit")).click()
+        await page.get_by_role("button", name=t(lang, "login.submit"), exact=True).click()
 
 
 # --- one page, every check ----------------------------------------------------------------

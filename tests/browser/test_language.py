@@ -30,7 +30,7 @@ async def test_sign_in_page_is_vietnamese_first_and_switches(browser: Browser,
     await page.get_by_label(t("en", "login.username")).fill("co.lan")
     await page.get_by_label(t("en", "login.password")).fill(TEACHER_PASSWORD)
     async with page.expect_navigation():
-        await page.get_by_role("button", name=t("en", "login.submit")).click()
+        await page.get_by_role("button", name=t("en", "login.submit"), exact=True).click()
     await expect(page).to_have_url(gateway.url("/classes/new"))
     await expect(page.get_by_role("heading", level=1)).to_have_text(t("en", "classform.title"))
     await page.goto(gateway.url("/classes"))

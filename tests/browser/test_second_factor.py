@@ -46,7 +46,7 @@ async def test_passkey_and_totp_enrolment_and_sign_in(
             await page.get_by_label(t(lang, "login.username")).fill("thay.hieu")
             await page.get_by_label(t(lang, "login.password")).fill(TEACHER_PASSWORD)
             async with page.expect_navigation():
-                await page.get_by_role("button", name=t(lang, "login.submit")).click()
+                await page.get_by_role("button", name=t(lang, "login.submit"), exact=True).click()
 
         await password_step()
         await page.goto(f"{base}/account/security?lang={lang}")

@@ -73,7 +73,7 @@ async def test_each_role_reaches_its_pages_and_no_other(browser: Browser, gatewa
     await page.get_by_label(t(VI, "login.username")).fill("anh.it")
     await page.get_by_label(t(VI, "login.password")).fill(TEACHER_PASSWORD)
     async with page.expect_navigation():
-        await page.get_by_role("button", name=t(VI, "login.submit")).click()
+        await page.get_by_role("button", name=t(VI, "login.submit"), exact=True).click()
     await expect(page).to_have_url(gw.url("/audit?type=class.created"))
     await expect(page.get_by_label(t(VI, "audit.f.type"))).to_have_value("class.created")
     watch.assert_clean("sign-in redirect")

@@ -92,6 +92,17 @@ async def _org_ban(w: World) -> None:
                                  by="admin", until=None)
 
 
+async def _org_oidc(w: World) -> None:
+    """School A signs in through an OpenID provider (settings only, no network)."""
+    from gateway.oidc import parse_settings
+    from gateway.routes.oidc import oidc_store
+
+    settings, secret = parse_settings("thpt-a", {
+        "provider": "generic", "discovery_url": "https://id.thpt-a.example",
+        "client_id": "classguard", "client_secret": "s", "domains": ["thpt-a.example"]})
+    await oidc_store(w.gw.svc).save(settings, secret)
+
+
 @dataclass(frozen=True)
 class Row:
     allowed: frozenset[str] | str
@@ -122,6 +133,11 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/login"): Row(PUBLIC, page=True),
     ("POST", "/logout"): Row(PUBLIC, page=True),
     ("GET", "/lang/{lang}"): Row(PUBLIC, path="/lang/en?next=/login"),
+    # signing in through the org's OpenID provider
+    ("GET", "/auth/oidc/start"): Row(PUBLIC, path="/auth/oidc/start?email=a@nowhere.example"),
+    ("GET", "/auth/oidc/callback"): Row(PUBLIC, path="/auth/oidc/callback?state=x&code=y"),
+    ("GET", "/auth/oidc/signed-out"): Row(PUBLIC, page=True),
+    ("GET", "/auth/oidc/continue"): Row(PUBLIC, page=True),
     # students: the join link, the short code, the waiting room, the hand-off
     ("GET", "/j/{token}"): Row(PUBLIC, path="/j/not-a-token"),
     ("GET", "/join"): Row(PUBLIC, page=True),
@@ -177,6 +193,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("PATCH", "/api/v1/orgs/{org}/bans/{key}"): Row(ORG_A, json=BOGUS),
     ("GET", "/api/v1/orgs/{org}/policy"): Row(ORG_A),
     ("PUT", "/api/v1/orgs/{org}/policy"): Row(ORG_A_ADMINS, json=BOGUS),
+    ("GET", "/api/v1/orgs/{org}/oidc"): Row(ORG_A_ADMINS, setup=_org_oidc),
+    ("PUT", "/api/v1/orgs/{org}/oidc"): Row(ORG_A_ADMINS, json=BOGUS),
+    ("DELETE", "/api/v1/orgs/{org}/oidc"): Row(ORG_A_ADMINS, setup=_org_oidc),
+    ("PUT", "/api/v1/orgs/{org}/oidc/emails"): Row(ORG_A_ADMINS, json=BOGUS),
     # staff accounts (``victim`` is a teacher of school A), orgs, keys
     ("GET", "/api/v1/admin/users"): Row(ADMINS),
     ("POST", "/api/v1/admin/users"): Row(ADMINS, json=BOGUS),
