@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from .base import InvalidSettings
+from .errors import InvalidSettings
 
 if TYPE_CHECKING:
     import aiohttp
