@@ -24,10 +24,11 @@ mailed at most once per incident.
 
 How. Jobs live in Redis, not in a process: a sorted set of job ids by due time and a
 hash of the jobs. Every gateway process runs :meth:`Notifier.run`, which claims due jobs
-with one script (``_CLAIM``): a claimed job is pushed ``lease`` seconds ahead and given
-a fresh token, so exactly one process holds it; a process that dies mid-send leaves it
-to be claimed again when the lease runs out. Finishing or rescheduling checks the token
-(``_FINISH``). The timers therefore survive restarts and are shared by every process.
+with one script (gateway/stores/lua/notify_claim.lua): a claimed job is pushed
+``lease`` seconds ahead and given a fresh token, so exactly one process holds it; a
+process that dies mid-send leaves it to be claimed again when the lease runs out.
+Finishing or rescheduling checks the token (notify_finish.lua). The timers therefore
+survive restarts and are shared by every process.
 
 Delivery runs in the background with timeouts (``smtp_timeout_s`` per SMTP step, three
 times that in all), is retried ``smtp_max_attempts`` times with exponential back-off
