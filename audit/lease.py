@@ -4,7 +4,7 @@ Taken with SET PX only when the key is free (or already holds this token, so a h
 that missed a reply does not wait for its own lease to expire); renewed and released
 only while the key still holds the token, each in one script, so a process whose lease
 expired can never extend or delete its successor's. Scripts that write on the leader's
-behalf check the same key and token (the fence; see COMMIT_BATCH in audit/store.py).
+behalf check the same key and token (the fence; see audit/lua/commit_batch.lua).
 
 Used by the audit sequencer (audit/sequencer.py) and the gateway's presence reconciler
 (gateway/presence.py). It lives in ``audit`` because the gateway may import ``audit``

@@ -7,7 +7,7 @@ the class's *outbox*, a stream in the class's own slot: the change and its recor
 visible together or not at all, whatever process dies when.
 
 The sequencer's leader drains every outbox into the audit stream (``audit:stream``) with
-:data:`DRAIN_OUTBOX`, a script in the audit log's slot that checks the leader's lease and
+audit/lua/drain_outbox.lua, a script in the audit log's slot that checks the leader's lease and
 compare-and-sets a per-outbox cursor (the last drained entry id) in the same step as it
 appends. The drained entries are then deleted from the outbox (``XDEL``, which keeps the
 stream's last id, so new entries always sort after the cursor). A drain interrupted
@@ -36,19 +36,6 @@ from audit.records import SALT_SIZE, PreparedEvent, prepare_event
 
 OUTBOX_FORMAT = 1
 
-# KEYS: 1 lease, 2 cursors hash, 3 audit stream. ARGV: 1 token, 2 outbox key,
-# 3 expected cursor ('' when never drained), 4 new cursor, 5.. stream values ('d')
-# Returns 1 when appended, 0 when the cursor moved (another drain got there first).
-DRAIN_OUTBOX = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('NOTLEADER lease lost')
-end
-local cur = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-if cur ~= ARGV[3] then return 0 end
-for i = 5, #ARGV do redis.call('XADD', KEYS[3], '*', 'd', ARGV[i]) end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
-return 1
-"""
 
 
 def pack_entry(

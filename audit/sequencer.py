@@ -31,12 +31,10 @@ from audit.checkpoint import Checkpoint
 from audit.errors import AuditError, FormatError, NotLeaderError
 from audit.lease import Lease
 from audit.note import AuditSigningKey
-from audit.outbox import DRAIN_OUTBOX, stream_value, unpack_entry
+from audit.outbox import stream_value, unpack_entry
 from audit.records import decode_personal, decode_record
 from audit.scripts import CommandPipeline, Script, ScriptRunner
 from audit.store import (
-    COMMIT_BATCH,
-    STORE_CHECKPOINT,
     TIME_BUCKET_SHIFT,
     AuditKeys,
     Clock,
@@ -47,6 +45,11 @@ from audit.store import (
 )
 
 log = logging.getLogger(__name__)
+
+# The scripts of audit/lua/: each checks the caller still holds the lease (audit/lease.py).
+_COMMIT_BATCH = Script.load("audit", "commit_batch")
+_STORE_CHECKPOINT = Script.load("audit", "store_checkpoint")
+_DRAIN_OUTBOX = Script.load("audit", "drain_outbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +110,10 @@ class Sequencer:
         self._renewed_at = 0.0
         self._last_ckpt_ms: int | None = None
         self._ckpt_size = 0
-        self._commit = Script("commit_batch", COMMIT_BATCH)
         self._scripts = ScriptRunner(redis, fast)
         self._lease = Lease(redis, self.keys.lease, token=self._token, ttl_ms=lease_ms)
-        self._store_ckpt = redis.register_script(STORE_CHECKPOINT)
-        self._drain = redis.register_script(DRAIN_OUTBOX)
+        # Draining outboxes and storing checkpoints stay on ``redis`` too.
+        self._plain = ScriptRunner(redis)
         self._sweep_ms = outbox_sweep_ms
         self._swept_at: float | None = None  # loop time of the last full outbox sweep
 
@@ -333,9 +335,9 @@ class Sequencer:
                     log.error("audit: dropping malformed outbox entry %r %r: %s",
                               name, entry_id, exc)
             last = entries[-1][0]
-            ok = await self._drain(
-                keys=[self.keys.lease, self.keys.outbox_cursors, self.keys.stream],
-                args=[self._token, name, cursor or b"", last, *values])
+            ok = await self._plain.run(
+                _DRAIN_OUTBOX, [self.keys.lease, self.keys.outbox_cursors, self.keys.stream],
+                [self._token, name, cursor or b"", last, *values])
             if not int(ok):
                 continue  # the cursor moved meanwhile: read again from where it is
             await self._redis.xdel(name, *[eid for eid, _ in entries])
@@ -451,7 +453,7 @@ class Sequencer:
             b",".join(sid for sid, _ in entries),
         ]
         try:
-            new_size = int(await self._scripts.run(self._commit, keys, args))
+            new_size = int(await self._scripts.run(_COMMIT_BATCH, keys, args))
         except ResponseError as exc:
             self._state = None
             if str(exc).startswith("NOTLEADER"):
@@ -474,10 +476,9 @@ class Sequencer:
         root = merkle.frontier_root(state.frontier)
         note = Checkpoint(self._origin, state.size, root).sign(self._signer)
         try:
-            await self._store_ckpt(
-                keys=[self.keys.meta, self.keys.lease, self.keys.checkpoints],
-                args=[self._token, state.size, note, now],
-            )
+            await self._plain.run(
+                _STORE_CHECKPOINT, [self.keys.meta, self.keys.lease, self.keys.checkpoints],
+                [self._token, state.size, note, now])
         except ResponseError as exc:
             self._state = None
             if str(exc).startswith("NOTLEADER"):

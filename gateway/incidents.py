@@ -58,6 +58,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from audit.holds import LegalHold
+from audit.scripts import Script, ScriptRunner
 
 from .secretbox import SecretBox
 from .stores.keys import IncidentKeys
@@ -277,68 +278,8 @@ def sniff(head: bytes) -> tuple[str, str]:
 
 # --- the store ---
 
-# Apply a change and append its revision in one step. ARGV: 1 the new values (JSON
-# object, only the fields given), 2 by, 3 at, 4 reason, 5 the transitions (JSON),
-# 6 "1" when setting the current status again is allowed, 7 the incident id.
-# Returns {-1} not found, {0, cur} transition refused, {2, cur} closed (no edits),
-# {1, cur} applied (or nothing changed).
-_REVISE = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {-1, ''} end
-local ch = cjson.decode(ARGV[1])
-local new = ch['status']
-if new then
-  local ok = false
-  local allowed = cjson.decode(ARGV[5])
-  for _, s in ipairs(allowed[cur] or {}) do if s == new then ok = true end end
-  if new == cur and ARGV[6] == '1' then ok = true end
-  if not ok then return {0, cur} end
-end
-local after = new or cur
-if (ch['title'] or ch['description'] or ch['severity']) and after == 'closed' then
-  return {2, cur}
-end
-local changes = {}
-local fields = {}
-local any = false
-for _, f in ipairs({'title', 'description', 'status', 'severity'}) do
-  local v = ch[f]
-  if v then
-    local old = redis.call('HGET', KEYS[1], f)
-    if f == 'severity' and not old then old = 'normal' end
-    if old ~= v then
-      changes[f] = {old or cjson.null, v}
-      table.insert(fields, f)
-      table.insert(fields, v)
-      any = true
-    end
-  end
-end
-if not any then return {1, cur} end
-table.insert(fields, 'updated_at')
-table.insert(fields, ARGV[3])
-redis.call('HSET', KEYS[1], unpack(fields))
-local reason = cjson.null
-if ARGV[4] ~= '' then reason = ARGV[4] end
-redis.call('RPUSH', KEYS[2], cjson.encode({v=1, n=redis.call('LLEN', KEYS[2]),
-  at=tonumber(ARGV[3]), by=ARGV[2], reason=reason, changes=changes}))
-if after == 'closed' then
-  redis.call('ZREM', KEYS[3], ARGV[7])
-elseif cur == 'closed' then
-  redis.call('ZADD', KEYS[3], ARGV[3], ARGV[7])
-end
-return {1, cur}
-"""
-
-# Acknowledge once. ARGV: 1 by, 2 at. Returns {-1} not found, {0, by, at} already
-# acknowledged (by whom, when), {1, by, at} acknowledged now.
-_ACKNOWLEDGE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', ''} end
-local by = redis.call('HGET', KEYS[1], 'ack_by')
-if by then return {0, by, redis.call('HGET', KEYS[1], 'ack_at')} end
-redis.call('HSET', KEYS[1], 'ack_by', ARGV[1], 'ack_at', ARGV[2])
-return {1, ARGV[1], ARGV[2]}
-"""
+_REVISE = Script.load("gateway.stores", "incident_revise")
+_ACKNOWLEDGE = Script.load("gateway.stores", "incident_acknowledge")
 
 
 class IncidentStore:
@@ -352,8 +293,7 @@ class IncidentStore:
         self.clock = clock
         self.box = secretbox
         self.blob_dir = blob_dir
-        self._revise = redis.register_script(_REVISE)
-        self._acknowledge = redis.register_script(_ACKNOWLEDGE)
+        self._scripts = ScriptRunner(redis)
 
     def _k(self, iid: str, suffix: str) -> str:
         return self._keys.item(iid, suffix)
@@ -487,11 +427,11 @@ class IncidentStore:
                                 field="severity")
         ch = {k: v for k, v in (("title", title), ("description", description),
                                 ("status", status), ("severity", severity)) if v is not None}
-        res = await self._revise(
-            keys=[self._k(iid, "meta"), self._k(iid, "rev"), self._held_key],
-            args=[json.dumps(ch, ensure_ascii=False), by, repr(self.clock()), reason or "",
-                  json.dumps({k: sorted(v) for k, v in TRANSITIONS.items()}),
-                  "1" if allow_same else "0", iid],
+        res = await self._scripts.run(
+            _REVISE, [self._k(iid, "meta"), self._k(iid, "rev"), self._held_key],
+            [json.dumps(ch, ensure_ascii=False), by, repr(self.clock()), reason or "",
+             json.dumps({k: sorted(v) for k, v in TRANSITIONS.items()}),
+             "1" if allow_same else "0", iid],
         )
         code = int(res[0])
         cur = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
@@ -510,8 +450,8 @@ class IncidentStore:
         """Record that ``by`` acknowledged the incident, unless someone already did.
 
         Returns ``(acknowledged now, by whom, when)``; the first acknowledgment stays."""
-        res = await self._acknowledge(keys=[self._k(iid, "meta")],
-                                      args=[by, repr(self.clock())])
+        res = await self._scripts.run(_ACKNOWLEDGE, [self._k(iid, "meta")],
+                                      [by, repr(self.clock())])
         code = int(res[0])
         if code == -1:
             raise IncidentError("not_found", "incident not found", status=404)

@@ -2,7 +2,7 @@
 pending sign-in between the first and the second factor; step-up freshness; and the
 list of an account's sessions (device, address, created, last seen).
 
-Redis keys (``P`` = prefix)::
+Redis keys (``P`` = prefix; named in gateway/stores/keys.py, ``MfaKeys``)::
 
     P mfa:totp:<username>          hash    secret (sealed, gateway/secretbox.py), confirmed
                                            ("0" while enrolment waits for a first code), created
@@ -55,7 +55,10 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
+from audit.scripts import Script, ScriptRunner
+
 from .secretbox import SecretBox, SecretBoxError
+from .stores.keys import MfaKeys
 
 STEP_UP_MAX_AGE_S = 300.0  # exporting evidence, rotating keys, erasing, managing staff
 PENDING_TTL_S = 300  # between the first factor and the second
@@ -72,17 +75,8 @@ Policy = Literal["required", "optional"]
 POLICIES: tuple[Policy, ...] = ("required", "optional")
 Method = Literal["totp", "webauthn", "recovery"]
 
-# The replay guard: accept a step only if it is later than the last one accepted.
-_TAKE_STEP = """
-local last = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) <= last then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'seen', ARGV[1]) end
-return 0
-"""
+_TAKE_STEP = Script.load("gateway.stores", "mfa_take_step")
+_TOUCH = Script.load("gateway.stores", "mfa_touch_session")
 
 
 class MfaError(Exception):
@@ -129,6 +123,8 @@ class MfaStore:
                  rp_name: str = "ClassGuard", session_ttl_s: float = 12 * 3600) -> None:
         self._r = redis
         self._p = prefix
+        self._k = MfaKeys(prefix)
+        self._scripts = ScriptRunner(redis)
         self._box = box
         self._clock = clock
         self.rp_id = rp_id
@@ -136,26 +132,23 @@ class MfaStore:
         self.rp_name = rp_name
         self._session_ttl = session_ttl_s
 
-    def _k(self, *parts: str) -> str:
-        return self._p + "mfa:" + ":".join(parts)
-
     # -- what an account has ---------------------------------------------------------------
 
     async def methods(self, username: str) -> list[Method]:
         out: list[Method] = []
-        if await self._r.hget(self._k("totp", username), "confirmed") == "1":
+        if await self._r.hget(self._k.totp(username), "confirmed") == "1":
             out.append("totp")
-        if await self._r.hlen(self._k("webauthn", username)):
+        if await self._r.hlen(self._k.webauthn(username)):
             out.append("webauthn")
         return out
 
     async def recovery_left(self, username: str) -> int:
-        return int(await self._r.hlen(self._k("recovery", username)))
+        return int(await self._r.hlen(self._k.recovery(username)))
 
     async def policy(self, org_chain: list[str]) -> Policy:
         """The nearest explicit policy along ``[org, parent, ..., root]``."""
         for org in org_chain:
-            value = await self._r.get(self._k("policy", org))
+            value = await self._r.get(self._k.policy(org))
             if value in POLICIES:
                 return value
         return "optional"
@@ -163,12 +156,12 @@ class MfaStore:
     async def set_policy(self, org: str, policy: Policy) -> None:
         if policy not in POLICIES:
             raise MfaError("invalid_policy", "policy must be required or optional")
-        await self._r.set(self._k("policy", org), policy)
+        await self._r.set(self._k.policy(org), policy)
 
     # -- failures (per account) ------------------------------------------------------------
 
     async def _check_regulated(self, username: str) -> None:
-        key = self._k("fail", username)
+        key = self._k.fail(username)
         n = int(await self._r.get(key) or 0)
         if n >= FAILURES_PER_WINDOW:
             ttl = int(await self._r.ttl(key))
@@ -176,14 +169,14 @@ class MfaStore:
                            retry_after=max(1, ttl))
 
     async def _fail(self, username: str) -> None:
-        key = self._k("fail", username)
+        key = self._k.fail(username)
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.expire(key, FAILURE_WINDOW_S, nx=True)
             await pipe.execute()
 
     async def _succeed(self, username: str) -> None:
-        await self._r.delete(self._k("fail", username))
+        await self._r.delete(self._k.fail(username))
 
     # -- TOTP ------------------------------------------------------------------------------
 
@@ -193,7 +186,7 @@ class MfaStore:
     async def begin_totp(self, username: str) -> str:
         """A new secret, kept unconfirmed until a first code proves the app holds it.
         Refused while a confirmed one exists (remove it first)."""
-        key = self._k("totp", username)
+        key = self._k.totp(username)
         if await self._r.hget(key, "confirmed") == "1":
             raise MfaError("already_enrolled", "an authenticator app is already enrolled")
         secret = pyotp.random_base32()
@@ -206,7 +199,7 @@ class MfaStore:
         return pyotp.TOTP(secret).provisioning_uri(name=username, issuer_name=self.rp_name)
 
     async def _totp_secret(self, username: str) -> tuple[str, bool] | None:
-        row = cast(dict[str, str], await self._r.hgetall(self._k("totp", username)))
+        row = cast(dict[str, str], await self._r.hgetall(self._k.totp(username)))
         if not row.get("secret"):
             return None
         try:
@@ -226,9 +219,9 @@ class MfaStore:
             at = int(now) + offset * TOTP_STEP_S
             if hmac.compare_digest(totp.at(at), code):
                 step = at // TOTP_STEP_S
-                took = await self._r.eval(
-                    _TAKE_STEP, 1, self._k("totp_step", username), str(step),
-                    str(TOTP_STEP_S * (2 * TOTP_SKEW_STEPS + 2)))
+                took = await self._scripts.run(
+                    _TAKE_STEP, [self._k.totp_step(username)],
+                    [str(step), str(TOTP_STEP_S * (2 * TOTP_SKEW_STEPS + 2))])
                 return bool(took)
         return False
 
@@ -242,17 +235,17 @@ class MfaStore:
             await self._fail(username)
             raise MfaError("invalid_code", "wrong or already used code")
         await self._succeed(username)
-        await self._r.hset(self._k("totp", username), "confirmed", "1")
+        await self._r.hset(self._k.totp(username), "confirmed", "1")
         return await self._new_recovery_codes_if_none(username)
 
     async def remove_totp(self, username: str) -> bool:
-        return bool(await self._r.delete(self._k("totp", username),
-                                         self._k("totp_step", username)))
+        return bool(await self._r.delete(self._k.totp(username),
+                                         self._k.totp_step(username)))
 
     # -- recovery codes --------------------------------------------------------------------
 
     async def _hmac_key(self) -> bytes:
-        key = self._k("recovery_key")
+        key = self._k.recovery_key()
         sealed = await self._r.get(key)
         if sealed is None:
             await self._r.set(key, self._box.encrypt(os.urandom(32), aad=b"mfa:recovery_key"),
@@ -269,7 +262,7 @@ class MfaStore:
         alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
         codes = ["".join(secrets.choice(alphabet) for _ in range(10))
                  for _ in range(RECOVERY_CODES)]
-        key = self._k("recovery", username)
+        key = self._k.recovery(username)
         now = str(self._clock())
         digests = {await self._code_digest(c): now for c in codes}
         async with self._r.pipeline(transaction=True) as pipe:
@@ -289,7 +282,7 @@ class MfaStore:
         NOTE: the lookup is by keyed HMAC, not by the code: how long Redis takes to find
         or miss a field tells nothing about any code."""
         await self._check_regulated(username)
-        ok = bool(await self._r.hdel(self._k("recovery", username),
+        ok = bool(await self._r.hdel(self._k.recovery(username),
                                      await self._code_digest(code)))
         if ok:
             await self._succeed(username)
@@ -300,7 +293,7 @@ class MfaStore:
     # -- WebAuthn --------------------------------------------------------------------------
 
     async def _credentials(self, username: str) -> dict[str, dict[str, Any]]:
-        rows = cast(dict[str, str], await self._r.hgetall(self._k("webauthn", username)))
+        rows = cast(dict[str, str], await self._r.hgetall(self._k.webauthn(username)))
         return {cid: json.loads(v) for cid, v in rows.items()}
 
     async def registration_options(self, username: str) -> str:
@@ -315,13 +308,13 @@ class MfaStore:
                 resident_key=ResidentKeyRequirement.PREFERRED,
                 user_verification=UserVerificationRequirement.PREFERRED),
         )
-        await self._r.set(self._k("challenge", "reg", username),
+        await self._r.set(self._k.challenge("reg", username),
                           bytes_to_base64url(opts.challenge), ex=CHALLENGE_TTL_S)
         return options_to_json(opts)
 
     async def register(self, username: str, credential: dict[str, Any]) -> list[str]:
         """Keep a new passkey; returns fresh recovery codes if the account had none."""
-        challenge = await self._r.getdel(self._k("challenge", "reg", username))
+        challenge = await self._r.getdel(self._k.challenge("reg", username))
         if challenge is None:
             raise MfaError("no_challenge", "ask for registration options first")
         try:
@@ -331,17 +324,17 @@ class MfaStore:
         except (InvalidRegistrationResponse, ValueError, KeyError, TypeError) as exc:
             raise MfaError("invalid_credential", f"passkey refused: {exc}") from exc
         cid = bytes_to_base64url(v.credential_id)
-        await self._r.hset(self._k("webauthn", username), cid, json.dumps({
+        await self._r.hset(self._k.webauthn(username), cid, json.dumps({
             "pk": bytes_to_base64url(v.credential_public_key), "count": v.sign_count,
             "created": self._clock()}))
         return await self._new_recovery_codes_if_none(username)
 
     async def forget_recovery_codes(self, username: str) -> None:
         """With no factor left, recovery codes would stand in for nothing."""
-        await self._r.delete(self._k("recovery", username))
+        await self._r.delete(self._k.recovery(username))
 
     async def remove_passkeys(self, username: str) -> bool:
-        return bool(await self._r.delete(self._k("webauthn", username)))
+        return bool(await self._r.delete(self._k.webauthn(username)))
 
     async def authentication_options(self, username: str, purpose: str) -> str:
         creds = await self._credentials(username)
@@ -352,14 +345,14 @@ class MfaStore:
             allow_credentials=[PublicKeyCredentialDescriptor(id=base64url_to_bytes(c))
                                for c in creds],
             user_verification=UserVerificationRequirement.PREFERRED)
-        await self._r.set(self._k("challenge", purpose, username),
+        await self._r.set(self._k.challenge(purpose, username),
                           bytes_to_base64url(opts.challenge), ex=CHALLENGE_TTL_S)
         return options_to_json(opts)
 
     async def verify_assertion(self, username: str, purpose: str,
                                credential: dict[str, Any]) -> bool:
         await self._check_regulated(username)
-        challenge = await self._r.getdel(self._k("challenge", purpose, username))
+        challenge = await self._r.getdel(self._k.challenge(purpose, username))
         creds = await self._credentials(username)
         cid = credential.get("id") if isinstance(credential, dict) else None
         row = creds.get(cid) if isinstance(cid, str) else None
@@ -376,7 +369,7 @@ class MfaStore:
             await self._fail(username)
             return False
         row["count"] = v.new_sign_count
-        await self._r.hset(self._k("webauthn", username), str(cid), json.dumps(row))
+        await self._r.hset(self._k.webauthn(username), str(cid), json.dumps(row))
         await self._succeed(username)
         return True
 
@@ -404,29 +397,29 @@ class MfaStore:
         token = secrets.token_urlsafe(32)
         body = {"u": p.username, "ip": p.ip, "ua": p.user_agent, "via": p.via,
                 "fc": p.failures[0], "fr": [list(x) for x in p.failures[1]]}
-        await self._r.set(self._k("pending", _sha(token)), json.dumps(body), ex=PENDING_TTL_S)
+        await self._r.set(self._k.pending(_sha(token)), json.dumps(body), ex=PENDING_TTL_S)
         return token
 
     async def peek_pending(self, token: str | None) -> Pending | None:
         if not token or len(token) > 128:
             return None
-        raw = await self._r.get(self._k("pending", _sha(token)))
+        raw = await self._r.get(self._k.pending(_sha(token)))
         return _pending(raw)
 
     async def take_pending(self, token: str) -> Pending | None:
         """The pending sign-in, consumed: one second factor opens one session."""
         if not token or len(token) > 128:
             return None
-        return _pending(await self._r.getdel(self._k("pending", _sha(token))))
+        return _pending(await self._r.getdel(self._k.pending(_sha(token))))
 
     # -- freshness -------------------------------------------------------------------------
 
     async def mark_fresh(self, sid_hash: str) -> None:
-        await self._r.set(self._k("fresh", sid_hash), str(self._clock()),
+        await self._r.set(self._k.fresh(sid_hash), str(self._clock()),
                           ex=max(1, int(self._session_ttl)))
 
     async def fresh_age(self, sid_hash: str) -> float | None:
-        raw = await self._r.get(self._k("fresh", sid_hash))
+        raw = await self._r.get(self._k.fresh(sid_hash))
         if raw is None:
             return None
         return self._clock() - float(raw)
@@ -435,7 +428,7 @@ class MfaStore:
 
     async def note_session(self, sid_hash: str, username: str, ip: str, user_agent: str,
                            created: float) -> None:
-        key = self._k("session", sid_hash)
+        key = self._k.session(sid_hash)
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping={"u": username, "ip": ip, "ua": user_agent[:512],
                                     "created": str(created), "seen": str(created)})
@@ -445,7 +438,7 @@ class MfaStore:
     async def describe_sessions(self, sid_hashes: list[str]) -> list[SessionInfo]:
         out: list[SessionInfo] = []
         for h in sid_hashes:
-            row = cast(dict[str, str], await self._r.hgetall(self._k("session", h)))
+            row = cast(dict[str, str], await self._r.hgetall(self._k.session(h)))
             if not row:
                 out.append(SessionInfo(h, "", "", 0.0, 0.0))
                 continue
@@ -454,12 +447,12 @@ class MfaStore:
         return out
 
     async def forget_session(self, sid_hash: str) -> None:
-        await self._r.delete(self._k("session", sid_hash), self._k("fresh", sid_hash))
+        await self._r.delete(self._k.session(sid_hash), self._k.fresh(sid_hash))
 
 
 async def touch_session(redis: aioredis.Redis, prefix: str, sid_hash: str, now: float) -> None:
     """Note that a session was used (its owner's session list shows "last seen")."""
-    await redis.eval(_TOUCH, 1, f"{prefix}mfa:session:{sid_hash}", str(now))
+    await ScriptRunner(redis).run(_TOUCH, [MfaKeys(prefix).session(sid_hash)], [str(now)])
 
 
 def _text(value: str | bytes) -> str:

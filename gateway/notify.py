@@ -24,10 +24,11 @@ mailed at most once per incident.
 
 How. Jobs live in Redis, not in a process: a sorted set of job ids by due time and a
 hash of the jobs. Every gateway process runs :meth:`Notifier.run`, which claims due jobs
-with one script (``_CLAIM``): a claimed job is pushed ``lease`` seconds ahead and given
-a fresh token, so exactly one process holds it; a process that dies mid-send leaves it
-to be claimed again when the lease runs out. Finishing or rescheduling checks the token
-(``_FINISH``). The timers therefore survive restarts and are shared by every process.
+with one script (gateway/stores/lua/notify_claim.lua): a claimed job is pushed
+``lease`` seconds ahead and given a fresh token, so exactly one process holds it; a
+process that dies mid-send leaves it to be claimed again when the lease runs out.
+Finishing or rescheduling checks the token (notify_finish.lua). The timers therefore
+survive restarts and are shared by every process.
 
 Delivery runs in the background with timeouts (``smtp_timeout_s`` per SMTP step, three
 times that in all), is retried ``smtp_max_attempts`` times with exponential back-off
@@ -40,7 +41,8 @@ the results (``P {notify}:log:<incident>``).
 The message holds the class name, the time and a link to the incident, Vietnamese first
 then English; no student name, no description (THREAT_MODEL.md).
 
-Keys (``P`` = the Redis prefix; one hash tag so the scripts stay on one Cluster slot)::
+Keys (``P`` = the Redis prefix; one hash tag so the scripts stay on one Cluster slot;
+named in gateway/stores/keys.py, ``NotifyKeys``)::
 
     P {notify}:due              zset    job id -> due time (unix seconds)
     P {notify}:jobs             hash    job id -> job JSON (kind, incident, level, ...)
@@ -70,10 +72,13 @@ from zoneinfo import ZoneInfo
 import aiosmtplib
 import redis.asyncio as aioredis
 
+from audit.scripts import Script, ScriptRunner
+
 from . import i18n
 from .config import Settings
 from .incidents import Incident, IncidentStore
 from .secretbox import SecretBox
+from .stores.keys import NotifyKeys
 
 if TYPE_CHECKING:
     from .services import Services
@@ -90,58 +95,11 @@ SEALED_PASSWORD_AAD = b"settings:smtp_password"
 
 Reason = Literal["opened", "serious", "unacknowledged"]
 
-# KEYS: due, jobs. ARGV: 1 now, 2 lease until, 3 limit, 4 claim token prefix.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0,
-                       tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  local raw = redis.call('HGET', KEYS[2], id)
-  if raw then
-    local job = cjson.decode(raw)
-    job['token'] = ARGV[4] .. ':' .. id
-    local enc = cjson.encode(job)
-    redis.call('HSET', KEYS[2], id, enc)
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    table.insert(out, enc)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
-
-# KEYS: due, jobs. ARGV: 1 id, 2 token, 3 next due ('' = done), 4 the job JSON for then.
-# Returns 0 when the job is no longer this claimant's (its lease ran out and another
-# process claimed it), 1 otherwise.
-_FINISH = """
-local raw = redis.call('HGET', KEYS[2], ARGV[1])
-if not raw then return 0 end
-if cjson.decode(raw)['token'] ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-end
-return 1
-"""
-
-# Queue a level's email once. KEYS: levels, due, jobs. ARGV: 1 level, 2 id, 3 job, 4 due.
-_QUEUE_MAIL = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[2])
-return 1
-"""
-
-# Schedule a check unless one is already pending. KEYS: due, jobs. ARGV: id, job, due.
-_QUEUE_CHECK = """
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-return 1
-"""
+# gateway/stores/lua/notify_*.lua
+_CLAIM = Script.load("gateway.stores", "notify_claim")
+_FINISH = Script.load("gateway.stores", "notify_finish")
+_QUEUE_MAIL = Script.load("gateway.stores", "notify_queue_mail")
+_QUEUE_CHECK = Script.load("gateway.stores", "notify_queue_check")
 
 
 class NotifyQueue:
@@ -150,23 +108,11 @@ class NotifyQueue:
     def __init__(self, redis: aioredis.Redis, prefix: str, *,
                  clock: Callable[[], float]) -> None:
         self.r = redis
-        self.p = prefix
+        self.k = NotifyKeys(prefix)
         self.clock = clock
-        self.due_key = f"{prefix}{{notify}}:due"
-        self.jobs_key = f"{prefix}{{notify}}:jobs"
-        self._claim = redis.register_script(_CLAIM)
-        self._finish = redis.register_script(_FINISH)
-        self._queue_mail = redis.register_script(_QUEUE_MAIL)
-        self._queue_check = redis.register_script(_QUEUE_CHECK)
-
-    def levels_key(self, iid: str) -> str:
-        return f"{self.p}{{notify}}:levels:{iid}"
-
-    def first_key(self, iid: str) -> str:
-        return f"{self.p}{{notify}}:first:{iid}"
-
-    def log_key(self, iid: str) -> str:
-        return f"{self.p}{{notify}}:log:{iid}"
+        self.due_key = self.k.due()
+        self.jobs_key = self.k.jobs()
+        self._scripts = ScriptRunner(redis)
 
     async def queue_mail(self, iid: str, level: int, reason: Reason, *,
                          origin_at: float | None = None) -> bool:
@@ -178,9 +124,9 @@ class NotifyQueue:
                                "reason": reason, "attempt": 0, "queued_at": self.clock()}
         if origin_at is not None:
             job["origin_at"] = origin_at
-        return bool(await self._queue_mail(
-            keys=[self.levels_key(iid), self.due_key, self.jobs_key],
-            args=[level, jid, json.dumps(job), repr(self.clock())]))
+        return bool(await self._scripts.run(
+            _QUEUE_MAIL, [self.k.levels(iid), self.due_key, self.jobs_key],
+            [level, jid, json.dumps(job), repr(self.clock())]))
 
     async def queue_check(self, iid: str, level: int, after_s: float) -> bool:
         """Check after ``after_s`` whether the incident was acknowledged; if not, mail
@@ -189,9 +135,9 @@ class NotifyQueue:
             return False
         jid = f"check:{iid}:{level}"
         job = {"kind": "check", "incident": iid, "level": level}
-        return bool(await self._queue_check(
-            keys=[self.due_key, self.jobs_key],
-            args=[jid, json.dumps(job), repr(self.clock() + after_s)]))
+        return bool(await self._scripts.run(
+            _QUEUE_CHECK, [self.due_key, self.jobs_key],
+            [jid, json.dumps(job), repr(self.clock() + after_s)]))
 
     async def drop_checks(self, iid: str) -> None:
         ids = [f"check:{iid}:{lv}" for lv in range(MAX_LEVEL + 1)]
@@ -202,27 +148,27 @@ class NotifyQueue:
 
     async def claim(self, lease_s: float, limit: int = CLAIM_BATCH) -> list[dict[str, Any]]:
         now = self.clock()
-        raw: list[Any] = await self._claim(
-            keys=[self.due_key, self.jobs_key],
-            args=[repr(now), repr(now + lease_s), limit, secrets.token_hex(8)])
+        raw: list[Any] = await self._scripts.run(
+            _CLAIM, [self.due_key, self.jobs_key],
+            [repr(now), repr(now + lease_s), limit, secrets.token_hex(8)])
         return [json.loads(x) for x in raw]
 
     async def finish(self, job: dict[str, Any], *, retry_at: float | None = None) -> bool:
         jid = job_id(job)
-        return bool(await self._finish(
-            keys=[self.due_key, self.jobs_key],
-            args=[jid, str(job.get("token", "")),
-                  "" if retry_at is None else repr(retry_at), json.dumps(job)]))
+        return bool(await self._scripts.run(
+            _FINISH, [self.due_key, self.jobs_key],
+            [jid, str(job.get("token", "")),
+             "" if retry_at is None else repr(retry_at), json.dumps(job)]))
 
     async def add_log(self, iid: str, entry: dict[str, Any]) -> None:
         async with self.r.pipeline(transaction=True) as p:
-            p.rpush(self.log_key(iid), json.dumps(entry, ensure_ascii=False))
-            p.ltrim(self.log_key(iid), -LOG_KEPT, -1)
+            p.rpush(self.k.log(iid), json.dumps(entry, ensure_ascii=False))
+            p.ltrim(self.k.log(iid), -LOG_KEPT, -1)
             await p.execute()
 
     async def results(self, iid: str) -> list[dict[str, Any]]:
         """The notification results of an incident, oldest first."""
-        raw: list[Any] = await self.r.lrange(self.log_key(iid), 0, -1)
+        raw: list[Any] = await self.r.lrange(self.k.log(iid), 0, -1)
         return [json.loads(x) for x in raw]
 
     async def pending(self) -> int:
@@ -488,7 +434,7 @@ class Notifier:
                                attempt=attempt)
             await self.queue.finish({**job, "attempt": attempt}, retry_at=retry_at)
             return
-        if await svc.redis.set(self.queue.first_key(inc.id), repr(svc.clock()), nx=True):
+        if await svc.redis.set(self.queue.k.first(inc.id), repr(svc.clock()), nx=True):
             origin = float(job.get("origin_at") or inc.created_at)
             svc.metrics.incident_first_notification.observe(max(0.0, svc.clock() - origin))
         await self._result(inc, "incident.notified", {**base, "attempt": attempt},

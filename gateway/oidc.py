@@ -5,7 +5,7 @@ discovery URL). Staff sign in with the authorization code flow, PKCE (S256), ``s
 and ``nonce`` (Authlib's OAuth 2 helpers); the ID token is checked with joserfc (the JOSE
 library Authlib is built on) against the provider's published keys.
 
-Redis keys (``P`` = prefix)::
+Redis keys (``P`` = prefix; named in gateway/stores/keys.py, ``OidcKeys``)::
 
     P staff:oidc:org:<slug>        hash    the org's provider settings (client secret
                                            sealed by gateway/secretbox.py)
@@ -42,6 +42,7 @@ from joserfc.jwk import KeySet
 
 from .secretbox import SecretBox
 from .staff import ROLES, Role, StaffError, validate_role, validate_slug
+from .stores.keys import OidcKeys
 
 ProviderKind = Literal["google", "entra", "generic"]
 PROVIDERS: tuple[ProviderKind, ...] = ("google", "entra", "generic")
@@ -208,11 +209,8 @@ class OidcStore:
                  clock: Any = time.time) -> None:
         self._r = redis
         self._box = box
-        self._p = prefix
+        self._k = OidcKeys(prefix)
         self._clock = clock
-
-    def _k(self, rest: str) -> str:
-        return f"{self._p}staff:oidc:{rest}"
 
     def _aad(self, org: str) -> bytes:
         return f"oidc:{org}:client_secret".encode()
@@ -223,29 +221,29 @@ class OidcStore:
         """Store an org's provider; a new ``client_secret`` is sealed, None keeps the old
         one. A domain already claimed by another org is ``org_conflict``."""
         for domain in settings.domains:
-            owner = await self._r.get(self._k(f"domain:{domain}"))
+            owner = await self._r.get(self._k.domain(domain))
             if owner is not None and owner != settings.org:
                 raise StaffError("org_conflict",
                                  f"domain {domain} belongs to org {owner!r}", "domains")
         old = await self.get(settings.org)
         sealed = (self._box.encrypt(client_secret.encode(), aad=self._aad(settings.org))
                   if client_secret is not None
-                  else cast(str | None, await self._r.hget(self._k(f"org:{settings.org}"),
+                  else cast(str | None, await self._r.hget(self._k.org(settings.org),
                                                            "secret")))
         record: dict[str, Any] = {k: json.dumps(v) for k, v in settings.public().items()}
         record["secret"] = sealed or ""
         async with self._r.pipeline(transaction=True) as pipe:
             if old is not None:
                 for domain in set(old.domains) - set(settings.domains):
-                    pipe.delete(self._k(f"domain:{domain}"))
+                    pipe.delete(self._k.domain(domain))
             for domain in settings.domains:
-                pipe.set(self._k(f"domain:{domain}"), settings.org)
-            pipe.delete(self._k(f"org:{settings.org}"))
-            pipe.hset(self._k(f"org:{settings.org}"), mapping=cast(Any, record))
+                pipe.set(self._k.domain(domain), settings.org)
+            pipe.delete(self._k.org(settings.org))
+            pipe.hset(self._k.org(settings.org), mapping=cast(Any, record))
             await pipe.execute()
 
     async def get(self, org: str) -> OrgOidc | None:
-        raw = cast(dict[str, str], await self._r.hgetall(self._k(f"org:{org}")))
+        raw = cast(dict[str, str], await self._r.hgetall(self._k.org(org)))
         if not raw:
             return None
         d = {k: json.loads(v) for k, v in raw.items() if k != "secret"}
@@ -258,7 +256,7 @@ class OidcStore:
             passwords=bool(d.get("passwords", True)), allow_hmac=bool(d.get("allow_hmac")))
 
     async def client_secret(self, org: str) -> str | None:
-        sealed = cast(str | None, await self._r.hget(self._k(f"org:{org}"), "secret"))
+        sealed = cast(str | None, await self._r.hget(self._k.org(org), "secret"))
         if not sealed:
             return None
         return self._box.decrypt(sealed, aad=self._aad(org)).decode()
@@ -267,12 +265,12 @@ class OidcStore:
         old = await self.get(org)
         if old is None:
             return False
-        keys = [self._k(f"org:{org}")] + [self._k(f"domain:{d}") for d in old.domains]
+        keys = [self._k.org(org)] + [self._k.domain(d) for d in old.domains]
         await self._r.delete(*keys)
         return True
 
     async def org_of_domain(self, domain: str) -> str | None:
-        return cast(str | None, await self._r.get(self._k(f"domain:{domain.lower()}")))
+        return cast(str | None, await self._r.get(self._k.domain(domain.lower())))
 
     async def passwords_allowed(self, org: str, ancestors: list[str]) -> bool:
         """False when the account's org, or an org above it, turned passwords off."""
@@ -291,17 +289,17 @@ class OidcStore:
         if "@" not in address or not _DOMAIN_RE.fullmatch(email_domain(address)) \
                 or len(address) > 254:
             raise _bad("email", "email must be an address such as co.lan@school.edu.vn")
-        await self._r.set(self._k(f"email:{address}"), username)
+        await self._r.set(self._k.email(address), username)
 
     async def user_of_email(self, email: str) -> str | None:
-        return cast(str | None, await self._r.get(self._k(f"email:{normalize_email(email)}")))
+        return cast(str | None, await self._r.get(self._k.email(normalize_email(email))))
 
     async def user_of_subject(self, issuer: str, subject: str) -> str | None:
-        key = self._k(f"sub:{_sha(issuer + chr(0) + subject)}")
+        key = self._k.subject(_sha(issuer + chr(0) + subject))
         return cast(str | None, await self._r.get(key))
 
     async def link_subject(self, issuer: str, subject: str, username: str) -> None:
-        await self._r.set(self._k(f"sub:{_sha(issuer + chr(0) + subject)}"), username)
+        await self._r.set(self._k.subject(_sha(issuer + chr(0) + subject)), username)
 
     # -- sign-ins under way -----------------------------------------------------------------
 
@@ -309,7 +307,7 @@ class OidcStore:
         state = generate_token(43)
         pending = Pending(org=org, nonce=generate_token(43), verifier=generate_token(64),
                           next=nxt, created=self._clock())
-        await self._r.set(self._k(f"state:{state}"),
+        await self._r.set(self._k.state(state),
                           json.dumps({"org": org, "nonce": pending.nonce,
                                       "verifier": pending.verifier, "next": nxt,
                                       "created": pending.created}), ex=STATE_TTL_S)
@@ -319,7 +317,7 @@ class OidcStore:
         """The sign-in of ``state``, forgotten as it is read: a replayed state is None."""
         if not isinstance(state, str) or not re.fullmatch(r"[A-Za-z0-9]{20,128}", state):
             return None
-        raw = cast(str | None, await self._r.getdel(self._k(f"state:{state}")))
+        raw = cast(str | None, await self._r.getdel(self._k.state(state)))
         if raw is None:
             return None
         d = json.loads(raw)
@@ -328,7 +326,7 @@ class OidcStore:
 
     async def nonce_seen(self, nonce: str) -> bool:
         """Mark an ID token's nonce used; True if it was used before (a replayed token)."""
-        fresh = await self._r.set(self._k(f"nonce:{_sha(nonce)}"), "1", nx=True,
+        fresh = await self._r.set(self._k.nonce(_sha(nonce)), "1", nx=True,
                                   ex=STATE_TTL_S + CLOCK_LEEWAY_S)
         return not fresh
 
@@ -336,7 +334,7 @@ class OidcStore:
 
     async def _cached_json(self, http: aiohttp.ClientSession, url: str, kind: str,
                            *, refresh: bool = False) -> dict[str, Any]:
-        key = self._k(f"{kind}:{_sha(url)}")
+        key = self._k.cached(kind, _sha(url))
         if not refresh:
             cached = cast(str | None, await self._r.get(key))
             if cached is not None:

@@ -59,6 +59,8 @@ from typing import Any, Literal, cast, get_args
 
 import redis.asyncio as aioredis
 
+from audit.scripts import Script, ScriptRunner
+
 from . import staff_secrets as sec
 from .authz import Target
 from .config import valid_email
@@ -227,29 +229,8 @@ def check_csrf(session: Session, header_value: str | None) -> bool:
 
 # -- the store -----------------------------------------------------------------------------
 
-_CREATE_ORG = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-if ARGV[3] ~= '' then
-  if redis.call('EXISTS', KEYS[3]) == 0 then
-    return -1
-  end
-  redis.call('SADD', KEYS[4], ARGV[1])
-end
-redis.call('HSET', KEYS[1], 'v', ARGV[5], 'slug', ARGV[1], 'name', ARGV[2],
-           'parent', ARGV[3], 'created', ARGV[4])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"""
-
-_CREATE_USER = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
-"""
+_CREATE_ORG = Script.load("gateway.stores", "staff_create_org")
+_CREATE_USER = Script.load("gateway.stores", "staff_create_user")
 
 
 class StaffStore:
@@ -312,8 +293,7 @@ class StaffStore:
             account_max_failures=login_account_max_failures,
             account_slow_s=login_account_slow_s,
         )
-        self._create_org = redis.register_script(_CREATE_ORG)
-        self._create_user = redis.register_script(_CREATE_USER)
+        self._scripts = ScriptRunner(redis)
 
     # typed reads (the client decodes responses, its stubs cannot know that)
     async def _hgetall(self, key: str) -> dict[str, str]:
@@ -433,14 +413,15 @@ class StaffStore:
                     existing = Org(slug, clean_name, existing.parent)
                 return existing
             parent_slug = parent or ""
-            created = await self._create_org(
-                keys=[
+            created = await self._scripts.run(
+                _CREATE_ORG,
+                [
                     self._org_key(slug),
                     self._keys.all_orgs(),
                     self._org_key(parent_slug or slug),
                     self._children_key(parent_slug or slug),
                 ],
-                args=[slug, clean_name or slug, parent_slug, self._clock(), _RECORD_VERSION],
+                [slug, clean_name or slug, parent_slug, self._clock(), _RECORD_VERSION],
             )
             if int(created) == -1:
                 raise StaffError("unknown_org", f"parent org {parent!r} does not exist", "parent")
@@ -560,9 +541,10 @@ class StaffStore:
         # The index goes first: an index entry without a record is skipped when listing,
         # a record missing from the index would be invisible.
         await self._r.sadd(self._keys.users(), name)
-        created = await self._create_user(
-            keys=[self._user_key(name)],
-            args=[
+        created = await self._scripts.run(
+            _CREATE_USER,
+            [self._user_key(name)],
+            [
                 "v", _RECORD_VERSION,
                 "username", name,
                 "role", checked_role,

@@ -51,98 +51,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from audit.scripts import Script, ScriptRunner
+
 from .stores.keys import StaffKeys
 
-# KEYS: 1 pair window, 2 pair ban, 3 source window, 4 source ban, 5 account window,
-#       6 account gate, 7 account's trusted sources
-# ARGV: 1 now, 2 member, 3 window, 4 pair limit, 5 source limit, 6 account limit,
-#       7 gate (ms), 8 source digest
-_BEGIN = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[3])
-local limits = {tonumber(ARGV[4]), tonumber(ARGV[5])}
-local wait = 0
-for i = 0, 1 do
-  local z, h = KEYS[i * 2 + 1], KEYS[i * 2 + 2]
-  local banned_until = tonumber(redis.call('HGET', h, 'until') or 0)
-  if banned_until > now then
-    wait = math.max(wait, banned_until - now)
-  else
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
-    if redis.call('ZCARD', z) >= limits[i + 1] then
-      local oldest = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-      wait = math.max(wait, tonumber(oldest[2]) + window - now)
-    end
-  end
-end
-if wait > 0 then
-  return wait
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - window)
-if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[6])
-    and redis.call('HEXISTS', KEYS[7], ARGV[8]) == 0 then
-  -- the account is under attack from many sources: slowed, one attempt per gate
-  local held_until = tonumber(redis.call('GET', KEYS[6]) or 0)
-  if held_until > now then
-    return held_until - now
-  end
-  redis.call('SET', KEYS[6], now + tonumber(ARGV[7]), 'PX', ARGV[7])
-end
-for _, z in ipairs({KEYS[1], KEYS[3], KEYS[5]}) do
-  redis.call('ZADD', z, now, ARGV[2])
-  redis.call('PEXPIRE', z, window)
-end
-return 0
-"""
-
-# KEYS: 1 pair window, 2 pair ban, 3 source window, 4 source ban
-_FAILED = """
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[3])
-local limits = {tonumber(ARGV[4]), tonumber(ARGV[5])}
-local ban, ban_max, decay = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local longest = 0
-for i = 0, 1 do
-  local z, h = KEYS[i * 2 + 1], KEYS[i * 2 + 2]
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', now - window)
-  -- an attempt whose window was already cleared by a ban must not ban again
-  if redis.call('ZSCORE', z, ARGV[2]) and redis.call('ZCARD', z) >= limits[i + 1] then
-    local level = tonumber(redis.call('HGET', h, 'level') or 0)
-    local previous = tonumber(redis.call('HGET', h, 'until') or 0)
-    if now - previous >= decay then
-      level = 0
-    end
-    local duration = ban
-    for _ = 1, level do
-      if duration >= ban_max then break end
-      duration = duration * 2
-    end
-    if duration > ban_max then duration = ban_max end
-    redis.call('HSET', h, 'until', now + duration, 'level', level + 1)
-    redis.call('PEXPIRE', h, duration + decay)
-    redis.call('DEL', z)
-    longest = math.max(longest, duration)
-  end
-end
-return longest
-"""
-
-# KEYS: 1 pair window, 2 pair ban, 3 source window, 4 account window,
-#       5 account's trusted sources
-# ARGV: 1 account tag, 2 member, 3 now, 4 source digest, 5 trust (ms)
-_SUCCEEDED = """
-redis.call('DEL', KEYS[1], KEYS[2])
-local tag = ARGV[1]
-for _, member in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  if string.sub(member, 1, string.len(tag)) == tag then
-    redis.call('ZREM', KEYS[3], member)
-  end
-end
-redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('HSET', KEYS[5], ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[5], ARGV[5])
-return 0
-"""
+# The three steps of a sign-in attempt (gateway/stores/lua/login_*.lua).
+_BEGIN = Script.load("gateway.stores", "login_begin")
+_FAILED = Script.load("gateway.stores", "login_failed")
+_SUCCEEDED = Script.load("gateway.stores", "login_succeeded")
 
 
 def ip_bucket(ip: str) -> str:
@@ -210,9 +126,7 @@ class LoginRegulator:
         self._ban_ms = math.ceil(ban_s * 1000)
         self._ban_max_ms = math.ceil(ban_max_s * 1000)
         self._decay_ms = math.ceil(decay_s * 1000)
-        self._begin = redis.register_script(_BEGIN)
-        self._failed = redis.register_script(_FAILED)
-        self._succeeded = redis.register_script(_SUCCEEDED)
+        self._scripts = ScriptRunner(redis)
 
     @staticmethod
     def _digest(kind: str, value: str) -> str:
@@ -240,18 +154,18 @@ class LoginRegulator:
         source = self._digest("i", ip_bucket(ip))
         # The account tag lets a success take back this account's attempts from the IP.
         member = f"{self._digest('a', account)[:16]}:{secrets.token_hex(8)}"
-        wait_ms: Any = await self._begin(
-            keys=list(keys),
-            args=[self._now_ms(), member, self._window_ms, self._max, self._ip_max,
-                  self._account_max, self._slow_ms, source],
+        wait_ms: Any = await self._scripts.run(
+            _BEGIN, list(keys),
+            [self._now_ms(), member, self._window_ms, self._max, self._ip_max,
+             self._account_max, self._slow_ms, source],
         )
         return Attempt(keys, member, source, math.ceil(int(wait_ms) / 1000))
 
     async def failed(self, attempt: Attempt) -> int:
         """Keep the attempt counted; returns the ban (seconds) this failure started, or 0."""
-        banned_ms: Any = await self._failed(
-            keys=list(attempt.keys[:4]),
-            args=[
+        banned_ms: Any = await self._scripts.run(
+            _FAILED, list(attempt.keys[:4]),
+            [
                 self._now_ms(),
                 attempt.member,
                 self._window_ms,
@@ -273,9 +187,9 @@ class LoginRegulator:
         # the slow-down a distributed attack earned.
         tag = attempt.member.partition(":")[0] + ":"
         k = attempt.keys
-        await self._succeeded(keys=[k[0], k[1], k[2], k[4], k[6]],
-                              args=[tag, attempt.member, self._now_ms(), attempt.source,
-                                    self._trust_ms])
+        await self._scripts.run(_SUCCEEDED, [k[0], k[1], k[2], k[4], k[6]],
+                                [tag, attempt.member, self._now_ms(), attempt.source,
+                                 self._trust_ms])
 
     async def reset(self, *, account: str | None = None, ip: str | None = None) -> None:
         """Lift a ban and forget the failures (an administrator's unlock): of the account

@@ -233,4 +233,102 @@ class IncidentKeys:
         return f"{self.p}incidents:usage:{org}"
 
 
-__all__ = ["AuditKeys", "IncidentKeys", "Keys", "StaffKeys"]
+class NotifyKeys:
+    """The incident notification jobs (gateway/notify.py); one hash tag ``{notify}`` so
+    its scripts stay on one Cluster slot."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def due(self) -> str:  # job id -> due time
+        return f"{self.p}{{notify}}:due"
+
+    def jobs(self) -> str:  # job id -> job json
+        return f"{self.p}{{notify}}:jobs"
+
+    def levels(self, iid: str) -> str:  # levels already queued for an incident
+        return f"{self.p}{{notify}}:levels:{iid}"
+
+    def first(self, iid: str) -> str:  # when an incident's first email went out
+        return f"{self.p}{{notify}}:first:{iid}"
+
+    def log(self, iid: str) -> str:  # results shown on the incident page
+        return f"{self.p}{{notify}}:log:{iid}"
+
+
+class MfaKeys:
+    """Second factors, pending sign-ins and staff session details (gateway/mfa.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def _k(self, *parts: str) -> str:
+        return f"{self.p}mfa:" + ":".join(parts)
+
+    def totp(self, username: str) -> str:
+        return self._k("totp", username)
+
+    def totp_step(self, username: str) -> str:  # the last TOTP step accepted
+        return self._k("totp_step", username)
+
+    def recovery(self, username: str) -> str:
+        return self._k("recovery", username)
+
+    def recovery_key(self) -> str:  # the HMAC key of recovery codes, sealed
+        return self._k("recovery_key")
+
+    def webauthn(self, username: str) -> str:
+        return self._k("webauthn", username)
+
+    def challenge(self, purpose: str, subject: str) -> str:
+        return self._k("challenge", purpose, subject)
+
+    def pending(self, token_hash: str) -> str:  # a sign-in whose first factor passed
+        return self._k("pending", token_hash)
+
+    def fresh(self, sid_hash: str) -> str:  # when a session last proved a second factor
+        return self._k("fresh", sid_hash)
+
+    def fail(self, username: str) -> str:
+        return self._k("fail", username)
+
+    def policy(self, org: str) -> str:
+        return self._k("policy", org)
+
+    def session(self, sid_hash: str) -> str:
+        return self._k("session", sid_hash)
+
+
+class OidcKeys:
+    """OpenID Connect providers, account links and sign-ins under way (gateway/oidc.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def _k(self, rest: str) -> str:
+        return f"{self.p}staff:oidc:{rest}"
+
+    def org(self, slug: str) -> str:  # the org's provider settings
+        return self._k(f"org:{slug}")
+
+    def domain(self, domain: str) -> str:  # the org whose staff use this email domain
+        return self._k(f"domain:{domain}")
+
+    def email(self, address: str) -> str:  # the account made for this email address
+        return self._k(f"email:{address}")
+
+    def subject(self, digest: str) -> str:  # the account linked to (issuer, subject)
+        return self._k(f"sub:{digest}")
+
+    def state(self, state: str) -> str:  # one sign-in under way
+        return self._k(f"state:{state}")
+
+    def nonce(self, digest: str) -> str:  # a nonce already used
+        return self._k(f"nonce:{digest}")
+
+    def cached(self, kind: str, digest: str) -> str:  # "disc" or "jwks" of a provider URL
+        return self._k(f"{kind}:{digest}")
+
+
+__all__ = ["AuditKeys", "IncidentKeys", "Keys", "MfaKeys", "NotifyKeys", "OidcKeys",
+           "StaffKeys"]
