@@ -233,4 +233,20 @@ class IncidentKeys:
         return f"{self.p}incidents:usage:{org}"
 
 
-__all__ = ["AuditKeys", "IncidentKeys", "Keys", "StaffKeys"]
+class ReportKeys:
+    """Problems reported by students and parents (gateway/stores/reports.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def item(self, rid: str) -> str:  # the report: "body" json, "decided" claim, "decision"
+        return f"{self.p}{{r:{rid}}}:item"
+
+    def of_org(self, org: str) -> str:  # report id -> when it was made
+        return f"{self.p}reports:org:{org}"
+
+    def of_class(self, cid: str) -> str:
+        return f"{self.p}reports:class:{cid}"
+
+
+__all__ = ["AuditKeys", "IncidentKeys", "Keys", "ReportKeys", "StaffKeys"]
