@@ -50,8 +50,8 @@ async def test_a_student_reports_a_stranger_and_the_teacher_opens_an_incident(
     await expect(form.get_by_role("heading", name=t(lang, "report.heading"))).to_be_visible()
     name = f"report-form-{'phone' if phone else 'desktop'}"
     await check_page(form, swatch, lang=lang, where="report form", shots=artifacts, name=name)
-    await form.get_by_label(t(lang, "report.category.stranger")).check()
-    await expect(form.get_by_label(t(lang, "report.role.student"))).to_be_checked()
+    await form.get_by_label(t(lang, "report_form.category.stranger")).check()
+    await expect(form.get_by_label(t(lang, "report_form.role.student"))).to_be_checked()
     await form.get_by_label(t(lang, "report.text")).fill(WORDS)
     async with form.expect_navigation():
         await form.get_by_role("button", name=t(lang, "report.submit")).click()
