@@ -15,6 +15,11 @@ from tests.gateway.helpers import Gateway, make_class
 
 from .conftest import check_page, new_context, sign_in
 
+def rep_ticket(url: str) -> str:
+    """The ticket in a report page's address."""
+    return url.split("/report/", 1)[1].split("?", 1)[0]
+
+
 WORDS = "Một người lạ tên <b>Tuấn</b> bật micro và nói bậy"
 
 
@@ -79,7 +84,30 @@ async def test_a_student_reports_a_stranger_and_the_teacher_opens_an_incident(
     assert rep.text == WORDS
     async with teacher.expect_navigation():
         await link.click()
-    assert teacher.url.endswith(f"/incidents/{rep.incident}")
+    assert teacher.url.split("?")[0].endswith(f"/incidents/{rep.incident}")
     twatch.assert_clean("control room")
+
+    # A second report, about something else, is dismissed from the incidents page.
+    await form.goto(gw.url(f"/report/{rep_ticket(form.url)}?lang={lang}"))
+    await form.get_by_label(t(lang, "report_form.category.other")).check()
+    await form.get_by_label(t(lang, "report_form.role.parent")).check()
+    async with form.expect_navigation():
+        await form.get_by_role("button", name=t(lang, "report.submit")).click()
+    await expect(form.get_by_role("heading", name=t(lang, "report.done_heading"))).to_be_visible()
+    await teacher.goto(gw.url(f"/incidents?lang={lang}"))
+    listed = teacher.locator("#reports li.report")
+    await expect(listed).to_have_count(2)
+    await expect(listed.nth(1).get_by_text(t(lang, "report.status.incident"))).to_be_visible()
+    await expect(listed.nth(0).get_by_text(t(lang, "report.category.other"))).to_be_visible()
+    await check_page(teacher, twatch, lang=lang, where="incidents with reports",
+                     shots=artifacts, name=f"report-incidents-{'phone' if phone else 'desktop'}",
+                     data=(WORDS, "Toán 10A1", t("vi", "report.category.stranger")))
+    teacher.once("dialog", lambda dialog: dialog.accept("Đã gọi điện cho phụ huynh"))
+    await listed.nth(0).get_by_role("button", name=t(lang, "report.dismiss")).click()
+    await expect(teacher.locator("#reports-status")).to_have_text(t(lang, "report.dismissed"))
+    await expect(listed.nth(0).get_by_text(t(lang, "report.dismissed"))).to_be_visible()
+    other = [r for r in await report_store(gw.svc).of_classes([cid]) if r.category == "other"]
+    assert [(r.status, r.role, r.reason) for r in other] == [
+        ("dismissed", "parent", "Đã gọi điện cho phụ huynh")]
     await sctx.close()
     await tctx.close()
