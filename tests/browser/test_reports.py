@@ -15,6 +15,7 @@ from tests.gateway.helpers import Gateway, make_class
 
 from .conftest import check_page, new_context, sign_in
 
+
 def rep_ticket(url: str) -> str:
     """The ticket in a report page's address."""
     return url.split("/report/", 1)[1].split("?", 1)[0]
