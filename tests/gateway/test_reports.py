@@ -4,14 +4,17 @@ school is emailed, at a real SMTP server) or dismiss it with a reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from markupsafe import escape
+from prometheus_client import generate_latest
 
 from gateway.i18n import t
 
@@ -205,3 +208,34 @@ async def test_dismiss_with_a_reason_and_who_may(tmp_path: Path, redis_url: str,
         public = {k: v for k, v in dismissed[0].items() if k != "personal"}
         assert "bạn cùng lớp" not in json.dumps(public, ensure_ascii=False)
         assert dismissed[0]["personal"]["reason"] == "Đã kiểm tra: bạn cùng lớp"
+
+
+async def test_the_first_email_is_timed_from_the_report(tmp_path: Path, redis_url: str,
+                                                        redis_prefix: str, redis: Any) -> None:
+    """The report waited two minutes before a teacher opened an incident from it: the
+    time to the first email counts those two minutes."""
+    skew = [0.0]
+
+    def clock() -> float:
+        return time.time() + skew[0]
+
+    box = Mailbox()
+    with smtp_server(box) as port:
+        async with world(tmp_path, redis_url, redis_prefix, clock=clock,
+                         **smtp_settings(port)) as w:
+            student, ticket = await _ticket(w.gw, w.links[0])
+            r = await _report(student, ticket, await _token(student, ticket))
+            rid = (await r.json())["id"]
+            skew[0] = 120.0
+            r = await w.teacher.post(f"/api/v1/reports/{rid}/incident")
+            assert r.status == 201, await r.text()
+            await box.wait(1)
+            for _ in range(100):
+                text = generate_latest(w.gw.svc.metrics.registry).decode()
+                if "classguard_incident_first_notification_seconds_count 1.0" in text:
+                    break
+                await asyncio.sleep(0.05)
+            found = re.search(r"^classguard_incident_first_notification_seconds_sum (\S+)$",
+                              text, re.M)
+            assert found, text
+            assert 120.0 <= float(found.group(1)) < 180.0
