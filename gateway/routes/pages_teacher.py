@@ -37,6 +37,7 @@ from ..hostctl import HostControls, class_target
 from ..roster import RosterError, http_status
 from ..services import Services, services
 from ..stores import ClassInfo
+from ..stores.reports import CATEGORIES as REPORT_CATEGORIES
 from .classes import current_links, load_class
 from .pages import page_response, staff_page
 
@@ -213,7 +214,7 @@ async def control_page(request: web.Request, p: Principal, lang: str) -> web.Str
         request, "control.html", lang, user=p, info=info,
         can_mute=Capability.MUTE.value in caps, incident_url=incident_url(info.id),
         msg_keys=CONTROL_MSGS, actions=CONTROL_ACTIONS, alert_kinds=ALERT_KINDS,
-        alert_sources=ALERT_SOURCES,
+        alert_sources=ALERT_SOURCES, report_categories=REPORT_CATEGORIES,
     )
 
 

@@ -330,5 +330,22 @@ class OidcKeys:
         return self._k(f"{kind}:{digest}")
 
 
+
+class ReportKeys:
+    """Problems reported by students and parents (gateway/stores/reports.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def item(self, rid: str) -> str:  # the report: "body" json, "decided" claim, "decision"
+        return f"{self.p}{{r:{rid}}}:item"
+
+    def of_org(self, org: str) -> str:  # report id -> when it was made
+        return f"{self.p}reports:org:{org}"
+
+    def of_class(self, cid: str) -> str:
+        return f"{self.p}reports:class:{cid}"
+
+
 __all__ = ["AuditKeys", "IncidentKeys", "Keys", "MfaKeys", "NotifyKeys", "OidcKeys",
-           "StaffKeys"]
+           "ReportKeys", "StaffKeys"]

@@ -38,6 +38,7 @@ import aiohttp
 import pytest
 
 from gateway.bans import make_key
+from gateway.routes.reports import report_store
 
 from .helpers import (
     Gateway,
@@ -73,10 +74,12 @@ class World:
     student: str
     tokens: dict[str, str] = field(default_factory=dict)
     sessions: dict[str, tuple[str, str]] = field(default_factory=dict)  # cookie, csrf
+    report: str = ""  # a student's report about the class
 
     def fill(self, path: str) -> str:
         return (path.replace("{class_id}", self.cid)
                 .replace("{incident_id}", self.incident)
+                .replace("{report_id}", self.report)
                 .replace("{org}", "thpt-a")
                 .replace("{username}", "victim")
                 .replace("{student_id}", self.student)
@@ -144,6 +147,13 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/join"): Row(PUBLIC, json={"code": "000000"}),
     ("GET", "/ws/wait/{ticket}"): Row(PUBLIC, path="/ws/wait/not-a-ticket"),
     ("GET", "/go/{nonce}"): Row(PUBLIC, path="/go/not-a-nonce"),
+    # students and parents report a problem through the student's own ticket
+    ("GET", "/report/{ticket}"): Row(PUBLIC, path="/report/not-a-ticket"),
+    ("POST", "/report/{ticket}"): Row(PUBLIC, path="/report/not-a-ticket", json=BOGUS),
+    # reports: the class's teacher and administrators above it decide
+    ("GET", "/api/v1/reports"): Row(STAFF),
+    ("POST", "/api/v1/reports/{report_id}/incident"): Row(HOST),
+    ("POST", "/api/v1/reports/{report_id}/dismiss"): Row(HOST, json=BOGUS),
     # meeting platforms call these with their own signatures
     ("POST", "/hooks/janus"): Row(PUBLIC, json=BOGUS),
     ("POST", "/hooks/bbb/{class_id}"): Row(PUBLIC, json=BOGUS),
@@ -310,7 +320,11 @@ async def world(tmp_path: Path, redis_url: str, redis_prefix: str) -> Any:
         # Disabled after its session and token exist, as a sign-in racing the disabling
         # would leave it (disabling through the API would also end both).
         await staff._set_disabled("so.gone", True)
-        yield World(gw, cid, incident, str(links[0]["student_id"]), tokens, sessions)
+        report = await report_store(gw.svc).create(
+            org="thpt-a", class_id=cid, student_id=str(links[0]["student_id"]),
+            category="stranger", role="student", text="")
+        yield World(gw, cid, incident, str(links[0]["student_id"]), tokens, sessions,
+                    report.id)
 
 
 async def _call(w: World, role: str, method: str, row: Row, path: str, *,
