@@ -1,4 +1,5 @@
-"""Student routes: ``/j/{token}``, ``/join``, ``WS /ws/wait/{ticket}``, ``/go/{nonce}``."""
+"""Student routes: ``/j/{token}``, ``/join``, ``/c/{code}``, ``WS /ws/wait/{ticket}``,
+``/go/{nonce}``."""
 
 from __future__ import annotations
 
@@ -131,11 +132,6 @@ async def join_form(request: web.Request) -> web.Response:
 
 
 async def join_code(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
-    lang = i18n.request_lang(request, svc.settings.default_lang)
-    ip = client_ip(request, svc.settings.trusted_proxies)
-    flow = JoinFlow(svc)
-    ua = request.headers.get("User-Agent", "")[:512]
     raw: Any
     if request.content_type == "application/json":
         data = await read_json(request)
@@ -143,6 +139,22 @@ async def join_code(request: web.Request) -> web.StreamResponse:
     else:
         form = await read_form(request)
         raw = form.get("code")
+    return await _redeem_code(request, raw)
+
+
+async def join_short_url(request: web.Request) -> web.StreamResponse:
+    """``GET /c/{code}``: the short URL a printed card's QR code carries. It is the
+    typed short code in a URL, and is answered exactly like ``POST /join``: same rate
+    limits, same refusal once the link is revoked or reissued (THREAT_MODEL.md)."""
+    return await _redeem_code(request, request.match_info["code"])
+
+
+async def _redeem_code(request: web.Request, raw: Any) -> web.StreamResponse:
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    flow = JoinFlow(svc)
+    ua = request.headers.get("User-Agent", "")[:512]
     code = normalize_code(raw) if isinstance(raw, str) and len(raw) <= 64 else None
     # The rate limits are in with_code: a wrong code is charged to the address, its
     # network and the code space; a correct one to its link only.
@@ -419,6 +431,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/j/{token}", join_link)
     r.add_get("/join", join_form)
     r.add_post("/join", join_code)
+    r.add_get("/c/{code}", join_short_url)
     r.add_get("/ws/wait/{ticket}", ws_wait)
     r.add_get("/go/{nonce}", go)
 
