@@ -85,6 +85,11 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
             body["redirect"] = out.redirect
         if out.opens_at:
             body["opens_at"] = out.opens_at
+        if out.rules is not None and out.rules_ack:
+            lang = i18n.request_lang(request, svc.settings.default_lang)
+            body["rules"] = {"version": out.rules.version, "term": out.rules.term,
+                             "text": out.rules.text_for(lang),
+                             "acknowledge": f"/rules/{out.rules_ack}"}
         if d.action is Action.DENY:
             status = 403
             if out.retry_after > 0:
@@ -93,6 +98,10 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
                 headers["Retry-After"] = str(secs)
                 body["error"] = {"code": "rate_limited", "message": "too many requests"}
         resp: web.StreamResponse = web.json_response(body, status=status, headers=headers)
+    elif out.rules is not None and out.rules_ack:
+        lang = i18n.request_lang(request, svc.settings.default_lang)
+        resp = render(svc, "rules.html", lang, status=403, rules=out.rules, ack=out.rules_ack,
+                      class_title=out.class_title, student_name=out.student_name)
     elif d.action is Action.ADMIT and out.redirect:
         resp = web.HTTPSeeOther(out.redirect)
     elif d.action is Action.WAIT and out.ticket:
@@ -177,6 +186,36 @@ async def _redeem_code(request: web.Request, raw: Any) -> web.StreamResponse:
             raise ApiError(404, "unknown_code", "no class link has this code", field="code")
         return render(svc, "join.html", lang, status=404, code="",
                       error=i18n.t(lang, "join.bad_code"))
+    answer = _outcome_response(request, out)
+    if isinstance(answer, web.HTTPException):
+        raise answer
+    return answer
+
+
+async def acknowledge_rules(request: web.Request) -> web.StreamResponse:
+    """``POST /rules/{ref}``: "I have read and agree" on the rules page. Records the
+    acknowledgment (gateway/class_rules.py) and decides the entry again, answering like
+    the link or code did."""
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    flow = JoinFlow(svc)
+    ua = request.headers.get("User-Agent", "")[:512]
+    ref = request.match_info["ref"]
+    out = None
+    if len(ref) <= 160:
+        out = await flow.acknowledge_rules(ref, ip=ip, device_cookie=_device_cookie(request),
+                                           user_agent=ua)
+    if out is None:
+        # A guessed or stale reference costs the address like a wrong code.
+        wait = await flow.charge_failure(ip, via="code", user_agent=ua, metric="code")
+        if _wants_json(request):
+            if wait > 0:
+                raise ApiError(429, "rate_limited", "too many attempts",
+                               headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+            raise ApiError(404, "unknown_rules_ref", "this rules page expired or was used")
+        return render(svc, "join.html", lang, status=429 if wait > 0 else 404, code="",
+                      error=i18n.t(lang, "rules.expired"))
     answer = _outcome_response(request, out)
     if isinstance(answer, web.HTTPException):
         raise answer
@@ -432,6 +471,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/join", join_form)
     r.add_post("/join", join_code)
     r.add_get("/c/{code}", join_short_url)
+    r.add_post("/rules/{ref}", acknowledge_rules)
     r.add_get("/ws/wait/{ticket}", ws_wait)
     r.add_get("/go/{nonce}", go)
 
