@@ -14,7 +14,7 @@ import aiohttp
 
 from gateway.class_rules import DEFAULT_RULES, check_rules_body
 from gateway.errors import ApiError
-from gateway.evidence_gather import gather, wait_sequenced, checkpoint_size
+from gateway.evidence_gather import checkpoint_size, gather, wait_sequenced
 from gateway.i18n import t
 from gateway.routes.incidents import incident_store
 
