@@ -198,3 +198,22 @@ async def test_acknowledgment_is_in_the_evidence_bundle(
         acks = [ev for ev in got.events if ev.record.get("type") == "rules.acknowledged"]
         assert [ev.record["subject"] for ev in acks] == [an["student_id"]]
         assert acks[0].record["facts"]["version"]
+
+
+async def test_class_page_shows_and_edits_the_rules(tmp_path: Path, redis_url: str,
+                                                    redis_prefix: str, redis: object) -> None:
+    from .test_pages import sign_in
+
+    async with running_gateway(tmp_path, redis_url, redis_prefix) as gw:
+        s = await _setup(gw)
+        cid = s["cid"]
+        await s["school_admin"].put("/api/v1/orgs/school-a/rules",
+                                    json={"text": "Trường A: <i>không</i> ghi hình", "term": "HK1"})
+        for lang in ("vi", "en"):
+            browser = await sign_in(gw, "co.lan", lang)
+            r = await browser.get(f"/classes/{cid}?lang={lang}")
+            page = await r.text()
+            assert r.status == 200
+            assert "Trường A: &lt;i&gt;không&lt;/i&gt; ghi hình" in page
+            assert t(lang, "rules.source.org") in page and 'id="rulesform"' in page
+            assert 'name="policy.require_rules_ack"' in page
