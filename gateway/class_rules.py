@@ -2,7 +2,7 @@
 
 Where the rules come from: the class's own rules, else those of the nearest org in the
 class's org chain (school, district, department) that set any, else the built-in text
-of the catalogue (``rules.default_text``, Vietnamese and English).
+of the catalogue (``join.rules_default_text``, Vietnamese and English).
 
 A rules record is ``{"text": str | null, "term": str}``: ``text`` null keeps the
 built-in text, ``term`` is a label such as ``2026-2027 HK1``. Its version is a hash of
@@ -46,7 +46,7 @@ class ClassRules:
     version: str
 
     def text_for(self, lang: str) -> str:
-        return self.text if self.text is not None else i18n.t(lang, "rules.default_text")
+        return self.text if self.text is not None else i18n.t(lang, "join.rules_default_text")
 
     def to_json(self, lang: str) -> dict[str, Any]:
         return {"text": self.text, "term": self.term, "source": self.source, "org": self.org,
@@ -56,8 +56,8 @@ class ClassRules:
 def rules_version(text: str | None, term: str) -> str:
     """A short hash naming one rules text and term (what an acknowledgment refers to)."""
     if text is None:
-        body = ["default", i18n.t("vi", "rules.default_text"),
-                i18n.t("en", "rules.default_text"), term]
+        body = ["default", i18n.t("vi", "join.rules_default_text"),
+                i18n.t("en", "join.rules_default_text"), term]
     else:
         body = ["text", text, term]
     raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -215,7 +215,7 @@ async def acknowledge_rules(request: web.Request) -> web.StreamResponse:
                                headers={"Retry-After": str(max(1, int(wait + 0.999)))})
             raise ApiError(404, "unknown_rules_ref", "this rules page expired or was used")
         return render(svc, "join.html", lang, status=429 if wait > 0 else 404, code="",
-                      error=i18n.t(lang, "rules.expired"))
+                      error=i18n.t(lang, "join.rules_expired"))
     answer = _outcome_response(request, out)
     if isinstance(answer, web.HTTPException):
         raise answer

@@ -46,11 +46,11 @@ async def test_student_acknowledges_the_rules_before_being_admitted(
     watch.allow(r"status of 403")  # the rules page answers 403: not admitted yet
     page = await ctx.new_page()
     await page.goto(an["url"])
-    await expect(page.get_by_role("heading", level=1)).to_have_text(t(lang, "rules.heading"))
+    await expect(page.get_by_role("heading", level=1)).to_have_text(t(lang, "join.rules_heading"))
     rules = page.locator("#rules-text")
-    for line in t(lang, "rules.default_text").splitlines():
+    for line in t(lang, "join.rules_default_text").splitlines():
         await expect(rules).to_contain_text(line)
-    agree = page.get_by_role("button", name=t(lang, "rules.agree"))
+    agree = page.get_by_role("button", name=t(lang, "join.rules_agree"))
     await expect(agree).to_be_visible()
     await check_page(page, watch, lang=lang, where=f"rules ({lang}, {width}px)",
                      shots=tmp_path, name="student-rules", data=NAMES)

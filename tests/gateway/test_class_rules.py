@@ -67,7 +67,7 @@ async def test_rules_are_inherited_and_overridden(tmp_path: Path, redis_url: str
         got = await _rules(s["teacher"], f"/api/v1/classes/{cid}/rules")
         assert got["rules"] is None and got["effective"]["source"] == "default"
         assert got["effective"]["version"] == DEFAULT_RULES.version
-        assert got["effective"]["shown_text"] == t("vi", "rules.default_text")
+        assert got["effective"]["shown_text"] == t("vi", "join.rules_default_text")
         # the department's rules reach the school's class through the district
         r = await s["so"].put("/api/v1/orgs/so-gd/rules",
                               json={"text": "Nội quy của Sở <b>1</b>", "term": "2026-2027 HK1"})
@@ -126,7 +126,7 @@ async def test_acknowledged_once_then_asked_again_for_a_new_version(
         assert r.status == 403
         assert "Không chia sẻ link &lt;script&gt;x&lt;/script&gt;" in page
         assert "<script>x</script>" not in page
-        assert t("vi", "rules.agree") in page
+        assert t("vi", "join.rules_agree") in page
         ack = _ack_path(page)
         # another device cannot use this student's form
         r = await gw.client().post(ack, allow_redirects=False)
