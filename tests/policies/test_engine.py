@@ -279,14 +279,15 @@ def test_explain_lists_rules_up_to_the_deciding_one() -> None:
 
 def test_explain_names_the_rules_acknowledgment() -> None:
     ex = explain(attempt(), state(rules_acknowledged=False), policy(require_rules_ack=True),
-                 NOW).to_dict()
-    assert ex["decision"]["reason"] == "rules_not_acknowledged"
-    assert ex["decision"]["rule"] == "rules_ack"
-    steps = ex["steps"]
-    assert steps[-1]["rule"] == "rules_ack"
-    assert "acknowledged the class rules" in str(steps[-1])
-    assert [st["rule"] for st in steps][-2] == "concurrent_session"
-    passing = explain(attempt(), state(), policy(require_rules_ack=True), NOW).to_dict()
+                 NOW)
+    assert ex.decision.reason is Reason.RULES_NOT_ACKNOWLEDGED
+    assert ex.decision.rule == "rules_ack"
+    assert [st.rule for st in ex.steps][-2:] == ["concurrent_session", "rules_ack"]
+    out: Any = ex.to_dict()
+    assert out["decision"]["reason"] == "rules_not_acknowledged"
+    assert out["steps"][-1]["rule"] == "rules_ack"
+    assert "acknowledged the class rules" in str(out["steps"][-1])
+    passing: Any = explain(attempt(), state(), policy(require_rules_ack=True), NOW).to_dict()
     ack_step = next(st for st in passing["steps"] if st["rule"] == "rules_ack")
     assert "acknowledged the class rules, or the policy does not require it" in str(ack_step)
 
