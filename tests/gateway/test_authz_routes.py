@@ -228,6 +228,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/bans"): Row(AUDIT, page=True),
     ("GET", "/admin/staff"): Row(ADMINS, page=True),
     ("GET", "/admin/keys"): Row(ADMINS, page=True),
+    ("GET", "/admin/rules"): Row(ADMINS, page=True),
     ("GET", "/incidents"): Row(STAFF, page=True),
     ("GET", "/incidents/new"): Row(VIEW, page=True, path="/incidents/new?class_id={class_id}"),
     ("GET", "/incidents/{incident_id}"): Row(VIEW, page=True),

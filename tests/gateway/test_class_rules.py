@@ -217,3 +217,11 @@ async def test_class_page_shows_and_edits_the_rules(tmp_path: Path, redis_url: s
             assert "Trường A: &lt;i&gt;không&lt;/i&gt; ghi hình" in page
             assert t(lang, "rules.source.org") in page and 'id="rulesform"' in page
             assert 'name="policy.require_rules_ack"' in page
+        # the school's administrator edits the school's rules on their page
+        admin = await sign_in(gw, "hieu.truong", "en")
+        r = await admin.get("/admin/rules?lang=en")
+        page = await r.text()
+        assert r.status == 200 and 'data-api="/api/v1/orgs/school-a/rules"' in page
+        assert "Trường A: &lt;i&gt;không&lt;/i&gt; ghi hình" in page
+        r = await admin.get("/admin/rules?org=so-gd")
+        assert r.status == 404
