@@ -31,9 +31,11 @@ from policies import PRESETS, load_policy, weakened_checks
 from .. import i18n
 from ..auth import Principal, require_user
 from ..authz import Action, allows
+from ..class_rules import RulesStore
 from ..collation import name_key
 from ..errors import ApiError
 from ..hostctl import HostControls, class_target
+from ..joinflow import JoinFlow
 from ..roster import RosterError, http_status
 from ..services import Services, services
 from ..stores import ClassInfo
@@ -96,6 +98,8 @@ def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
         lines.append(t(lang, "policy.capacity", count=policy.get("capacity")))
     if policy.get("auto_remove_intruders"):
         lines.append(t(lang, "policy.intruders.remove"))
+    if policy.get("require_rules_ack"):
+        lines.append(t(lang, "policy.require_rules_ack"))
     return lines
 
 
@@ -134,6 +138,8 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         policy_lines=policy_lines(lang, info.policy), weakened=weakened,
         can_host=allows(p, Action.HOST_CLASS, target),
         platform_warnings=platform_warnings(svc, info),
+        rules=await JoinFlow(svc).class_rules(info),
+        own_rules=await RulesStore(svc.redis, svc.settings.redis_prefix).class_rules(info.id),
     )
 
 

@@ -133,6 +133,20 @@ class Keys:
     def org_policy(self, org: str) -> str:
         return f"{self.p}orgpolicy:{org}"
 
+    # --- class rules (gateway/class_rules.py) -----------------------------------------
+
+    def org_rules(self, org: str) -> str:  # the org's rules record (json)
+        return f"{self.p}orgrules:{org}"
+
+    def class_rules(self, cid: str) -> str:  # the class's own rules record (json)
+        return self.c(cid, "rules")
+
+    def rules_ack(self, cid: str) -> str:  # student -> rules version acknowledged
+        return self.c(cid, "rules_ack")
+
+    def rules_ack_ref(self, cid: str, nonce: str) -> str:  # one-use acknowledgment form
+        return self.c(cid, f"rules_ref:{nonce}")
+
     # --- presence reconciler (gateway/presence.py) ------------------------------------
 
     def presence_classes(self) -> str:  # class id -> when to stop reconciling it

@@ -69,6 +69,7 @@ def staff_pages(cid: str, incident: str) -> dict[str, list[tuple[str, str]]]:
                    ("account-password", "/account/password"), *report],
         "anh.it": [("audit", "/audit"), ("bans", "/bans")],
         "chi.admin": [("admin-staff", "/admin/staff"), ("admin-keys", "/admin/keys"),
+                      ("admin-rules", "/admin/rules"),
                       *incidents],
     }
 
