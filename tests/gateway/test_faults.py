@@ -266,17 +266,20 @@ async def _burst(s: Served, token: str, classes: list[tuple[str, list[dict[str, 
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
-                m = json.loads(msg.data)
-                if m.get("type") == "admitted" and m.get("ticket"):
-                    out.pushed.add(str(m["ticket"]))
-                    maybe_kill()
-                    if host and len(out.pushed) % 5 == 0 and m.get("student_id"):
-                        t = asyncio.create_task(act({"action": "remove",
-                                                     "student_id": m["student_id"]}))
+                frame = json.loads(msg.data)
+                # one event per frame, or a list of the class's events of one loop turn
+                for m in frame if isinstance(frame, list) else [frame]:
+                    if m.get("type") == "admitted" and m.get("ticket"):
+                        out.pushed.add(str(m["ticket"]))
+                        maybe_kill()
+                        if host and len(out.pushed) % 5 == 0 and m.get("student_id"):
+                            t = asyncio.create_task(act({"action": "remove",
+                                                         "student_id": m["student_id"]}))
+                            tasks.add(t)
+                    elif host and m.get("type") == "knock" and m.get("ticket"):
+                        t = asyncio.create_task(act({"action": "admit",
+                                                     "ticket": m["ticket"]}))
                         tasks.add(t)
-                elif host and m.get("type") == "knock" and m.get("ticket"):
-                    t = asyncio.create_task(act({"action": "admit", "ticket": m["ticket"]}))
-                    tasks.add(t)
 
         watchers = [asyncio.create_task(watch(ws, i == 1)) for i, ws in enumerate(controls)]
         sem = asyncio.Semaphore(16)

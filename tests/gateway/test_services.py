@@ -40,7 +40,7 @@ async def test_background_tasks_run_while_open_and_stop_on_close(
         # the pub/sub listener, the reconciler, the loop-lag watch and the sequencer
         assert len(tasks) == 4 and not any(t.done() for t in tasks)
         assert isinstance(svc.reconciler, Reconciler) and svc.reconciler.svc is svc
-        assert svc.store.fast is svc.redis_fast
+        assert svc.store.scripts.fast is svc.redis_fast
     assert all(t.done() for t in tasks)
     assert svc.tasks == set()
     assert svc.http.closed

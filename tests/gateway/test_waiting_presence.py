@@ -26,9 +26,11 @@ async def _event(ws: aiohttp.ClientWebSocketResponse, kind: str, *,
         while True:
             msg = await ws.receive()
             assert msg.type == aiohttp.WSMsgType.TEXT, msg
-            data: dict[str, Any] = json.loads(msg.data)
-            if data.get("type") == kind:
-                return data
+            frame = json.loads(msg.data)
+            # one event per frame, or a list of the class's events of one loop turn
+            for data in frame if isinstance(frame, list) else [frame]:
+                if data.get("type") == kind:
+                    return dict(data)
 
 
 Page = tuple[aiohttp.ClientSession, str, aiohttp.ClientWebSocketResponse]
