@@ -36,6 +36,8 @@ from .routes import (
     pages_it,
     pages_teacher,
     platform_hooks,
+    reports,
+    rules_api,
     service,
     session,
     sessions_page,
@@ -95,7 +97,8 @@ def create_app(settings: Settings, *, clock: Clock = time.time,
     # machinery of routes/pages.py.
     for module in (service, session, classes, control, join, pages, pages_teacher, pages_it,
                    pages_admin, pages_incidents, admin_api, account, audit, orgs,
-                   platform_hooks, incidents, audit_admin, mfa, sessions_page, oidc):
+                   platform_hooks, incidents, audit_admin, mfa, sessions_page, oidc, reports,
+                   rules_api):
         module.setup(app)
     static_dir = Path(__file__).parent / "static"
     app.router.add_static("/static/", static_dir, name="static", append_version=True)

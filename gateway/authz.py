@@ -59,6 +59,7 @@ class Action(StrEnum):
     MANAGE_STAFF = "manage_staff"  # accounts: create, disable, enable, reset password
     MANAGE_ORGS = "manage_orgs"
     ROTATE_KEYS = "rotate_keys"  # join-token keys serve every school: deployment only
+    HANDLE_REPORT = "handle_report"  # see a student's or parent's report; act on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,7 @@ RULES: dict[Action, Rule] = {
     Action.MANAGE_STAFF: Rule(scope=_roles("admin")),
     Action.MANAGE_ORGS: Rule(scope=_roles("admin")),
     Action.ROTATE_KEYS: Rule(deployment=_roles("admin")),
+    Action.HANDLE_REPORT: Rule(scope=_roles("admin"), owner=_roles("teacher")),
 }
 
 

@@ -124,7 +124,7 @@ class Settings:
     public_url: str = ""
     # Peers whose X-Forwarded-For we believe. Normalised CIDRs ("10.0.0.0/8").
     trusted_proxies: tuple[str, ...] = ()
-    # Where platform calls (Janus, BigBlueButton, Zoom, Jitsi kick) may go besides public
+    # Where platform calls (the adapters' ``egress_fields``) may go besides public
     # addresses: networks (CIDRs or addresses) and host names of platform servers in a
     # private network. Empty: loopback, private, link-local and metadata addresses are
     # refused, and so is plain http:// / ws://. See docs/adapters.md.

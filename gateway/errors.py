@@ -129,8 +129,8 @@ _ADAPTER_OWN_CODES = frozenset({"invalid_platform", "unsupported_by_platform", "
 def _from_platform_error(request: web.Request, exc: Exception) -> web.Response | None:
     """A platform failure as one generic, translated message; the detail goes to the log.
 
-    NOTE: the platform URL is the teacher's to choose, so its answers (BigBlueButton's
-    ``<message>``, Zoom's ``message``) and the way a connection failed (refused, timed
+    NOTE: the platform URL is the teacher's to choose, so its answers (an error
+    message in the body) and the way a connection failed (refused, timed
     out, denied by the egress policy) would turn the gateway into a port scanner and an
     echo of internal services. None of it reaches the client.
     """

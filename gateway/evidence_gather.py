@@ -42,6 +42,8 @@ ALERT_TYPES = ("presence.",)
 PROOF_CONCURRENCY = 32
 #: How many of an involved student's joins before the window tell their own devices.
 EARLIER_JOINS = 50
+# An involved student's acknowledgments of the class rules included (one per rules version).
+RULES_ACKS = 20
 #: Join decisions that leave the device bound to the link (or would, with binding on).
 _ENTERED = frozenset({"admit", "wait"})
 
@@ -275,6 +277,18 @@ async def gather(svc: Services, inc: Incident, size: int) -> Gathered:
                 got = None
             if got is not None and got.record.get("class") == inc.class_id:
                 records[idx] = got.record
+    # An involved student's acknowledgments of the class rules belong in the bundle
+    # whenever they were made (usually at the start of the term, long before the window):
+    # they show the student was told the rules (gateway/class_rules.py).
+    acks: set[int] = set()
+    for sid in sorted(involved):
+        for ev in await _query_all(log, AuditQuery(class_id=inc.class_id,
+                                                   type="rules.acknowledged", student=sid,
+                                                   until_ms=inc.until_ms),
+                                   limit=RULES_ACKS):
+            if ev.index < size and ev.index not in records:
+                records[ev.index] = ev.record
+                acks.add(ev.index)
     personal = await _personal_many(svc, sorted(records))
     # NOTE: an involved student's device may have been bound before the window opened
     # (they joined at 7:55, the window starts at 8:00): their latest joins before it say
@@ -301,7 +315,7 @@ async def gather(svc: Services, inc: Incident, size: int) -> Gathered:
             out.student_devices[dev] = sid
         else:
             out.other_student_devices.add(dev)
-    explicit = set(inc.indexes)
+    explicit = set(inc.indexes) | acks
     for idx in sorted(records):
         rec = records[idx]
         p_salt = personal.get(idx)

@@ -128,7 +128,7 @@ async def _require_org_wide(svc: Services, p: Principal, info: ClassInfo, messag
 
 def room_capabilities(adapter: MeetingAdapter, room: Room) -> frozenset[Capability]:
     """The capabilities of this class's room (a platform may add some per room:
-    ``Feature.ROOM_CAPABILITIES``, e.g. Jitsi with a kick endpoint)."""
+    ``Feature.ROOM_CAPABILITIES``)."""
     if Feature.ROOM_CAPABILITIES in adapter.features:
         return frozenset(adapter.room_capabilities(room))
     return adapter.capabilities
@@ -157,7 +157,7 @@ class HostControls:
         platform cannot (the gateway-side effect still holds)."""
         adapter, room = self.adapter_and_room(info)
         # NOTE: the adapter is asked even without the capability: a platform may do part
-        # of it (Zoom cancels the registration it cannot kick) and then raises Unsupported.
+        # of it (cancel an entry although it cannot remove who is inside), then raise Unsupported.
         try:
             controls: dict[str, Callable[..., Awaitable[None]]] = {
                 "remove": adapter.remove, "mute": adapter.mute, "lock": adapter.lock,

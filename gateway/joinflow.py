@@ -11,7 +11,7 @@ import ipaddress
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -32,6 +32,7 @@ from policies.model import (
 )
 
 from .auditing import milestone
+from .class_rules import ClassRules, RulesStore
 from .services import Services
 from .stores import ClassInfo, Limit, Snapshot, device_hash
 from .tokens import peek_claims, verify_join_token
@@ -83,6 +84,10 @@ class JoinOutcome:
     new_device_cookie: str | None = None
     retry_after: float = 0.0
     opens_at: str | None = None
+    # refused until the class rules are acknowledged: the rules, and the one-use
+    # reference of the acknowledgment form (``POST /rules/{ref}``)
+    rules: ClassRules | None = None
+    rules_ack: str | None = None
 
 
 def new_device_cookie() -> str:
@@ -313,7 +318,9 @@ class JoinFlow:
         if snap.info is None or snap.state is None:
             return {"decision": {"action": "deny", "reason": "token_invalid",
                                  "rule": "class_exists"}, "steps": []}
-        out = explain(attempt, snap.state, policy_of(snap.info), now).to_dict()
+        policy = policy_of(snap.info)
+        state, _ = await self._rules_fact(snap.info, snap.state, facts, policy)
+        out = explain(attempt, state, policy, now).to_dict()
         out["class_id"] = facts.class_id
         return out
 
@@ -453,7 +460,12 @@ class JoinFlow:
             await self._record(decision, None, facts, ip, dev, user_agent, None)
             return JoinOutcome(decision=decision, new_device_cookie=fresh_cookie)
         policy = policy_of(snap.info)
-        decision = evaluate(attempt, snap.state, policy, now)
+        state, rules = await self._rules_fact(snap.info, snap.state, facts, policy)
+        decision = evaluate(attempt, state, policy, now)
+        if decision.reason is Reason.RULES_NOT_ACKNOWLEDGED and rules is not None:
+            return await self._offer_rules(decision, snap, facts, rules, ip=ip, dev=dev,
+                                           fresh_cookie=fresh_cookie, user_agent=user_agent,
+                                           via=via)
         if policy.device_binding and snap.state.bound_device is None and \
                 snap.student is not None and facts.student_id and \
                 await store.take_device_reset(snap.info.id, facts.student_id):
@@ -476,8 +488,9 @@ class JoinFlow:
         if status == "conflict":
             # Another device won the race to bind this link: decide again on fresh state.
             snap = await store.snapshot(facts.class_id, facts, device=dev, ip=ip)
-            assert snap.state is not None
-            decision = evaluate(attempt, snap.state, policy, now)
+            assert snap.info is not None and snap.state is not None
+            state, _ = await self._rules_fact(snap.info, snap.state, facts, policy)
+            decision = evaluate(attempt, state, policy, now)
             if decision.action is Action.DENY:
                 return await self._finish_deny(decision, snap, facts, ip=ip, dev=dev,
                                                fresh_cookie=fresh_cookie,
@@ -489,6 +502,69 @@ class JoinFlow:
             svc.metrics.join_attempts.labels(outcome.decision.action.value,
                                              outcome.decision.reason.value).inc()
         return outcome
+
+    def rules_store(self) -> RulesStore:
+        return RulesStore(self.svc.redis, self.svc.settings.redis_prefix)
+
+    async def class_rules(self, info: ClassInfo) -> ClassRules:
+        """The rules that apply to the class (its own, its orgs', or the default)."""
+        chain = await self.svc.staff.org_ancestors(info.org)
+        return await self.rules_store().effective(info.id, chain or [info.org])
+
+    async def _rules_fact(self, info: ClassInfo, state: ClassState, facts: TokenFacts,
+                          policy: Policy) -> tuple[ClassState, ClassRules | None]:
+        """The state with ``rules_acknowledged`` read from the store, when the policy
+        requires the acknowledgment (one more round trip for those classes only)."""
+        if not policy.require_rules_ack or not facts.student_id:
+            return state, None
+        rules = await self.class_rules(info)
+        acked = await self.rules_store().acknowledged(info.id, facts.student_id, rules.version)
+        return replace(state, rules_acknowledged=acked), rules
+
+    async def _offer_rules(self, decision: Decision, snap: Snapshot, facts: TokenFacts,
+                           rules: ClassRules, *, ip: str, dev: str, fresh_cookie: str | None,
+                           user_agent: str, via: str) -> JoinOutcome:
+        """Refused until the rules are acknowledged: the refusal is recorded like any
+        other, but is not a failure (a whole class behind one school address meets it at
+        the start of a term), and it carries the rules and a one-use form reference bound
+        to this link and device."""
+        assert snap.info is not None and facts.student_id is not None
+        await self._record(decision, snap, facts, ip, dev, user_agent, None)
+        ref = await self.rules_store().new_ack_ref(
+            snap.info.id, sid=facts.student_id, jti=facts.jti or "", version=rules.version,
+            device=dev, via=via)
+        return JoinOutcome(decision=decision, class_id=snap.info.id,
+                           class_title=snap.info.title,
+                           student_name=snap.student.name if snap.student else None,
+                           new_device_cookie=fresh_cookie, rules=rules, rules_ack=ref)
+
+    async def acknowledge_rules(self, ref: str, *, ip: str, device_cookie: str | None,
+                                user_agent: str) -> JoinOutcome | None:
+        """The student pressed "I have read and agree": record the acknowledgment of the
+        version they were shown, then decide their entry again. None when the reference
+        is unknown, used, expired or not this device's."""
+        svc = self.svc
+        dev = device_hash(device_cookie) if device_cookie else None
+        taken = await self.rules_store().take_ack_ref(ref, dev)
+        if taken is None or dev is None:
+            return None
+        cid, data = taken
+        sid, jti, version = str(data["sid"]), str(data["jti"]), str(data["version"])
+        rec = await svc.store.link_record(cid, jti)
+        info = await svc.store.get_class(cid)
+        if rec is None or info is None or rec.student_id != sid:
+            return None
+        rules = await self.class_rules(info)
+        await self.rules_store().acknowledge(cid, sid, version)
+        await svc.auditor.record(
+            "rules.acknowledged", actor=f"student:{sid}", org=info.org, class_id=cid,
+            subject=sid, reason="acknowledged", ip=ip, device=dev, user_agent=user_agent,
+            facts={"version": version, "term": rules.term or None, "source": rules.source,
+                   "current": version == rules.version})
+        facts = TokenFacts(failure=None, student_id=rec.student_id, class_id=rec.class_id,
+                           jti=rec.jti, exp=float(rec.exp), nbf=float(rec.nbf))
+        return await self._decide(facts, None, ip=ip, dev=dev, fresh_cookie=None,
+                                  user_agent=user_agent, via=str(data.get("via") or "link"))
 
     async def _enter(self, out: JoinOutcome, snap: Snapshot, facts: TokenFacts, policy: Policy,
                      dev: str, ip: str, user_agent: str, via: str) -> str:

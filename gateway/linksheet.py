@@ -1,6 +1,7 @@
 """The printable link sheet: one cut-out card per student with name, short code and
-a QR code of the personal link. Rendered locally (segno + fpdf2); the bundled DejaVu
-font carries every Vietnamese diacritic."""
+a QR code of the card's short URL (``<public_url>/c/<code>``, answered like the typed
+code: see gateway/routes/join.py and THREAT_MODEL.md). Rendered locally (segno +
+fpdf2); the bundled DejaVu font carries every Vietnamese diacritic."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import segno
 from fpdf import FPDF
 
 from . import i18n
+from .codes import normalize_code
 
 _CARD_W, _CARD_H = 95.0, 62.0
 _MARGIN_X, _MARGIN_Y = 10.0, 12.0
@@ -20,6 +22,20 @@ _MARGIN_X, _MARGIN_Y = 10.0, 12.0
 
 def _font_path(name: str) -> str:
     return str(resources.files("gateway").joinpath("fonts", name))
+
+
+def short_url(public_url: str, code: str) -> str:
+    """The URL a card's QR code carries: the short code under the public URL. Short
+    enough for a QR code of version <= 5 at error correction M, which cheap phone
+    cameras read from a printed card."""
+    canonical = normalize_code(code)
+    if canonical is None:
+        raise ValueError("not a join code")
+    return f"{public_url.rstrip('/')}/c/{canonical}"
+
+
+def card_qr(public_url: str, code: str) -> segno.QRCode:
+    return segno.make(short_url(public_url, code), error="m", boost_error=False)
 
 
 def render_link_sheet(
@@ -49,7 +65,7 @@ def render_link_sheet(
         pdf.set_dash_pattern(dash=1.5, gap=1.5)
         pdf.rect(x, y, _CARD_W - 4, _CARD_H)
         pdf.set_dash_pattern()
-        qr = segno.make(link["url"], error="m")
+        qr = card_qr(public_url, str(link["code"]))
         buf = io.BytesIO()
         qr.save(buf, kind="png", scale=4, border=2)
         buf.seek(0)

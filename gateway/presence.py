@@ -19,7 +19,7 @@ then the class is skipped with a growing delay; every failure counts in
 alert. Nobody is admitted around a failing platform: the join flow itself fails closed
 (``/go`` shows the "platform not reachable" page).
 
-After-the-fact attendance (``Feature.ATTENDANCE``, Teams): a platform that reports who
+After-the-fact attendance (``Feature.ATTENDANCE``): a platform that reports who
 attended only once a session is over is read every ``attendance_every_s``, also for a day
 after the class ended (the last session's report comes late); each report is read once
 (its id is kept) and whoever in it matches no roster student raises the same
@@ -88,7 +88,7 @@ def find_intruders(present: Iterable[Present], admitted: Iterable[str],
                    identify: Mapping[str, str]) -> list[Present]:
     """Everyone in the room who is not an admitted student.
 
-    ``identify`` maps upstream ids the platform cannot name itself (Janus participant ids)
+    ``identify`` maps upstream ids the platform cannot name itself (``Feature.IDENTIFY``)
     to student ids. A roster student who was removed but is still inside is an intruder
     as well.
     """

@@ -34,7 +34,7 @@ Decisions:
   same name and different ids are fine (common in Vietnamese classes).
 * An optional school-account e-mail column (``email`` header, or ``email`` in JSON) says
   which Google Workspace / Microsoft 365 account a student signs in with, so that a
-  platform reporting signed-in accounts (Google Meet) can tell students from strangers.
+  platform reporting signed-in accounts (``Present.account``) can tell students from strangers.
   It is stored lower case, checked for shape only, and never put in a link or token. The
   same address on two lines is a ``duplicate``.
 """

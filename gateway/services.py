@@ -106,7 +106,7 @@ class Services:
     audit_key: AuditSigningKey
     bus: Bus
     http: aiohttp.ClientSession
-    # long-lived platform connections by kind (Janus sessions, Zoom OAuth tokens)
+    # long-lived platform connections by kind (``Feature.POOL``: sessions, OAuth tokens)
     adapter_pools: dict[str, Any]
     sequencer_elsewhere: bool
     # The audit sequencer this process runs; None in a worker of a group (its sequencer

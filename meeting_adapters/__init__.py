@@ -8,6 +8,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     HookEvent,
     HookEventKind,
     HookMalformed,
@@ -29,7 +30,9 @@ from .registry import (
     ADAPTERS,
     capability_matrix,
     create_adapter,
+    form_fields,
     redact_platform,
+    settings_warnings,
     validate_platform,
 )
 
@@ -42,6 +45,7 @@ __all__ = [
     "Capability",
     "Clock",
     "Feature",
+    "FormField",
     "HookEvent",
     "HookEventKind",
     "HookMalformed",
@@ -60,6 +64,8 @@ __all__ = [
     "Webhook",
     "capability_matrix",
     "create_adapter",
+    "form_fields",
     "redact_platform",
+    "settings_warnings",
     "validate_platform",
 ]

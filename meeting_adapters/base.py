@@ -36,6 +36,7 @@ __all__ = [
     "Capability",
     "Clock",
     "Feature",
+    "FormField",
     "HookEvent",
     "HookEventKind",
     "HookMalformed",
@@ -239,6 +240,26 @@ class AttendanceReport:
     present: tuple[Present, ...]
 
 
+# --- the class form: the settings a teacher types -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FormField:
+    """One platform setting on the class form (``MeetingAdapter.form_fields``).
+
+    The label is the catalogue key ``pfield.<name>``, and a checkbox's hint
+    ``pfield.<name>.hint`` (gateway/locale/*.json). ``type`` is the HTML input type, or
+    ``textarea``; ``integer`` sends the typed value as a number. The form only helps: the
+    adapter's ``validate_settings`` decides what is accepted.
+    """
+
+    name: str
+    type: Literal["text", "url", "email", "password", "textarea", "checkbox"] = "text"
+    required: bool = False
+    placeholder: str = ""
+    integer: bool = False
+
+
 # --- webhooks: a raw request in, neutral events out --------------------------------------
 
 
@@ -340,6 +361,8 @@ class MeetingAdapter(Protocol):
     webhooks: ClassVar[tuple[Webhook, ...]]
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]]
+    # the settings a teacher types on the class form, in order
+    form_fields: ClassVar[tuple[FormField, ...]]
 
     async def provision(self, spec: RoomSpec) -> Room:
         """Create (or look up) and lock down the upstream room of a class."""
@@ -374,6 +397,12 @@ class MeetingAdapter(Protocol):
     @classmethod
     def redact(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         """The settings with secrets masked, safe for logs and API answers."""
+        ...
+
+    @classmethod
+    def settings_warnings(cls, settings: Mapping[str, Any]) -> list[str]:
+        """What the class page warns about these (validated) settings: catalogue keys
+        (gateway/locale/*.json); none by default."""
         ...
 
     # --- optional parts, used only when ``features`` declares them ----------------------
@@ -433,6 +462,11 @@ class AdapterBase:
     features: ClassVar[frozenset[Feature]] = frozenset()
     webhooks: ClassVar[tuple[Webhook, ...]] = ()
     egress_fields: ClassVar[tuple[str, ...]] = ()
+    form_fields: ClassVar[tuple[FormField, ...]] = ()
+
+    @classmethod
+    def settings_warnings(cls, settings: Mapping[str, Any]) -> list[str]:
+        return []
 
     def room_capabilities(self, room: Room) -> frozenset[Capability]:
         return self.capabilities

@@ -43,6 +43,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     HookEvent,
     HookEventKind,
     HookRefused,
@@ -179,6 +180,11 @@ class BigBlueButtonAdapter(AdapterBase):
     kind: ClassVar[str] = KIND
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]] = ("api_url",)
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("api_url", "url", required=True,
+                  placeholder="https://bbb.school.edu.vn/bigbluebutton/api"),
+        FormField("secret", "password", required=True),
+    )
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.END, Capability.PRESENCE}
     )

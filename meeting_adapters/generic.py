@@ -24,6 +24,7 @@ from .base import (
     AdapterError,
     Capability,
     Clock,
+    FormField,
     InvalidSettings,
     Participant,
     Present,
@@ -200,6 +201,9 @@ class GenericAdapter(AdapterBase):
     # NOTE: honest and empty: a plain link cannot enforce entry, expire, remove or mute.
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]] = ()
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("url", "url", required=True, placeholder="https://meet.example.org/abc"),
+    )
     capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __init__(

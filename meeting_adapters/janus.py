@@ -55,6 +55,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     HookEvent,
     HookEventKind,
     HookMalformed,
@@ -505,6 +506,14 @@ class JanusAdapter(AdapterBase):
     kind: ClassVar[str] = KIND
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]] = ("ws_url",)
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("ws_url", "url", required=True, placeholder="wss://janus.school.edu.vn/janus"),
+        FormField("client_url", "url", required=True,
+                  placeholder="https://janus.school.edu.vn/room.html?room={room}"),
+        FormField("admin_key", "password"),
+        FormField("api_secret", "password"),
+        FormField("publishers", "text", placeholder="30", integer=True),
+    )
     capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
     features: ClassVar[frozenset[Feature]] = frozenset({
         Feature.IDENTIFY, Feature.CONSUME, Feature.EVICT, Feature.WEBHOOKS,

@@ -40,6 +40,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     InvalidSettings,
     Participant,
     Present,
@@ -121,6 +122,12 @@ class JitsiAdapter(AdapterBase):
     # REMOVE is added per room when a kick endpoint is configured (room_capabilities).
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]] = ("kick_url",)
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("base_url", "url", required=True, placeholder="https://meet.school.edu.vn/"),
+        FormField("app_id", "text", required=True, placeholder="classguard"),
+        FormField("app_secret", "password", required=True),
+        FormField("kick_url", "url"),
+    )
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.SINGLE_USE_CREDENTIAL}
     )

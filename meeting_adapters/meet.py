@@ -68,6 +68,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     InvalidSettings,
     Participant,
     Present,
@@ -328,6 +329,12 @@ class MeetAdapter(AdapterBase):
 
     kind: ClassVar[str] = KIND
     egress_fields: ClassVar[tuple[str, ...]] = ("api_url", "token_url", "directory_url")
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("service_account_key", "textarea", required=True,
+                  placeholder='{"type": "service_account", ...}'),
+        FormField("organizer", "email", required=True, placeholder="teacher@school.edu.vn"),
+        FormField("uses_meet_sdk", "checkbox"),
+    )
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.END, Capability.PRESENCE})
     features: ClassVar[frozenset[Feature]] = frozenset({Feature.POOL})
@@ -369,6 +376,14 @@ class MeetAdapter(AdapterBase):
     @classmethod
     def redact(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         return mask(settings, _SECRETS)
+
+    @classmethod
+    def settings_warnings(cls, settings: Mapping[str, Any]) -> list[str]:
+        # Without the school's Meet SDK app the space takes knocks from every entry point
+        # (``space_body``), and only the organizer can refuse them.
+        if settings.get("uses_meet_sdk"):
+            return []
+        return ["platform.google_meet.warn_all_entry_points"]
 
     @classmethod
     def open_pool(cls, egress: EgressPolicy) -> MeetPool:

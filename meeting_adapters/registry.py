@@ -1,8 +1,9 @@
 """Which platforms exist. Adding a platform = one module + one line in ``ADAPTERS``.
 
 The gateway learns everything platform-specific from here: the adapter of a class
-(``create_adapter``), the webhook routes to mount (``webhooks``) and the connection pools
-to open and close with the process (``open_pools``).
+(``create_adapter``), the webhook routes to mount (``webhooks``), the connection pools
+to open and close with the process (``open_pools``), the settings the class form asks
+for (``form_fields``) and what the class page warns about (``settings_warnings``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     InvalidSettings,
     MeetingAdapter,
     Webhook,
@@ -43,9 +45,11 @@ __all__ = [
     "create_adapter",
     "FEATURE_METHODS",
     "feature_table",
+    "form_fields",
     "open_pools",
     "redact_platform",
     "register",
+    "settings_warnings",
     "unregister",
     "validate_platform",
     "webhooks",
@@ -70,6 +74,9 @@ class AdapterClass(Protocol):
     @property
     def egress_fields(self) -> tuple[str, ...]: ...
 
+    @property
+    def form_fields(self) -> tuple[FormField, ...]: ...
+
     def open_pool(self, egress: EgressPolicy) -> AdapterPool: ...
 
     def __call__(
@@ -79,6 +86,8 @@ class AdapterClass(Protocol):
     def validate_settings(self, settings: Mapping[str, Any]) -> dict[str, Any]: ...
 
     def redact(self, settings: Mapping[str, Any]) -> dict[str, Any]: ...
+
+    def settings_warnings(self, settings: Mapping[str, Any]) -> list[str]: ...
 
 
 _ADAPTERS: dict[str, AdapterClass] = {
@@ -218,6 +227,18 @@ def redact_platform(data: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(kind, str) and kind in ADAPTERS:
         return ADAPTERS[kind].redact(data)
     return {"kind": kind}
+
+
+def form_fields() -> dict[str, tuple[FormField, ...]]:
+    """``{kind: fields}``: what the class form asks for each platform, in registry order."""
+    return {kind: cls.form_fields for kind, cls in ADAPTERS.items()}
+
+
+def settings_warnings(kind: str, settings: Mapping[str, Any]) -> list[str]:
+    """Catalogue keys of what the class page warns about a class's platform settings
+    (none for an unknown kind)."""
+    cls = ADAPTERS.get(kind)
+    return [] if cls is None else list(cls.settings_warnings(settings))
 
 
 def capability_table() -> str:

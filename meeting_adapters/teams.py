@@ -53,6 +53,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     InvalidSettings,
     Participant,
     Present,
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 KIND: Final = "teams"
+# What the class form shows in the Entra id fields: a GUID's shape
+_GUID_SHAPE: Final = "00000000-0000-0000-0000-000000000000"
 GRAPH_URL: Final = "https://graph.microsoft.com/v1.0/"
 LOGIN_URL: Final = "https://login.microsoftonline.com/"
 SCOPE: Final = "https://graph.microsoft.com/.default"
@@ -301,6 +304,12 @@ class TeamsAdapter(AdapterBase):
 
     kind: ClassVar[str] = KIND
     egress_fields: ClassVar[tuple[str, ...]] = ("graph_url", "login_url")
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("tenant_id", "text", required=True, placeholder=_GUID_SHAPE),
+        FormField("client_id", "text", required=True, placeholder=_GUID_SHAPE),
+        FormField("client_secret", "password", required=True),
+        FormField("organizer_id", "text", required=True, placeholder=_GUID_SHAPE),
+    )
     # NOTE: ``enforced_entry`` is not claimed: the link works for anyone who has it; what
     # keeps strangers out is Teams' lobby, and only the organizer admits from it.
     capabilities: ClassVar[frozenset[Capability]] = frozenset()

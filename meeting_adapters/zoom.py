@@ -45,6 +45,7 @@ from .base import (
     Capability,
     Clock,
     Feature,
+    FormField,
     HookEvent,
     HookEventKind,
     HookRefused,
@@ -240,6 +241,15 @@ class ZoomAdapter(AdapterBase):
     kind: ClassVar[str] = KIND
     # settings holding URLs the gateway itself calls (checked against the egress policy)
     egress_fields: ClassVar[tuple[str, ...]] = ("api_url", "oauth_url")
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("account_id", "text", required=True),
+        FormField("client_id", "text", required=True),
+        FormField("client_secret", "password", required=True),
+        FormField("host_user", "email", required=True, placeholder="teacher@school.edu.vn"),
+        FormField("registrant_email_domain", "text", required=True,
+                  placeholder="students.school.edu.vn"),
+        FormField("webhook_secret_token", "password"),
+    )
     capabilities: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.ENFORCED_ENTRY, Capability.END}
     )

@@ -30,6 +30,7 @@ from policies.rules import (
     Roster,
     Rule,
     RuleResult,
+    RulesAck,
     ScheduleRule,
     TokenSignature,
     TokenTime,
@@ -61,6 +62,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     HostVerdict(),
     DeviceBinding(),
     ConcurrentSession(),
+    RulesAck(),
     Lock(),
     ScheduleRule(),
     Capacity(),
@@ -90,6 +92,7 @@ REASON_TEXT: dict[Reason, str] = {
     Reason.ADMITTED_BY_HOST: "The host admitted the student.",
     Reason.DENIED_BY_HOST: "The host refused this student.",
     Reason.REMOVED_BY_HOST: "The host removed this student from the class.",
+    Reason.RULES_NOT_ACKNOWLEDGED: "The student has not yet acknowledged the class rules.",
 }
 
 

@@ -79,6 +79,7 @@ FIELD_SPECS: Mapping[str, FieldSpec] = MappingProxyType(
         "require_roster": FieldSpec("bool"),
         "auto_remove_intruders": FieldSpec("bool"),
         "token_leeway_seconds": FieldSpec("int", 0, 300),
+        "require_rules_ack": FieldSpec("bool"),
     }
 )
 

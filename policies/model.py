@@ -52,6 +52,7 @@ class Reason(StrEnum):
     ADMITTED_BY_HOST = "admitted_by_host"
     DENIED_BY_HOST = "denied_by_host"
     REMOVED_BY_HOST = "removed_by_host"
+    RULES_NOT_ACKNOWLEDGED = "rules_not_acknowledged"
 
 
 # Why a token failed the checks the gateway does before the policy runs
@@ -138,6 +139,9 @@ class ClassState:
     ban_reason: str | None = None
     # counts
     admitted_count: int = 0
+    # the student acknowledged the class's current rules (their version); the gateway
+    # reads it only when the policy requires the acknowledgment
+    rules_acknowledged: bool = True
 
 
 OnHostLeave = Literal["keep", "lock", "pause"]
@@ -164,6 +168,8 @@ class Policy:
     require_roster: bool = True
     auto_remove_intruders: bool = False
     token_leeway_seconds: int = 30
+    # the student must acknowledge the class rules (once per rules version) before entry
+    require_rules_ack: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ __all__ = [
     "Revocation",
     "Roster",
     "Rule",
+    "RulesAck",
     "RuleResult",
     "ScheduleRule",
     "Capacity",
@@ -224,6 +225,23 @@ class Roster(Rule):
     ) -> RuleResult:
         if policy.require_roster and not state.on_roster:
             return Decision(_DENY, Reason.NOT_ON_ROSTER, self.name, {})
+        return None
+
+
+class RulesAck(Rule):
+    """The class rules must have been acknowledged (their current version) when the
+    policy requires it. The student is refused with the rules to read; acknowledging
+    them and trying again passes (gateway/class_rules.py)."""
+
+    __slots__ = ()
+    name = "rules_ack"
+    passed = "The student acknowledged the class rules, or the policy does not require it."
+
+    def check(
+        self, attempt: Attempt, state: ClassState, policy: Policy, now: datetime
+    ) -> RuleResult:
+        if policy.require_rules_ack and not state.rules_acknowledged:
+            return Decision(_DENY, Reason.RULES_NOT_ACKNOWLEDGED, self.name, {})
         return None
 
 

@@ -30,6 +30,7 @@ from ..services import Services, services
 from ..stores import ClassInfo
 from ..web_util import loads_bounded
 from .classes import class_state, load_class
+from .reports import report_store
 
 HEARTBEAT_S = 10.0
 # Class events between gateway processes that are not for the host's eyes.
@@ -108,6 +109,7 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
     off_revoke = bus.listen_revocations(on_revoke)
     try:
         await send({"type": "state", **await class_state(svc, info)})
+        await send(await _open_reports(svc, info))
         await bus.publish(info.id, {"type": "state", "host_present": True})
         # Students who waited only for the host are let in now, by the same policy code.
         await JoinFlow(svc).admit_waiting_by_policy(info.id)
@@ -180,6 +182,13 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await asyncio.shield(gone)
     return ws
+
+
+async def _open_reports(svc: Services, info: ClassInfo) -> dict[str, Any]:
+    """The class's reports from students and parents still waiting for a decision
+    (gateway/routes/reports.py); new ones arrive as ``report`` events."""
+    found = await report_store(svc).of_classes([info.id], limit=50)
+    return {"type": "reports", "reports": [r.to_json() for r in found if r.status == "open"]}
 
 
 async def still_host(svc: Services, p: Principal, info: ClassInfo) -> bool:

@@ -1,4 +1,5 @@
-"""Student routes: ``/j/{token}``, ``/join``, ``WS /ws/wait/{ticket}``, ``/go/{nonce}``."""
+"""Student routes: ``/j/{token}``, ``/join``, ``/c/{code}``, ``WS /ws/wait/{ticket}``,
+``/go/{nonce}``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,11 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
             body["redirect"] = out.redirect
         if out.opens_at:
             body["opens_at"] = out.opens_at
+        if out.rules is not None and out.rules_ack:
+            lang = i18n.request_lang(request, svc.settings.default_lang)
+            body["rules"] = {"version": out.rules.version, "term": out.rules.term,
+                             "text": out.rules.text_for(lang),
+                             "acknowledge": f"/rules/{out.rules_ack}"}
         if d.action is Action.DENY:
             status = 403
             if out.retry_after > 0:
@@ -92,6 +98,10 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
                 headers["Retry-After"] = str(secs)
                 body["error"] = {"code": "rate_limited", "message": "too many requests"}
         resp: web.StreamResponse = web.json_response(body, status=status, headers=headers)
+    elif out.rules is not None and out.rules_ack:
+        lang = i18n.request_lang(request, svc.settings.default_lang)
+        resp = render(svc, "rules.html", lang, status=403, rules=out.rules, ack=out.rules_ack,
+                      class_title=out.class_title, student_name=out.student_name)
     elif d.action is Action.ADMIT and out.redirect:
         resp = web.HTTPSeeOther(out.redirect)
     elif d.action is Action.WAIT and out.ticket:
@@ -131,11 +141,6 @@ async def join_form(request: web.Request) -> web.Response:
 
 
 async def join_code(request: web.Request) -> web.StreamResponse:
-    svc = services(request)
-    lang = i18n.request_lang(request, svc.settings.default_lang)
-    ip = client_ip(request, svc.settings.trusted_proxies)
-    flow = JoinFlow(svc)
-    ua = request.headers.get("User-Agent", "")[:512]
     raw: Any
     if request.content_type == "application/json":
         data = await read_json(request)
@@ -143,6 +148,22 @@ async def join_code(request: web.Request) -> web.StreamResponse:
     else:
         form = await read_form(request)
         raw = form.get("code")
+    return await _redeem_code(request, raw)
+
+
+async def join_short_url(request: web.Request) -> web.StreamResponse:
+    """``GET /c/{code}``: the short URL a printed card's QR code carries. It is the
+    typed short code in a URL, and is answered exactly like ``POST /join``: same rate
+    limits, same refusal once the link is revoked or reissued (THREAT_MODEL.md)."""
+    return await _redeem_code(request, request.match_info["code"])
+
+
+async def _redeem_code(request: web.Request, raw: Any) -> web.StreamResponse:
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    flow = JoinFlow(svc)
+    ua = request.headers.get("User-Agent", "")[:512]
     code = normalize_code(raw) if isinstance(raw, str) and len(raw) <= 64 else None
     # The rate limits are in with_code: a wrong code is charged to the address, its
     # network and the code space; a correct one to its link only.
@@ -165,6 +186,36 @@ async def join_code(request: web.Request) -> web.StreamResponse:
             raise ApiError(404, "unknown_code", "no class link has this code", field="code")
         return render(svc, "join.html", lang, status=404, code="",
                       error=i18n.t(lang, "join.bad_code"))
+    answer = _outcome_response(request, out)
+    if isinstance(answer, web.HTTPException):
+        raise answer
+    return answer
+
+
+async def acknowledge_rules(request: web.Request) -> web.StreamResponse:
+    """``POST /rules/{ref}``: "I have read and agree" on the rules page. Records the
+    acknowledgment (gateway/class_rules.py) and decides the entry again, answering like
+    the link or code did."""
+    svc = services(request)
+    lang = i18n.request_lang(request, svc.settings.default_lang)
+    ip = client_ip(request, svc.settings.trusted_proxies)
+    flow = JoinFlow(svc)
+    ua = request.headers.get("User-Agent", "")[:512]
+    ref = request.match_info["ref"]
+    out = None
+    if len(ref) <= 160:
+        out = await flow.acknowledge_rules(ref, ip=ip, device_cookie=_device_cookie(request),
+                                           user_agent=ua)
+    if out is None:
+        # A guessed or stale reference costs the address like a wrong code.
+        wait = await flow.charge_failure(ip, via="code", user_agent=ua, metric="code")
+        if _wants_json(request):
+            if wait > 0:
+                raise ApiError(429, "rate_limited", "too many attempts",
+                               headers={"Retry-After": str(max(1, int(wait + 0.999)))})
+            raise ApiError(404, "unknown_rules_ref", "this rules page expired or was used")
+        return render(svc, "join.html", lang, status=429 if wait > 0 else 404, code="",
+                      error=i18n.t(lang, "join.rules_expired"))
     answer = _outcome_response(request, out)
     if isinstance(answer, web.HTTPException):
         raise answer
@@ -419,6 +470,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/j/{token}", join_link)
     r.add_get("/join", join_form)
     r.add_post("/join", join_code)
+    r.add_get("/c/{code}", join_short_url)
+    r.add_post("/rules/{ref}", acknowledge_rules)
     r.add_get("/ws/wait/{ticket}", ws_wait)
     r.add_get("/go/{nonce}", go)
 

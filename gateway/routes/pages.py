@@ -103,6 +103,8 @@ def nav_items(p: Principal | None) -> list[tuple[str, str]]:
         items += [("/admin/staff", "nav.staff"), ("/admin/keys", "nav.keys")]
     if allows(p, Action.MANAGE_ORGS):
         items.append(("/admin/sign-in", "nav.signin_settings"))
+    if allows(p, Action.SET_ORG_POLICY):
+        items.append(("/admin/rules", "nav.rules"))
     return items
 
 

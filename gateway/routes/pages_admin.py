@@ -18,6 +18,7 @@ from aiohttp import web
 from .. import i18n
 from ..auth import Principal, require_user
 from ..authz import Action, Target, allows
+from ..class_rules import RulesStore
 from ..errors import ApiError
 from ..oidc import CALLBACK_PATH, OrgOidc
 from ..services import services
@@ -53,13 +54,21 @@ async def keys_page(request: web.Request, p: Principal, lang: str) -> web.Stream
                          audit_key=svc.audit_key.verifier().encode())
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/admin/staff", staff_accounts_page)
-    app.router.add_get("/admin/keys", keys_page)
-    app.router.add_get("/admin/sign-in", signin_settings_page)
-    app.router.add_post("/admin/sign-in", signin_settings_page)
-    app.router.add_get("/admin/staff/{username}/sessions", staff_sessions_page)
-    app.router.add_post("/admin/staff/{username}/sessions", staff_sessions_page)
+@staff_page(Action.SET_ORG_POLICY)
+async def org_rules_page(request: web.Request, p: Principal, lang: str) -> web.StreamResponse:
+    """The class rules of the administrator's org (``?org=`` another org of their
+    subtree), inherited by its classes (gateway/class_rules.py)."""
+    svc = services(request)
+    org = request.query.get("org") or p.org
+    chain = await svc.staff.org_ancestors(org) if len(org) <= 100 else []
+    if not chain or not allows(p, Action.SET_ORG_POLICY, Target.of_org(chain)):
+        raise ApiError(404, "not_found", "org not found")
+    store = RulesStore(svc.redis, svc.settings.redis_prefix)
+    info = await svc.staff.get_org(org)
+    return page_response(request, "admin_rules.html", lang, user=p, org=org,
+                         org_name=info.name if info is not None else org,
+                         rules=await store.effective(None, chain),
+                         own_rules=await store.org_rules(org))
 
 
 # -- sign-in settings of an org ----------------------------------------------------------------
@@ -216,3 +225,13 @@ async def staff_sessions_page(request: web.Request, p: Principal, lang: str
     return page_response(request, "admin_staff_sessions.html", lang, user=p,
                          account=username, org=org, sessions=rows, notice=notice,
                          methods=await mfa_store(svc).methods(username))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/admin/staff", staff_accounts_page)
+    app.router.add_get("/admin/keys", keys_page)
+    app.router.add_get("/admin/sign-in", signin_settings_page)
+    app.router.add_post("/admin/sign-in", signin_settings_page)
+    app.router.add_get("/admin/staff/{username}/sessions", staff_sessions_page)
+    app.router.add_post("/admin/staff/{username}/sessions", staff_sessions_page)
+    app.router.add_get("/admin/rules", org_rules_page)

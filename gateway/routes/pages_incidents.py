@@ -36,6 +36,7 @@ from ..notify import NotifyQueue
 from ..services import Services, services
 from ..signin import has_fresh_second_factor, verify_url
 from ..stores import ClassInfo, Student, valid_class_id
+from ..stores.reports import CATEGORIES as REPORT_CATEGORIES
 from .incidents import (
     MAX_FILES_PER_UPLOAD,
     MAX_VISITORS,
@@ -47,6 +48,7 @@ from .incidents import (
     visible_incidents,
 )
 from .pages import page_response, staff_page
+from .reports import visible_reports
 
 #: Alerts that name the student whose link (or seat) was involved.
 PERSON_ALERTS = ("link_shared", "banned_returning", "intruder_in_room")
@@ -55,6 +57,8 @@ SEQUENCE_WAIT_S = 2.0
 #: At most this many custody records are shown (the evidence bundle holds all of them).
 CUSTODY_SHOWN = 500
 CUSTODY_SCAN = 100_000
+#: The newest reports from students and parents the list page shows.
+REPORTS_SHOWN = 50
 _DEVICE_RE = re.compile(r"[0-9a-f]{64}")
 _UPLOAD_ERRORS = ("too_large", "too_many_attachments", "incident_closed", "empty",
                   "quota_exceeded")
@@ -248,9 +252,13 @@ async def list_page(request: web.Request, p: Principal, lang: str) -> web.Stream
     status = request.query.get("status", "")
     status = status if status in STATUSES else ""
     found = await visible_incidents(svc, p, status=status or None)
-    titles = await _class_titles(svc, [inc.class_id for inc in found])
+    reports = (await visible_reports(svc, p))[:REPORTS_SHOWN] \
+        if allows(p, Action.HANDLE_REPORT) else None
+    titles = await _class_titles(svc, [inc.class_id for inc in found]
+                                 + [r.class_id for r in reports or ()])
     return page_response(request, "incidents.html", lang, user=p, incidents=found,
-                         titles=titles, selected=status, statuses=STATUSES)
+                         titles=titles, selected=status, statuses=STATUSES, reports=reports,
+                         report_categories=REPORT_CATEGORIES)
 
 
 async def _visible_classes(svc: Services, p: Principal) -> list[ClassInfo]:

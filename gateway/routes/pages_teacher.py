@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -20,80 +19,44 @@ from zoneinfo import ZoneInfo
 import segno
 from aiohttp import web
 
-from meeting_adapters import ADAPTERS, Capability, capability_matrix
+from meeting_adapters import (
+    ADAPTERS,
+    Capability,
+    capability_matrix,
+    form_fields,
+    settings_warnings,
+)
 from policies import PRESETS, load_policy, weakened_checks
 
 from .. import i18n
 from ..auth import Principal, require_user
 from ..authz import Action, allows
+from ..class_rules import RulesStore
 from ..collation import name_key
 from ..errors import ApiError
 from ..hostctl import HostControls, class_target
+from ..joinflow import JoinFlow
 from ..roster import RosterError, http_status
 from ..services import Services, services
 from ..stores import ClassInfo
+from ..stores.reports import CATEGORIES as REPORT_CATEGORIES
 from .classes import current_links, load_class
 from .pages import page_response, staff_page
 
-# The settings a teacher types for each platform (the adapters validate them).
-# (name, input type, required, placeholder, integer?)
-_PLATFORM_FIELDS: dict[str, list[tuple[str, str, bool, str, bool]]] = {
-    "generic": [("url", "url", True, "https://meet.example.org/abc", False)],
-    "janus": [
-        ("ws_url", "url", True, "wss://janus.school.edu.vn/janus", False),
-        ("client_url", "url", True, "https://janus.school.edu.vn/room.html?room={room}", False),
-        ("admin_key", "password", False, "", False),
-        ("api_secret", "password", False, "", False),
-        ("publishers", "text", False, "30", True),
-    ],
-    "bigbluebutton": [
-        ("api_url", "url", True, "https://bbb.school.edu.vn/bigbluebutton/api", False),
-        ("secret", "password", True, "", False),
-    ],
-    "jitsi": [
-        ("base_url", "url", True, "https://meet.school.edu.vn/", False),
-        ("app_id", "text", True, "classguard", False),
-        ("app_secret", "password", True, "", False),
-        ("kick_url", "url", False, "", False),
-    ],
-    "zoom": [
-        ("account_id", "text", True, "", False),
-        ("client_id", "text", True, "", False),
-        ("client_secret", "password", True, "", False),
-        ("host_user", "email", True, "teacher@school.edu.vn", False),
-        ("registrant_email_domain", "text", True, "students.school.edu.vn", False),
-        ("webhook_secret_token", "password", False, "", False),
-    ],
-    "teams": [
-        ("tenant_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
-        ("client_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
-        ("client_secret", "password", True, "", False),
-        ("organizer_id", "text", True, "00000000-0000-0000-0000-000000000000", False),
-    ],
-    "google_meet": [
-        ("service_account_key", "textarea", True, '{"type": "service_account", ...}', False),
-        ("organizer", "email", True, "teacher@school.edu.vn", False),
-        ("uses_meet_sdk", "checkbox", False, "", False),
-    ],
-}
-# What the class page warns about a class's own platform settings (catalogue keys).
-_PLATFORM_WARNINGS: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {
-    "google_meet": lambda s: [] if s.get("uses_meet_sdk") else [
-        "platform.google_meet.warn_all_entry_points"],
-}
 log = logging.getLogger("classguard.pages")
 
 
 def platform_warnings(svc: Services, info: ClassInfo) -> list[str]:
-    """Catalogue keys of warnings about the class's platform settings."""
-    rule = _PLATFORM_WARNINGS.get(info.platform_kind)
-    if rule is None:
-        return []
+    """Catalogue keys of warnings about the class's platform settings (its adapter's
+    ``settings_warnings``)."""
     try:
-        return rule(HostControls(svc).sealed_platform(info)["settings"])
+        settings = HostControls(svc).sealed_platform(info)["settings"]
+        return settings_warnings(info.platform_kind, settings)
     except Exception as exc:  # noqa: BLE001 - never break the page over a warning
         log.warning("class %s: platform settings unreadable: %r", info.id, exc)
         return []
+
+
 ALL_CAPS = [c.value for c in Capability]
 REJECT_CODES = ("formula", "invalid_characters", "invalid_name", "too_long", "missing_name",
                 "blank_line",
@@ -110,14 +73,6 @@ CONTROL_ACTIONS = ("admit", "deny", "admit_all", "remove", "ban", "unban", "lock
 ALERT_SOURCES = ("attendance_report",)
 ALERT_KINDS = ("link_shared", "banned_returning", "repeated_failures", "flood",
                "intruder_in_room", "device_reset_returned")
-
-
-def _platform_fields() -> dict[str, list[dict[str, Any]]]:
-    out = {}
-    for kind in ADAPTERS:
-        out[kind] = [{"name": n, "type": ty, "required": req, "placeholder": ph, "int": i}
-                     for n, ty, req, ph, i in _PLATFORM_FIELDS.get(kind, [])]
-    return out
 
 
 def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
@@ -143,6 +98,8 @@ def policy_lines(lang: str, policy: dict[str, Any]) -> list[str]:
         lines.append(t(lang, "policy.capacity", count=policy.get("capacity")))
     if policy.get("auto_remove_intruders"):
         lines.append(t(lang, "policy.intruders.remove"))
+    if policy.get("require_rules_ack"):
+        lines.append(t(lang, "policy.require_rules_ack"))
     return lines
 
 
@@ -153,7 +110,7 @@ async def new_class_page(request: web.Request, p: Principal, lang: str) -> web.S
     start = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
     return page_response(
         request, "class_new.html", lang, user=p,
-        platforms=list(ADAPTERS), platform_fields=_platform_fields(),
+        platforms=list(ADAPTERS), platform_fields=form_fields(),
         capabilities=capability_matrix(), all_caps=ALL_CAPS, presets=list(PRESETS),
         current_preset="standard", policy=None,
         # dd/mm/yyyy in both languages (a native date field follows the browser's own
@@ -181,6 +138,8 @@ async def class_page(request: web.Request, p: Principal, lang: str) -> web.Strea
         policy_lines=policy_lines(lang, info.policy), weakened=weakened,
         can_host=allows(p, Action.HOST_CLASS, target),
         platform_warnings=platform_warnings(svc, info),
+        rules=await JoinFlow(svc).class_rules(info),
+        own_rules=await RulesStore(svc.redis, svc.settings.redis_prefix).class_rules(info.id),
     )
 
 
@@ -261,7 +220,7 @@ async def control_page(request: web.Request, p: Principal, lang: str) -> web.Str
         request, "control.html", lang, user=p, info=info,
         can_mute=Capability.MUTE.value in caps, incident_url=incident_url(info.id),
         msg_keys=CONTROL_MSGS, actions=CONTROL_ACTIONS, alert_kinds=ALERT_KINDS,
-        alert_sources=ALERT_SOURCES,
+        alert_sources=ALERT_SOURCES, report_categories=REPORT_CATEGORIES,
     )
 
 

@@ -49,6 +49,7 @@
       var v = el.value;
       if (v === "") { return; }
       if (el.dataset.int) { var n = Number(v); v = (String(n) === v.trim()) ? n : v; }
+      if (el.dataset.bool) { v = v === "true" ? true : v === "false" ? false : v; }
       setPath(out, el.name, v);
     });
     return out;

@@ -208,6 +208,10 @@
         break;
       case "ended": waiting.clear(); admitted.clear(); ended = true; break;
       case "alert": alerts.unshift(m); break;
+      case "reports": case "report": case "report_decided":
+        // Reports from students and parents are drawn by reports.js.
+        document.dispatchEvent(new CustomEvent("classguard:report", { detail: m }));
+        return false;
       case "error": showError(m); return false;
       case "result":
         document.getElementById("error").textContent = "";

@@ -133,6 +133,20 @@ class Keys:
     def org_policy(self, org: str) -> str:
         return f"{self.p}orgpolicy:{org}"
 
+    # --- class rules (gateway/class_rules.py) -----------------------------------------
+
+    def org_rules(self, org: str) -> str:  # the org's rules record (json)
+        return f"{self.p}orgrules:{org}"
+
+    def class_rules(self, cid: str) -> str:  # the class's own rules record (json)
+        return self.c(cid, "rules")
+
+    def rules_ack(self, cid: str) -> str:  # student -> rules version acknowledged
+        return self.c(cid, "rules_ack")
+
+    def rules_ack_ref(self, cid: str, nonce: str) -> str:  # one-use acknowledgment form
+        return self.c(cid, f"rules_ref:{nonce}")
+
     # --- presence reconciler (gateway/presence.py) ------------------------------------
 
     def presence_classes(self) -> str:  # class id -> when to stop reconciling it
@@ -330,5 +344,22 @@ class OidcKeys:
         return self._k(f"{kind}:{digest}")
 
 
+
+class ReportKeys:
+    """Problems reported by students and parents (gateway/stores/reports.py)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    def item(self, rid: str) -> str:  # the report: "body" json, "decided" claim, "decision"
+        return f"{self.p}{{r:{rid}}}:item"
+
+    def of_org(self, org: str) -> str:  # report id -> when it was made
+        return f"{self.p}reports:org:{org}"
+
+    def of_class(self, cid: str) -> str:
+        return f"{self.p}reports:class:{cid}"
+
+
 __all__ = ["AuditKeys", "IncidentKeys", "Keys", "MfaKeys", "NotifyKeys", "OidcKeys",
-           "StaffKeys"]
+           "ReportKeys", "StaffKeys"]

@@ -19,7 +19,8 @@ _GCRA_COUNT = Script.load("gateway.stores", "gcra_count",
 _CODE_ATTEMPT = Script.load("gateway.stores", "code_attempt")
 
 # Limit keys of the form "<bucket>:<value>"; others ("global", "code:space") are whole.
-_VALUED_BUCKETS = ("code:ip", "code:net", "ws:ticket", "ip", "net", "jti", "class")
+_VALUED_BUCKETS = ("report:jti", "report:ticket", "code:ip", "code:net", "ws:ticket", "ip",
+                   "net", "jti", "class")
 
 
 @dataclass(frozen=True, slots=True)

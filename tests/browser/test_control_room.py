@@ -57,7 +57,7 @@ async def test_the_control_room_shows_each_event_of_a_frame(
     by_student = {link["student_id"]: o.ticket for o, link in zip(outs, links, strict=True)}
     assert all(by_student.values())
     admitted = [link["student_id"] for link in links[:3]]
-    async with gw.svc.store.r.pipeline(transaction=False) as p:  # type: ignore[union-attr]
+    async with gw.svc.redis.pipeline(transaction=False) as p:
         for i, sid in enumerate(admitted):
             p.publish(*bus.message(cid, {"type": "admitted", "ticket": by_student[sid],
                                          "student_id": sid, "by": "host",

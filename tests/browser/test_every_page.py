@@ -71,6 +71,7 @@ def staff_pages(cid: str, incident: str) -> dict[str, list[tuple[str, str]]]:
         "chi.admin": [("admin-staff", "/admin/staff"), ("admin-keys", "/admin/keys"),
                       ("admin-signin", "/admin/sign-in?org=thpt-a"),
                       ("admin-staff-sessions", "/admin/staff/co.lan/sessions"),
+                      ("admin-rules", "/admin/rules"),
                       *incidents],
     }
 

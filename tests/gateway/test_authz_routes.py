@@ -38,6 +38,7 @@ import aiohttp
 import pytest
 
 from gateway.bans import make_key
+from gateway.routes.reports import report_store
 
 from .helpers import (
     Gateway,
@@ -73,10 +74,12 @@ class World:
     student: str
     tokens: dict[str, str] = field(default_factory=dict)
     sessions: dict[str, tuple[str, str]] = field(default_factory=dict)  # cookie, csrf
+    report: str = ""  # a student's report about the class
 
     def fill(self, path: str) -> str:
         return (path.replace("{class_id}", self.cid)
                 .replace("{incident_id}", self.incident)
+                .replace("{report_id}", self.report)
                 .replace("{org}", "thpt-a")
                 .replace("{username}", "victim")
                 .replace("{student_id}", self.student)
@@ -142,8 +145,17 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/j/{token}"): Row(PUBLIC, path="/j/not-a-token"),
     ("GET", "/join"): Row(PUBLIC, page=True),
     ("POST", "/join"): Row(PUBLIC, json={"code": "000000"}),
+    ("GET", "/c/{code}"): Row(PUBLIC, path="/c/00000-00000"),
+    ("POST", "/rules/{ref}"): Row(PUBLIC, path="/rules/not-a-ref"),
     ("GET", "/ws/wait/{ticket}"): Row(PUBLIC, path="/ws/wait/not-a-ticket"),
     ("GET", "/go/{nonce}"): Row(PUBLIC, path="/go/not-a-nonce"),
+    # students and parents report a problem through the student's own ticket
+    ("GET", "/report/{ticket}"): Row(PUBLIC, path="/report/not-a-ticket"),
+    ("POST", "/report/{ticket}"): Row(PUBLIC, path="/report/not-a-ticket", json=BOGUS),
+    # reports: the class's teacher and administrators above it decide
+    ("GET", "/api/v1/reports"): Row(STAFF),
+    ("POST", "/api/v1/reports/{report_id}/incident"): Row(HOST),
+    ("POST", "/api/v1/reports/{report_id}/dismiss"): Row(HOST, json=BOGUS),
     # meeting platforms call these with their own signatures
     ("POST", "/hooks/janus"): Row(PUBLIC, json=BOGUS),
     ("POST", "/hooks/bbb/{class_id}"): Row(PUBLIC, json=BOGUS),
@@ -156,6 +168,8 @@ TABLE: dict[tuple[str, str], Row] = {
         VIEW, path="/api/v1/classes/{class_id}/explain?student_id={student_id}"),
     ("GET", "/api/v1/classes/{class_id}/state"): Row(VIEW),
     ("PUT", "/api/v1/classes/{class_id}/policy"): Row(HOST, json=BOGUS),
+    ("GET", "/api/v1/classes/{class_id}/rules"): Row(VIEW),
+    ("PUT", "/api/v1/classes/{class_id}/rules"): Row(HOST, json=BOGUS),
     ("PUT", "/api/v1/classes/{class_id}/roster"): Row(HOST, json=BOGUS),
     ("GET", "/api/v1/classes/{class_id}/roster"): Row(HOST),
     ("POST", "/api/v1/classes/{class_id}/roster/preview"): Row(HOST, json=BOGUS),
@@ -193,6 +207,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("PATCH", "/api/v1/orgs/{org}/bans/{key}"): Row(ORG_A, json=BOGUS),
     ("GET", "/api/v1/orgs/{org}/policy"): Row(ORG_A),
     ("PUT", "/api/v1/orgs/{org}/policy"): Row(ORG_A_ADMINS, json=BOGUS),
+    ("GET", "/api/v1/orgs/{org}/rules"): Row(ORG_A),
+    ("PUT", "/api/v1/orgs/{org}/rules"): Row(ORG_A_ADMINS, json=BOGUS),
     ("GET", "/api/v1/orgs/{org}/oidc"): Row(ORG_A_ADMINS, setup=_org_oidc),
     ("PUT", "/api/v1/orgs/{org}/oidc"): Row(ORG_A_ADMINS, json=BOGUS),
     ("DELETE", "/api/v1/orgs/{org}/oidc"): Row(ORG_A_ADMINS, setup=_org_oidc),
@@ -227,6 +243,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/admin/sign-in"): Row(ORG_A_ADMINS, page=True, path="/admin/sign-in?org={org}"),
     ("GET", "/admin/staff/{username}/sessions"): Row(ORG_A_ADMINS, page=True),
     ("POST", "/admin/staff/{username}/sessions"): Row(ORG_A_ADMINS, page=True),
+    ("GET", "/admin/rules"): Row(ADMINS, page=True),
     ("GET", "/incidents"): Row(STAFF, page=True),
     ("GET", "/incidents/new"): Row(VIEW, page=True, path="/incidents/new?class_id={class_id}"),
     ("GET", "/incidents/{incident_id}"): Row(VIEW, page=True),
@@ -314,7 +331,11 @@ async def world(tmp_path: Path, redis_url: str, redis_prefix: str) -> Any:
         # Disabled after its session and token exist, as a sign-in racing the disabling
         # would leave it (disabling through the API would also end both).
         await staff._set_disabled("so.gone", True)
-        yield World(gw, cid, incident, str(links[0]["student_id"]), tokens, sessions)
+        report = await report_store(gw.svc).create(
+            org="thpt-a", class_id=cid, student_id=str(links[0]["student_id"]),
+            category="stranger", role="student", text="")
+        yield World(gw, cid, incident, str(links[0]["student_id"]), tokens, sessions,
+                    report.id)
 
 
 async def _call(w: World, role: str, method: str, row: Row, path: str, *,

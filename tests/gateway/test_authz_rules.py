@@ -88,7 +88,7 @@ def test_deployment_actions_need_the_root_admin() -> None:
 # What each role may do on something of its own (the navigation and page gates ask this).
 OWN: dict[str, set[Action]] = {
     "teacher": {Action.VIEW_CLASS, Action.HOST_CLASS, Action.CREATE_CLASS,
-                Action.EDIT_INCIDENT},
+                Action.EDIT_INCIDENT, Action.HANDLE_REPORT},
     "it": {Action.VIEW_CLASS, Action.EDIT_INCIDENT, Action.READ_AUDIT,
            Action.MANAGE_ORG_BANS, Action.READ_ORG_POLICY},
     "admin": set(Action) - {Action.READ_DEPLOYMENT_AUDIT, Action.ROTATE_KEYS},

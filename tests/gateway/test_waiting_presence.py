@@ -112,7 +112,7 @@ async def test_sockets_of_a_dead_process_go_stale(redis: aioredis.Redis,
     now = [1_000_000.0]
     store = ClassStore(redis, redis_prefix, clock=lambda: now[0])
     cid = new_id("c")
-    ticket_key = store.k.ticket(cid, "r" * 16)
+    ticket_key = store.keys.ticket(cid, "r" * 16)
     await redis.hset(ticket_key, mapping={"student_id": "s1", "status": "waiting"})
     ticket = f"{cid}.{'r' * 16}"
     replaced, back = await store.socket_opened(ticket, "sock1", keep=2)

@@ -8,7 +8,8 @@ import re
 from gateway.i18n import catalogue
 
 # Pages a student reads (the only place "em" is the reader).
-STUDENT_PREFIXES = ("reason.", "advice.", "wait.", "join.", "room.", "demo.", "_glossary.")
+STUDENT_PREFIXES = ("reason.", "advice.", "wait.", "join.", "room.", "demo.", "_glossary.",
+                    "report_form.")
 
 
 def test_one_word_for_a_link() -> None:

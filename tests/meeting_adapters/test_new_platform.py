@@ -1,7 +1,8 @@
 """Adding a platform is one module and one registry line: a small platform defined here,
-with presence, a webhook and a connection pool, works through the real gateway (class
-creation, the gate's links, the presence reconciler, its webhook route, its pool)
-without any change to ``gateway/``.
+with presence, a webhook, a connection pool, class form fields and a settings warning,
+works through the real gateway (class creation, the gate's links, the presence
+reconciler, its webhook route, its pool, the new-class form, the class page) without any
+change to ``gateway/``.
 
 The platform, "Phòng học" (``phonghoc``), is a local HTTP server: ``POST /rooms``
 creates a room, ``GET /rooms/<id>/people`` lists who is inside, and entry links are
@@ -31,6 +32,7 @@ from meeting_adapters import (
     AdapterError,
     Capability,
     Feature,
+    FormField,
     HookEvent,
     HookEventKind,
     HookMalformed,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 
 KIND = "phonghoc"
 HOOK_SECRET = "phonghoc-hook-secret"
+# Not in the catalogue: the page shows the key itself, which is what the test looks for.
+WARN_PLAIN_HTTP = "platform.phonghoc.warn_plain_http"
 LOCAL_PLATFORMS = ["127.0.0.1/32"]
 
 
@@ -87,6 +91,10 @@ class PhonghocAdapter(AdapterBase):
     features: ClassVar[frozenset[Feature]] = frozenset({Feature.WEBHOOKS, Feature.POOL})
     webhooks: ClassVar[tuple[Webhook, ...]] = (
         Webhook(name=KIND, path=f"/hooks/{KIND}/{{class_id}}"),)
+    form_fields: ClassVar[tuple[FormField, ...]] = (
+        FormField("api_url", "url", required=True, placeholder="https://phonghoc.example/api"),
+        FormField("hook_secret", "password", required=True),
+    )
 
     def __init__(self, *, http_session: aiohttp.ClientSession | None = None,
                  clock: Any = None, pool: PhonghocPool | None = None) -> None:
@@ -104,6 +112,10 @@ class PhonghocAdapter(AdapterBase):
     @classmethod
     def redact(cls, settings: Mapping[str, Any]) -> dict[str, Any]:
         return mask(settings, ("hook_secret",))
+
+    @classmethod
+    def settings_warnings(cls, settings: Mapping[str, Any]) -> list[str]:
+        return [WARN_PLAIN_HTTP] if str(settings.get("api_url", "")).startswith("http:") else []
 
     @classmethod
     def open_pool(cls, egress: EgressPolicy) -> PhonghocPool:
@@ -300,6 +312,34 @@ async def test_a_platform_added_in_one_module(tmp_path: Any, redis_url: str, red
                             headers={"X-Phonghoc-Signature": sign(HOOK_SECRET, joined)})
         assert r.status == 401
     assert pool.closed  # closed with the process
+
+
+async def test_a_platform_brings_its_form_and_warnings(
+        tmp_path: Any, redis_url: str, redis_prefix: str, phonghoc_registered: None,
+        upstream: Phonghoc) -> None:
+    async with running_gateway(tmp_path, redis_url, redis_prefix,
+                               platform_allow_networks=LOCAL_PLATFORMS) as gw:
+        api = gw.api(await gw.staff_user("co.lan"))
+        # the new-class form offers the platform with the fields it declares
+        form = await (await api.get("/classes/new")).text()
+        assert f'<option value="{KIND}">' in form
+        assert f'<div class="platform" data-kind="{KIND}" hidden>' in form
+        assert (f'<input id="pf-{KIND}-api_url" name="platform.api_url" '
+                'data-field="platform.api_url" type="url" required '
+                'placeholder="https://phonghoc.example/api" ') in form
+        assert (f'<input id="pf-{KIND}-hook_secret" name="platform.hook_secret" '
+                'data-field="platform.hook_secret" type="password" required ') in form
+        # the platform's own warning about a class's settings is on the class page, and
+        # only when the settings call for it
+        plain_http = {"kind": KIND, "api_url": upstream.base, "hook_secret": HOOK_SECRET}
+        assert upstream.base.startswith("http://")
+        klass, _ = await create_class(gw, api, plain_http)
+        page = await (await api.get(f"/classes/{klass['id']}")).text()
+        assert f'<p class="warn">{WARN_PLAIN_HTTP}</p>' in page
+        other, _ = await create_class(gw, api, {"kind": "generic",
+                                                "url": "https://meet.example.org/abc"})
+        page = await (await api.get(f"/classes/{other['id']}")).text()
+        assert WARN_PLAIN_HTTP not in page
 
 
 def test_registry_refuses_contradictory_declarations(phonghoc_registered: None) -> None:

@@ -61,6 +61,7 @@ CHAIN_ORDER = [
     "host_verdict",
     "device_binding",
     "concurrent_session",
+    "rules_ack",
     "lock",
     "schedule",
     "capacity",
@@ -138,6 +139,18 @@ SCENARIOS = [
     Scenario("readmit_after_late_cutoff", ADMIT, Reason.ADMITTED_BY_POLICY,
              "concurrent_session", preset="strict", s=READMIT, shift=timedelta(minutes=60),
              facts={"readmit": True}),
+    Scenario("rules_not_acknowledged", DENY, Reason.RULES_NOT_ACKNOWLEDGED, "rules_ack",
+             s={"rules_acknowledged": False}, p={"require_rules_ack": True}),
+    Scenario("rules_ack_not_required", ADMIT, Reason.ADMITTED_BY_POLICY, "admission",
+             s={"rules_acknowledged": False}),
+    Scenario("rules_acknowledged_then_admit", ADMIT, Reason.ADMITTED_BY_POLICY, "admission",
+             p={"require_rules_ack": True}),
+    Scenario("readmit_needs_no_new_ack", ADMIT, Reason.ADMITTED_BY_POLICY,
+             "concurrent_session", s={"rules_acknowledged": False, **READMIT},
+             p={"require_rules_ack": True}, facts={"readmit": True}),
+    Scenario("ban_beats_rules", DENY, Reason.BANNED_IP, "bans",
+             s={"banned_ip": True, "rules_acknowledged": False},
+             p={"require_rules_ack": True}),
     Scenario("class_locked", DENY, Reason.CLASS_LOCKED, "lock", s={"locked": True}),
     Scenario("host_left_strict_locks", DENY, Reason.CLASS_LOCKED, "lock", preset="strict",
              s={"host_present": False, "host_left_at": NOW - timedelta(minutes=2)},
@@ -262,6 +275,21 @@ def test_explain_lists_rules_up_to_the_deciding_one() -> None:
     assert ex.decision == evaluate(
         attempt(), state(banned_ip=True, ban_reason="raid"), policy(), NOW
     )
+
+
+def test_explain_names_the_rules_acknowledgment() -> None:
+    ex = explain(attempt(), state(rules_acknowledged=False), policy(require_rules_ack=True),
+                 NOW)
+    assert ex.decision.reason is Reason.RULES_NOT_ACKNOWLEDGED
+    assert ex.decision.rule == "rules_ack"
+    assert [st.rule for st in ex.steps][-2:] == ["concurrent_session", "rules_ack"]
+    out: Any = ex.to_dict()
+    assert out["decision"]["reason"] == "rules_not_acknowledged"
+    assert out["steps"][-1]["rule"] == "rules_ack"
+    assert "acknowledged the class rules" in str(out["steps"][-1])
+    passing: Any = explain(attempt(), state(), policy(require_rules_ack=True), NOW).to_dict()
+    ack_step = next(st for st in passing["steps"] if st["rule"] == "rules_ack")
+    assert "acknowledged the class rules, or the policy does not require it" in str(ack_step)
 
 
 def test_explain_shows_facts_of_a_passing_rule_and_is_json() -> None:
