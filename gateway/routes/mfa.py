@@ -17,7 +17,7 @@ from .. import i18n
 from ..auth import Principal, authenticate, require_user
 from ..authz import Action, Target, allows
 from ..errors import ApiError, rate_limited
-from ..mfa import POLICIES, STEP_UP_ROLES, Method, MfaError, MfaStore, Pending
+from ..mfa import POLICIES, STEP_UP_ROLES, Method, MfaError, MfaStore, Pending, Policy
 from ..services import Services, services
 from ..signin import (
     PENDING_COOKIE,
@@ -291,13 +291,21 @@ async def put_policy(request: web.Request) -> web.Response:
     if not chain or not allows(p, Action.SET_ORG_POLICY, Target.of_org(chain)):
         raise ApiError(403, "forbidden", "only administrators of the org set its policy")
     data = require_fields(await read_json(request), required=("policy",))
-    if data["policy"] not in POLICIES:
+    policy = await set_org_policy(svc, p, slug, data["policy"])
+    return web.json_response({"org": slug, "policy": policy})
+
+
+async def set_org_policy(svc: Services, p: Principal, slug: str, policy: object) -> Policy:
+    """Store an org's second-factor policy, audited (the API and the administrators'
+    page gateway/routes/pages_admin.py); 400 ``invalid_field`` for anything else."""
+    assert svc.auditor is not None
+    if policy not in POLICIES:
         raise ApiError(400, "invalid_field", "policy must be required or optional",
                        field="policy")
-    await mfa_store(svc).set_policy(slug, data["policy"])
+    await mfa_store(svc).set_policy(slug, policy)
     await svc.auditor.record("org.second_factor_policy_set", actor=p.actor, org=slug,
-                             facts={"policy": data["policy"]})
-    return web.json_response({"org": slug, "policy": data["policy"]})
+                             facts={"policy": policy})
+    return policy
 
 
 # -- pages -----------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
@@ -288,16 +289,24 @@ async def get_settings(request: web.Request) -> web.Response:
     return web.json_response(settings.public())
 
 
+async def save_settings(svc: Services, p: Principal, org: str, data: dict[str, Any]
+                        ) -> OrgOidc:
+    """Check and store an org's provider, audited (the API and the administrators' page
+    gateway/routes/pages_admin.py); ``StaffError`` naming the bad field keeps nothing."""
+    assert svc.auditor is not None
+    settings, secret = parse_settings(org, data)
+    async with svc.auditor.intended("org.oidc_set", actor=p.actor, org=org,
+                                    facts={"provider": settings.provider,
+                                           "auto_provision": settings.auto_provision,
+                                           "passwords": settings.passwords}):
+        await oidc_store(svc).save(settings, secret)
+    return settings
+
+
 async def put_settings(request: web.Request) -> web.Response:
     svc, p, org = await org_staff(request, Action.MANAGE_ORGS)
-    assert svc.auditor is not None
     try:
-        settings, secret = parse_settings(org, await read_json(request))
-        async with svc.auditor.intended("org.oidc_set", actor=p.actor, org=org,
-                                        facts={"provider": settings.provider,
-                                               "auto_provision": settings.auto_provision,
-                                               "passwords": settings.passwords}):
-            await oidc_store(svc).save(settings, secret)
+        settings = await save_settings(svc, p, org, await read_json(request))
     except StaffError as exc:
         raise ApiError(exc.status, exc.code, exc.message, field=exc.field) from exc
     return web.json_response(settings.public())

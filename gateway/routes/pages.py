@@ -101,6 +101,8 @@ def nav_items(p: Principal | None) -> list[tuple[str, str]]:
         items.append(("/incidents", "nav.incidents"))
     if allows(p, Action.MANAGE_STAFF):
         items += [("/admin/staff", "nav.staff"), ("/admin/keys", "nav.keys")]
+    if allows(p, Action.MANAGE_ORGS):
+        items.append(("/admin/sign-in", "nav.signin_settings"))
     if allows(p, Action.SET_ORG_POLICY):
         items.append(("/admin/rules", "nav.rules"))
     return items

@@ -23,7 +23,7 @@ from ..useragent import device_hint
 from .pages import page_lang, page_response
 
 
-async def _sessions_json(svc: Services, username: str, current: str | None
+async def sessions_json(svc: Services, username: str, current: str | None
                          ) -> list[dict[str, Any]]:
     assert svc.staff is not None
     hashes = await svc.staff.session_ids(username)
@@ -42,7 +42,7 @@ def _sid(request: web.Request) -> str:
     return sid
 
 
-async def _end(svc: Services, actor: Principal, username: str, org: str, sid_hash: str
+async def end_session(svc: Services, actor: Principal, username: str, org: str, sid_hash: str
                ) -> bool:
     assert svc.staff is not None and svc.auditor is not None
     ended = await svc.staff.revoke_session_of(username, sid_hash)
@@ -59,19 +59,19 @@ async def list_own(request: web.Request) -> web.Response:
     p = await require_user(request)
     if p.via != "session":
         raise ApiError(403, "session_required", "sessions belong to browser sign-ins")
-    return web.json_response({"sessions": await _sessions_json(svc, p.username,
+    return web.json_response({"sessions": await sessions_json(svc, p.username,
                                                                p.session_id)})
 
 
 async def end_own(request: web.Request) -> web.Response:
     svc = services(request)
     p = await require_user(request)
-    if not await _end(svc, p, p.username, p.org, _sid(request)):
+    if not await end_session(svc, p, p.username, p.org, _sid(request)):
         raise ApiError(404, "not_found", "no such session of yours")
     return web.Response(status=204)
 
 
-async def _managed(request: web.Request) -> tuple[Services, Principal, str, str]:
+async def managed_account(request: web.Request) -> tuple[Services, Principal, str, str]:
     svc = services(request)
     assert svc.staff is not None
     p = await require_user(request)
@@ -85,23 +85,28 @@ async def _managed(request: web.Request) -> tuple[Services, Principal, str, str]
 
 
 async def list_user(request: web.Request) -> web.Response:
-    svc, p, username, _org = await _managed(request)
-    return web.json_response({"sessions": await _sessions_json(svc, username,
+    svc, p, username, _org = await managed_account(request)
+    return web.json_response({"sessions": await sessions_json(svc, username,
                                                                p.session_id)})
 
 
 async def end_user(request: web.Request) -> web.Response:
-    svc, p, username, org = await _managed(request)
+    svc, p, username, org = await managed_account(request)
     if "sid" in request.match_info:
         sid = _sid(request)
-        if not await _end(svc, p, username, org, sid):
+        if not await end_session(svc, p, username, org, sid):
             raise ApiError(404, "not_found", "no such session")
         return web.Response(status=204)
+    return web.json_response({"ended": await end_all_sessions(svc, p, username, org)})
+
+
+async def end_all_sessions(svc: Services, actor: Principal, username: str, org: str) -> int:
+    """End every session of ``username`` (an administrator's act), audited."""
     assert svc.staff is not None and svc.auditor is not None
     n = await svc.staff.revoke_user_sessions(username)
-    await svc.auditor.record("staff.session_revoked", actor=p.actor, org=org,
+    await svc.auditor.record("staff.session_revoked", actor=actor.actor, org=org,
                              subject=f"user:{username}", facts={"own": False, "all": n})
-    return web.json_response({"ended": n})
+    return n
 
 
 async def sessions_page(request: web.Request) -> web.StreamResponse:
@@ -114,11 +119,11 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
     if request.method == "POST":
         form = await request.post()
         sid = str(form.get("session", ""))[:64]
-        ended = await _end(svc, p, p.username, p.org, sid)
+        ended = await end_session(svc, p, p.username, p.org, sid)
         if ended and sid == p.session_id:
             raise web.HTTPSeeOther(f"/login?lang={lang}")
         notice = i18n.t(lang, "sessions.ended" if ended else "sessions.gone")
-    rows = await _sessions_json(svc, p.username, p.session_id)
+    rows = await sessions_json(svc, p.username, p.session_id)
     return page_response(request, "sessions.html", lang, user=p, sessions=rows,
                          notice=notice)
 

@@ -69,6 +69,8 @@ def staff_pages(cid: str, incident: str) -> dict[str, list[tuple[str, str]]]:
                    ("account-password", "/account/password"), *report],
         "anh.it": [("audit", "/audit"), ("bans", "/bans")],
         "chi.admin": [("admin-staff", "/admin/staff"), ("admin-keys", "/admin/keys"),
+                      ("admin-signin", "/admin/sign-in?org=thpt-a"),
+                      ("admin-staff-sessions", "/admin/staff/co.lan/sessions"),
                       ("admin-rules", "/admin/rules"),
                       *incidents],
     }

@@ -239,6 +239,10 @@ TABLE: dict[tuple[str, str], Row] = {
     ("GET", "/bans"): Row(AUDIT, page=True),
     ("GET", "/admin/staff"): Row(ADMINS, page=True),
     ("GET", "/admin/keys"): Row(ADMINS, page=True),
+    ("GET", "/admin/sign-in"): Row(ADMINS, page=True),  # their own org's settings
+    ("POST", "/admin/sign-in"): Row(ORG_A_ADMINS, page=True, path="/admin/sign-in?org={org}"),
+    ("GET", "/admin/staff/{username}/sessions"): Row(ORG_A_ADMINS, page=True),
+    ("POST", "/admin/staff/{username}/sessions"): Row(ORG_A_ADMINS, page=True),
     ("GET", "/admin/rules"): Row(ADMINS, page=True),
     ("GET", "/incidents"): Row(STAFF, page=True),
     ("GET", "/incidents/new"): Row(VIEW, page=True, path="/incidents/new?class_id={class_id}"),
