@@ -466,8 +466,11 @@ class JoinFlow:
             return await self._offer_rules(decision, snap, facts, rules, ip=ip, dev=dev,
                                            fresh_cookie=fresh_cookie, user_agent=user_agent,
                                            via=via)
+        # (the snapshot read the reset marker in its round trip: only a student whose
+        # device was reset pays the extra call that takes it)
         if policy.device_binding and snap.state.bound_device is None and \
                 snap.student is not None and facts.student_id and \
+                snap.extra.get("device_reset") and \
                 await store.take_device_reset(snap.info.id, facts.student_id):
             # The teacher reset this student's device: say which device came back,
             # whatever the policy decides for it.

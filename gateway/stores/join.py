@@ -56,7 +56,7 @@ class Join:
         k = self.k
         return [k.meta(cid), k.links(cid), k.revoked(cid), k.roster(cid), k.bind(cid),
                 k.rebinds(cid), k.admitted(cid), k.removed(cid), k.denied(cid), k.bans(cid),
-                k.hosts(cid), k.jtis(cid), k.released(cid)]
+                k.hosts(cid), k.jtis(cid), k.released(cid), k.device_resets(cid)]
 
     async def snapshot(
         self, cid: str, facts: TokenFacts, *, device: str | None, ip: str,
@@ -82,7 +82,7 @@ class Join:
             wait, limited_by = gcra_result(gcra, limits)
         snap_raw, org_raw = res[0], res[1:]
         (meta_flat, cur_jti, is_revoked, roster_v, bound, rebinds, admitted_v, removed, denied,
-         bans_flat, admitted_count, hosts_flat, jti_raw, released_raw) = snap_raw
+         bans_flat, admitted_count, hosts_flat, jti_raw, released_raw, reset_v) = snap_raw
         meta = pairs(meta_flat)
         bans = pairs(bans_flat)
         hosts = [(hosts_flat[i], float(hosts_flat[i + 1])) for i in range(0, len(hosts_flat), 2)]
@@ -147,7 +147,9 @@ class Join:
         )
         return Snapshot(info, state, link, student,
                         {"admitted": admitted, "wait": wait, "limited_by": limited_by,
-                         "ban_key": ban.key if ban else None})
+                         "ban_key": ban.key if ban else None,
+                         # the host reset this student's device (stores/room.py)
+                         "device_reset": bool(int(reset_v or 0))})
 
     async def apply_entry(
         self, cid: str, sid: str, device: str, *, mode: str, bind: str, ip: str,

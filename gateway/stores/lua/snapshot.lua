@@ -1,6 +1,6 @@
 -- Everything one join attempt needs from the class, in one call.
 -- KEYS: meta, links, revoked, roster, bind, rebinds, admitted, removed, denied, bans, hosts, jtis,
---       released
+--       released, device resets
 -- ARGV: student id, jti
 local sid, jti = ARGV[1], ARGV[2]
 return {
@@ -17,5 +17,6 @@ return {
   redis.call('HLEN', KEYS[7]),
   redis.call('ZRANGE', KEYS[11], 0, -1, 'WITHSCORES'),
   redis.call('HGET', KEYS[12], jti),
-  redis.call('HGET', KEYS[13], sid)
+  redis.call('HGET', KEYS[13], sid),
+  redis.call('HEXISTS', KEYS[14], sid)
 }
