@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiDictProxy
+
+from meeting_adapters._http import JsonTooDeep, json_bounded
 
 from .errors import ApiError
 
@@ -70,25 +71,6 @@ def _in(addr: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) ->
     return any(ip in n for n in nets)
 
 
-def _bracket_depth(body: bytes) -> int:
-    depth = cur = 0
-    in_str = escaped = False
-    for ch in body:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif ch == 0x5C:  # backslash
-                escaped = True
-            elif ch == 0x22:
-                in_str = False
-        elif ch == 0x22:
-            in_str = True
-        elif ch in (0x5B, 0x7B):
-            cur += 1
-            depth = max(depth, cur)
-        elif ch in (0x5D, 0x7D):
-            cur -= 1
-    return depth
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
@@ -126,23 +108,11 @@ async def read_json(request: web.Request, *, max_bytes: int | None = None) -> An
         raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from exc
 
 
-class JsonTooDeep(ValueError):
-    """JSON nested deeper than we parse."""
-
-
 def loads_bounded(data: str | bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """``json.loads`` for untrusted text (request bodies, WebSocket frames).
-
-    A nesting bomb is cut before the parser recurses (brackets outside strings are
-    counted first), so it is a ``JsonTooDeep``, never a ``RecursionError`` out of the
-    handler. Every failure is a ``ValueError``."""
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if _bracket_depth(raw) > max_depth:
-        raise JsonTooDeep(f"JSON nested deeper than {max_depth}")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except RecursionError as exc:  # NOTE: unreachable after the depth check; kept closed
-        raise JsonTooDeep("JSON nested too deeply") from exc
+    """``json.loads`` for untrusted text (request bodies, WebSocket frames): a nesting
+    bomb is a ``JsonTooDeep``, never a ``RecursionError``; every failure is a
+    ``ValueError`` (meeting_adapters/_http.py, shared with the platforms' webhooks)."""
+    return json_bounded(data, max_depth=max_depth)
 
 
 async def read_form(

@@ -24,6 +24,7 @@ __all__ = [
     "HttpAnswer",
     "check_keys",
     "fetch",
+    "JsonTooDeep",
     "json_bounded",
     "mask",
     "opt_bool",
@@ -63,17 +64,24 @@ def _bracket_depth(body: bytes) -> int:
     return depth
 
 
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than we parse."""
+
+
 def json_bounded(data: str | bytes, *, max_depth: int = 64) -> Any:
-    """``json.loads`` for a webhook body a platform (or anyone) posted: nesting deeper
-    than ``max_depth`` is refused before the parser recurses. Every failure is a
-    ``ValueError`` (as ``gateway/web_util.py``'s ``loads_bounded``)."""
+    """``json.loads`` for untrusted text (a webhook body a platform, or anyone, posted;
+    the gateway's request bodies and WebSocket frames through ``gateway/web_util.py``).
+
+    A nesting bomb is cut before the parser recurses (brackets outside strings are
+    counted first), so it is a ``JsonTooDeep``, never a ``RecursionError`` out of the
+    handler. Every failure is a ``ValueError``."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     if _bracket_depth(raw) > max_depth:
-        raise ValueError(f"JSON nested deeper than {max_depth}")
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth}")
     try:
         return json.loads(raw.decode("utf-8"))
     except RecursionError as exc:  # NOTE: unreachable after the depth check; kept closed
-        raise ValueError("JSON nested too deeply") from exc
+        raise JsonTooDeep("JSON nested too deeply") from exc
 
 
 # --- pure: settings fields ------------------------------------------------------------
