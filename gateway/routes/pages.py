@@ -42,6 +42,11 @@ PageHandler = Callable[[web.Request, Principal, str], Awaitable[web.StreamRespon
 
 # --- formatting (Jinja filters) ---------------------------------------------------------
 
+# English pages write dates day first, as the date inputs do (dd/mm/yyyy) and as
+# Vietnamese readers expect: "5/12/26" never means 12 May.
+_DATE_LOCALE = {"en": "en_GB"}
+
+
 def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium") -> str:
     """A timestamp (a datetime, unix seconds or ms, or ISO 8601) in the viewer's locale
     and time zone."""
@@ -59,7 +64,8 @@ def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium"
             if ts > 1e11:  # milliseconds
                 ts /= 1000.0
             dt = datetime.fromtimestamp(ts, UTC)
-        return str(format_datetime(dt, fmt, tzinfo=ZoneInfo(tz), locale=lang))
+        return str(format_datetime(dt, fmt, tzinfo=ZoneInfo(tz),
+                                   locale=_DATE_LOCALE.get(lang, lang)))
     except (ValueError, TypeError, OverflowError, LookupError):
         return str(value)
 
