@@ -46,6 +46,8 @@ from .stores.keys import OidcKeys
 
 ProviderKind = Literal["google", "entra", "generic"]
 PROVIDERS: tuple[ProviderKind, ...] = ("google", "entra", "generic")
+# Any standard provider, found by its discovery URL.
+DISCOVERY_PROVIDER: ProviderKind = "generic"
 GOOGLE_ISSUER = "https://accounts.google.com"
 ENTRA_AUTHORITY = "https://login.microsoftonline.com"
 ENTRA_TENANT_TEMPLATE = "{tenantid}"

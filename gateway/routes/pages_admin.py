@@ -20,7 +20,7 @@ from ..auth import Principal, require_user
 from ..authz import Action, Target, allows
 from ..class_rules import RulesStore
 from ..errors import ApiError
-from ..oidc import CALLBACK_PATH, OrgOidc
+from ..oidc import CALLBACK_PATH, DISCOVERY_PROVIDER, OrgOidc
 from ..services import services
 from ..signin import mfa_store, verify_url
 from ..staff import StaffError
@@ -73,7 +73,7 @@ async def org_rules_page(request: web.Request, p: Principal, lang: str) -> web.S
 
 # -- sign-in settings of an org ----------------------------------------------------------------
 
-PROVIDER_CHOICES = ("google", "entra-multi", "entra-single", "generic")
+PROVIDER_CHOICES = ("google", "entra-multi", "entra-single", DISCOVERY_PROVIDER)
 _SPLIT = re.compile(r"[\s,;]+")
 
 
@@ -125,7 +125,7 @@ def _form_of(settings: OrgOidc | None) -> dict[str, str]:
         "provider": choice, "client_id": settings.client_id,
         "tenant": settings.tenant if choice == "entra-single" else "",
         "tenant_ids": ", ".join(settings.tenant_ids),
-        "discovery_url": settings.discovery_url if settings.provider == "generic" else "",
+        "discovery_url": settings.discovery_url if settings.provider == DISCOVERY_PROVIDER else "",
         "domains": ", ".join(settings.domains), "hosted_domain": settings.hosted_domain,
         "auto_provision": "on" if settings.auto_provision else "",
         "default_role": settings.default_role,
