@@ -76,6 +76,7 @@ from audit.scripts import Script, ScriptRunner
 
 from . import i18n
 from .config import Settings
+from .evidence_report import offset_label
 from .incidents import Incident, IncidentStore
 from .secretbox import SecretBox
 from .stores.keys import NotifyKeys
@@ -231,13 +232,9 @@ def incident_url(settings: Settings, iid: str) -> str:
 
 def local_time(ts: float, zone: str) -> str:
     """The time in the deployment's zone (setting ``timezone``), with its UTC offset."""
-    local = datetime.fromtimestamp(ts, UTC).astimezone(ZoneInfo(zone))
-    off = local.utcoffset()
-    minutes = int(off.total_seconds()) // 60 if off is not None else 0
-    hours, rest = divmod(abs(minutes), 60)
-    sign = "+" if minutes >= 0 else "-"
-    return local.strftime("%H:%M %d/%m/%Y") + f" (UTC{sign}{hours}" + (
-        f":{rest:02d})" if rest else ")")
+    tz = ZoneInfo(zone)
+    local = datetime.fromtimestamp(ts, UTC).astimezone(tz)
+    return f"{local.strftime('%H:%M %d/%m/%Y')} ({offset_label(tz, int(ts * 1000))})"
 
 
 def build_message(settings: Settings, *, iid: str, class_title: str, created_at: float,

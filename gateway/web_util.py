@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from meeting_adapters._http import JsonTooDeep, json_bounded
+from meeting_adapters import JsonTooDeep, json_bounded
 
 from .errors import ApiError
 

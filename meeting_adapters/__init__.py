@@ -1,5 +1,6 @@
 """Meeting platforms behind one async interface (see ``base.MeetingAdapter``)."""
 
+from ._http import JsonTooDeep, json_bounded
 from .base import (
     AdapterBase,
     AdapterError,
@@ -53,6 +54,7 @@ __all__ = [
     "HookRequest",
     "HookResult",
     "InvalidSettings",
+    "JsonTooDeep",
     "MeetingAdapter",
     "Participant",
     "Present",
@@ -65,6 +67,7 @@ __all__ = [
     "capability_matrix",
     "create_adapter",
     "form_fields",
+    "json_bounded",
     "redact_platform",
     "settings_warnings",
     "validate_platform",

@@ -30,6 +30,7 @@ from .. import i18n
 from ..auth import SESSION_COOKIE, Principal, authenticate
 from ..authz import Action, allows
 from ..errors import ApiError
+from ..evidence_report import offset_label
 from ..hostctl import visible_classes
 from ..services import FOUNDATION, services
 from ..signin import set_pending_cookie
@@ -73,13 +74,10 @@ def format_when(value: Any, lang: str, tz: str = DEFAULT_TZ, fmt: str = "medium"
 def zone_label(tz: str) -> str:
     """``Asia/Ho_Chi_Minh, UTC+7``: a time zone's name and its offset now."""
     try:
-        off = datetime.now(UTC).astimezone(ZoneInfo(tz)).utcoffset()
+        zone = ZoneInfo(tz)
     except (ValueError, LookupError):
         return tz
-    minutes = int(off.total_seconds()) // 60 if off is not None else 0
-    sign = "+" if minutes >= 0 else "-"
-    hours, rest = divmod(abs(minutes), 60)
-    return f"{tz}, UTC{sign}{hours}" + (f":{rest:02d}" if rest else "")
+    return f"{tz}, {offset_label(zone, int(datetime.now(UTC).timestamp() * 1000))}"
 
 
 def safe_next(value: str | None) -> str:
