@@ -27,6 +27,7 @@ import pytest
 import redis as redis_sync
 
 from tests.conftest import require_program
+from tests.gateway.helpers import next_event
 
 from .cluster import (
     Nginx,
@@ -150,26 +151,13 @@ class Phone:
                                    allow_redirects=False)
 
 
-# events read from a socket but not yet returned (a frame may carry several)
-_PENDING: dict[int, list[dict[str, Any]]] = {}
-
-
 async def next_json(ws: aiohttp.ClientWebSocketResponse, type_: str | None = None,
                     within: float = 5.0) -> dict[str, Any]:
-    pending = _PENDING.setdefault(id(ws), [])
-
     async def read() -> dict[str, Any]:
         while True:
-            while pending:
-                data = pending.pop(0)
-                if type_ is None or data.get("type") == type_:
-                    return data
-            msg = await ws.receive()
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                raise AssertionError(f"socket ended: {msg.type} {msg.data!r}")
-            frame = json.loads(msg.data)
-            # one event per frame, or a list of the class's events of one loop turn
-            pending.extend(frame if isinstance(frame, list) else [frame])
+            data = await next_event(ws)  # a frame may carry several events
+            if type_ is None or data.get("type") == type_:
+                return data
     return await asyncio.wait_for(read(), within)
 
 

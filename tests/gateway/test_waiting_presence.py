@@ -5,7 +5,6 @@ seconds (protocol heartbeats), one whose gateway process died when its mark goes
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,14 @@ import redis.asyncio as aioredis
 from gateway.routes.join import WAIT_HEARTBEAT_S
 from gateway.stores import WAIT_SOCKET_STALE_S, ClassStore, new_id
 
-from .helpers import host_control, make_class, next_message, open_link, running_gateway
+from .helpers import (
+    host_control,
+    make_class,
+    next_event,
+    next_message,
+    open_link,
+    running_gateway,
+)
 
 
 async def _event(ws: aiohttp.ClientWebSocketResponse, kind: str, *,
@@ -24,13 +30,9 @@ async def _event(ws: aiohttp.ClientWebSocketResponse, kind: str, *,
     """The next event of ``kind`` on the control socket, waiting up to ``within`` s."""
     async with asyncio.timeout(within):
         while True:
-            msg = await ws.receive()
-            assert msg.type == aiohttp.WSMsgType.TEXT, msg
-            frame = json.loads(msg.data)
-            # one event per frame, or a list of the class's events of one loop turn
-            for data in frame if isinstance(frame, list) else [frame]:
-                if data.get("type") == kind:
-                    return dict(data)
+            data = await next_event(ws)  # a frame may carry several events
+            if data.get("type") == kind:
+                return data
 
 
 Page = tuple[aiohttp.ClientSession, str, aiohttp.ClientWebSocketResponse]
