@@ -305,6 +305,12 @@ async def _stop_sockets_and_tasks(svc: Services) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     svc.tasks.clear()
+    if svc.sequencer is not None:
+        # Records written while the sockets closed (after the sequencer's last pass) are
+        # durable in their outboxes; sequence them now rather than at the next start.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await svc.sequencer.sync()
 
 
 async def _close_pools(pools: dict[str, Any]) -> None:
