@@ -15,11 +15,18 @@ screenshots.
 3. the ``kid``: well-formed and known to *our* keyring (the key is never taken from the
    token: ``jwk``, ``jku``, ``x5u``, ``x5c`` header members are ignored), and a
    signature of exactly 64 bytes;
-4. the signature and static claims with pyjwt (algorithm list hard-coded to EdDSA,
-   ``aud`` and ``iss`` checked, every claim we rely on required);
+4. the Ed25519 signature over the two first segments as they arrived, with the key from
+   step 3 (``cryptography``; the algorithm is fixed by step 2, never chosen by the
+   token), then the static claims: a JSON object without duplicate members, every claim
+   we rely on present, ``iss`` our issuer and ``aud`` exactly our audience string (not a
+   list containing it);
 5. claim types: ids are short strings of a safe alphabet, times are integers.
 
-Steps 1-3 cost no signature check, so garbage is rejected cheaply. Time (``exp``,
+Steps 1-3 cost no signature check, so garbage is rejected cheaply. Each token is decoded
+once (steps 1-2 are cached for the few links in flight): the join path reads the claims
+unverified to choose its Redis keys, then verifies the same decoded bytes. PyJWT signs
+(``issue_join_token``); tests check this verifier against PyJWT's ``jwt.decode`` on the
+same tokens, forged and damaged ones included (tests/gateway/test_tokens.py). Time (``exp``,
 ``nbf``) is *not* checked here: the policy does it with the injected clock and the
 policy's leeway, so "expired" can be told apart from "forged".
 """
@@ -33,6 +40,7 @@ from functools import lru_cache
 from typing import Any, Final, TypeGuard
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 
 from gateway.keys import (
     KID_PATTERN,
@@ -117,6 +125,9 @@ class _Shape:
     header: dict[str, Any]
     payload_b64: str
     signature_b64: str
+    payload: bytes  # decoded, not yet parsed (a malformed payload is a failure of step 4)
+    signature: bytes
+    signing_input: bytes  # the first two segments as they arrived, what was signed
 
 
 class _Reject(Exception):  # noqa: N818 - internal control flow, never escapes
@@ -164,16 +175,22 @@ def _shape(token: object) -> _Shape:
     # Canonical base64url only: one spelling per token, so a jti seen by the rate
     # limiter or the revocation list cannot be dodged by flipping unused bits.
     header_raw = b64url_decode_canonical(header_b64)
-    if (
-        header_raw is None
-        or not payload_b64
-        or b64url_decode_canonical(payload_b64) is None
-        or b64url_decode_canonical(signature_b64) is None
-    ):
+    payload = b64url_decode_canonical(payload_b64) if payload_b64 else None
+    signature = b64url_decode_canonical(signature_b64)
+    if header_raw is None or payload is None or signature is None:
         raise _Reject("malformed")
     return _Shape(
-        header=_json_object(header_raw), payload_b64=payload_b64, signature_b64=signature_b64
+        header=_json_object(header_raw), payload_b64=payload_b64, signature_b64=signature_b64,
+        payload=payload, signature=signature,
+        signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
     )
+
+
+@lru_cache(maxsize=512)
+def _claims(token: str) -> dict[str, Any]:
+    """The payload of a well-shaped token as a JSON object (cached like ``_shape``, and
+    only ever read). Raises ``_Reject("malformed")``."""
+    return _json_object(_shape(token).payload)
 
 
 def _kid_of(header: dict[str, Any]) -> str:
@@ -210,33 +227,24 @@ def _verify(keyring: JoinKeyring, token: str, issuer: str) -> TokenFacts:
     # size means a truncated or damaged link.
     if len(shape.signature_b64) != _SIGNATURE_CHARS:
         raise _Reject("malformed", kid)
-    # Step 4.
+    # Step 4: the signature first (nothing of the payload is believed before it), then
+    # the static claims.
     try:
-        claims = jwt.decode(
-            token,
-            key=public_key,
-            algorithms=[ALGORITHM],  # hard-coded: never from the token
-            audience=AUDIENCE,
-            issuer=issuer,
-            options={
-                "require": list(REQUIRED_CLAIMS),
-                "strict_aud": True,  # aud must be our string, not a list containing it
-                # NOTE: time claims are checked by the policy with the injected clock
-                # and the policy's small leeway (token_leeway_seconds), not here with
-                # the wall clock: an expired link is "token_expired", not "forged".
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-            },
-        )
-    except jwt.InvalidSignatureError as exc:
+        public_key.verify(shape.signature, shape.signing_input)
+    except InvalidSignature as exc:
         raise _Reject("bad_signature", kid) from exc
-    except (jwt.InvalidAlgorithmError, jwt.InvalidKeyError) as exc:
-        raise _Reject("bad_signature", kid) from exc
-    except jwt.DecodeError as exc:  # after InvalidSignatureError, its subclass
-        raise _Reject("malformed", kid) from exc
-    except jwt.InvalidTokenError as exc:  # audience, issuer, missing claim, sub/jti type
-        raise _Reject("bad_claims", kid) from exc
+    try:
+        claims = _claims(token)
+    except _Reject as rej:
+        raise _Reject("malformed", kid) from rej
+    if any(name not in claims for name in REQUIRED_CLAIMS):
+        raise _Reject("bad_claims", kid)
+    # NOTE: exact string comparison; "aud" as a list containing our audience is refused
+    # (strict), as are an issuer of another deployment and non-string values.
+    if type(claims["iss"]) is not str or claims["iss"] != issuer:
+        raise _Reject("bad_claims", kid)
+    if type(claims["aud"]) is not str or claims["aud"] != AUDIENCE:
+        raise _Reject("bad_claims", kid)
     # Step 5.
     sub, cls, jti = claims.get("sub"), claims.get("cls"), claims.get("jti")
     iat, nbf, exp = claims.get("iat"), claims.get("nbf"), claims.get("exp")
@@ -276,12 +284,8 @@ def peek_token(token: str) -> tuple[str, str] | None:
     even shaped like ours. Only for choosing rate-limit buckets before the signature
     check; never for decisions. Never raises."""
     try:
-        shape = _shape(token)
-        kid = _kid_of(shape.header)
-        payload_raw = b64url_decode_canonical(shape.payload_b64)
-        if payload_raw is None:
-            return None
-        jti = _json_object(payload_raw).get("jti")
+        kid = _kid_of(_shape(token).header)
+        jti = _claims(token).get("jti")
     except (_Reject, ValueError, TypeError, RecursionError):
         return None
     if not is_safe_id(jti):
@@ -296,12 +300,8 @@ def peek_claims(token: str) -> tuple[str, str, str, str] | None:
     in the same round trip, before the signature is checked; the decision itself is
     taken on the verified claims. Never raises."""
     try:
-        shape = _shape(token)
-        kid = _kid_of(shape.header)
-        payload_raw = b64url_decode_canonical(shape.payload_b64)
-        if payload_raw is None:
-            return None
-        payload = _json_object(payload_raw)
+        kid = _kid_of(_shape(token).header)
+        payload = _claims(token)
     except (_Reject, ValueError, TypeError, RecursionError):
         return None
     jti, sub, cls = payload.get("jti"), payload.get("sub"), payload.get("cls")

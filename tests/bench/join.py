@@ -1002,7 +1002,14 @@ def start_group(env: dict[str, str], port: int, log: Path, workers: int) -> Any:
 
 
 def wrk_main(args: argparse.Namespace) -> int:
-    from tests.bench.wrkdrive import WrkResult, run_wrk, summary_json, write_links, write_script
+    from tests.bench.wrkdrive import (
+        WrkResult,
+        group_pids,
+        run_wrk,
+        summary_json,
+        write_links,
+        write_script,
+    )
 
     # SIGTERM (a timeout, kill): clean up the servers started here as on Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -1062,10 +1069,25 @@ def wrk_main(args: argparse.Namespace) -> int:
 
         def phase(name: str, target_port: int, f: Path, *, rate: float = 0.0,
                   quiet: bool = False) -> WrkResult:
+            spy = None
+            if args.py_spy and not quiet and target_port == port and \
+                    name.startswith(args.py_spy_phase):
+                # the serving worker (the youngest process of the group), not the supervisor
+                pid = group_pids(gw.pid)[-1]
+                fmt = "flamegraph" if args.py_spy.suffix == ".svg" else "raw"
+                spy = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate",
+                                        "200", "--format", fmt, "--output", str(args.py_spy)],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)
             res = run_wrk(name, f"http://127.0.0.1:{target_port}", f, script,
                           threads=args.threads,
                           connections=args.paced_connections if rate else args.connections,
                           duration_s=600, rate=rate, pool=args.xff_pool, watch=watch())
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
+                if args.py_spy.suffix != ".svg":
+                    profile_summary(args.py_spy)
             if not quiet:
                 results.append(res)
                 print("  " + res.line(), flush=True)

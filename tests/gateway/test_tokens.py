@@ -17,7 +17,9 @@ from gateway.keys import JoinKeyring
 from gateway.tokens import (
     AUDIENCE,
     MAX_TOKEN_CHARS,
+    REQUIRED_CLAIMS,
     TokenError,
+    is_safe_id,
     issue_join_token,
     peek_token,
     verify_join_token,
@@ -311,3 +313,75 @@ def test_verify_accepts_non_str_without_raising(fixture_keyring: JoinKeyring) ->
         facts = verify_join_token(fixture_keyring, junk, issuer=ISSUER)  # type: ignore[arg-type]
         assert facts.failure == "malformed"
         assert peek_token(junk) is None  # type: ignore[arg-type]
+
+
+# -- the verifier against PyJWT's --------------------------------------------------------
+
+
+def _pyjwt_accepts(keyring: JoinKeyring, token: str) -> dict[str, Any] | None:
+    """What PyJWT's own verifier says of the token, with the options the join path's
+    contract names (EdDSA only, strict audience, our issuer, every claim required; times
+    are the policy's). None when it refuses."""
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = keyring.public_key(kid) if isinstance(kid, str) else None
+        if key is None:
+            return None
+        claims: dict[str, Any] = jwt.decode(
+            token, key=key, algorithms=["EdDSA"], audience=AUDIENCE, issuer=ISSUER,
+            options={"require": list(REQUIRED_CLAIMS), "strict_aud": True,
+                     "verify_exp": False, "verify_nbf": False, "verify_iat": False})
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return claims
+
+
+def _step5(claims: dict[str, Any]) -> bool:
+    ids = all(is_safe_id(claims.get(k)) for k in ("sub", "cls", "jti"))
+    times = all(type(claims.get(k)) is int and 0 <= claims[k] <= 253_402_300_799
+                for k in ("iat", "nbf", "exp"))
+    return ids and times and claims["nbf"] <= claims["exp"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_verifier_accepts_only_what_pyjwt_accepts(fixture_keyring: JoinKeyring,
+                                                   case: dict[str, Any]) -> None:
+    ours = verify_join_token(fixture_keyring, case["token"], issuer=ISSUER)
+    ref = _pyjwt_accepts(fixture_keyring, case["token"])
+    if ours.failure is None:
+        assert ref is not None
+        assert (ref["sub"], ref["cls"], ref["jti"]) == (ours.student_id, ours.class_id,
+                                                          ours.jti)
+    elif ours.failure in ("bad_signature", "unknown_kid"):
+        assert ref is None
+
+
+_GOOD: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": "s7k2mnpqrstu",
+                         "cls": "cabcdefghijk", "jti": "AbC_def-123", "iat": 1_767_225_600,
+                         "nbf": 1_767_225_540, "exp": 1_798_761_600}
+_ODD_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**40), st.floats(0, 1e10),
+                        st.text(max_size=8), st.just([AUDIENCE]), st.just(ISSUER + "/"),
+                        st.just({"a": 1}), st.just("has space"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(REQUIRED_CLAIMS), _ODD_VALUES, max_size=3),
+       st.sets(st.sampled_from(REQUIRED_CLAIMS), max_size=2),
+       st.dictionaries(st.sampled_from(["x", "name", "crit"]), st.text(max_size=4),
+                       max_size=2))
+def test_verifier_agrees_with_pyjwt_on_signed_claims(
+    fixture_keyring: JoinKeyring, changed: dict[str, Any], dropped: set[str],
+    extra: dict[str, str]
+) -> None:
+    """Genuinely signed tokens with odd claims: ours accepts exactly what PyJWT accepts
+    and the claim types of step 5 allow."""
+    claims = {**_GOOD, **changed, **extra}
+    for name in dropped:
+        claims.pop(name, None)
+    key = fixture_keyring.signing_key()
+    # signed as raw JWS bytes: PyJWT's own encoder would refuse some of these claims
+    token = jwt.api_jws.encode(json.dumps(claims).encode(), key.private_key,
+                               algorithm="EdDSA", headers={"kid": key.kid, "typ": "JWT"})
+    ours = verify_join_token(fixture_keyring, token, issuer=ISSUER)
+    ref = _pyjwt_accepts(fixture_keyring, token)
+    assert (ours.failure is None) == (ref is not None and _step5(ref)), (claims, ours)
