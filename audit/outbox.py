@@ -32,9 +32,19 @@ from collections.abc import Mapping
 from typing import Any
 
 from audit.errors import FormatError, UnsupportedVersionError
-from audit.records import SALT_SIZE, PreparedEvent, prepare_event
+from audit.records import (
+    MAX_RECORD_BYTES,
+    SALT_SIZE,
+    PreparedEvent,
+    check_members,
+    is_plain,
+    prepare_event,
+)
 
 OUTBOX_FORMAT = 1
+# What a record may hold beyond its outbox value: the personal data's commitment
+# (``"pd"``, 44 characters) and the ticket id the writing script chose (``facts.ticket``).
+_RECORD_EXTRA = 512
 
 
 
@@ -47,8 +57,23 @@ def pack_entry(
     event_id: str | None = None,
 ) -> str:
     """The outbox value of one event (validated now: a bad event fails the request,
-    never the drain)."""
+    never the drain).
+
+    NOTE: the record itself is built once, when the sequencer drains the entry. Here an
+    event of plain values (strings, safe integers, booleans, null: what the gateway
+    writes) is checked by its members and by encoding its outbox value, which is larger
+    than its record but for the few fixed members a record adds (``_RECORD_EXTRA``); any
+    other event, or one near the size limit, is built in full to be checked."""
     eid = event_id or secrets.token_hex(8)
+    check_members(event)
+    if is_plain(event) and (not personal or is_plain(personal)):
+        value = outbox_value(event, personal, ts_ms=ts_ms, node=node, event_id=eid)
+        try:
+            size = len(value.encode())
+        except UnicodeEncodeError:  # a lone surrogate: refused below with its reason
+            size = MAX_RECORD_BYTES
+        if size + _RECORD_EXTRA <= MAX_RECORD_BYTES:
+            return value
     prepare_event(event, personal, ts_ms=ts_ms, node=node, event_id=eid,
                   salt=b"\0" * SALT_SIZE if personal else None)
     return outbox_value(event, personal, ts_ms=ts_ms, node=node, event_id=eid)

@@ -90,6 +90,27 @@ def personal_commitment(personal: Mapping[str, Any], salt: bytes) -> str:
     return base64.b64encode(hashlib.sha256(salt + canonical(dict(personal))).digest()).decode()
 
 
+def check_members(event: Mapping[str, Any]) -> None:
+    """The checks of an event's members that need no encoding: a type and an actor, string
+    member names, none reserved for the log, none naming personal data."""
+    if not isinstance(event.get("type"), str) or not event["type"]:
+        raise InvalidEventError("event needs a non-empty string 'type'")
+    if not isinstance(event.get("actor"), str) or not event["actor"]:
+        raise InvalidEventError("event needs a non-empty string 'actor' (e.g. 'system')")
+    for key in event:
+        if not isinstance(key, str):
+            raise InvalidEventError(f"event member names must be strings, found {key!r}")
+        if key in RESERVED_FIELDS:
+            raise InvalidEventError(f"event member {key!r} is set by the audit log itself")
+        if key.lower() in PERSONAL_FIELD_NAMES:
+            raise InvalidEventError(
+                f"event member {key!r} is personal data: pass it in 'personal' instead"
+            )
+
+
+is_plain = _plain  # True when a value canonicalises by ``json.dumps`` alone
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedEvent:
     """An event ready to append: its record bytes and, if any, the personal blob."""
@@ -109,19 +130,7 @@ def prepare_event(
     salt: bytes | None,
 ) -> PreparedEvent:
     """Validate ``event`` and build ``E`` (and the personal blob when ``personal`` is given)."""
-    if not isinstance(event.get("type"), str) or not event["type"]:
-        raise InvalidEventError("event needs a non-empty string 'type'")
-    if not isinstance(event.get("actor"), str) or not event["actor"]:
-        raise InvalidEventError("event needs a non-empty string 'actor' (e.g. 'system')")
-    for key in event:
-        if not isinstance(key, str):
-            raise InvalidEventError(f"event member names must be strings, found {key!r}")
-        if key in RESERVED_FIELDS:
-            raise InvalidEventError(f"event member {key!r} is set by the audit log itself")
-        if key.lower() in PERSONAL_FIELD_NAMES:
-            raise InvalidEventError(
-                f"event member {key!r} is personal data: pass it in 'personal' instead"
-            )
+    check_members(event)
     record: dict[str, Any] = dict(event)
     record.update(v=FORMAT_VERSION, ts=ts_ms, node=node, id=event_id)
     blob: bytes | None = None
