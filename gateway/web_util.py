@@ -24,18 +24,41 @@ def client_ip(request: web.Request, trusted_proxies: Iterable[str]) -> str:
     walk it from the right and stop at the first address that is not a trusted proxy.
     """
     peer = request.remote or "0.0.0.0"  # noqa: S104 - a placeholder address, never bound
-    nets = _networks(tuple(trusted_proxies))
-    if not nets or not _in(peer, nets):
+    trusted = tuple(trusted_proxies)
+    if not trusted or not _trusted_peer(peer, trusted):
         return _norm(peer)
+    nets = _networks(trusted)
     chain = []
     for h in request.headers.getall("X-Forwarded-For", []):
         chain += [p.strip() for p in h.split(",") if p.strip()]
+    # NOTE: each address is parsed once (a carrier's pool of addresses defeats a cache).
     for addr in reversed(chain):
-        if not _valid_ip(addr):
+        ip = _parse(addr)
+        if ip is None:
             return _norm(peer)
-        if not _in(addr, nets):
-            return _norm(addr)
-    return _norm(chain[0]) if chain and _valid_ip(chain[0]) else _norm(peer)
+        if not any(ip in n for n in nets):
+            return _text(ip)
+    first = _parse(chain[0]) if chain else None
+    return _text(first) if first is not None else _norm(peer)
+
+
+def _parse(a: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(a)
+    except ValueError:
+        return None
+
+
+def _text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+@lru_cache(maxsize=256)
+def _trusted_peer(peer: str, cidrs: tuple[str, ...]) -> bool:
+    """(cached: the peers of a deployment are its few proxies)"""
+    return _in(peer, _networks(cidrs))
 
 
 @lru_cache(maxsize=64)
@@ -43,24 +66,11 @@ def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.
     return [ipaddress.ip_network(n, strict=False) for n in cidrs]
 
 
-def _valid_ip(a: str) -> bool:
-    try:
-        ipaddress.ip_address(a)
-        return True
-    except ValueError:
-        return False
-
-
 @lru_cache(maxsize=8192)
 def _norm(a: str) -> str:
     # (cached: the ipaddress module costs more than the rest of a refusal)
-    try:
-        ip = ipaddress.ip_address(a)
-    except ValueError:
-        return a
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    ip = _parse(a)
+    return a if ip is None else _text(ip)
 
 
 def _in(addr: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
@@ -69,8 +79,6 @@ def _in(addr: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) ->
     except ValueError:
         return False
     return any(ip in n for n in nets)
-
-
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
