@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 log = logging.getLogger("classguard.bus")
@@ -141,7 +142,7 @@ class Bus:
         if isinstance(channel, bytes):
             channel = channel.decode()
         try:
-            msg = json.loads(data)
+            msg = orjson.loads(data)
         except (TypeError, ValueError, RecursionError):
             return
         if not isinstance(msg, dict):

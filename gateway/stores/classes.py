@@ -9,6 +9,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from policies.model import DEFAULT_TIMEZONE, ClassId, Schedule, StudentId
@@ -72,7 +73,7 @@ def schedule_from_json(d: Mapping[str, Any]) -> Schedule:
 
 
 def student_from_json(sid: str, raw: str) -> Student:
-    d = json.loads(raw)
+    d = orjson.loads(raw)
     return Student(StudentId(sid), d["name"], d.get("external_id"), d.get("email"))
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from audit.scripts import Call, Script, ScriptRunner
 from policies.model import ClassId, ClassState, TokenFacts
 
@@ -115,7 +117,7 @@ class Join:
                 left = repr(max(float(left or 0), left_ts))
             if left:
                 host_left_at = datetime.fromtimestamp(float(left), UTC)
-        admitted = json.loads(admitted_v) if admitted_v else None
+        admitted = orjson.loads(admitted_v) if admitted_v else None
         revoked = bool(is_revoked) or (cur_jti is None) or (cur_jti != jti)
         released = False
         if released_raw and device is not None and device != bound:
@@ -178,9 +180,9 @@ class Join:
              k.ticket(cid, rand), k.last_ip(cid), k.nonce(cid, nonce),
              k.counter(cid, attempts[0]), k.outbox(cid)],
             [mode, sid, device, bind, now_ms, max(1, int(1000 / budget.per_second)),
-             max(1, budget.burst), rand, json.dumps(dict(ticket_fields)),
-             json.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
-             k.ticket(cid, ""), bus_channel or k.bus(), json.dumps(dict(event), ensure_ascii=False),
+             max(1, budget.burst), rand, orjson.dumps(dict(ticket_fields)),
+             orjson.dumps(dict(entry)), ticket_ttl_s, ip, nonce, nonce_ttl_s,
+             k.ticket(cid, ""), bus_channel or k.bus(), orjson.dumps(dict(event)),
              cid, jti, attempts[1], record],
         )
         status = str(res[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 
 from audit.scripts import Script, ScriptRunner
@@ -41,7 +42,7 @@ class Retired:
 
 
 def link_from_json(cid: str, raw: str) -> LinkRecord:
-    d = json.loads(raw)
+    d = orjson.loads(raw)
     return LinkRecord(Jti(d["jti"]), StudentId(d["student_id"]), ClassId(cid),
                       int(d["iat"]), int(d["nbf"]), int(d["exp"]), d.get("code", ""))
 
