@@ -110,8 +110,6 @@ def _outcome_response(request: web.Request, out: JoinOutcome,
                 secs = max(1, int(out.retry_after + 0.999))
                 headers["Retry-After"] = str(secs)
                 body["error"] = {"code": "rate_limited", "message": "too many requests"}
-            if report_url:
-                body["report"] = report_url
         resp: web.StreamResponse = web.json_response(body, status=status, headers=headers)
     elif out.rules is not None and out.rules_ack:
         lang = i18n.request_lang(request, svc.settings.default_lang)
