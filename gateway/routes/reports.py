@@ -151,7 +151,7 @@ async def _link_reporter(request: web.Request) -> Reporter | web.StreamResponse:
     token = request.match_info["token"]
     cookie = _device_cookie(request)
     check = await JoinFlow(svc).check_link(
-        token[:4096], ip=client_ip(request, svc.settings.trusted_proxies),
+        token, ip=client_ip(request, svc.settings.trusted_proxies),
         device_cookie=cookie, user_agent=request.headers.get("User-Agent", "")[:512],
         via="report")
     if check.refusal is not None or check.facts is None or check.info is None:
