@@ -143,13 +143,40 @@ def code_limits(ip: str) -> tuple[Limit, ...]:
             Limit("code:space", per_second=20, burst=200))
 
 
+def _names_a_current_link(snap: Snapshot) -> bool:
+    """Whether the claims read before any signature check name the current link of a
+    roster student of an existing class."""
+    st = snap.state
+    return (snap.info is not None and st is not None and snap.link is not None
+            and not st.revoked and st.on_roster)
+
+
 def _proves_a_live_link(snap: Snapshot) -> bool:
     """Whether the claims read before any signature check name the current link of a
     roster student of a class that has not ended (what a verified link must be to be
     charged to its own budgets rather than its source's)."""
-    st = snap.state
-    return (snap.info is not None and st is not None and snap.link is not None
-            and not st.revoked and st.on_roster and not st.ended)
+    return _names_a_current_link(snap) and snap.state is not None and not snap.state.ended
+
+
+# The rules of the chain (policies/engine.py DEFAULT_RULES, which runs them first) that
+# decide whether a link is a credential at all: its signature, validity period and class,
+# that it is still the student's current link, the bans on its source, the roster. The
+# rules after them decide an entry (the binding, the host, the schedule), not who holds
+# the link.
+CREDENTIAL_RULES = frozenset({"token_signature", "token_time", "class_match", "revocation",
+                              "rate_limit", "bans", "roster"})
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCheck:
+    """A link verified as a join verifies it, without joining (``JoinFlow.check_link``):
+    ``refusal`` when it is no credential (answered as a refused join), else its verified
+    claims, its class and its student."""
+
+    refusal: JoinOutcome | None = None
+    facts: TokenFacts | None = None
+    info: ClassInfo | None = None
+    student_name: str | None = None
 
 
 class JoinFlow:
@@ -274,6 +301,77 @@ class JoinFlow:
         return await self._decide(facts, snap if facts.failure is None else None, ip=ip,
                                   dev=dev, fresh_cookie=fresh_cookie, user_agent=user_agent,
                                   via="link")
+
+    async def check_link(self, token: str, *, ip: str, device_cookie: str | None,
+                         user_agent: str, via: str) -> LinkCheck:
+        """Verify a link as ``with_token`` does, and stop there: for what a student does
+        with their own link other than joining (``via`` names it in the records).
+
+        The same checks (shape, signature, issuer, expiry, the current link of a roster
+        student of an existing class, bans), the same charges to the source's failure
+        budgets for whatever fails, the same refusals, recorded as a join's are (with
+        ``via``). Nothing else happens: no device cookie is minted, nothing is bound,
+        issued or consumed, and the link's own join budget is not charged. The rules
+        after the credential's (``CREDENTIAL_RULES``) are not asked: a link bound to
+        another device, or of a class that has ended, still proves whose it is."""
+        svc = self.svc
+        dev = device_hash(device_cookie) if device_cookie else None
+        if token.count(".") != 2:
+            return LinkCheck(refusal=await self._malformed(token, ip=ip, dev=dev,
+                                                           user_agent=user_agent))
+        peek = peek_claims(token)
+        snap: Snapshot | None = None
+        claimed: TokenFacts | None = None
+        if peek is not None:
+            _kid, jti, sub, cls = peek
+            claimed = TokenFacts(failure=None, student_id=StudentId(sub),
+                                 class_id=ClassId(cls), jti=Jti(jti))
+            snap = await svc.store.snapshot(cls, claimed, device=dev, ip=ip)
+        current = snap is not None and _names_a_current_link(snap)
+        banned = bool(snap is not None and snap.state is not None
+                      and (snap.state.banned_device or snap.state.banned_ip))
+        charged = not current or banned
+        if charged:
+            # Fails whatever the signature says: charged before any signature work.
+            wait = await self.charge_failure(ip, via=via, user_agent=user_agent)
+            if wait > 0:
+                return LinkCheck(refusal=self._refused(Reason.RATE_LIMITED, wait, None))
+        facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
+        if facts.failure == "unknown_kid" and svc.keyring.reload_if_changed():
+            facts = verify_join_token(svc.keyring, token, issuer=svc.settings.public_url)
+        if facts.failure is None and (claimed is None or (
+                facts.class_id, facts.student_id, facts.jti) != (
+                claimed.class_id, claimed.student_id, claimed.jti)):
+            facts = TokenFacts(failure="bad_claims")  # cannot happen with a valid signature
+
+        async def refuse(decision: Decision, known: Snapshot | None) -> LinkCheck:
+            # NOTE: unlike a join, which charges a refused current link to the link's
+            # own budget, every refusal here is charged to its source (once).
+            if not charged:
+                wait = await self.charge_failure(ip, via=via, user_agent=user_agent)
+                if wait > 0:
+                    return LinkCheck(refusal=self._refused(Reason.RATE_LIMITED, wait, None))
+            decision = Decision(decision.action, decision.reason, decision.rule,
+                                {**decision.facts, "via": via})
+            await self._record(decision, known, facts, ip, dev, user_agent, None)
+            info = known.info if known is not None else None
+            return LinkCheck(refusal=JoinOutcome(
+                decision=decision, class_id=info.id if info else None,
+                class_title=info.title if info else None))
+
+        attempt = Attempt(class_id=ClassId(facts.class_id or "-"), token=facts, ip=ip,
+                          device=dev)
+        if facts.failure is not None or facts.class_id is None or snap is None:
+            return await refuse(evaluate(attempt, _NO_CLASS_STATE, _STRICT, self._now), None)
+        if snap.info is None or snap.state is None:
+            return await refuse(Decision(Action.DENY, Reason.TOKEN_INVALID, "class_exists",
+                                         {"class": "unknown"}), None)
+        decision = evaluate(attempt, snap.state, policy_of(snap.info), self._now)
+        if decision.action is Action.DENY and decision.rule in CREDENTIAL_RULES:
+            return await refuse(decision, snap)
+        if snap.student is None:
+            return await refuse(Decision(Action.DENY, Reason.NOT_ON_ROSTER, "roster", {}), snap)
+        return LinkCheck(facts=facts, info=snap.info, student_name=snap.student.name)
 
     async def _malformed(self, token: str, *, ip: str, dev: str | None,
                          user_agent: str) -> JoinOutcome:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import os
 import re
 import stat
@@ -104,6 +106,13 @@ class SecretBox:
         if len(raw) != KEY_BYTES:
             raise SecretBoxError("bad_key", f"the key must decode to {KEY_BYTES} bytes")
         return cls(raw)
+
+    def mac(self, data: bytes, *, purpose: bytes) -> str:
+        """An HMAC-SHA256 of ``data`` (hex) under a key derived from this box's key for
+        ``purpose`` alone: a value only the server can compute (a form token, say), and
+        never usable for another purpose or as the sealing key itself."""
+        subkey = hmac.new(self._key, b"classguard-mac|" + purpose, hashlib.sha256).digest()
+        return hmac.new(subkey, data, hashlib.sha256).hexdigest()
 
     def encrypt(self, plaintext: bytes, *, aad: bytes) -> str:
         nonce = os.urandom(NONCE_BYTES)

@@ -69,10 +69,23 @@ def render(svc: Services, name: str, lang: str, status: int = 200, **ctx: Any) -
     return web.Response(text=html, content_type="text/html", status=status)
 
 
-def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamResponse:
+# Refusals of a verified link a student may want to report through it (``report_url``):
+# someone else holds the binding or is in the class with the link, or the host acted.
+# Never a refusal of an unverified credential (a forged, revoked or expired link, a ban
+# met before the signature is checked) nor of a rate limit.
+REPORTABLE_REASONS = frozenset({"device_mismatch", "concurrent_session", "removed_by_host",
+                                "denied_by_host"})
+
+
+def _outcome_response(request: web.Request, out: JoinOutcome,
+                      report_url: str | None = None) -> web.StreamResponse:
+    """The answer to a join; ``report_url``, where a student refused for one of the
+    ``REPORTABLE_REASONS`` reports a problem (the link's report page)."""
     svc = services(request)
     d = out.decision
     reason = d.reason.value
+    if d.action is not Action.DENY or reason not in REPORTABLE_REASONS or out.retry_after > 0:
+        report_url = None
     if _wants_json(request):
         body: dict[str, Any] = {"status": {"admit": "admitted", "wait": "waiting",
                                            "deny": "denied"}[d.action.value], "reason": reason}
@@ -112,7 +125,8 @@ def _outcome_response(request: web.Request, out: JoinOutcome) -> web.StreamRespo
         status = 429 if out.retry_after > 0 else 403
         lang = i18n.request_lang(request, svc.settings.default_lang)
         resp = render(svc, "denied.html", lang, status=status, reason=reason,
-                      class_title=out.class_title, opens_at=out.opens_at)
+                      class_title=out.class_title, opens_at=out.opens_at,
+                      report_url=report_url)
         if out.retry_after > 0:
             resp.headers["Retry-After"] = str(max(1, int(out.retry_after + 0.999)))
     _set_device_cookie(svc, resp, out.new_device_cookie)
@@ -128,7 +142,7 @@ async def join_link(request: web.Request) -> web.StreamResponse:
         device_cookie=_device_cookie(request),
         user_agent=request.headers.get("User-Agent", "")[:512],
     )
-    resp = _outcome_response(request, out)
+    resp = _outcome_response(request, out, report_url=f"/j/{token}/report")
     if isinstance(resp, web.HTTPException):
         raise resp
     return resp
@@ -462,6 +476,9 @@ async def go(request: web.Request) -> web.StreamResponse:
                              device=device_hash(cookie) if cookie else None,
                              user_agent=request.headers.get("User-Agent", ""),
                              facts={"platform": info.platform_kind})
+    assert cookie is not None  # (a nonce is consumed only on its own device)
+    # the pages the student sees once in offer the report page of this ticket (GET /report)
+    await svc.store.note_entered(device_hash(cookie), str(data["ticket"]))
     raise web.HTTPFound(url)
 
 

@@ -105,6 +105,8 @@ class ClassStore:
         self.gone_tickets = self.room.gone_tickets
         self.mint_nonce = self.room.mint_nonce
         self.consume_nonce = self.room.consume_nonce
+        self.note_entered = self.room.note_entered
+        self.entered_ticket = self.room.entered_ticket
         self.host_heartbeat = self.room.host_heartbeat
         self.host_gone = self.room.host_gone
         self.host_present = self.room.host_present

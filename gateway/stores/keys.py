@@ -104,6 +104,9 @@ class Keys:
     def code(self, code_hash: str) -> str:
         return f"{self.p}code:{code_hash}"
 
+    def device_entered(self, device: str) -> str:  # the last ticket this device entered by
+        return f"{self.p}dev:{device}:entered"
+
     def owner_classes(self, username: str) -> str:
         return f"{self.p}classes:owner:{username}"
 

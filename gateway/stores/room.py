@@ -28,6 +28,8 @@ WAIT_SOCKET_REFRESH_S = 20.0
 WAIT_SOCKET_STALE_S = 60.0
 # How long a device reset is remembered for the host's alert when the student returns.
 DEVICE_RESET_TTL_S = 180 * 86400
+# How long a device's last entry is remembered (a school day's classes).
+DEVICE_ENTERED_TTL_S = 12 * 3600
 
 _ADMIT_TICKET = Script.load("gateway.stores", "admit_ticket")
 _DENY_TICKET = Script.load("gateway.stores", "deny_ticket")
@@ -272,6 +274,16 @@ class Room:
             d["class_id"] = cid
             return "ok", d
         return {0: "unknown", 2: "wrong_device", 3: "not_admitted"}[code], None
+
+    async def note_entered(self, device: str, ticket: str) -> None:
+        """Remember the ticket this device last entered a class by (``/go``), for the
+        pages a student sees once admitted (``GET /report``)."""
+        await self.r.set(self.k.device_entered(device), ticket, ex=DEVICE_ENTERED_TTL_S)
+
+    async def entered_ticket(self, device: str) -> str | None:
+        """The ticket this device last entered a class by, while remembered."""
+        v = await reads.get(self.r, self.k.device_entered(device))
+        return str(v) if v else None
 
     # --- host presence -------------------------------------------------------------
 

@@ -135,5 +135,13 @@ async def test_student_and_public_pages(browser: Browser, gateway: Gateway, arti
         await expect(opage.locator("#reason")).to_have_text(t(lang, "reason.device_mismatch"))
         await check_page(opage, owatch, lang=lang, where=f"refusal page ({lang}, {width}px)",
                          shots=artifacts, name="denied-shared-link", data=DATA)
+        # ... which offers the report page through the link, on this device
+        async with other.expect_page() as opened:
+            await opage.get_by_role("link", name=t(lang, "report.entry")).click()
+        form = await opened.value
+        await form.wait_for_load_state()
+        await expect(form.get_by_role("heading", name=t(lang, "report.heading"))).to_be_visible()
+        await check_page(form, owatch, lang=lang, where=f"link report form ({lang}, {width}px)",
+                         shots=artifacts, name="report-form-link", data=DATA)
         await other.close()
         await ctx.close()

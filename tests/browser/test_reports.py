@@ -4,16 +4,19 @@ control room and opens an incident from it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, expect
 
 from gateway.i18n import t
 from gateway.routes.reports import report_store
-from tests.gateway.helpers import Gateway, make_class
+from tests.gateway.helpers import Gateway, class_body, host_control, make_class
 
-from .conftest import check_page, new_context, sign_in
+from .conftest import _free_port, check_page, new_context, sign_in
 
 
 def rep_ticket(url: str) -> str:
@@ -112,3 +115,65 @@ async def test_a_student_reports_a_stranger_and_the_teacher_opens_an_incident(
         ("dismissed", "parent", "Đã gọi điện cho phụ huynh")]
     await sctx.close()
     await tctx.close()
+
+
+@pytest.fixture
+async def demo_pages(tmp_path: Path, redis_url: str, redis_prefix: str,
+                     redis: Any) -> AsyncIterator[Gateway]:
+    """A gateway serving the demo's pages (no demo class, no Janus)."""
+    from gateway.app import create_app
+    from gateway.config import load_settings
+    from gateway.demo import add_demo
+
+    port = _free_port()
+    settings = load_settings({"data_dir": str(tmp_path / "data"), "redis_url": redis_url,
+                              "redis_prefix": redis_prefix,
+                              "public_url": f"http://127.0.0.1:{port}",
+                              "cookie_secure": False}, {}, None)
+    app = create_app(settings)
+    add_demo(app, setup=False)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    gw = Gateway(server)
+    try:
+        yield gw
+    finally:
+        await gw.close()
+        await server.close()
+
+
+async def test_the_admitted_meeting_page_opens_the_report_form(
+        browser: Browser, demo_pages: Gateway, artifacts: Path) -> None:
+    gw = demo_pages
+    api = gw.api(await gw.staff_user("co.lan", "teacher", org="thpt-a"))
+    body = class_body("standard")
+    body["platform"] = {"kind": "generic", "url": gw.url("/demo/meeting")}
+    r = await api.post("/api/v1/classes", json=body)
+    assert r.status == 201, await r.text()
+    cid = (await r.json())["id"]
+    r = await api.put(f"/api/v1/classes/{cid}/roster",
+                      json=[{"name": "Nguyễn Văn An", "external_id": "HS001"}])
+    assert r.status == 200
+    r = await api.post(f"/api/v1/classes/{cid}/links", json={})
+    (link,) = (await r.json())["links"]
+    host = await host_control(api, cid)  # the policy admits while the teacher is in
+    ctx, watch = await new_context(browser, phone=True)
+    page = await ctx.new_page()
+    await page.goto(str(link["url"]))  # admitted at once: /go, then the meeting page
+    await expect(page.get_by_role("heading", name=t("vi", "demo.meeting_title"))).to_be_visible()
+    entry = page.get_by_role("link", name=t("vi", "report.entry"))
+    async with ctx.expect_page() as opened:
+        await entry.click()
+    form = await opened.value
+    await form.wait_for_load_state()
+    await expect(form.get_by_role("heading", name=t("vi", "report.heading"))).to_be_visible()
+    await check_page(form, watch, lang="vi", where="report form after admission",
+                     shots=artifacts, name="report-form-admitted")
+    await form.get_by_label(t("vi", "report_form.category.stranger")).check()
+    async with form.expect_navigation():
+        await form.get_by_role("button", name=t("vi", "report.submit")).click()
+    await expect(form.get_by_role("heading", name=t("vi", "report.done_heading"))).to_be_visible()
+    (rep,) = await report_store(gw.svc).of_classes([cid])
+    assert rep.category == "stranger"
+    await host.close()
+    await ctx.close()

@@ -152,6 +152,10 @@ TABLE: dict[tuple[str, str], Row] = {
     # students and parents report a problem through the student's own ticket
     ("GET", "/report/{ticket}"): Row(PUBLIC, path="/report/not-a-ticket"),
     ("POST", "/report/{ticket}"): Row(PUBLIC, path="/report/not-a-ticket", json=BOGUS),
+    # ... through the student's own link, and the ticket this device last entered by
+    ("GET", "/j/{token}/report"): Row(PUBLIC, path="/j/not-a-token/report"),
+    ("POST", "/j/{token}/report"): Row(PUBLIC, path="/j/not-a-token/report", json=BOGUS),
+    ("GET", "/report"): Row(PUBLIC),
     # reports: the class's teacher and administrators above it decide
     ("GET", "/api/v1/reports"): Row(STAFF),
     ("POST", "/api/v1/reports/{report_id}/incident"): Row(HOST),

@@ -140,3 +140,12 @@ def test_decrypt_raises_only_secretbox_error(text: str) -> None:
 
 def test_repr_hides_the_key() -> None:
     assert "kkkk" not in repr(SecretBox(b"k" * 32))
+
+
+def test_mac_is_keyed_and_separated_by_purpose() -> None:
+    box, other = SecretBox.generate(), SecretBox.generate()
+    mac = box.mac(b"jti-1", purpose=b"report-form")
+    assert len(mac) == 64 and mac == box.mac(b"jti-1", purpose=b"report-form")
+    assert mac != box.mac(b"jti-2", purpose=b"report-form")
+    assert mac != box.mac(b"jti-1", purpose=b"another-form")
+    assert mac != other.mac(b"jti-1", purpose=b"report-form")
