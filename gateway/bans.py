@@ -95,10 +95,8 @@ def match(bans: Iterable[Ban], *, device: str | None, ip: str,
           now: float) -> tuple[Ban | None, Ban | None]:
     """(device ban, address ban) that apply to this visitor right now."""
     dev_ban = ip_ban = None
-    try:
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(ip)
-    except ValueError:
-        addr = None
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+    parsed = False  # (the address is parsed only when a network ban needs it)
     for b in bans:
         if not b.live(now):
             continue
@@ -107,7 +105,15 @@ def match(bans: Iterable[Ban], *, device: str | None, ip: str,
             dev_ban = dev_ban or b
         elif kind == "i" and value == ip:
             ip_ban = ip_ban or b
-        elif kind == "n" and addr is not None:
+        elif kind == "n":
+            if not parsed:
+                parsed = True
+                try:
+                    addr = ipaddress.ip_address(ip)
+                except ValueError:
+                    addr = None
+            if addr is None:
+                continue
             try:
                 if addr in ipaddress.ip_network(value):
                     ip_ban = ip_ban or b

@@ -10,7 +10,8 @@ import logging
 import secrets
 from typing import Any
 
-from aiohttp import WSMsgType, web
+import orjson
+from aiohttp import WSMsgType, hdrs, web
 
 from meeting_adapters import AdapterError, Participant, UpstreamUnavailable
 from policies.model import Action
@@ -53,8 +54,15 @@ def _wants_json(request: web.Request) -> bool:
 def _set_device_cookie(svc: Services, resp: web.StreamResponse, value: str | None) -> None:
     if value is None:
         return
-    resp.set_cookie(DEVICE_COOKIE, value, max_age=DEVICE_COOKIE_MAX_AGE, httponly=True,
-                    secure=svc.settings.cookie_secure, samesite="Lax", path="/")
+    # NOTE: the header as aiohttp's set_cookie writes it, without its http.cookies
+    # round trip (a share of every first join); the value is our own token_urlsafe.
+    resp.headers.add(hdrs.SET_COOKIE, f"{DEVICE_COOKIE}={value}; HttpOnly; Max-Age="
+                     f"{DEVICE_COOKIE_MAX_AGE}; Path=/; SameSite=Lax"
+                     + ("; Secure" if svc.settings.cookie_secure else ""))
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _device_cookie(request: web.Request) -> str | None:
@@ -110,7 +118,8 @@ def _outcome_response(request: web.Request, out: JoinOutcome,
                 secs = max(1, int(out.retry_after + 0.999))
                 headers["Retry-After"] = str(secs)
                 body["error"] = {"code": "rate_limited", "message": "too many requests"}
-        resp: web.StreamResponse = web.json_response(body, status=status, headers=headers)
+        resp: web.StreamResponse = web.json_response(body, status=status, headers=headers,
+                                                     dumps=_json_text)
     elif out.rules is not None and out.rules_ack:
         lang = i18n.request_lang(request, svc.settings.default_lang)
         resp = render(svc, "rules.html", lang, status=403, rules=out.rules, ack=out.rules_ack,
