@@ -48,8 +48,6 @@ from typing import Any
 
 WRK = "/usr/bin/wrk"
 
-WRK = "/usr/bin/wrk"
-
 LUA = r"""
 local ffi = require("ffi")
 ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } cg_ts;
