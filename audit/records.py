@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -150,7 +149,7 @@ def prepare_event(
 def decode_record(data: bytes) -> dict[str, Any]:
     """Parse stored record bytes, rejecting unknown future format versions."""
     try:
-        obj = json.loads(data)
+        obj = orjson.loads(data)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise FormatError("stored audit record is not JSON") from exc
     if not isinstance(obj, dict):
@@ -172,7 +171,7 @@ def decode_record(data: bytes) -> dict[str, Any]:
 def decode_personal(blob: bytes) -> tuple[dict[str, Any], bytes]:
     """``(P, salt)`` from a stored personal blob."""
     try:
-        obj = json.loads(blob)
+        obj = orjson.loads(blob)
         personal, salt = obj["p"], base64.b64decode(obj["s"], validate=True)
     except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise FormatError("stored personal data is malformed") from exc

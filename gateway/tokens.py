@@ -147,9 +147,12 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        value = _DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _Reject("malformed") from exc
     if not isinstance(value, dict):
@@ -174,16 +177,26 @@ def _shape(token: object) -> _Shape:
         raise _Reject("malformed")
     # Canonical base64url only: one spelling per token, so a jti seen by the rate
     # limiter or the revocation list cannot be dodged by flipping unused bits.
-    header_raw = b64url_decode_canonical(header_b64)
+    header = _header(header_b64)
     payload = b64url_decode_canonical(payload_b64) if payload_b64 else None
     signature = b64url_decode_canonical(signature_b64)
-    if header_raw is None or payload is None or signature is None:
+    if payload is None or signature is None:
         raise _Reject("malformed")
     return _Shape(
-        header=_json_object(header_raw), payload_b64=payload_b64, signature_b64=signature_b64,
+        header=header, payload_b64=payload_b64, signature_b64=signature_b64,
         payload=payload, signature=signature,
         signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
     )
+
+
+@lru_cache(maxsize=64)
+def _header(header_b64: str) -> dict[str, Any]:
+    """A header segment decoded and parsed (cached: every link signed with one key has
+    the same header; a refusal raises and is not cached). Only ever read."""
+    raw = b64url_decode_canonical(header_b64)
+    if raw is None:
+        raise _Reject("malformed")
+    return _json_object(raw)
 
 
 @lru_cache(maxsize=512)
