@@ -218,6 +218,9 @@ class WrkResult:
     late: int = 0
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds per part
     offered: float = 0.0
+    # the share of the machine's CPU time the hypervisor gave to others during the phase
+    # (/proc/stat "steal"): on a virtual machine, what moves rates between runs
+    steal: float = 0.0
 
     def rate(self, key: str = "admitted") -> float:
         return self.counts.get(key, 0) / self.seconds if self.seconds else 0.0
@@ -229,7 +232,8 @@ class WrkResult:
         return (f"{self.name}: {self.requests} answers in {self.seconds:.2f} s, "
                 f"p50 {self.p50_ms:.1f} ms p90 {self.p90_ms:.1f} ms p99 {self.p99_ms:.1f} ms "
                 f"max {self.max_ms:.1f} ms{extra}; {counts}; errors {self.errors}; CPU s "
-                + ", ".join(f"{k} {v:.1f}" for k, v in self.cpu.items()))
+                + ", ".join(f"{k} {v:.1f}" for k, v in self.cpu.items())
+                + f"; host steal {self.steal:.1%}")
 
 
 def write_links(path: Path, paths: Sequence[str]) -> Path:
@@ -264,6 +268,12 @@ def group_pids(pid: int) -> list[int]:
     return out
 
 
+def _stat_ticks() -> list[int]:
+    """The machine's CPU jiffies by kind (user, nice, system, idle, iowait, irq, softirq,
+    steal, ...), from /proc/stat."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
 def _cpu(watch: dict[str, list[int]]) -> dict[str, float]:
     return {k: sum(cpu_seconds(p) for pid in pids for p in group_pids(pid))
             for k, pids in watch.items()}
@@ -281,6 +291,7 @@ def run_wrk(name: str, url: str, links_file: Path, script: Path, *, threads: int
     NOTE: the CPU of a worker that exits meanwhile is not counted."""
     watch = watch or {}
     before = _cpu(watch)
+    stat0 = _stat_ticks()
     per_thread = rate / threads if rate else 0.0
     marker = links_file.with_suffix(".done")
     marker.unlink(missing_ok=True)
@@ -315,7 +326,10 @@ def run_wrk(name: str, url: str, links_file: Path, script: Path, *, threads: int
     wall = time.monotonic() - t0
     c1 = os.times()
     after = _cpu(watch)
+    stat1 = _stat_ticks()
+    total = sum(stat1) - sum(stat0)
     out = WrkResult(name, offered=rate)
+    out.steal = (stat1[7] - stat0[7]) / total if total > 0 and len(stat1) > 7 else 0.0
     out.cpu = {k: after[k] - before[k] for k in watch}
     out.cpu["wrk"] = (c1.children_user + c1.children_system) - (c0.children_user
                                                                 + c0.children_system)
@@ -343,5 +357,6 @@ def run_wrk(name: str, url: str, links_file: Path, script: Path, *, threads: int
 def summary_json(results: Sequence[WrkResult]) -> list[dict[str, Any]]:
     return [{"name": r.name, "counts": r.counts, "seconds": r.seconds, "rate": r.rate(),
              "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
-             "slip_p99_ms": r.slip_p99_ms, "offered": r.offered, "cpu": r.cpu}
+             "slip_p99_ms": r.slip_p99_ms, "offered": r.offered, "cpu": r.cpu,
+             "steal": r.steal}
             for r in results]
