@@ -23,6 +23,8 @@ from xml.sax.saxutils import escape
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 _LENGTHS = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}
 
 
@@ -34,7 +36,7 @@ class Meeting:
     attendees: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-class FakeBigBlueButton:
+class FakeBigBlueButton(LoopbackServer):
     def __init__(self, secret: str, algorithms: tuple[str, ...] = ("sha1", "sha256")) -> None:
         self.secret = secret
         self.algorithms = algorithms
@@ -44,21 +46,11 @@ class FakeBigBlueButton:
         self.app = web.Application()
         self.app.router.add_route("*", "/bigbluebutton/api/{call:.+}", self._handle)
         self.app.router.add_get("/client/{token}", self._client)
-        self.runner: web.AppRunner | None = None
-        self.base = ""
 
     async def start(self) -> str:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base = f"http://127.0.0.1:{port}"
+        """Start serving; the API's URL."""
+        await super().start()
         return f"{self.base}/bigbluebutton/api/"
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     # --- helpers ---------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ from urllib.parse import quote, unquote
 
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
+
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 WWW_AUTHENTICATE = ('Bearer realm="", authorization_uri="https://login.microsoftonline.com/'
                     'common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000"')
@@ -53,7 +55,7 @@ class Meeting:
     records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-class FakeGraph:
+class FakeGraph(LoopbackServer):
     def __init__(self, tenant_id: str, client_id: str, client_secret: str,
                  organizer_id: str, *, rename_supported: bool = True,
                  artifacts_granted: bool = True, token_lifetime_s: int = 3599,
@@ -85,21 +87,6 @@ class FakeGraph:
         r.add_get("/v1.0/users/{user}/onlineMeetings/{id}/attendanceReports/{rid}/"
                   "attendanceRecords", self._records)
         r.add_get("/l/meetup-join/{id}", self._join)
-        self.runner: web.AppRunner | None = None
-        self.base = ""
-
-    async def start(self) -> str:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base = f"http://127.0.0.1:{port}"
-        return self.base
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     # --- test controls ---------------------------------------------------------------
 

@@ -37,6 +37,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tests.fakes.loopback import LoopbackServer
+
 GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MEET_SCOPES = {"https://www.googleapis.com/auth/meetings.space.created",
                "https://www.googleapis.com/auth/meetings.space.readonly"}
@@ -69,7 +71,7 @@ class Conference:
     participants: list[dict[str, Any]] = field(default_factory=list)
 
 
-class FakeMeet:
+class FakeMeet(LoopbackServer):
     def __init__(self, key: dict[str, str], public_key: rsa.RSAPublicKey, *,
                  delegated: dict[str, set[str]], directory: dict[str, str] | None = None,
                  token_lifetime_s: int = 3599, page_size_cap: int = 100,
@@ -97,21 +99,6 @@ class FakeMeet:
         r.add_get("/v2/conferenceRecords", self._records)
         r.add_get("/v2/conferenceRecords/{id}/participants", self._participants)
         r.add_get("/directory/v1/users/{id}", self._user)
-        self.runner: web.AppRunner | None = None
-        self.base = ""
-
-    async def start(self) -> str:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base = f"http://127.0.0.1:{port}"
-        return self.base
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     # --- the room, driven by the tests --------------------------------------------
 

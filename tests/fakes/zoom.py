@@ -26,8 +26,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.loopback import LoopbackServer
 
-class FakeZoom:
+
+class FakeZoom(LoopbackServer):
     def __init__(self, account_id: str, client_id: str, client_secret: str,
                  webhook_secret: str, host_user: str = "teacher@school.example") -> None:
         self.account_id = account_id
@@ -48,21 +50,6 @@ class FakeZoom:
         r.add_put("/v2/meetings/{id}/registrants/status", self._status)
         r.add_put("/v2/meetings/{id}/status", self._meeting_status)
         r.add_get("/w/{id}", self._join)
-        self.runner: web.AppRunner | None = None
-        self.base = ""
-
-    async def start(self) -> str:
-        self.runner = web.AppRunner(self.app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.base = f"http://127.0.0.1:{port}"
-        return self.base
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
     @staticmethod
     def _err(status: int, code: int, message: str) -> web.Response:
