@@ -55,7 +55,7 @@ ALGORITHM: Final = "EdDSA"
 MAX_TOKEN_CHARS: Final = 2048
 MAX_HEADER_CHARS: Final = 512  # ours is ~110 characters
 MAX_ISSUER_CHARS: Final = 256
-_SIGNATURE_CHARS: Final = 86  # 64 bytes of Ed25519 signature, base64url without padding
+_SIGNATURE_BYTES: Final = 64  # an Ed25519 signature (86 base64url characters)
 REQUIRED_CLAIMS: Final = ("iss", "aud", "sub", "cls", "jti", "iat", "nbf", "exp")
 # Student, class and token ids: short, URL- and Redis-key-safe (no braces, colons, dots).
 ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
@@ -123,8 +123,6 @@ def issue_join_token(
 @dataclass(frozen=True, slots=True)
 class _Shape:
     header: dict[str, Any]
-    payload_b64: str
-    signature_b64: str
     payload: bytes  # decoded, not yet parsed (a malformed payload is a failure of step 4)
     signature: bytes
     signing_input: bytes  # the first two segments as they arrived, what was signed
@@ -183,8 +181,7 @@ def _shape(token: object) -> _Shape:
     if payload is None or signature is None:
         raise _Reject("malformed")
     return _Shape(
-        header=header, payload_b64=payload_b64, signature_b64=signature_b64,
-        payload=payload, signature=signature,
+        header=header, payload=payload, signature=signature,
         signing_input=f"{header_b64}.{payload_b64}".encode("ascii"),
     )
 
@@ -238,7 +235,7 @@ def _verify(keyring: JoinKeyring, token: str, issuer: str) -> TokenFacts:
     # Only now the signature's size: "alg": "none" with an empty signature, or HS256
     # with a 32-byte MAC, was already reported above as a bad signature; here a wrong
     # size means a truncated or damaged link.
-    if len(shape.signature_b64) != _SIGNATURE_CHARS:
+    if len(shape.signature) != _SIGNATURE_BYTES:
         raise _Reject("malformed", kid)
     # Step 4: the signature first (nothing of the payload is believed before it), then
     # the static claims.

@@ -58,7 +58,8 @@ def _text(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 @lru_cache(maxsize=256)
 def _trusted_peer(peer: str, cidrs: tuple[str, ...]) -> bool:
     """(cached: the peers of a deployment are its few proxies)"""
-    return _in(peer, _networks(cidrs))
+    ip = _parse(peer)
+    return ip is not None and any(ip in n for n in _networks(cidrs))
 
 
 @lru_cache(maxsize=64)
@@ -71,14 +72,6 @@ def _norm(a: str) -> str:
     # (cached: the ipaddress module costs more than the rest of a refusal)
     ip = _parse(a)
     return a if ip is None else _text(ip)
-
-
-def _in(addr: str, nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return False
-    return any(ip in n for n in nets)
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:
