@@ -106,6 +106,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import aiohttp  # noqa: E402 - path set up above for running as a script
 
+from tests.bench.wrkdrive import machine_ticks  # noqa: E402
 from tests.deploy.cluster import (  # noqa: E402
     free_port,
     gateway_env,
@@ -133,13 +134,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import aiohttp  # noqa: E402 - path set up above for running as a script
 
+from tests.bench.wrkdrive import machine_ticks  # noqa: E402
 from tests.deploy.cluster import (  # noqa: E402
     Proc,
     free_port,
@@ -96,13 +97,6 @@ def class_body(i: int) -> dict[str, Any]:
 
 def student_ip(class_no: int, student_no: int) -> str:
     return f"10.{(class_no >> 8) & 255}.{class_no & 255}.{student_no + 1}"
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
 
 
 def cpu_seconds(pid: int) -> float:

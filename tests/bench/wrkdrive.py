@@ -268,10 +268,17 @@ def group_pids(pid: int) -> list[int]:
     return out
 
 
-def _stat_ticks() -> list[int]:
+def stat_ticks() -> list[int]:
     """The machine's CPU jiffies by kind (user, nice, system, idle, iowait, irq, softirq,
     steal, ...), from /proc/stat."""
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = stat_ticks()
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
 
 
 def _cpu(watch: dict[str, list[int]]) -> dict[str, float]:
@@ -291,7 +298,7 @@ def run_wrk(name: str, url: str, links_file: Path, script: Path, *, threads: int
     NOTE: the CPU of a worker that exits meanwhile is not counted."""
     watch = watch or {}
     before = _cpu(watch)
-    stat0 = _stat_ticks()
+    stat0 = stat_ticks()
     per_thread = rate / threads if rate else 0.0
     marker = links_file.with_suffix(".done")
     marker.unlink(missing_ok=True)
@@ -326,7 +333,7 @@ def run_wrk(name: str, url: str, links_file: Path, script: Path, *, threads: int
     wall = time.monotonic() - t0
     c1 = os.times()
     after = _cpu(watch)
-    stat1 = _stat_ticks()
+    stat1 = stat_ticks()
     total = sum(stat1) - sum(stat0)
     out = WrkResult(name, offered=rate)
     out.steal = (stat1[7] - stat0[7]) / total if total > 0 and len(stat1) > 7 else 0.0
