@@ -454,8 +454,9 @@ class MeetingAdapter(Protocol):
 
 
 class AdapterBase:
-    """Neutral defaults for the optional parts of ``MeetingAdapter``: an adapter
-    subclasses this and overrides what its ``features`` declare."""
+    """Neutral defaults for the optional parts of ``MeetingAdapter``, and ``mute`` refused
+    (``Unsupported``): an adapter subclasses this and overrides what its ``features`` and
+    ``capabilities`` declare."""
 
     kind: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]]
@@ -479,6 +480,10 @@ class AdapterBase:
 
     async def evict(self, room: Room, present: Present) -> None:
         raise Unsupported(self.kind, Capability.REMOVE)
+
+    async def mute(self, room: Room, participant: Participant | None = None) -> None:
+        # (no platform's API mutes yet except Janus's, which overrides this)
+        raise Unsupported(self.kind, Capability.MUTE)
 
     async def register_hook(self, room: Room, callback_url: str) -> str | None:
         return None

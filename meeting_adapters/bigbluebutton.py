@@ -300,9 +300,6 @@ class BigBlueButtonAdapter(AdapterBase):
         raise Unsupported(KIND, Capability.REMOVE,
                           "BigBlueButton's API cannot remove a participant")
 
-    async def mute(self, room: Room, participant: Participant | None = None) -> None:
-        raise Unsupported(KIND, Capability.MUTE)
-
     async def lock(self, room: Room, locked: bool = True) -> None:
         raise Unsupported(KIND, Capability.LOCK,
                           "BigBlueButton's API cannot refuse new joins of a running meeting "

@@ -251,9 +251,6 @@ class GenericAdapter(AdapterBase):
     async def remove(self, room: Room, participant: Participant) -> None:
         raise Unsupported(KIND, Capability.REMOVE)
 
-    async def mute(self, room: Room, participant: Participant | None = None) -> None:
-        raise Unsupported(KIND, Capability.MUTE)
-
     async def lock(self, room: Room, locked: bool = True) -> None:
         raise Unsupported(KIND, Capability.LOCK)
 

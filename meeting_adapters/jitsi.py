@@ -224,9 +224,6 @@ class JitsiAdapter(AdapterBase):
         if answer.status not in (200, 204, 404):  # 404: not in the room
             raise AdapterError("jitsi_kick_failed", f"jitsi: kick answered {answer.status}")
 
-    async def mute(self, room: Room, participant: Participant | None = None) -> None:
-        raise Unsupported(KIND, Capability.MUTE)
-
     async def lock(self, room: Room, locked: bool = True) -> None:
         raise Unsupported(KIND, Capability.LOCK,
                           "Jitsi has no API to lock a room (ClassGuard stops issuing tokens)")

@@ -513,9 +513,6 @@ class MeetAdapter(AdapterBase):
                           "Meet's API cannot remove someone from a meeting (remove them "
                           "in Meet)")
 
-    async def mute(self, room: Room, participant: Participant | None = None) -> None:
-        raise Unsupported(KIND, Capability.MUTE)
-
     async def lock(self, room: Room, locked: bool = True) -> None:
         raise Unsupported(KIND, Capability.LOCK,
                           "Meet's API cannot lock a running meeting (ClassGuard stops "

@@ -526,9 +526,6 @@ class TeamsAdapter(AdapterBase):
                           "Microsoft Graph cannot remove someone from a Teams meeting (remove "
                           "them in Teams)")
 
-    async def mute(self, room: Room, participant: Participant | None = None) -> None:
-        raise Unsupported(KIND, Capability.MUTE)
-
     async def lock(self, room: Room, locked: bool = True) -> None:
         raise Unsupported(KIND, Capability.LOCK,
                           "Microsoft Graph cannot lock a Teams meeting (ClassGuard stops "

@@ -386,9 +386,6 @@ class ZoomAdapter(AdapterBase):
                           "registration cancelled; Zoom's API cannot remove someone who is "
                           "already in the meeting (remove them in Zoom)")
 
-    async def mute(self, room: Room, participant: Participant | None = None) -> None:
-        raise Unsupported(KIND, Capability.MUTE)
-
     async def lock(self, room: Room, locked: bool = True) -> None:
         raise Unsupported(KIND, Capability.LOCK,
                           "Zoom's API cannot lock a running meeting (ClassGuard stops "
