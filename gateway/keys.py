@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from nacl.signing import VerifyKey
 
 try:  # pragma: no cover - always present on Linux, the only supported platform
     import fcntl
@@ -162,6 +163,13 @@ class _Loaded:
     entries: Mapping[str, _Entry]
     public: Mapping[str, Ed25519PublicKey]
     signature: tuple[tuple[int, int, int], ...]  # (ino, mtime_ns, size) of watched files
+    # The same public keys for libsodium, which verifies join tokens (gateway/tokens.py)
+    verifiers: Mapping[str, VerifyKey] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.verifiers:
+            object.__setattr__(self, "verifiers", {
+                kid: VerifyKey(raw_public_bytes(key)) for kid, key in self.public.items()})
 
 
 def _file_sig(path: Path) -> tuple[int, int, int]:
@@ -362,6 +370,18 @@ class JoinKeyring:
         key past its ``not_after`` (even before ``prune`` has deleted it)."""
         state = self._state
         key = state.public.get(kid)
+        if key is None:
+            return None
+        entry = state.entries[kid]
+        if entry.not_after is not None and self._clock() >= entry.not_after:
+            return None
+        return key
+
+    def verifier(self, kid: str) -> VerifyKey | None:
+        """``public_key(kid)`` for libsodium (PyNaCl): what join tokens are verified
+        with, under the same rules (None for an unknown kid or one past ``not_after``)."""
+        state = self._state
+        key = state.verifiers.get(kid)
         if key is None:
             return None
         entry = state.entries[kid]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import runpy
 import time
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.keys import JoinKeyring
+from gateway.keys import JoinKeyring, b64url_decode_canonical
 from gateway.tokens import (
     AUDIENCE,
     MAX_TOKEN_CHARS,
@@ -152,6 +153,27 @@ def test_issue_and_verify(keyring: JoinKeyring) -> None:
         kid=keyring.active_kid,
     )
     assert peek_token(token) == (keyring.active_kid, "AbC_def-123")
+
+
+# The order of the group Ed25519 works in (RFC 8032 §5.1): a signature's S is below it.
+_ED25519_L = 2**252 + 27742317777372353535851937790883648493
+
+
+def test_a_malleated_signature_is_refused(keyring: JoinKeyring) -> None:
+    """S + L verifies the same equation; RFC 8032 §5.1.7 (and libsodium, which verifies
+    join tokens) refuse it, so one link has one signature, as PyJWT's OpenSSL path has."""
+    token = _issue(keyring)
+    head, payload, sig_b64 = token.split(".")
+    sig = b64url_decode_canonical(sig_b64)
+    assert sig is not None
+    s = int.from_bytes(sig[32:], "little") + _ED25519_L
+    assert s < 2**256
+    forged = f"{head}.{payload}." + base64.urlsafe_b64encode(
+        sig[:32] + s.to_bytes(32, "little")).rstrip(b"=").decode()
+    assert verify_join_token(keyring, forged, issuer=ISSUER).failure == "bad_signature"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(forged, key=keyring.public_key(keyring.active_kid), algorithms=["EdDSA"],
+                   audience="classguard:join", issuer=ISSUER)
 
 
 def test_issued_token_has_exactly_the_contract_header_and_claims(keyring: JoinKeyring) -> None:
