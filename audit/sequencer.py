@@ -33,7 +33,7 @@ from audit.lease import Lease
 from audit.note import AuditSigningKey
 from audit.outbox import stream_value, unpack_entry
 from audit.records import decode_personal, decode_record
-from audit.scripts import CommandPipeline, Script, ScriptRunner
+from audit.scripts import Call, CommandPipeline, Script, ScriptRunner
 from audit.store import (
     TIME_BUCKET_SHIFT,
     AuditKeys,
@@ -57,6 +57,14 @@ class _State:
     size: int
     last_id: bytes
     frontier: tuple[bytes | None, ...]
+
+
+def _range_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The entries of an XRANGE reply: parsed by redis-py (``(id, {field: value})``) or
+    unparsed (``[id, [field, value, ...]]``, gateway.redis_mux)."""
+    return [(eid, fields if isinstance(fields, dict)
+             else dict(zip(fields[::2], fields[1::2], strict=True)))
+            for eid, fields in reply or ()]
 
 
 def _stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
@@ -101,9 +109,10 @@ class Sequencer:
         self._ckpt_interval = checkpoint_interval_ms
         self._release_on_stop = release_on_stop
         self._poll_ms = poll_ms
-        # Reading the stream and committing batches go through ``fast`` when given (the
-        # gateway's multiplexed bytes connection, gateway.redis_mux): the leader does
-        # both for every record of every process. The lease scripts stay on ``redis``.
+        # Reading the stream, draining the outboxes and committing batches go through
+        # ``fast`` when given (the gateway's multiplexed bytes connection,
+        # gateway.redis_mux): the leader does them for every record of every process.
+        # The lease scripts stay on ``redis``.
         self._fast = fast
         self._token = f"{node_id}:{secrets.token_hex(8)}".encode()
         self._state: _State | None = None  # set while we believe we lead
@@ -112,7 +121,7 @@ class Sequencer:
         self._ckpt_size = 0
         self._scripts = ScriptRunner(redis, fast)
         self._lease = Lease(redis, self.keys.lease, token=self._token, ttl_ms=lease_ms)
-        # Draining outboxes and storing checkpoints stay on ``redis`` too.
+        # Storing checkpoints stays on ``redis`` too (once a second at most).
         self._plain = ScriptRunner(redis)
         self._sweep_ms = outbox_sweep_ms
         self._swept_at: float | None = None  # loop time of the last full outbox sweep
@@ -284,22 +293,11 @@ class Sequencer:
                 await self._trim_drained(names)
         else:
             names = await self._take_dirty()
-        moved = 0
-        for name in sorted(names):
-            moved += await self._drain_one(name)
-        return moved
+        return await self._drain(sorted(names))
 
     async def _take_dirty(self) -> set[bytes]:
-        if self._fast is None:
-            async with self._redis.pipeline(transaction=True) as p:
-                p.smembers(self.keys.outbox_dirty)
-                p.delete(self.keys.outbox_dirty)
-                names, _ = await p.execute()
-            return set(names)
-        names, _ = await self._fast.pipeline([
+        names, _ = await self._commands([
             ("SMEMBERS", self.keys.outbox_dirty), ("DEL", self.keys.outbox_dirty)])
-        if isinstance(names, Exception):
-            raise names
         return set(names)
 
     async def _trim_drained(self, names: set[bytes]) -> None:
@@ -314,36 +312,69 @@ class Sequencer:
                 await self._redis.xtrim(name, minid=cursor.decode(), approximate=False)
                 await self._redis.xdel(name, cursor)
 
-    async def _drain_one(self, name: bytes) -> int:
+    async def _drain(self, names: list[bytes]) -> int:
+        """The entries of the named outboxes moved into the stream, at most a batch per
+        outbox per round, every outbox of a round together: one round trip reads the
+        cursors, one the entries past them, one runs the fenced appends and one deletes
+        what was moved (a morning bell marks most classes dirty at every poll)."""
         moved = 0
-        while True:
-            cursor = await cast(Awaitable[bytes | None],
-                                self._redis.hget(self.keys.outbox_cursors, name))
-            start = b"(" + cursor if cursor else b"-"
-            # a bytes client (ensure_bytes_client): ids, fields and values are bytes
-            entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                           await self._redis.xrange(name, start, b"+", count=self._batch))
-            if not entries:
+        pending = names
+        while pending:
+            cursors: list[bytes | None] = (await self._commands(
+                [("HMGET", self.keys.outbox_cursors, *pending)]))[0]
+            ranges = await self._commands(
+                [("XRANGE", name, b"(" + cursor if cursor else b"-", b"+", "COUNT", self._batch)
+                 for name, cursor in zip(pending, cursors, strict=True)])
+            calls: list[Call] = []
+            read: list[tuple[bytes, list[bytes]]] = []
+            for name, cursor, reply in zip(pending, cursors, ranges, strict=True):
+                entries = _range_entries(reply)
+                if not entries:
+                    continue
+                values: list[bytes] = []
+                for entry_id, fields in entries:
+                    try:
+                        values.append(stream_value(unpack_entry(fields)))
+                    except AuditError as exc:
+                        # NOTE: entries are validated when written; one that is not
+                        # readable here was written by hand and must not block the
+                        # class's records.
+                        log.error("audit: dropping malformed outbox entry %r %r: %s",
+                                  name, entry_id, exc)
+                calls.append((_DRAIN_OUTBOX,
+                              [self.keys.lease, self.keys.outbox_cursors, self.keys.stream],
+                              [self._token, name, cursor or b"", entries[-1][0], *values]))
+                read.append((name, [eid for eid, _ in entries]))
+            if not calls:
                 return moved
-            values: list[bytes] = []
-            for entry_id, fields in entries:
-                try:
-                    values.append(stream_value(unpack_entry(fields)))
-                except AuditError as exc:
-                    # NOTE: entries are validated when written; one that is not readable
-                    # here was written by hand and must not block the class's records.
-                    log.error("audit: dropping malformed outbox entry %r %r: %s",
-                              name, entry_id, exc)
-            last = entries[-1][0]
-            ok = await self._plain.run(
-                _DRAIN_OUTBOX, [self.keys.lease, self.keys.outbox_cursors, self.keys.stream],
-                [self._token, name, cursor or b"", last, *values])
-            if not int(ok):
-                continue  # the cursor moved meanwhile: read again from where it is
-            await self._redis.xdel(name, *[eid for eid, _ in entries])
-            moved += len(values)
-            if len(entries) < self._batch:
-                return moved
+            oks = await self._scripts.pipeline(calls)
+            deletes: list[tuple[Any, ...]] = []
+            pending = []
+            for (name, ids), ok in zip(read, oks, strict=True):
+                if not int(ok):
+                    pending.append(name)  # the cursor moved meanwhile: read from it again
+                    continue
+                deletes.append(("XDEL", name, *ids))
+                moved += len(ids)
+                if len(ids) >= self._batch:
+                    pending.append(name)
+            if deletes:
+                await self._commands(deletes)
+        return moved
+
+    async def _commands(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Plain commands in one round trip, on ``fast`` when there is one; an error
+        reply is raised."""
+        if self._fast is not None:
+            replies = await self._fast.pipeline(commands)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return replies
+        async with self._redis.pipeline(transaction=False) as p:
+            for command in commands:
+                p.execute_command(*command)
+            return await p.execute()
 
     async def _read(self, last_id: bytes) -> list[tuple[bytes, dict[bytes, bytes]]]:
         """The next stream entries past ``last_id``, at most one batch."""
