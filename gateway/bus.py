@@ -19,6 +19,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from .redis_mux import Multiplexed
+
 log = logging.getLogger("classguard.bus")
 
 Listener = Callable[[dict[str, Any]], Awaitable[None]]
@@ -28,8 +30,12 @@ BatchListener = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class Bus:
-    def __init__(self, redis: aioredis.Redis, channel: str, revoke_channel: str) -> None:
+    def __init__(self, redis: aioredis.Redis, channel: str, revoke_channel: str, *,
+                 fast: Multiplexed | None = None) -> None:
         self.r = redis
+        # Subscribes through ``fast``'s server on a connection of its own when given (a
+        # plain Redis: gateway/redis_mux.py), else through redis-py's PubSub.
+        self.fast = fast
         self.channel = channel
         self.revoke_channel = revoke_channel
         self._class_listeners: dict[str, set[BatchListener]] = defaultdict(set)
@@ -112,16 +118,26 @@ class Bus:
     async def run(self) -> None:
         """Subscribe and dispatch until cancelled; reconnects after Redis errors."""
         backoff = 0.2
+
+        def subscribed() -> None:
+            nonlocal backoff
+            self._ready.set()
+            backoff = 0.2
+
         while True:
-            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                if self.fast is not None:
+                    # (returns only by raising: a lost connection, or cancelled)
+                    await self.fast.subscribe([self.channel, self.revoke_channel],
+                                              self._dispatch, subscribed)
+                pubsub = self.r.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel, self.revoke_channel)
-                self._ready.set()
-                backoff = 0.2
+                subscribed()
                 async for msg in pubsub.listen():
                     if msg.get("type") != "message":
                         continue
-                    await self._dispatch(msg["channel"], msg["data"])
+                    self._dispatch(msg["channel"], msg["data"])
             except asyncio.CancelledError:
                 if self._flush_handle is not None:
                     self._flush_handle.cancel()
@@ -135,10 +151,11 @@ class Bus:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
 
-    async def _dispatch(self, channel: Any, data: Any) -> None:
+    def _dispatch(self, channel: Any, data: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
         try:
