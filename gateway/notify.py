@@ -321,8 +321,13 @@ class Notifier:
         self._wake.set()
 
     async def run(self) -> None:
+        task = asyncio.current_task()
         try:
             while True:
+                if task is not None and task.cancelling():
+                    # The Redis client can swallow a cancellation that lands mid-command;
+                    # stopping must still stop (as in audit.sequencer).
+                    raise asyncio.CancelledError
                 try:
                     await self.run_once()
                 except asyncio.CancelledError:

@@ -45,6 +45,9 @@ from .stores.keys import Keys
 
 log = logging.getLogger("classguard")
 
+# How long stopping waits for the background tasks (bus, sequencer, reconciler, ...).
+STOP_TASKS_S = 5.0
+
 Clock = Callable[[], float]
 
 
@@ -300,11 +303,23 @@ async def _stop_sockets_and_tasks(svc: Services) -> None:
         for ws in list(ws_set):
             with contextlib.suppress(Exception):
                 await ws.close(code=1001, message=b"server shutting down")
-    for task in list(svc.tasks):
-        task.cancel()
-    for task in list(svc.tasks):
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    # NOTE: redis-py can swallow a cancellation that lands mid-command (the task then
+    # carries on to its next sleep or poll): a task still running after a moment is
+    # cancelled again, for at most STOP_TASKS_S in all.
+    pending = set(svc.tasks)
+    deadline = asyncio.get_running_loop().time() + STOP_TASKS_S
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.warning("background tasks did not stop: %s",
+                        ", ".join(sorted(t.get_name() for t in pending)))
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
+    for task in svc.tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved (logged by _log_task_end)
     svc.tasks.clear()
     if svc.sequencer is not None:
         # Records written while the sockets closed (after the sequencer's last pass) are
