@@ -18,8 +18,9 @@ screenshots.
 4. the Ed25519 signature over the two first segments as they arrived, with the key from
    step 3 (libsodium through PyNaCl, which also refuses non-canonical signatures and
    small-order keys, at about half the cost of OpenSSL's verify: the one operation every
-   join pays most for; the algorithm is fixed by step 2, never chosen by the token), then the static claims: a JSON object without duplicate members, every claim
-   we rely on present, ``iss`` our issuer and ``aud`` exactly our audience string (not a
+   join pays most for; the algorithm is fixed by step 2, never chosen by the token),
+   then the static claims: a JSON object without duplicate members, every claim we rely
+   on present, ``iss`` our issuer and ``aud`` exactly our audience string (not a
    list containing it);
 5. claim types: ids are short strings of a safe alphabet, times are integers.
 
