@@ -210,3 +210,113 @@ def test_a_loading_server_is_a_connection_error_as_in_redis_py() -> None:
     err = _error(ResponseError("LOADING Redis is loading the dataset in memory"))
     assert isinstance(err, BusyLoadingError) and isinstance(err, ConnectionError)
     assert type(_error(ResponseError("ERR unknown command"))) is ResponseError
+
+
+# --- the subscriber (gateway/bus.py's connection) ----------------------------------------
+
+
+async def test_a_subscriber_hears_messages_in_order_and_survives_its_pings(
+        redis: aioredis.Redis, redis_url: str, redis_prefix: str) -> None:
+    """Messages on either channel reach ``on_message`` in the order published, and the
+    connection stays up across several PING rounds (Redis answers them in subscriber
+    mode)."""
+    m = Multiplexed.from_url(redis_url)
+    assert m is not None
+    heard: list[tuple[bytes, bytes]] = []
+    ready = asyncio.Event()
+    a, b = f"{redis_prefix}a", f"{redis_prefix}b"
+    task = asyncio.create_task(m.subscribe([a, b], lambda c, d: heard.append((c, d)),
+                                           ready.set, ping_interval_s=0.05))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        for n in range(5):
+            await redis.publish(a if n % 2 else b, f"m{n}")
+        await asyncio.sleep(0.3)  # several PINGs answered meanwhile
+        await redis.publish(a, "last")
+        for _ in range(200):
+            if len(heard) == 6:
+                break
+            await asyncio.sleep(0.01)
+        assert heard == [(b.encode(), b"m0"), (a.encode(), b"m1"), (b.encode(), b"m2"),
+                         (a.encode(), b"m3"), (b.encode(), b"m4"), (a.encode(), b"last")]
+        assert not task.done()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_a_subscriber_gives_up_on_a_server_that_stops_answering() -> None:
+    """A server that confirms the subscription, then answers nothing (a host gone, a
+    half-open connection): the unanswered PING ends the subscription with a timeout, so
+    the bus reconnects instead of staying deaf. A server that never confirms fails the
+    subscription too."""
+    confirm = True
+
+    async def goes_silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n")  # the SUBSCRIBE command's header
+        if confirm:
+            writer.write(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nx\r\n:1\r\n")
+            await writer.drain()
+        with contextlib.suppress(Exception):
+            await reader.read(-1)
+        writer.close()
+
+    server = await asyncio.start_server(goes_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    m = Multiplexed(host="127.0.0.1", port=port)
+    subscribed: list[bool] = []
+    try:
+        with pytest.raises(RedisTimeoutError, match="PING"):
+            await asyncio.wait_for(m.subscribe(["x"], lambda c, d: None,
+                                               lambda: subscribed.append(True),
+                                               ping_interval_s=0.1), 10)
+        assert subscribed == [True]
+        confirm = False
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("gateway.redis_mux.CONNECT_TIMEOUT_S", 0.3)
+            with pytest.raises(RedisConnectionError, match="confirm"):
+                await asyncio.wait_for(m.subscribe(["x"], lambda c, d: None,
+                                                   lambda: subscribed.append(True)), 10)
+        assert subscribed == [True]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_subscriber_with_a_wrong_password_is_refused(tmp_path: Path) -> None:
+    from gateway.embedded_redis import find_redis_server
+
+    proc, url, tmp = _start_redis_server(find_redis_server())
+    try:
+        admin = aioredis.Redis.from_url(url)
+        await admin.config_set("requirepass", "pw")
+        port = url.rsplit(":", 1)[1].split("/")[0]
+        bad = Multiplexed.from_url(f"redis://:wrong@127.0.0.1:{port}/0")
+        good = Multiplexed.from_url(f"redis://:pw@127.0.0.1:{port}/0")
+        assert bad is not None and good is not None
+        with pytest.raises(ResponseError):
+            await asyncio.wait_for(bad.subscribe(["x"], lambda c, d: None, lambda: None), 10)
+        heard: list[bytes] = []
+        ready = asyncio.Event()
+        task = asyncio.create_task(good.subscribe(["x"], lambda c, d: heard.append(d),
+                                                  ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), 5)
+            await admin.publish("x", "hello")
+            for _ in range(200):
+                if heard:
+                    break
+                await asyncio.sleep(0.01)
+            assert heard == [b"hello"]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await admin.aclose()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
