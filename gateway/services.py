@@ -45,7 +45,8 @@ from .stores.keys import Keys
 
 log = logging.getLogger("classguard")
 
-# How long stopping waits for the background tasks (bus, sequencer, reconciler, ...).
+# After this long, stopping logs which background tasks (bus, sequencer, reconciler,
+# ...) are still running, and keeps cancelling them until they end.
 STOP_TASKS_S = 5.0
 
 Clock = Callable[[], float]
@@ -305,18 +306,18 @@ async def _stop_sockets_and_tasks(svc: Services) -> None:
                 await ws.close(code=1001, message=b"server shutting down")
     # NOTE: redis-py can swallow a cancellation that lands mid-command (the task then
     # carries on to its next sleep or poll): a task still running after a moment is
-    # cancelled again, for at most STOP_TASKS_S in all.
+    # cancelled again until it ends. None is left behind: an abandoned task would keep
+    # its Redis connection open past the pools' closing.
     pending = set(svc.tasks)
-    deadline = asyncio.get_running_loop().time() + STOP_TASKS_S
+    warn_at = asyncio.get_running_loop().time() + STOP_TASKS_S
     while pending:
         for task in pending:
             task.cancel()
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            log.warning("background tasks did not stop: %s",
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+        if pending and asyncio.get_running_loop().time() >= warn_at:
+            warn_at = float("inf")
+            log.warning("background tasks slow to stop: %s",
                         ", ".join(sorted(t.get_name() for t in pending)))
-            break
-        _, pending = await asyncio.wait(pending, timeout=min(0.2, left))
     for task in svc.tasks:
         if task.done() and not task.cancelled():
             task.exception()  # retrieved (logged by _log_task_end)
