@@ -40,8 +40,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # must answer "unavailable" (fail closed), not hold every join open.
 REPLY_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
-# A subscriber connection PINGs this often, and is dropped when the answer is overdue.
-SUBSCRIBER_PING_S = 15.0
 # Commands in flight before new ones are refused outright (memory bound under a stall).
 MAX_IN_FLIGHT = 20_000
 
@@ -122,7 +120,6 @@ class _Subscription(asyncio.Protocol):
         self.on_message = on_message
         self.transport: asyncio.Transport | None = None
         self.confirmed = 0
-        self.pinged = self.ponged = False
         self.subscribed = asyncio.get_running_loop().create_future()
         self.closed = asyncio.get_running_loop().create_future()
         self.expected = 0
@@ -149,8 +146,6 @@ class _Subscription(asyncio.Protocol):
             kind = reply[0]
             if kind == b"message" and len(reply) == 3:
                 self.on_message(reply[1], reply[2])
-            elif kind == b"pong":
-                self.ponged = True
             elif kind == b"subscribe":
                 self.confirmed += 1
                 if self.confirmed >= self.expected and not self.subscribed.done():
@@ -329,14 +324,11 @@ class Multiplexed:
         return out
 
     async def subscribe(self, channels: Sequence[str], on_message: Callable[[bytes, bytes], None],
-                        on_subscribed: Callable[[], None], *,
-                        ping_interval_s: float = SUBSCRIBER_PING_S) -> None:
+                        on_subscribed: Callable[[], None]) -> None:
         """Subscribe to ``channels`` on a connection of its own and hand every message
         to ``on_message`` as it is read (no task or queue per message); calls
         ``on_subscribed`` once Redis has confirmed them all. Returns never: raises when
-        the connection is lost (a redis-py ConnectionError), when a PING (one every
-        ``ping_interval_s``) is not answered before the next (TimeoutError), or is
-        cancelled.
+        the connection is lost (a redis-py ConnectionError), or is cancelled.
 
         NOTE: the bus hears every event of every class (gateway/bus.py): at a morning
         bell that is one message per join on every process, which redis-py's PubSub
@@ -366,18 +358,7 @@ class Multiplexed:
             except TimeoutError as exc:
                 raise RedisConnectionError("Redis did not confirm the subscription") from exc
             on_subscribed()
-            while True:
-                # A Redis that stops answering (a host gone, a half-open connection)
-                # must not leave the bus deaf: PING, and give up on the connection if
-                # the answer has not come by the next one.
-                done, _ = await asyncio.wait([proto.closed], timeout=ping_interval_s)
-                if done:
-                    proto.closed.result()  # raises what ended the connection
-                if proto.pinged and not proto.ponged:
-                    raise RedisTimeoutError(
-                        f"Redis did not answer PING within {ping_interval_s} s")
-                proto.pinged, proto.ponged = True, False
-                transport.write(hiredis.pack_command(("PING",)))
+            await proto.closed
         finally:
             transport.abort()
 
