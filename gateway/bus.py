@@ -19,8 +19,6 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from .redis_mux import Multiplexed
-
 log = logging.getLogger("classguard.bus")
 
 Listener = Callable[[dict[str, Any]], Awaitable[None]]
@@ -30,12 +28,8 @@ BatchListener = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class Bus:
-    def __init__(self, redis: aioredis.Redis, channel: str, revoke_channel: str, *,
-                 fast: Multiplexed | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, channel: str, revoke_channel: str) -> None:
         self.r = redis
-        # Subscribes through ``fast``'s server on a connection of its own when given (a
-        # plain Redis: gateway/redis_mux.py), else through redis-py's PubSub.
-        self.fast = fast
         self.channel = channel
         self.revoke_channel = revoke_channel
         self._class_listeners: dict[str, set[BatchListener]] = defaultdict(set)
@@ -118,26 +112,16 @@ class Bus:
     async def run(self) -> None:
         """Subscribe and dispatch until cancelled; reconnects after Redis errors."""
         backoff = 0.2
-
-        def subscribed() -> None:
-            nonlocal backoff
-            self._ready.set()
-            backoff = 0.2
-
         while True:
-            pubsub = None
+            pubsub = self.r.pubsub(ignore_subscribe_messages=True)
             try:
-                if self.fast is not None:
-                    # (returns only by raising: a lost connection, or cancelled)
-                    await self.fast.subscribe([self.channel, self.revoke_channel],
-                                              self._dispatch, subscribed)
-                pubsub = self.r.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel, self.revoke_channel)
-                subscribed()
+                self._ready.set()
+                backoff = 0.2
                 async for msg in pubsub.listen():
                     if msg.get("type") != "message":
                         continue
-                    self._dispatch(msg["channel"], msg["data"])
+                    await self._dispatch(msg["channel"], msg["data"])
             except asyncio.CancelledError:
                 if self._flush_handle is not None:
                     self._flush_handle.cancel()
@@ -151,11 +135,10 @@ class Bus:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
-    def _dispatch(self, channel: Any, data: Any) -> None:
+    async def _dispatch(self, channel: Any, data: Any) -> None:
         if isinstance(channel, bytes):
             channel = channel.decode()
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -109,58 +109,6 @@ class _Protocol(asyncio.Protocol):
             fut, _ = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(exc)
-
-
-class _Subscription(asyncio.Protocol):
-    """A connection in subscriber mode: every published message is handed to
-    ``on_message(channel, data)`` as it is parsed, in order, within the read."""
-
-    def __init__(self, on_message: Callable[[bytes, bytes], None]) -> None:
-        self.reader = hiredis.Reader(replyError=ResponseError)
-        self.on_message = on_message
-        self.transport: asyncio.Transport | None = None
-        self.confirmed = 0
-        self.subscribed = asyncio.get_running_loop().create_future()
-        self.closed = asyncio.get_running_loop().create_future()
-        self.expected = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        while True:
-            try:
-                reply = self.reader.gets()
-            except hiredis.ProtocolError as exc:
-                self._end(RedisConnectionError(f"Redis protocol error: {exc}"))
-                return
-            if reply is False:
-                return
-            if isinstance(reply, ResponseError):
-                # a refused AUTH or SUBSCRIBE: nothing will arrive on this connection
-                self._end(_error(reply))
-                return
-            if not isinstance(reply, list) or not reply:
-                continue  # +OK of AUTH
-            kind = reply[0]
-            if kind == b"message" and len(reply) == 3:
-                self.on_message(reply[1], reply[2])
-            elif kind == b"subscribe":
-                self.confirmed += 1
-                if self.confirmed >= self.expected and not self.subscribed.done():
-                    self.subscribed.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._end(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
-
-    def _end(self, exc: Exception) -> None:
-        for fut in (self.subscribed, self.closed):
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.add_done_callback(_retrieved)
-        if self.transport is not None:
-            self.transport.abort()
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:
@@ -322,45 +270,6 @@ class Multiplexed:
                 fut.add_done_callback(_retrieved)
             raise
         return out
-
-    async def subscribe(self, channels: Sequence[str], on_message: Callable[[bytes, bytes], None],
-                        on_subscribed: Callable[[], None]) -> None:
-        """Subscribe to ``channels`` on a connection of its own and hand every message
-        to ``on_message`` as it is read (no task or queue per message); calls
-        ``on_subscribed`` once Redis has confirmed them all. Returns never: raises when
-        the connection is lost (a redis-py ConnectionError), or is cancelled.
-
-        NOTE: the bus hears every event of every class (gateway/bus.py): at a morning
-        bell that is one message per join on every process, which redis-py's PubSub
-        parsed at several times this cost."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                if self.path is not None:
-                    transport, proto = await loop.create_unix_connection(
-                        lambda: _Subscription(on_message), self.path)
-                else:
-                    transport, proto = await loop.create_connection(
-                        lambda: _Subscription(on_message), self.host, self.port)
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
-        try:
-            commands: list[tuple[Any, ...]] = []
-            if self.password is not None:
-                commands.append(("AUTH", self.username, self.password) if self.username
-                                else ("AUTH", self.password))
-            commands.append(("SUBSCRIBE", *channels))
-            proto.expected = len(channels)
-            transport.write(b"".join(hiredis.pack_command(c) for c in commands))
-            try:
-                async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                    await proto.subscribed
-            except TimeoutError as exc:
-                raise RedisConnectionError("Redis did not confirm the subscription") from exc
-            on_subscribed()
-            await proto.closed
-        finally:
-            transport.abort()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -18,7 +18,6 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 import redis.exceptions
 from aiohttp import WSMsgType, web
 
@@ -81,13 +80,13 @@ async def control_ws(request: web.Request) -> web.StreamResponse:
         # The class's events of one event-loop turn leave in one frame: one event as
         # itself, several as a list in the order they happened (gateway/static/control.js
         # reads both).
-        # (decoded from JSON by the bus, so orjson encodes them as json would)
         shown = [m for m in msgs if m.get("type") not in _INTERNAL_EVENTS]
-        if shown:
-            text = orjson.dumps(shown if len(shown) > 1 else shown[0]).decode()
+        if len(shown) > 1:
             async with send_lock:
                 if not ws.closed:
-                    await ws.send_str(text)
+                    await ws.send_str(json.dumps(shown, ensure_ascii=False))
+        elif shown:
+            await send(shown[0])
 
     async def on_revoke(msg: dict[str, Any]) -> None:
         if (p.session_id is not None and msg.get("sid_hash") == p.session_id) or \
