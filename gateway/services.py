@@ -45,10 +45,6 @@ from .stores.keys import Keys
 
 log = logging.getLogger("classguard")
 
-# After this long, stopping logs which background tasks (bus, sequencer, reconciler,
-# ...) are still running, and keeps cancelling them until they end.
-STOP_TASKS_S = 5.0
-
 Clock = Callable[[], float]
 
 
@@ -303,23 +299,16 @@ async def _stop_sockets_and_tasks(svc: Services) -> None:
         for ws in list(ws_set):
             with contextlib.suppress(Exception):
                 await ws.close(code=1001, message=b"server shutting down")
-    # NOTE: redis-py can swallow a cancellation that lands mid-command (the task then
-    # carries on to its next sleep or poll): a task still running after a moment is
-    # cancelled again until it ends. None is left behind: an abandoned task would keep
-    # its Redis connection open past the pools' closing.
-    pending = set(svc.tasks)
-    warn_at = asyncio.get_running_loop().time() + STOP_TASKS_S
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-        if pending and asyncio.get_running_loop().time() >= warn_at:
-            warn_at = float("inf")
-            log.warning("background tasks slow to stop: %s",
-                        ", ".join(sorted(t.get_name() for t in pending)))
-    for task in svc.tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved (logged by _log_task_end)
+    # NOTE: one cancellation each, then wait for each to end: a task's ``finally`` may
+    # still release a lease through a shielded call, which a second cancellation would
+    # leave running on a closing loop with its Redis connection checked out. A task
+    # whose cancellation redis-py swallowed stops at its next turn (each loop checks
+    # ``cancelling()``).
+    for task in list(svc.tasks):
+        task.cancel()
+    for task in list(svc.tasks):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
     svc.tasks.clear()
     if svc.sequencer is not None:
         # Records written while the sockets closed (after the sequencer's last pass) are
