@@ -368,26 +368,18 @@ class JoinKeyring:
     def public_key(self, kid: str) -> Ed25519PublicKey | None:
         """The key that verifies tokens with this kid, or None: unknown kid, or a retired
         key past its ``not_after`` (even before ``prune`` has deleted it)."""
-        state = self._state
-        key = state.public.get(kid)
-        if key is None:
-            return None
-        entry = state.entries[kid]
-        if entry.not_after is not None and self._clock() >= entry.not_after:
-            return None
-        return key
+        return self._state.public.get(kid) if self._usable(kid) else None
+
+    def _usable(self, kid: str) -> bool:
+        """Known, and not a retired key past its ``not_after``."""
+        entry = self._state.entries.get(kid)
+        return entry is not None and (entry.not_after is None
+                                      or self._clock() < entry.not_after)
 
     def verifier(self, kid: str) -> VerifyKey | None:
         """``public_key(kid)`` for libsodium (PyNaCl): what join tokens are verified
         with, under the same rules (None for an unknown kid or one past ``not_after``)."""
-        state = self._state
-        key = state.verifiers.get(kid)
-        if key is None:
-            return None
-        entry = state.entries[kid]
-        if entry.not_after is not None and self._clock() >= entry.not_after:
-            return None
-        return key
+        return self._state.verifiers.get(kid) if self._usable(kid) else None
 
     def list(self) -> builtins.list[KeyInfo]:
         now = self._clock()
