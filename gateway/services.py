@@ -167,9 +167,27 @@ def make_staff(redis: aioredis.Redis, s: Settings, clock: Clock) -> StaffStore:
     )
 
 
-def redis_clients(s: Settings, url: str | None) -> tuple[aioredis.Redis, aioredis.Redis]:
-    """A text and a bytes client on the same server: a URL, or the master that the
-    configured Sentinels name (followed across failovers)."""
+@dataclass(slots=True)
+class RedisClients:
+    """A text and a bytes client on the same server, and with Sentinels the manager
+    that finds the master (it keeps a connection to each Sentinel it asked)."""
+
+    text: aioredis.Redis
+    raw: aioredis.Redis
+    sentinel: Sentinel | None = None
+
+    async def aclose(self) -> None:
+        """Disconnects both clients and the Sentinel connections (each at most once
+        effective; closing a closed client does nothing)."""
+        asked = self.sentinel.sentinels if self.sentinel is not None else []
+        for client in (self.raw, self.text, *asked):
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+def redis_clients(s: Settings, url: str | None) -> RedisClients:
+    """The clients of a URL, or of the master that the configured Sentinels name
+    (followed across failovers)."""
     if s.redis_sentinels:
         hosts = []
         for entry in s.redis_sentinels:
@@ -178,10 +196,12 @@ def redis_clients(s: Settings, url: str | None) -> tuple[aioredis.Redis, aioredi
         sentinel = Sentinel(hosts, socket_timeout=2.0)
         master = s.redis_sentinel_master or "mymaster"
         password = s.redis_password or None
-        return (sentinel.master_for(master, decode_responses=True, password=password,
-                                    max_connections=s.redis_max_connections),
-                sentinel.master_for(master, decode_responses=False, password=password,
-                                    max_connections=s.redis_max_connections))
+        return RedisClients(
+            sentinel.master_for(master, decode_responses=True, password=password,
+                                max_connections=s.redis_max_connections),
+            sentinel.master_for(master, decode_responses=False, password=password,
+                                max_connections=s.redis_max_connections),
+            sentinel)
     if url is None:
         raise ValueError("no Redis URL and no Sentinels configured")
     out = []
@@ -193,7 +213,7 @@ def redis_clients(s: Settings, url: str | None) -> tuple[aioredis.Redis, aioredi
             timeout=s.redis_pool_timeout_s)
         # from_pool hands the pool to the client, so aclose() disconnects it too.
         out.append(aioredis.Redis.from_pool(pool))
-    return out[0], out[1]
+    return RedisClients(out[0], out[1])
 
 
 @contextlib.asynccontextmanager
@@ -232,9 +252,9 @@ async def open_services(
         if url is not None and not s.redis_sentinels:
             fast_bytes = _closing(opened, Multiplexed.from_url(url, decode=False))
             fast = _closing(opened, Multiplexed.from_url(url))
-        redis, redis_bytes = redis_clients(s, url)
-        opened.push_async_callback(redis_bytes.aclose)
-        opened.push_async_callback(redis.aclose)
+        clients = redis_clients(s, url)
+        opened.push_async_callback(clients.aclose)
+        redis, redis_bytes = clients.text, clients.raw
         keys_dir = Path(s.data_dir) / "keys"
         keyring = await asyncio.to_thread(JoinKeyring.load_or_create, keys_dir / "join",
                                           clock=clock)

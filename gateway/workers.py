@@ -450,8 +450,9 @@ async def run_sequencer_process(settings: Settings) -> int:
 
     s = settings
     url = s.redis_url
-    text, raw = redis_clients(s, url)
-    await text.aclose()  # the sequencer reads and writes bytes only
+    clients = redis_clients(s, url)
+    await clients.text.aclose()  # the sequencer reads and writes bytes only
+    raw = clients.raw
     fast = Multiplexed.from_url(url, decode=False) if url and not s.redis_sentinels else None
     key = await asyncio.to_thread(AuditSigningKey.load_or_create,
                                   Path(s.data_dir) / "keys" / "audit.key", s.audit_origin)
@@ -480,7 +481,7 @@ async def run_sequencer_process(settings: Settings) -> int:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-        await raw.aclose()
+        await clients.aclose()
         if fast is not None:
             await fast.aclose()
     return status

@@ -87,6 +87,28 @@ async def test_joins_through_sentinel(tmp_path: Path, redis_prefix: str,
         assert list(master.scan_iter(match=f"{redis_prefix}*{cid}*", count=1000))
     finally:
         master.close()
+    # and a stopped gateway leaves no connection behind, to the master or to the Sentinel
+    # it asked where the master is
+    assert _clients_left(address) == []
+    assert _clients_left(f"127.0.0.1:{master_port}", password=PASSWORD) == []
+
+
+def _clients_left(address: str, password: str | None = None) -> list[str]:
+    """The server's clients other than this probe and Sentinel's own links (named
+    ``sentinel-…``), after a moment for closed sockets to be noticed."""
+    probe = redis.Redis(port=int(address.rsplit(":", 1)[1]), password=password,
+                        decode_responses=True)
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            me = probe.client_id()
+            left = [f"{c['addr']} cmd={c['cmd']}" for c in probe.client_list()
+                    if int(c["id"]) != me and not c.get("name", "").startswith("sentinel-")]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.05)
+    finally:
+        probe.close()
 
 
 # --- a real failover -------------------------------------------------------------------
