@@ -177,8 +177,8 @@ class RedisClients:
     sentinel: Sentinel | None = None
 
     async def aclose(self) -> None:
-        """Disconnects both clients and the Sentinel connections (each at most once
-        effective; closing a closed client does nothing)."""
+        """Disconnects both clients and the connections to the Sentinels. Closing a
+        client twice is harmless (the sequencer process closes ``text`` at once)."""
         asked = self.sentinel.sentinels if self.sentinel is not None else []
         for client in (self.raw, self.text, *asked):
             with contextlib.suppress(Exception):
